@@ -1,0 +1,42 @@
+# psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ...
+CC      ?= cc
+OPENMP  ?= 1
+BLAS    ?= 0
+CFLAGS  ?= -O2 -march=native
+CFLAGS  += -std=c11 -Wall -Wextra -Wno-unknown-pragmas -I.
+LDLIBS  += -lm
+ifeq ($(OPENMP),1)
+CFLAGS  += -fopenmp
+endif
+ifeq ($(BLAS),1)
+CFLAGS  += -DPSF_USE_CBLAS
+LDLIBS  += -lopenblas
+endif
+
+BUILD   := build
+# `make run` trains carbon; the configuration is justified in docs/results.md.
+RUN_ARGS ?= --atom C --out runs/carbon
+
+.PHONY: all run test clean
+all: $(BUILD)/psiformer $(BUILD)/helium $(BUILD)/test_psiformer
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/psiformer: examples/psiformer.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD)/helium: examples/helium.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+run: $(BUILD)/psiformer
+	./$(BUILD)/psiformer $(RUN_ARGS)
+
+test: $(BUILD)/test_psiformer
+	./$(BUILD)/test_psiformer
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,2090 @@
+/* psiformer.h — neural-network wavefunctions for the many-electron Schrödinger equation, in one C header.
+ *
+ * ============================================================================================================
+ *  OVERVIEW
+ * ============================================================================================================
+ * Variational Monte Carlo (VMC) with the Psiformer ansatz (von Glehn, Spencer, Pfau, "A Self-Attention Ansatz
+ * for Ab-initio Quantum Chemistry", ICLR 2023, arXiv:2211.13672). Born–Oppenheimer Hamiltonian in atomic units:
+ * lengths in bohr, energies in hartree (Ha).
+ *
+ *   Do this:
+ *       #define PSIFORMER_IMPLEMENTATION
+ *   before you include this file in *one* C file to create the implementation. Link with -lm (and -fopenmp to
+ *   parallelise over walkers; without OpenMP everything still works, serially).
+ *
+ *   Configuration macros (define before the implementation include):
+ *       PSF_MALLOC(n) / PSF_FREE(p)   allocator (default malloc/free)
+ *       PSF_ASSERT(x)                 internal invariant check (default assert)
+ *       PSF_USE_CBLAS                 dispatch dense matrix products to cblas_dgemm (OpenBLAS); results are
+ *                                     equal to the built-in loops up to rounding
+ *
+ * The wavefunction (Psiformer, per walker; N electrons, positions x in R^{N x 3}):
+ *   features   h0_i   = [ log(1+|r_iI|), r_iI log(1+|r_iI|)/|r_iI|  for each nucleus I ] ++ [ spin_i = +-1 ]
+ *   embedding  h_i    = h0_i W_e                                                   (no bias)
+ *   L layers   h      = LN(h + Attn(h) W_o),  Attn = softmax(Q K^T / sqrt(d_head)) V per head (no biases)
+ *              h      = LN(h + MLP(h)),       MLP  = tanh(tanh(h W_1 + b_1) W_2 + b_2)
+ *   orbitals   phi^k_ij = (h_i W_orb^{s(i)})_{kN+j} * sum_I pi^{s(i)}_{I,kN+j} exp(-sigma^{s(i)}_{I,kN+j} |r_iI|)
+ *   psi        = exp(J) * sum_k det[phi^k],   J = sum_{i<j} -c_ij a^2/(a + r_ij)  (c = 1/4 same spin, 1/2 not)
+ * The network is an op *graph* (the tape): every op has three rules side by side — forward (values), jet
+ * (value + gradient w.r.t. all 3N coordinates + Laplacian: the forward Laplacian of Li et al., Nat. Mach.
+ * Intell. 6, 209 (2024)), and backward (vector-Jacobian product w.r.t. parameters and inputs).
+ *
+ * Sections of this file (search for the banner):
+ *   [API]            public types and declarations
+ *   [IMPL: BASICS]   errors, RNG, timers, matrix products
+ *   [IMPL: LINALG]   LU log-determinant, symmetric eigensolver
+ *   [IMPL: TAPE]     op table, graph building, forward / jet / backward rules per op
+ *   [IMPL: ANSATZ]   the Psiformer graph and its initialisation
+ *   [IMPL: HAMILTONIAN] potential and local energy
+ *   [IMPL: SAMPLER]  Metropolis–Hastings walkers
+ *   [IMPL: OPTIMIZERS] Adam, KFAC
+ *   [IMPL: DRIVER]   VMC training / evaluation, reblocking, checkpoints, .npy I/O
+ *
+ * License: MIT (see LICENSE).
+ */
+#ifndef PSIFORMER_H
+#define PSIFORMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ============================================================================================================
+ *  [API]
+ * ============================================================================================================ */
+
+#ifndef PSF_REAL
+#define PSF_REAL double
+#endif
+typedef PSF_REAL psf_real;
+
+#define PSF_MAX_ATOMS 16
+#define PSF_MAX_ELEC 64
+
+/* Status codes. Every function that can fail returns one; psf_last_error() holds the message. */
+enum {
+    PSF_OK = 0,
+    PSF_ERR_ARG = 1,     /* invalid argument or configuration */
+    PSF_ERR_NOMEM = 2,   /* allocation failed */
+    PSF_ERR_IO = 3,      /* file could not be opened / read / written */
+    PSF_ERR_FORMAT = 4,  /* file has the wrong magic, version or shape */
+    PSF_ERR_NUMERIC = 5  /* non-finite values where finite ones are required */
+};
+
+/* The message of the most recent failure in this thread of the library (empty string if none). */
+const char *psf_last_error(void);
+
+/* ---- Systems ------------------------------------------------------------------------------------------- */
+
+/* Nuclei (positions in bohr, charges in units of e) and electrons by spin. Electrons 0..n_up-1 are spin up. */
+typedef struct {
+    int n_atoms;
+    double R[PSF_MAX_ATOMS][3]; /* bohr */
+    double Z[PSF_MAX_ATOMS];
+    int n_up, n_down;
+} psf_system;
+
+/* Facts about a neutral first-row atom (H..Ne), ground state. Energies in hartree.
+ * Sources: exact = Chakravorty, Gwaltney, Davidson, Parpia, Fischer, PRA 47, 3649 (1993) (He: Hylleraas-type);
+ * hf_limit = numerical Hartree–Fock limit (Clementi & Roetti; Bunge et al.); see docs/method.md. */
+typedef struct {
+    const char *symbol;
+    int Z, n_up, n_down;
+    const char *term;
+    double exact, hf_limit;
+} psf_atom_info;
+
+/* Look up an atom by symbol ("C"); NULL if unknown. */
+const psf_atom_info *psf_atom_lookup(const char *symbol);
+
+/* A single atom at the origin. spin = n_up - n_down; pass -1 for the ground-state spin from the table.
+ * Returns PSF_ERR_ARG for an unknown symbol or a spin of the wrong parity / out of range. */
+int psf_system_atom(psf_system *sys, const char *symbol, int spin);
+
+/* Nuclear repulsion sum_{I<J} Z_I Z_J / |R_I - R_J| (hartree). */
+double psf_nuclear_repulsion(const psf_system *sys);
+
+/* ---- The tape: ops, graph, workspaces ------------------------------------------------------------------ */
+
+typedef enum {
+    PSF_OP_INPUT = 0,   /* electron coordinates x, N x 3 (flattened index d = 3 i + c)               */
+    PSF_OP_FEATURES,    /* one-electron features (log-rescaled r_iI, |r_iI|, spin), N x (4 A + 1)      */
+    PSF_OP_LINEAR,      /* Y = X W (+ b) per row; rows >= split use a second weight block (spin)      */
+    PSF_OP_ADD,         /* Y = A + B                                                                   */
+    PSF_OP_TANH,        /* Y = tanh(X)                                                                 */
+    PSF_OP_LAYERNORM,   /* per row: (x - mean) / sqrt(var + 1e-5) * scale + offset                      */
+    PSF_OP_ATTN_SCORES, /* S[h,i,j] = sum_c Q[i,h,c] K[j,h,c] / sqrt(d_head), (H N) x N                 */
+    PSF_OP_SOFTMAX,     /* row-wise softmax                                                            */
+    PSF_OP_ATTN_MIX,    /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                          */
+    PSF_OP_ENVELOPE,    /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N           */
+    PSF_OP_LOGDET,      /* log |sum_k det M_k| and its sign, scalar                                    */
+    PSF_OP_JASTROW,     /* sum_{i<j} -c a^2 / (a + r_ij), scalar                                       */
+    PSF_OP_COUNT
+} psf_op;
+
+extern const char *const psf_op_names[PSF_OP_COUNT];
+
+typedef struct {
+    psf_op op;
+    int in0, in1;      /* input node indices (-1: none)                                        */
+    int rows, cols;    /* value shape; size n = rows * cols                                     */
+    int p_off, p_len;  /* parameter block in the flat buffer (-1 / 0: none)                     */
+    int ia, ib, ic;    /* op-specific integers (see the op's rules)                             */
+    size_t off;        /* offset of this node's jet block ((3N+2) * n reals) in a workspace      */
+    size_t adj_off;    /* offset of this node's adjoint (n reals) in a workspace                */
+} psf_node;
+
+/* A named parameter block (llm.c-style flat buffer; row-major rows x cols). */
+typedef enum { PSF_PB_WEIGHT, PSF_PB_BIAS, PSF_PB_LN_SCALE, PSF_PB_LN_OFFSET, PSF_PB_ENV_PI, PSF_PB_ENV_SIGMA,
+               PSF_PB_JASTROW } psf_pblock_kind;
+typedef struct {
+    char name[40];
+    int off, rows, cols;
+    psf_pblock_kind kind;
+    int node; /* the node that uses it */
+} psf_pblock;
+
+#define PSF_MAX_NODES 256
+#define PSF_MAX_PBLOCKS 256
+
+/* Network hyper-parameters. */
+typedef struct {
+    int n_layers;      /* self-attention layers L (default 2)                 */
+    int n_heads;       /* heads per layer H (default 4)                       */
+    int head_dim;      /* d_head (default 16); model width = H * d_head      */
+    int mlp_hidden;    /* hidden width of the MLP (default 64)                 */
+    int n_dets;        /* determinants K (default 4)                          */
+    int use_layernorm; /* 1: LayerNorm after each residual (default 1)         */
+    int use_jastrow;   /* 1: simple e-e Jastrow (default 1)                    */
+} psf_config;
+
+/* Fills *cfg with the defaults above. */
+void psf_config_default(psf_config *cfg);
+
+/* The ansatz: system + graph + flat parameters. */
+typedef struct {
+    psf_system sys;
+    psf_config cfg;
+    int n_elec, n_dim;          /* N and D = 3N                                           */
+    int n_nodes;
+    psf_node nodes[PSF_MAX_NODES];
+    int out_node, logdet_node;
+    int n_pblocks;
+    psf_pblock pblocks[PSF_MAX_PBLOCKS];
+    size_t n_params;
+    psf_real *params;           /* [n_params]                                             */
+    size_t ws_jet_reals;        /* workspace size: all node jets                          */
+    size_t ws_adj_reals;        /* workspace size: all node adjoints                      */
+    size_t ws_scratch_reals;    /* per-op scratch                                         */
+} psf_model;
+
+/* Per-thread scratch for evaluating one walker at a time. */
+typedef struct {
+    psf_real *jet;     /* [ws_jet_reals]: node values (block 0) and, in jet mode, gradients and Laplacians */
+    psf_real *adj;     /* [ws_adj_reals]                                                                    */
+    psf_real *scratch; /* [ws_scratch_reals]                                                                */
+    psf_real *dx;      /* [3N] adjoint w.r.t. coordinates from the last backward pass                       */
+    int sign;          /* sign of psi from the last evaluation (0: psi = 0)                                 */
+    int n_dim;         /* blocks currently valid: 0 after forward, D after jet                              */
+    void *kfac;        /* optional: statistics collector used by the KFAC optimizer (internal)              */
+} psf_workspace;
+
+/* Builds the Psiformer graph for sys/cfg and initialises its parameters from seed (weights N(0,1)/sqrt(fan_in),
+ * biases N(0,1), LayerNorm scale 1 / offset 0, envelope pi = sigma = 1, Jastrow a = 1; von Glehn et al. 2023
+ * and the FermiNet reference initialisation). Returns PSF_ERR_ARG for an invalid configuration, PSF_ERR_NOMEM. */
+int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed);
+void psf_model_free(psf_model *m);
+
+int psf_workspace_init(psf_workspace *ws, const psf_model *m);
+void psf_workspace_free(psf_workspace *ws);
+
+/* log|psi(x)| for one walker, x: [N*3] bohr. *sign receives sign(psi) in {-1, 0, +1}. psi = 0 gives -INFINITY. */
+double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x, int *sign);
+
+/* Jet pass: log|psi|, grad[3N] = d log|psi| / dx (1/bohr), *lap = sum_d d^2 log|psi| / dx_d^2 (1/bohr^2).
+ * grad may be NULL. Returns log|psi|. */
+double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad, psf_real *lap,
+                     int *sign);
+
+/* Backward pass after psf_model_logpsi on the same x: dparams[p] += seed * d log|psi| / d theta_p, and
+ * ws->dx[3N] = seed * d log|psi| / dx. dparams may be NULL (then only ws->dx). */
+void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_real *dparams);
+
+/* Evaluate a single node with all three rules (used by the op tests): the model's graph is run up to and
+ * including node k. mode 0 = forward, 1 = jet. Returns a pointer to the node's jet block in ws. */
+const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const psf_real *x, int k, int mode);
+
+/* ---- Wavefunction interface (what the Hamiltonian and sampler see) ------------------------------------ */
+
+/* Any wavefunction: the Psiformer, or an analytic trial function (used by tests and examples). */
+typedef struct psf_wavefunction {
+    int n_elec;
+    void *ctx;
+    /* log|psi| at x[3N]; *sign; ws is per-thread scratch of size ws_bytes (may be NULL if 0). */
+    double (*logpsi)(void *ctx, void *ws, const psf_real *x, int *sign);
+    /* log|psi|, gradient [3N] and Laplacian of log|psi|. */
+    double (*jet)(void *ctx, void *ws, const psf_real *x, psf_real *grad, psf_real *lap, int *sign);
+    void *(*ws_new)(void *ctx);
+    void (*ws_free)(void *ctx, void *ws);
+} psf_wavefunction;
+
+/* The Psiformer as a psf_wavefunction (ctx = the model). */
+psf_wavefunction psf_model_wavefunction(psf_model *m);
+
+/* Analytic product of hydrogenic 1s orbitals, psi = exp(-zeta sum_i |r_i - R_0|) (nucleus 0). For one electron
+ * with zeta = Z it is the exact hydrogen-like ground state; for He with zeta = 27/16 the variational optimum
+ * of that form, E = -(27/16)^2 = -2.84765625 Ha (e.g. Szabo & Ostlund; Griffiths §7.2). */
+typedef struct { int n_elec; double zeta; double R0[3]; } psf_hydrogenic;
+psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h);
+
+/* ---- Hamiltonian ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double total;     /* E_L (hartree)                          */
+    double kinetic;   /* -1/2 (lap log|psi| + |grad log|psi||^2) */
+    double v_en, v_ee, v_nn;
+} psf_eloc;
+
+/* Potential energy V(x) of the Born–Oppenheimer Hamiltonian (hartree); parts optional (may be NULL). */
+double psf_potential(const psf_system *sys, const psf_real *x, double *v_en, double *v_ee, double *v_nn);
+
+/* Local energy E_L = -1/2 nabla^2 psi / psi + V = -1/2 (nabla^2 log|psi| + |nabla log|psi||^2) + V (hartree).
+ * grad is scratch [3N]. Returns E_L in out->total (NaN-free unless psi = 0 at x). */
+void psf_local_energy(const psf_system *sys, const psf_wavefunction *wf, void *ws, const psf_real *x,
+                      psf_real *grad, psf_eloc *out);
+
+/* ---- Random numbers ------------------------------------------------------------------------------------- */
+
+/* xoshiro256** stream; one per walker so that results do not depend on the number of threads. */
+typedef struct { uint64_t s[4]; } psf_rng;
+void psf_rng_seed(psf_rng *r, uint64_t seed, uint64_t stream);
+uint64_t psf_rng_next(psf_rng *r);
+double psf_rng_uniform(psf_rng *r); /* (0, 1) */
+double psf_rng_normal(psf_rng *r);  /* N(0, 1) */
+
+/* ---- Sampler -------------------------------------------------------------------------------------------- */
+
+/* A batch of walkers sampling |psi|^2 by Metropolis–Hastings with all-electron Gaussian moves. */
+typedef struct {
+    int n_walkers, n_elec;
+    psf_real *x;        /* [n_walkers * 3N] bohr                */
+    double *logpsi;     /* [n_walkers]                          */
+    int *sign;          /* [n_walkers]                          */
+    psf_rng *rng;       /* [n_walkers]                          */
+    double width;       /* proposal standard deviation (bohr)   */
+    long n_accepted, n_proposed;
+} psf_walkers;
+
+/* Allocates walkers and places electrons around the nuclei (Gaussian of width 1 bohr around the nucleus each
+ * electron is assigned to; electrons are assigned to atoms in proportion to their charges). */
+int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed);
+void psf_walkers_free(psf_walkers *w);
+
+/* Re-evaluates log|psi| of every walker (after a parameter change). ws: one per thread (n_ws of them). */
+void psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws);
+
+/* n_steps Metropolis–Hastings sweeps; returns the acceptance fraction (pmove) of these sweeps. */
+double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps);
+
+/* Adapts the width toward acceptance in [0.50, 0.55] (multiplies/divides by 1.1). */
+void psf_mcmc_adapt(psf_walkers *w, double pmove);
+
+/* ---- Statistics ----------------------------------------------------------------------------------------- */
+
+/* Flyvbjerg–Petersen reblocking (J. Chem. Phys. 91, 461 (1989)) of a correlated series x[n]: mean and its
+ * standard error at the optimal block size (criterion B^3 > 2 n (s_B / s_0)^4: Lee, Drummond, Needs, Morales,
+ * PRE 83, 066706 (2011)). *block_size may be NULL. Returns PSF_ERR_ARG if n < 2. */
+int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size);
+
+/* ---- Optimizers and driver ------------------------------------------------------------------------------ */
+
+typedef enum { PSF_OPT_ADAM = 0, PSF_OPT_KFAC = 1 } psf_optimizer;
+
+typedef struct {
+    int batch;            /* walkers (default 256)                                                */
+    int mcmc_steps;       /* Metropolis sweeps per iteration (default 10)                          */
+    int burn_in;          /* sweeps before training (default 200)                                  */
+    double mcmc_width;    /* initial proposal width, bohr (default 0.2)                            */
+    psf_optimizer optimizer;
+    double lr;            /* learning rate at t = 0 (default Adam 3e-3; KFAC 0.05)                  */
+    double lr_delay;      /* lr_t = lr / (1 + t / lr_delay) (default 1e4)                           */
+    double adam_b1, adam_b2, adam_eps;  /* 0.9, 0.999, 1e-8                                           */
+    double clip_scale;    /* E_L clipped at mean +- clip_scale * mean|E_L - mean| (default 5)     */
+    /* KFAC (Martens & Grosse 2015) */
+    double kfac_decay;    /* EMA decay of the Kronecker factors (default 0.95)                     */
+    double kfac_damping;  /* Tikhonov damping lambda (default 1e-3)                                */
+    double kfac_norm_constraint; /* bound on lr^2 * <update, gradient> (default 1e-3)              */
+    uint64_t seed;
+    int threads;          /* 0: OpenMP default                                                     */
+} psf_vmc_config;
+
+void psf_vmc_config_default(psf_vmc_config *c);
+
+/* Per-iteration statistics. */
+typedef struct {
+    long step;
+    double energy;    /* batch mean of E_L (hartree)             */
+    double variance;  /* batch variance of E_L (hartree^2)       */
+    double pmove;     /* acceptance fraction                     */
+    double width;     /* proposal width (bohr)                   */
+    int n_nonfinite;  /* walkers whose E_L was not finite        */
+    double t_sample, t_jet, t_backward, t_optimizer; /* seconds  */
+} psf_step_stats;
+
+typedef struct psf_kfac psf_kfac;
+
+typedef struct {
+    psf_model *model;
+    psf_vmc_config cfg;
+    psf_wavefunction wf;
+    psf_walkers walkers;
+    int n_ws;
+    psf_workspace *ws;   /* [n_ws]                         */
+    void **wsp;          /* [n_ws] pointers into ws         */
+    double *eloc;        /* [batch]                         */
+    psf_real *grad;      /* [n_params] energy gradient      */
+    psf_real *chunks;    /* [n_chunks * n_params]           */
+    int n_chunks;
+    psf_real *adam_m, *adam_v; /* [n_params]                */
+    psf_kfac *kfac;
+    long step;
+} psf_vmc;
+
+/* Allocates the driver for model m (which it does not own) and burns the walkers in. */
+int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg);
+void psf_vmc_free(psf_vmc *v);
+
+/* One training iteration: MCMC, local energies, gradient 2 E[(E_L - <E_L>) grad_theta log|psi|] with clipped
+ * E_L (FermiNet, Pfau et al. PRR 2, 033429 (2020), Eq. 4 and §"Optimization"), optimizer update. */
+int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st);
+
+/* One evaluation iteration with frozen parameters: MCMC and local energies; st->energy is the batch mean. */
+int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st);
+
+/* Binary checkpoint (magic "PSFCKPT1"): system, config, parameters, walkers, optimizer state, step. */
+int psf_vmc_save(const psf_vmc *v, const char *path);
+/* Restores a checkpoint into an initialised driver with the same system and network shape.
+ * Returns PSF_ERR_IO / PSF_ERR_FORMAT naming the file and the field that does not match. */
+int psf_vmc_load(psf_vmc *v, const char *path);
+
+/* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
+ * psf_load_npy fills shape[2] (shape[1] = 1 for 1-D) and allocates *data with PSF_MALLOC. */
+int psf_save_npy(const char *path, const double *data, int rows, int cols);
+int psf_load_npy(const char *path, double **data, int shape[2]);
+
+/* Wall-clock seconds (monotonic). */
+double psf_time(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PSIFORMER_H */
+
+/* ============================================================================================================
+ *  IMPLEMENTATION
+ * ============================================================================================================ */
+#ifdef PSIFORMER_IMPLEMENTATION
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifndef PSF_MALLOC
+#define PSF_MALLOC(n) malloc(n)
+#define PSF_FREE(p) free(p)
+#endif
+#ifndef PSF_ASSERT
+#include <assert.h>
+#define PSF_ASSERT(x) assert(x)
+#endif
+#ifdef PSF_USE_CBLAS
+#include <cblas.h>
+#endif
+
+/* ============================================================================================================
+ *  [IMPL: BASICS] errors, time, random numbers, matrix products
+ * ============================================================================================================ */
+
+static char psf__errbuf[512];
+
+const char *psf_last_error(void) { return psf__errbuf; }
+
+static int psf__fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(psf__errbuf, sizeof psf__errbuf, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static void *psf__calloc(size_t n, size_t size) {
+    const size_t bytes = n * size;
+    void *p = PSF_MALLOC(bytes > 0 ? bytes : 1);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+
+double psf_time(void) {
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
+}
+
+static int psf__thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int psf__max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static uint64_t psf__splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* xoshiro256** (Blackman & Vigna 2018), seeded by splitmix64 from (seed, stream). */
+void psf_rng_seed(psf_rng *r, uint64_t seed, uint64_t stream) {
+    uint64_t s = seed ^ (0xD1B54A32D192ED03ULL * (stream + 1));
+    for (int i = 0; i < 4; i++) r->s[i] = psf__splitmix64(&s);
+}
+
+static uint64_t psf__rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t psf_rng_next(psf_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = psf__rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = psf__rotl(s[3], 45);
+    return result;
+}
+
+double psf_rng_uniform(psf_rng *r) { return ((double)(psf_rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+
+double psf_rng_normal(psf_rng *r) { /* Box–Muller; one value per call keeps streams simple */
+    double u1 = psf_rng_uniform(r), u2 = psf_rng_uniform(r);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
+static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
+                      const psf_real *B, int ldb, double beta, psf_real *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+#ifdef PSF_USE_CBLAS
+    if (K > 0) {
+        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                    A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    for (int i = 0; i < M; i++) {
+        psf_real *c = C + (size_t)i * ldc;
+        if (beta == 0.0) for (int j = 0; j < N; j++) c[j] = 0;
+        else if (beta != 1.0) for (int j = 0; j < N; j++) c[j] *= beta;
+    }
+    if (K <= 0) return;
+    if (!ta && !tb) {
+        for (int i = 0; i < M; i++) {
+            psf_real *c = C + (size_t)i * ldc;
+            const psf_real *a = A + (size_t)i * lda;
+            for (int k = 0; k < K; k++) {
+                const psf_real aik = alpha * a[k];
+                const psf_real *b = B + (size_t)k * ldb;
+                for (int j = 0; j < N; j++) c[j] += aik * b[j];
+            }
+        }
+    } else if (ta && !tb) {
+        for (int k = 0; k < K; k++) {
+            const psf_real *a = A + (size_t)k * lda, *b = B + (size_t)k * ldb;
+            for (int i = 0; i < M; i++) {
+                const psf_real aki = alpha * a[i];
+                psf_real *c = C + (size_t)i * ldc;
+                for (int j = 0; j < N; j++) c[j] += aki * b[j];
+            }
+        }
+    } else if (!ta && tb) {
+        for (int i = 0; i < M; i++) {
+            const psf_real *a = A + (size_t)i * lda;
+            psf_real *c = C + (size_t)i * ldc;
+            for (int j = 0; j < N; j++) {
+                const psf_real *b = B + (size_t)j * ldb;
+                psf_real s = 0;
+                for (int k = 0; k < K; k++) s += a[k] * b[k];
+                c[j] += alpha * s;
+            }
+        }
+    } else {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                psf_real s = 0;
+                for (int k = 0; k < K; k++) s += A[(size_t)k * lda + i] * B[(size_t)j * ldb + k];
+                C[(size_t)i * ldc + j] += alpha * s;
+            }
+    }
+}
+
+/* ============================================================================================================
+ *  [IMPL: LINALG] LU log-determinant and inverse; symmetric eigensolver
+ * ============================================================================================================ */
+
+/* In-place LU with partial pivoting of the n x n row-major matrix a; piv[n] records row swaps.
+ * Returns the sign of det (0 if a pivot is exactly zero) and *logabs = log|det| (-INFINITY if singular). */
+static int psf__lu(int n, psf_real *a, int *piv, double *logabs) {
+    int sign = 1;
+    double la = 0.0;
+    for (int k = 0; k < n; k++) {
+        int p = k;
+        double best = fabs(a[(size_t)k * n + k]);
+        for (int i = k + 1; i < n; i++) {
+            double v = fabs(a[(size_t)i * n + k]);
+            if (v > best) { best = v; p = i; }
+        }
+        piv[k] = p;
+        if (best == 0.0) { *logabs = -INFINITY; return 0; }
+        if (p != k) {
+            for (int j = 0; j < n; j++) { psf_real t = a[(size_t)k * n + j]; a[(size_t)k * n + j] = a[(size_t)p * n + j]; a[(size_t)p * n + j] = t; }
+            sign = -sign;
+        }
+        psf_real d = a[(size_t)k * n + k];
+        if (d < 0) sign = -sign;
+        la += log(fabs(d));
+        for (int i = k + 1; i < n; i++) {
+            psf_real f = a[(size_t)i * n + k] / d;
+            a[(size_t)i * n + k] = f;
+            if (f != 0)
+                for (int j = k + 1; j < n; j++) a[(size_t)i * n + j] -= f * a[(size_t)k * n + j];
+        }
+    }
+    *logabs = la;
+    return sign;
+}
+
+/* inv = A^{-1} from the LU factors of psf__lu (nonsingular). */
+static void psf__lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv) {
+    /* Solve A X = I column by column: P A = L U with the swaps applied in order. */
+    for (int i = 0; i < n * n; i++) inv[i] = 0;
+    for (int i = 0; i < n; i++) inv[(size_t)i * n + i] = 1;
+    for (int k = 0; k < n; k++)
+        if (piv[k] != k)
+            for (int j = 0; j < n; j++) { psf_real t = inv[(size_t)k * n + j]; inv[(size_t)k * n + j] = inv[(size_t)piv[k] * n + j]; inv[(size_t)piv[k] * n + j] = t; }
+    for (int c = 0; c < n; c++) {
+        for (int i = 0; i < n; i++) { /* forward: L y = b (unit diagonal) */
+            psf_real s = inv[(size_t)i * n + c];
+            for (int k = 0; k < i; k++) s -= lu[(size_t)i * n + k] * inv[(size_t)k * n + c];
+            inv[(size_t)i * n + c] = s;
+        }
+        for (int i = n - 1; i >= 0; i--) { /* backward: U x = y */
+            psf_real s = inv[(size_t)i * n + c];
+            for (int k = i + 1; k < n; k++) s -= lu[(size_t)i * n + k] * inv[(size_t)k * n + c];
+            inv[(size_t)i * n + c] = s / lu[(size_t)i * n + i];
+        }
+    }
+}
+
+/* log|det M| of an n x n row-major matrix; *sign in {-1,0,1}. scratch: n*n reals + n ints (allocated here). */
+double psf_logdet(int n, const psf_real *M, int *sign);
+double psf_logdet(int n, const psf_real *M, int *sign) {
+    psf_real *a = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (size_t)n * n);
+    int *piv = (int *)PSF_MALLOC(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    double la = -INFINITY;
+    if (!a || !piv) { PSF_FREE(a); PSF_FREE(piv); *sign = 0; return NAN; }
+    memcpy(a, M, sizeof(psf_real) * (size_t)n * n);
+    *sign = psf__lu(n, a, piv, &la);
+    PSF_FREE(a); PSF_FREE(piv);
+    return la;
+}
+
+/* Eigen-decomposition of a symmetric n x n matrix by cyclic Jacobi rotations: A = V diag(w) V^T.
+ * a is overwritten; v[n*n] receives eigenvectors in columns. Used by KFAC without LAPACK. */
+static void psf__sym_eig(int n, double *a, double *w, double *v) {
+    for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) v[(size_t)i * n + j] = (i == j);
+    for (int sweep = 0; sweep < 60; sweep++) {
+        double off = 0, tot = 0;
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) {
+            double x = a[(size_t)i * n + j] * a[(size_t)i * n + j];
+            tot += x; if (i != j) off += x;
+        }
+        if (off <= 1e-30 * tot || off == 0) break;
+        for (int p = 0; p < n - 1; p++)
+            for (int q = p + 1; q < n; q++) {
+                double apq = a[(size_t)p * n + q];
+                if (fabs(apq) < 1e-300) continue;
+                double app = a[(size_t)p * n + p], aqq = a[(size_t)q * n + q];
+                double theta = (aqq - app) / (2 * apq);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
+                double c = 1 / sqrt(t * t + 1), s = t * c;
+                for (int k = 0; k < n; k++) { /* columns p, q */
+                    double akp = a[(size_t)k * n + p], akq = a[(size_t)k * n + q];
+                    a[(size_t)k * n + p] = c * akp - s * akq;
+                    a[(size_t)k * n + q] = s * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) { /* rows p, q */
+                    double apk = a[(size_t)p * n + k], aqk = a[(size_t)q * n + k];
+                    a[(size_t)p * n + k] = c * apk - s * aqk;
+                    a[(size_t)q * n + k] = s * apk + c * aqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double vkp = v[(size_t)k * n + p], vkq = v[(size_t)k * n + q];
+                    v[(size_t)k * n + p] = c * vkp - s * vkq;
+                    v[(size_t)k * n + q] = s * vkp + c * vkq;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) w[i] = a[(size_t)i * n + i];
+}
+
+/* ============================================================================================================
+ *  [IMPL: TAPE] op table and the three rules of every op: forward (values), jet (value, gradient w.r.t. the 3N
+ *  electron coordinates, Laplacian; Li et al. 2024), backward (vector-Jacobian product).
+ *
+ *  A node's jet block holds D + 2 consecutive slices of n reals (D = 3N): slice 0 the value, slice 1 + d the
+ *  derivative along coordinate d, slice D + 1 the Laplacian. In forward mode only slice 0 is computed.
+ * ============================================================================================================ */
+
+const char *const psf_op_names[PSF_OP_COUNT] = {
+    "input", "features", "linear", "add", "tanh", "layernorm", "attn_scores", "softmax", "attn_mix", "envelope",
+    "logdet", "jastrow"};
+
+#define PSF__N(nd) ((size_t)(nd)->rows * (size_t)(nd)->cols)
+#define PSF__J(ws, nd) ((ws)->jet + (nd)->off)
+#define PSF__A(ws, nd) ((ws)->adj + (nd)->adj_off)
+#define PSF_LN_EPS 1e-5
+
+typedef struct {
+    const psf_model *m;
+    psf_workspace *ws;
+    const psf_real *x;   /* coordinates [3N]                       */
+    int D;               /* 3N                                     */
+    int nb;              /* slices computed: 1 (forward) or D + 2  */
+    psf_real *dparams;   /* backward: parameter adjoint (or NULL)  */
+} psf__ctx;
+
+/* Electron-nucleus geometry for electron i and atom I: r = x_i - R_I and rho = |r| (floored to avoid 0/0). */
+static double psf__dist(const double *R, const psf_real *xi, double r[3]) {
+    r[0] = xi[0] - R[0]; r[1] = xi[1] - R[1]; r[2] = xi[2] - R[2];
+    double rho = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+    return rho > 1e-12 ? rho : 1e-12;
+}
+
+/* ---- INPUT: slice 0 = x; the gradient slices are the identity; Laplacian 0 ---------------------------- */
+static void psf__input_fwd(psf__ctx *c, const psf_node *nd) {
+    psf_real *y = PSF__J(c->ws, nd);
+    size_t n = PSF__N(nd);
+    memcpy(y, c->x, sizeof(psf_real) * n);
+    if (c->nb > 1) {
+        memset(y + n, 0, sizeof(psf_real) * n * (size_t)(c->D + 1));
+        for (int d = 0; d < c->D; d++) y[(size_t)(1 + d) * n + d] = 1;
+    }
+}
+static void psf__input_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *a = PSF__A(c->ws, nd);
+    for (int d = 0; d < c->D; d++) c->ws->dx[d] += a[d];
+}
+
+/* ---- FEATURES: per electron i, per nucleus I: [l, r_x g, r_y g, r_z g], l = log(1+rho), g = l/rho;
+ *      then the spin (+1 up, -1 down). Rescaled FermiNet inputs (von Glehn et al. 2023, §3; FermiNet
+ *      make_ferminet_features with rescale_inputs). The input must be the INPUT node, so that the jet can use
+ *      the closed-form first and second derivatives:
+ *        d l / d x_c = r_c / (rho (1+rho)),          lap l = -1/(1+rho)^2 + 2 / (rho (1+rho))
+ *        d (r_c g) / d x_c' = delta g + r_c r_c' g'/rho,  lap (r_c g) = r_c (g'' + 4 g'/rho).               */
+static void psf__logratio(double rho, double *g, double *g1, double *g2) {
+    if (rho < 1e-2) { /* series of log(1+rho)/rho = sum_k (-1)^k rho^k / (k+1), avoids cancellation */
+        double s0 = 0, s1 = 0, s2 = 0, p = 1;
+        for (int k = 0; k <= 10; k++) {
+            double sg = (k & 1) ? -1.0 : 1.0;
+            s0 += sg * p / (k + 1);
+            if (k + 1 <= 10) { /* coefficient of rho^k in g' is (-1)^(k+1) (k+1)/(k+2) */
+                s1 += -sg * (k + 1) * p / (k + 2);
+                s2 += sg * (k + 2) * (k + 1) * p / (k + 3);
+            }
+            p *= rho;
+        }
+        *g = s0; *g1 = s1; *g2 = s2;
+    } else {
+        double l = log1p(rho), l1 = 1 / (1 + rho), l2 = -l1 * l1;
+        *g = l / rho;
+        *g1 = l1 / rho - l / (rho * rho);
+        *g2 = l2 / rho - 2 * l1 / (rho * rho) + 2 * l / (rho * rho * rho);
+    }
+}
+
+static void psf__features_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_system *sys = &c->m->sys;
+    const int N = nd->rows, F = nd->cols, A = sys->n_atoms;
+    psf_real *y = PSF__J(c->ws, nd);
+    const size_t n = PSF__N(nd);
+    if (c->nb > 1) memset(y + n, 0, sizeof(psf_real) * n * (size_t)(c->D + 1));
+    for (int i = 0; i < N; i++) {
+        for (int I = 0; I < A; I++) {
+            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r), g, g1, g2;
+            psf__logratio(rho, &g, &g1, &g2);
+            psf_real *row = y + (size_t)i * F + 4 * I;
+            row[0] = log1p(rho);
+            for (int k = 0; k < 3; k++) row[1 + k] = r[k] * g;
+            if (c->nb == 1) continue;
+            const double l1 = 1 / (1 + rho);
+            for (int cc = 0; cc < 3; cc++) {
+                psf_real *gs = y + (size_t)(1 + 3 * i + cc) * n + (size_t)i * F + 4 * I;
+                gs[0] = l1 * r[cc] / rho;
+                for (int k = 0; k < 3; k++) gs[1 + k] = (k == cc ? g : 0.0) + r[k] * r[cc] * g1 / rho;
+            }
+            psf_real *L = y + (size_t)(1 + c->D) * n + (size_t)i * F + 4 * I;
+            L[0] = -l1 * l1 + 2 * l1 / rho;
+            for (int k = 0; k < 3; k++) L[1 + k] = r[k] * (g2 + 4 * g1 / rho);
+        }
+        y[(size_t)i * F + 4 * A] = i < sys->n_up ? 1.0 : -1.0;
+    }
+}
+static void psf__features_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_system *sys = &c->m->sys;
+    const int N = nd->rows, F = nd->cols, A = sys->n_atoms;
+    const psf_real *a = PSF__A(c->ws, nd);
+    for (int i = 0; i < N; i++)
+        for (int I = 0; I < A; I++) {
+            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r), g, g1, g2;
+            psf__logratio(rho, &g, &g1, &g2);
+            const psf_real *ar = a + (size_t)i * F + 4 * I;
+            for (int cc = 0; cc < 3; cc++) {
+                double s = ar[0] * r[cc] / (rho * (1 + rho));
+                for (int k = 0; k < 3; k++) s += ar[1 + k] * ((k == cc ? g : 0.0) + r[k] * r[cc] * g1 / rho);
+                c->ws->dx[3 * i + cc] += s;
+            }
+        }
+}
+
+/* ---- LINEAR: Y[t] = X[t] W_g + b_g for rows t of group g (group 0: t < split; group 1: t >= split, e.g. the
+ *      spin channels of the orbital projection). Params per group: W [a x b] then b [b] if has_bias.
+ *      ia = split, ib = has_bias, ic = number of groups. Jet: linear, so every slice maps by W; bias only on
+ *      slice 0. Backward: dW += X^T dY, db += sum_t dY, dX += dY W^T.                                       */
+static void psf__linear_groups(const psf_node *nd, int g, int *r0, int *r1, size_t *poff, int a) {
+    const int T = nd->rows, b = nd->cols;
+    *r0 = g == 0 ? 0 : nd->ia;
+    *r1 = g == 0 ? (nd->ic > 1 ? nd->ia : T) : T;
+    *poff = (size_t)nd->p_off + (size_t)g * ((size_t)a * b + (nd->ib ? (size_t)b : 0));
+}
+static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int T = nd->rows, a = in->cols, b = nd->cols;
+    const psf_real *X = PSF__J(c->ws, in);
+    psf_real *Y = PSF__J(c->ws, nd);
+    const size_t nx = PSF__N(in), ny = PSF__N(nd);
+    for (int g = 0; g < nd->ic; g++) {
+        int r0, r1; size_t po;
+        psf__linear_groups(nd, g, &r0, &r1, &po, a);
+        if (r1 <= r0) continue;
+        const psf_real *W = c->m->params + po;
+        if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
+            psf__gemm(0, 0, c->nb * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
+        else
+            for (int s = 0; s < c->nb; s++)
+                psf__gemm(0, 0, r1 - r0, b, a, 1.0, X + s * nx + (size_t)r0 * a, a, W, b, 0.0, Y + s * ny + (size_t)r0 * b, b);
+        if (nd->ib) {
+            const psf_real *bias = W + (size_t)a * b;
+            for (int t = r0; t < r1; t++) for (int j = 0; j < b; j++) Y[(size_t)t * b + j] += bias[j];
+        }
+    }
+}
+static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int a = in->cols, b = nd->cols;
+    const psf_real *X = PSF__J(c->ws, in), *dY = PSF__A(c->ws, nd);
+    psf_real *dX = PSF__A(c->ws, in);
+    for (int g = 0; g < nd->ic; g++) {
+        int r0, r1; size_t po;
+        psf__linear_groups(nd, g, &r0, &r1, &po, a);
+        if (r1 <= r0) continue;
+        const psf_real *W = c->m->params + po;
+        if (c->dparams) {
+            psf__gemm(1, 0, a, b, r1 - r0, 1.0, X + (size_t)r0 * a, a, dY + (size_t)r0 * b, b, 1.0, c->dparams + po, b);
+            if (nd->ib) {
+                psf_real *db = c->dparams + po + (size_t)a * b;
+                for (int t = r0; t < r1; t++) for (int j = 0; j < b; j++) db[j] += dY[(size_t)t * b + j];
+            }
+        }
+        psf__gemm(0, 1, r1 - r0, a, b, 1.0, dY + (size_t)r0 * b, b, W, b, 1.0, dX + (size_t)r0 * a, a);
+    }
+}
+
+/* ---- ADD: Y = A + B in every slice; backward passes the adjoint to both. ---------------------------------- */
+static void psf__add_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *A = PSF__J(c->ws, &c->m->nodes[nd->in0]), *B = PSF__J(c->ws, &c->m->nodes[nd->in1]);
+    psf_real *Y = PSF__J(c->ws, nd);
+    const size_t tot = PSF__N(nd) * (size_t)c->nb;
+    for (size_t i = 0; i < tot; i++) Y[i] = A[i] + B[i];
+}
+static void psf__add_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *a = PSF__A(c->ws, nd);
+    psf_real *dA = PSF__A(c->ws, &c->m->nodes[nd->in0]), *dB = PSF__A(c->ws, &c->m->nodes[nd->in1]);
+    const size_t n = PSF__N(nd);
+    for (size_t i = 0; i < n; i++) { dA[i] += a[i]; dB[i] += a[i]; }
+}
+
+/* ---- TANH: y = tanh x; y_d = (1-y^2) x_d; lap y = (1-y^2) lap x - 2 y (1-y^2) sum_d x_d^2. ---------------- */
+static void psf__tanh_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *X = PSF__J(c->ws, &c->m->nodes[nd->in0]);
+    psf_real *Y = PSF__J(c->ws, nd);
+    const size_t n = PSF__N(nd);
+    for (size_t i = 0; i < n; i++) Y[i] = tanh(X[i]);
+    if (c->nb == 1) return;
+    psf_real *YL = Y + (size_t)(c->D + 1) * n;
+    const psf_real *XL = X + (size_t)(c->D + 1) * n;
+    for (size_t i = 0; i < n; i++) YL[i] = 0;
+    for (int d = 0; d < c->D; d++) {
+        const psf_real *Xd = X + (size_t)(1 + d) * n;
+        psf_real *Yd = Y + (size_t)(1 + d) * n;
+        for (size_t i = 0; i < n; i++) { Yd[i] = (1 - Y[i] * Y[i]) * Xd[i]; YL[i] += Xd[i] * Xd[i]; }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const psf_real t = 1 - Y[i] * Y[i];
+        YL[i] = t * XL[i] - 2 * Y[i] * t * YL[i];
+    }
+}
+static void psf__tanh_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *Y = PSF__J(c->ws, nd), *a = PSF__A(c->ws, nd);
+    psf_real *dX = PSF__A(c->ws, &c->m->nodes[nd->in0]);
+    const size_t n = PSF__N(nd);
+    for (size_t i = 0; i < n; i++) dX[i] += a[i] * (1 - Y[i] * Y[i]);
+}
+
+/* ---- LAYERNORM over each row of F features: y = gamma (x - mu) s + beta, s = (var + eps)^{-1/2}, eps = 1e-5
+ *      (Ba, Kiros, Hinton 2016; population variance as in the Psiformer reference). Jet with C = x - mu:
+ *        v = mean(C0^2); dv_d = 2 mean(C0 C_d); ds_d = -s^3 dv_d / 2
+ *        Lv = 2 mean(C0 C_L) + 2 sum_d mean(C_d^2); Ls = -s^3 Lv / 2 + 3 s^5 sum_d dv_d^2 / 4
+ *        n_d = C_d s + C0 ds_d;  n_L = C_L s + C0 Ls + 2 sum_d C_d ds_d.  Params: gamma [F], beta [F].     */
+static void psf__layernorm_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int T = nd->rows, F = nd->cols, D = c->D;
+    const size_t n = PSF__N(nd);
+    const psf_real *X = PSF__J(c->ws, in), *gam = c->m->params + nd->p_off, *bet = gam + F;
+    psf_real *Y = PSF__J(c->ws, nd), *ds = c->ws->scratch;
+    for (int t = 0; t < T; t++) {
+        for (int s = 0; s < c->nb; s++) { /* C_s = X_s - mean(X_s), written into Y */
+            const psf_real *xs = X + s * n + (size_t)t * F;
+            psf_real *ys = Y + s * n + (size_t)t * F, mu = 0;
+            for (int f = 0; f < F; f++) mu += xs[f];
+            mu /= F;
+            for (int f = 0; f < F; f++) ys[f] = xs[f] - mu;
+        }
+        psf_real *C0 = Y + (size_t)t * F;
+        double v = 0;
+        for (int f = 0; f < F; f++) v += C0[f] * C0[f];
+        v /= F;
+        const double sc = 1 / sqrt(v + PSF_LN_EPS);
+        if (c->nb > 1) {
+            const double s3 = sc * sc * sc;
+            double Lv = 0, sdv2 = 0;
+            psf_real *CL = Y + (size_t)(D + 1) * n + (size_t)t * F;
+            for (int f = 0; f < F; f++) Lv += C0[f] * CL[f];
+            Lv *= 2.0 / F;
+            for (int d = 0; d < D; d++) {
+                const psf_real *Cd = Y + (size_t)(1 + d) * n + (size_t)t * F;
+                double dv = 0, q = 0;
+                for (int f = 0; f < F; f++) { dv += C0[f] * Cd[f]; q += Cd[f] * Cd[f]; }
+                dv *= 2.0 / F;
+                Lv += 2.0 * q / F;
+                sdv2 += dv * dv;
+                ds[d] = -0.5 * s3 * dv;
+            }
+            const double Ls = -0.5 * s3 * Lv + 0.75 * s3 * sc * sc * sdv2;
+            for (int f = 0; f < F; f++) {
+                double acc = 0;
+                for (int d = 0; d < D; d++) acc += Y[(size_t)(1 + d) * n + (size_t)t * F + f] * ds[d];
+                CL[f] = gam[f] * (CL[f] * sc + C0[f] * Ls + 2 * acc);
+            }
+            for (int d = 0; d < D; d++) {
+                psf_real *Cd = Y + (size_t)(1 + d) * n + (size_t)t * F;
+                for (int f = 0; f < F; f++) Cd[f] = gam[f] * (Cd[f] * sc + C0[f] * ds[d]);
+            }
+        }
+        for (int f = 0; f < F; f++) C0[f] = gam[f] * C0[f] * sc + bet[f];
+    }
+}
+static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int T = nd->rows, F = nd->cols;
+    const psf_real *X = PSF__J(c->ws, in), *a = PSF__A(c->ws, nd), *gam = c->m->params + nd->p_off;
+    psf_real *dX = PSF__A(c->ws, in), *nh = c->ws->scratch;
+    for (int t = 0; t < T; t++) {
+        const psf_real *x = X + (size_t)t * F, *at = a + (size_t)t * F;
+        double mu = 0, v = 0;
+        for (int f = 0; f < F; f++) mu += x[f];
+        mu /= F;
+        for (int f = 0; f < F; f++) v += (x[f] - mu) * (x[f] - mu);
+        v /= F;
+        const double sc = 1 / sqrt(v + PSF_LN_EPS);
+        double m1 = 0, m2 = 0;
+        for (int f = 0; f < F; f++) {
+            nh[f] = (x[f] - mu) * sc;
+            const double dn = at[f] * gam[f];
+            m1 += dn; m2 += dn * nh[f];
+        }
+        m1 /= F; m2 /= F;
+        if (c->dparams) {
+            psf_real *dg = c->dparams + nd->p_off, *db = dg + F;
+            for (int f = 0; f < F; f++) { dg[f] += at[f] * nh[f]; db[f] += at[f]; }
+        }
+        for (int f = 0; f < F; f++) dX[(size_t)t * F + f] += sc * (at[f] * gam[f] - m1 - nh[f] * m2);
+    }
+}
+
+/* ---- ATTN_SCORES: S_h = Q_h K_h^T / sqrt(d_head) per head h (Vaswani et al. 2017, Eq. 1). Bilinear:
+ *      S_d = k (Q_d K_0^T + Q_0 K_d^T),  S_L = k (Q_L K_0^T + Q_0 K_L^T + 2 sum_d Q_d K_d^T).
+ *      ia = heads H, ib = d_head; Q, K are T x (H d_head); S is (H T) x T.                                 */
+static void psf__scores_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nq = &c->m->nodes[nd->in0], *nk = &c->m->nodes[nd->in1];
+    const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D;
+    const size_t nin = PSF__N(nq), n = PSF__N(nd);
+    const double kap = 1 / sqrt((double)dh);
+    const psf_real *Q = PSF__J(c->ws, nq), *K = PSF__J(c->ws, nk);
+    psf_real *S = PSF__J(c->ws, nd);
+    for (int h = 0; h < H; h++) {
+        psf_real *Sh = S + (size_t)h * T * T;
+        psf__gemm(0, 1, T, T, dh, kap, Q + h * dh, W, K + h * dh, W, 0.0, Sh, T);
+        if (c->nb == 1) continue;
+        psf_real *SL = Sh + (size_t)(D + 1) * n;
+        for (int s = D + 1; s >= 1; s--) { /* Laplacian slice first: the d-loop accumulates into it */
+            psf_real *Ss = Sh + (size_t)s * n;
+            psf__gemm(0, 1, T, T, dh, kap, Q + s * nin + h * dh, W, K + h * dh, W, 0.0, Ss, T);
+            psf__gemm(0, 1, T, T, dh, kap, Q + h * dh, W, K + s * nin + h * dh, W, 1.0, Ss, T);
+            if (s <= D) psf__gemm(0, 1, T, T, dh, 2 * kap, Q + s * nin + h * dh, W, K + s * nin + h * dh, W, 1.0, SL, T);
+        }
+    }
+}
+static void psf__scores_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nq = &c->m->nodes[nd->in0], *nk = &c->m->nodes[nd->in1];
+    const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh;
+    const double kap = 1 / sqrt((double)dh);
+    const psf_real *Q = PSF__J(c->ws, nq), *K = PSF__J(c->ws, nk), *dS = PSF__A(c->ws, nd);
+    psf_real *dQ = PSF__A(c->ws, nq), *dK = PSF__A(c->ws, nk);
+    for (int h = 0; h < H; h++) {
+        const psf_real *dSh = dS + (size_t)h * T * T;
+        psf__gemm(0, 0, T, dh, T, kap, dSh, T, K + h * dh, W, 1.0, dQ + h * dh, W);
+        psf__gemm(1, 0, T, dh, T, kap, dSh, T, Q + h * dh, W, 1.0, dK + h * dh, W);
+    }
+}
+
+/* ---- SOFTMAX over each row: p = exp(s) / sum exp(s). With u_d = s_d - <s_d>_p:
+ *      p_d = p u_d;  lap p = p (sum_d u_d^2 + L s - <L s>_p - sum_d <u_d s_d>_p).                          */
+static void psf__softmax_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *X = PSF__J(c->ws, &c->m->nodes[nd->in0]);
+    psf_real *Y = PSF__J(c->ws, nd);
+    const int R = nd->rows, C = nd->cols, D = c->D;
+    const size_t n = PSF__N(nd);
+    for (int r = 0; r < R; r++) {
+        const psf_real *x = X + (size_t)r * C;
+        psf_real *p = Y + (size_t)r * C, mx = x[0], z = 0;
+        for (int j = 1; j < C; j++) if (x[j] > mx) mx = x[j];
+        for (int j = 0; j < C; j++) { p[j] = exp(x[j] - mx); z += p[j]; }
+        for (int j = 0; j < C; j++) p[j] /= z;
+        if (c->nb == 1) continue;
+        psf_real *yL = Y + (size_t)(D + 1) * n + (size_t)r * C;
+        const psf_real *xL = X + (size_t)(D + 1) * n + (size_t)r * C;
+        double mL = 0, corr = 0;
+        for (int j = 0; j < C; j++) { mL += p[j] * xL[j]; yL[j] = 0; }
+        for (int d = 0; d < D; d++) {
+            const psf_real *xd = X + (size_t)(1 + d) * n + (size_t)r * C;
+            psf_real *yd = Y + (size_t)(1 + d) * n + (size_t)r * C;
+            double md = 0;
+            for (int j = 0; j < C; j++) md += p[j] * xd[j];
+            for (int j = 0; j < C; j++) {
+                const double u = xd[j] - md;
+                yd[j] = p[j] * u;
+                yL[j] += u * u;
+                corr += p[j] * u * xd[j];
+            }
+        }
+        for (int j = 0; j < C; j++) yL[j] = p[j] * (yL[j] + xL[j] - mL - corr);
+    }
+}
+static void psf__softmax_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_real *P = PSF__J(c->ws, nd), *a = PSF__A(c->ws, nd);
+    psf_real *dX = PSF__A(c->ws, &c->m->nodes[nd->in0]);
+    const int R = nd->rows, C = nd->cols;
+    for (int r = 0; r < R; r++) {
+        const psf_real *p = P + (size_t)r * C, *ar = a + (size_t)r * C;
+        double dot = 0;
+        for (int j = 0; j < C; j++) dot += p[j] * ar[j];
+        for (int j = 0; j < C; j++) dX[(size_t)r * C + j] += p[j] * (ar[j] - dot);
+    }
+}
+
+/* ---- ATTN_MIX: O_h = P_h V_h per head. Bilinear: O_d = P_d V_0 + P_0 V_d; O_L = P_L V_0 + P_0 V_L +
+ *      2 sum_d P_d V_d. in0 = P ((H T) x T), in1 = V (T x H d_head); ia = H, ib = d_head.                   */
+static void psf__mix_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *np = &c->m->nodes[nd->in0], *nv = &c->m->nodes[nd->in1];
+    const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D;
+    const size_t npn = PSF__N(np), n = PSF__N(nd);
+    const psf_real *P = PSF__J(c->ws, np), *V = PSF__J(c->ws, nv);
+    psf_real *O = PSF__J(c->ws, nd);
+    for (int h = 0; h < H; h++) {
+        const psf_real *Ph = P + (size_t)h * T * T;
+        psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + h * dh, W, 0.0, O + h * dh, W);
+        if (c->nb == 1) continue;
+        psf_real *OL = O + (size_t)(D + 1) * n + h * dh;
+        for (int s = D + 1; s >= 1; s--) { /* Laplacian slice first: the d-loop accumulates into it */
+            psf_real *Os = O + (size_t)s * n + h * dh;
+            psf__gemm(0, 0, T, dh, T, 1.0, Ph + s * npn, T, V + h * dh, W, 0.0, Os, W);
+            psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + s * n + h * dh, W, 1.0, Os, W);
+            if (s <= D) psf__gemm(0, 0, T, dh, T, 2.0, Ph + s * npn, T, V + s * n + h * dh, W, 1.0, OL, W);
+        }
+    }
+}
+static void psf__mix_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *np = &c->m->nodes[nd->in0], *nv = &c->m->nodes[nd->in1];
+    const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh;
+    const psf_real *P = PSF__J(c->ws, np), *V = PSF__J(c->ws, nv), *dO = PSF__A(c->ws, nd);
+    psf_real *dP = PSF__A(c->ws, np), *dV = PSF__A(c->ws, nv);
+    for (int h = 0; h < H; h++) {
+        psf__gemm(0, 1, T, T, dh, 1.0, dO + h * dh, W, V + h * dh, W, 1.0, dP + (size_t)h * T * T, T);
+        psf__gemm(1, 0, T, dh, T, 1.0, P + (size_t)h * T * T, T, dO + h * dh, W, 1.0, dV + h * dh, W);
+    }
+}
+
+/* ---- ENVELOPE: M[k,i,j] = Phi[i, kN+j] e_{s(i)}[i, kN+j], e[i,o] = sum_I pi_{I,o} exp(-sigma_{I,o} |r_iI|)
+ *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel).
+ *      The envelope depends on electron i only: grad_i e = sum_I -pi sigma exp(-sigma rho) r/rho,
+ *      lap e = sum_I pi exp(-sigma rho) (sigma^2 - 2 sigma/rho). Params: [pi_0, sigma_0, pi_1, sigma_1], each
+ *      A x (K N). ia = K. in0 = Phi (N x K N).                                                           */
+static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_system *sys = &c->m->sys;
+    const psf_node *nphi = &c->m->nodes[nd->in0];
+    const int K = nd->ia, N = c->m->n_elec, KN = K * N, A = sys->n_atoms, D = c->D;
+    const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KN;
+    const psf_real *Phi = PSF__J(c->ws, nphi);
+    psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KN, *le = ge + 3 * (size_t)KN;
+    if (c->nb > 1) memset(M + n, 0, sizeof(psf_real) * n * (size_t)(D + 1));
+    for (int i = 0; i < N; i++) {
+        const int sp = i < sys->n_up ? 0 : 1;
+        const psf_real *pi = c->m->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
+        for (int o = 0; o < KN; o++) { e[o] = 0; ge[o] = ge[KN + o] = ge[2 * KN + o] = 0; le[o] = 0; }
+        for (int I = 0; I < A; I++) {
+            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r);
+            for (int o = 0; o < KN; o++) {
+                const double s = sg[(size_t)I * KN + o], t = pi[(size_t)I * KN + o] * exp(-s * rho);
+                e[o] += t;
+                if (c->nb > 1) {
+                    for (int k = 0; k < 3; k++) ge[k * KN + o] += -s * t * r[k] / rho;
+                    le[o] += t * (s * s - 2 * s / rho);
+                }
+            }
+        }
+        for (int o = 0; o < KN; o++) {
+            const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
+            M[q] = Phi[pidx] * e[o];
+            if (c->nb == 1) continue;
+            double lap = Phi[(size_t)(D + 1) * np + pidx] * e[o] + Phi[pidx] * le[o];
+            for (int d = 0; d < D; d++) M[(size_t)(1 + d) * n + q] = Phi[(size_t)(1 + d) * np + pidx] * e[o];
+            for (int k = 0; k < 3; k++) {
+                const int d = 3 * i + k;
+                M[(size_t)(1 + d) * n + q] += Phi[pidx] * ge[k * KN + o];
+                lap += 2 * Phi[(size_t)(1 + d) * np + pidx] * ge[k * KN + o];
+            }
+            M[(size_t)(D + 1) * n + q] = lap;
+        }
+    }
+}
+static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_system *sys = &c->m->sys;
+    const psf_node *nphi = &c->m->nodes[nd->in0];
+    const int K = nd->ia, N = c->m->n_elec, KN = K * N, A = sys->n_atoms;
+    const size_t blk = (size_t)A * KN;
+    const psf_real *Phi = PSF__J(c->ws, nphi), *aM = PSF__A(c->ws, nd);
+    psf_real *dPhi = PSF__A(c->ws, nphi);
+    for (int i = 0; i < N; i++) {
+        const int sp = i < sys->n_up ? 0 : 1;
+        const size_t po = (size_t)nd->p_off + 2 * sp * blk;
+        const psf_real *pi = c->m->params + po, *sg = pi + blk;
+        for (int I = 0; I < A; I++) {
+            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r);
+            for (int o = 0; o < KN; o++) {
+                const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
+                const double s = sg[(size_t)I * KN + o], ex = exp(-s * rho), t = pi[(size_t)I * KN + o] * ex;
+                const double w = aM[q] * Phi[pidx];
+                dPhi[pidx] += aM[q] * t;
+                if (c->dparams) {
+                    c->dparams[po + (size_t)I * KN + o] += w * ex;
+                    c->dparams[po + blk + (size_t)I * KN + o] += -w * t * rho;
+                }
+                for (int k = 0; k < 3; k++) c->ws->dx[3 * i + k] += w * (-s * t * r[k] / rho);
+            }
+        }
+    }
+}
+
+/* ---- LOGDET: log|psi_det| = log|sum_k det M_k| with sign (signed log-sum-exp). Per determinant, A = M^{-1}:
+ *      d ld = tr(A M_d);  lap ld = tr(A M_L) - sum_d tr(A M_d A M_d)  (Jacobi's formula and its derivative).
+ *      Combined with w_k = sign_k exp(ld_k) / psi_det:  grad = sum_k w_k grad_k,
+ *      lap = sum_k w_k (lap_k + |grad_k|^2) - |grad|^2.  Backward: dM_k = w_k A_k^T. A singular determinant
+ *      (exact zero pivot) has sign 0 and weight 0; if all are, log|psi| = -inf and sign 0.                     */
+static double psf__logdet_combine(int K, const double *ld, const int *sg, double *w, int *sign) {
+    double mx = -INFINITY, S = 0;
+    for (int k = 0; k < K; k++) if (sg[k] && ld[k] > mx) mx = ld[k];
+    if (mx == -INFINITY) { for (int k = 0; k < K; k++) w[k] = 0; *sign = 0; return -INFINITY; }
+    for (int k = 0; k < K; k++) { w[k] = sg[k] ? sg[k] * exp(ld[k] - mx) : 0.0; S += w[k]; }
+    if (S == 0.0) { for (int k = 0; k < K; k++) w[k] = 0; *sign = 0; return -INFINITY; }
+    for (int k = 0; k < K; k++) w[k] /= S;
+    *sign = S > 0 ? 1 : -1;
+    return mx + log(fabs(S));
+}
+static void psf__logdet_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int K = nd->ia, N = in->cols, D = c->D;
+    const size_t nN = (size_t)N * N, nin = PSF__N(in);
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *y = PSF__J(c->ws, nd);
+    /* scratch: lu [N^2], inv [N^2], B [N^2], per-determinant jets [K (D+1)] */
+    psf_real *lu = c->ws->scratch, *inv = lu + nN, *B = inv + nN, *jk = B + nN;
+    double ld[64], w[64];
+    int sg[64], piv[PSF_MAX_ELEC];
+    PSF_ASSERT(K <= 64 && N <= PSF_MAX_ELEC);
+    for (int k = 0; k < K; k++) {
+        memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
+        sg[k] = psf__lu(N, lu, piv, &ld[k]);
+        if (c->nb == 1 || !sg[k]) continue;
+        psf__lu_inverse(N, lu, piv, inv);
+        psf_real *jg = jk + (size_t)k * (D + 1); /* grad [D], lap */
+        double lap = 0;
+        for (int i = 0; i < N; i++) for (int j = 0; j < N; j++)
+            lap += inv[(size_t)j * N + i] * M[(size_t)(D + 1) * nin + (size_t)k * nN + (size_t)i * N + j];
+        for (int d = 0; d < D; d++) {
+            psf_real *Bd = B;
+            psf__gemm(0, 0, N, N, N, 1.0, inv, N, M + (size_t)(1 + d) * nin + (size_t)k * nN, N, 0.0, Bd, N);
+            double tr = 0, tr2 = 0;
+            for (int i = 0; i < N; i++) {
+                tr += Bd[(size_t)i * N + i];
+                for (int j = 0; j < N; j++) tr2 += Bd[(size_t)i * N + j] * Bd[(size_t)j * N + i];
+            }
+            jg[d] = tr;
+            lap -= tr2;
+        }
+        jg[D] = lap;
+    }
+    y[0] = psf__logdet_combine(K, ld, sg, w, &c->ws->sign);
+    if (c->nb == 1) return;
+    for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    if (c->ws->sign == 0) return;
+    double g2 = 0;
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        const psf_real *jg = jk + (size_t)k * (D + 1);
+        double gk2 = 0;
+        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
+        y[1 + D] += w[k] * (jg[D] + gk2);
+    }
+    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
+    y[1 + D] -= g2;
+}
+static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->m->nodes[nd->in0];
+    const int K = nd->ia, N = in->cols;
+    const size_t nN = (size_t)N * N;
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *dM = PSF__A(c->ws, in), *lu = c->ws->scratch, *inv = lu + nN;
+    const double a = PSF__A(c->ws, nd)[0];
+    double ld[64], w[64];
+    int sg[64], piv[PSF_MAX_ELEC], sign;
+    for (int k = 0; k < K; k++) {
+        memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
+        sg[k] = psf__lu(N, lu, piv, &ld[k]);
+    }
+    psf__logdet_combine(K, ld, sg, w, &sign);
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
+        psf__lu(N, lu, piv, &ld[k]);
+        psf__lu_inverse(N, lu, piv, inv);
+        for (int i = 0; i < N; i++) for (int j = 0; j < N; j++)
+            dM[(size_t)k * nN + (size_t)i * N + j] += a * w[k] * inv[(size_t)j * N + i];
+    }
+}
+
+/* ---- JASTROW: J = sum_{i<j} f(r_ij), f(r) = -c a^2 / (a + r), c = 1/4 (same spin, a = a_par) or 1/2
+ *      (opposite, a = a_anti): f'(0) = c is the Kato cusp (FermiNet simple_ee Jastrow; von Glehn et al. 2023).
+ *      grad_i f = f'(r) (x_i - x_j)/r; the Laplacian over both electrons is 2 (f'' + 2 f'/r).
+ *      Params: [a_par, a_anti].                                                                           */
+static int psf__jastrow_pair(const psf_model *m, int i, int j, double *cusp) { /* returns the parameter index */
+    const int same = (i < m->sys.n_up) == (j < m->sys.n_up);
+    *cusp = same ? 0.25 : 0.5;
+    return same ? 0 : 1;
+}
+static void psf__jastrow_fwd(psf__ctx *c, const psf_node *nd) {
+    const int N = c->m->n_elec, D = c->D;
+    const psf_real *par = c->m->params + nd->p_off;
+    psf_real *y = PSF__J(c->ws, nd);
+    double J = 0, lap = 0;
+    if (c->nb > 1) for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++) {
+            double cu, r[3];
+            const int ai = psf__jastrow_pair(c->m, i, j, &cu);
+            const double a = par[ai];
+            for (int k = 0; k < 3; k++) r[k] = c->x[3 * i + k] - c->x[3 * j + k];
+            double rr = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+            if (rr < 1e-12) rr = 1e-12;
+            J += -cu * a * a / (a + rr);
+            if (c->nb == 1) continue;
+            const double f1 = cu * a * a / ((a + rr) * (a + rr)), f2 = -2 * f1 / (a + rr);
+            for (int k = 0; k < 3; k++) { y[1 + 3 * i + k] += f1 * r[k] / rr; y[1 + 3 * j + k] -= f1 * r[k] / rr; }
+            lap += 2 * (f2 + 2 * f1 / rr);
+        }
+    y[0] = J;
+    if (c->nb > 1) y[1 + D] = lap;
+}
+static void psf__jastrow_bwd(psf__ctx *c, const psf_node *nd) {
+    const int N = c->m->n_elec;
+    const psf_real *par = c->m->params + nd->p_off;
+    const double a0 = PSF__A(c->ws, nd)[0];
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++) {
+            double cu, r[3];
+            const int ai = psf__jastrow_pair(c->m, i, j, &cu);
+            const double a = par[ai];
+            for (int k = 0; k < 3; k++) r[k] = c->x[3 * i + k] - c->x[3 * j + k];
+            double rr = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+            if (rr < 1e-12) rr = 1e-12;
+            if (c->dparams) c->dparams[nd->p_off + ai] += a0 * (-cu * a * (a + 2 * rr) / ((a + rr) * (a + rr)));
+            const double f1 = cu * a * a / ((a + rr) * (a + rr));
+            for (int k = 0; k < 3; k++) { c->ws->dx[3 * i + k] += a0 * f1 * r[k] / rr; c->ws->dx[3 * j + k] -= a0 * f1 * r[k] / rr; }
+        }
+}
+
+/* The op table: forward and jet share one function per op (slices 1.. are computed when nb > 1). */
+typedef void (*psf__rule)(psf__ctx *, const psf_node *);
+static const psf__rule psf__fwd_rules[PSF_OP_COUNT] = {
+    psf__input_fwd, psf__features_fwd, psf__linear_fwd, psf__add_fwd, psf__tanh_fwd, psf__layernorm_fwd,
+    psf__scores_fwd, psf__softmax_fwd, psf__mix_fwd, psf__envelope_fwd, psf__logdet_fwd, psf__jastrow_fwd};
+static const psf__rule psf__bwd_rules[PSF_OP_COUNT] = {
+    psf__input_bwd, psf__features_bwd, psf__linear_bwd, psf__add_bwd, psf__tanh_bwd, psf__layernorm_bwd,
+    psf__scores_bwd, psf__softmax_bwd, psf__mix_bwd, psf__envelope_bwd, psf__logdet_bwd, psf__jastrow_bwd};
+
+static void psf__run(const psf_model *m, psf_workspace *ws, const psf_real *x, int upto, int jet) {
+    psf__ctx c = {m, ws, x, m->n_dim, jet ? m->n_dim + 2 : 1, NULL};
+    ws->sign = 1;
+    for (int k = 0; k <= upto; k++) psf__fwd_rules[m->nodes[k].op](&c, &m->nodes[k]);
+    ws->n_dim = jet ? m->n_dim : 0;
+}
+
+double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x, int *sign) {
+    psf__run(m, ws, x, m->out_node, 0);
+    if (sign) *sign = ws->sign;
+    return ws->sign ? PSF__J(ws, &m->nodes[m->out_node])[0] : -INFINITY;
+}
+
+double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad, psf_real *lap,
+                     int *sign) {
+    const psf_real *y = PSF__J(ws, &m->nodes[m->out_node]);
+    psf__run(m, ws, x, m->out_node, 1);
+    if (sign) *sign = ws->sign;
+    if (grad) for (int d = 0; d < m->n_dim; d++) grad[d] = y[1 + d];
+    if (lap) *lap = y[1 + m->n_dim];
+    return ws->sign ? y[0] : -INFINITY;
+}
+
+const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const psf_real *x, int k, int mode) {
+    psf__run(m, ws, x, k, mode);
+    return PSF__J(ws, &m->nodes[k]);
+}
+
+/* Backward from node `from` with adjoint seed on its slice 0 (all n entries set to seed_vec or seed). */
+static void psf__backward_from(const psf_model *m, psf_workspace *ws, const psf_real *x, int from,
+                               const psf_real *seed_vec, double seed, psf_real *dparams) {
+    psf__ctx c = {m, ws, x, m->n_dim, 1, dparams};
+    memset(ws->adj, 0, sizeof(psf_real) * m->ws_adj_reals);
+    memset(ws->dx, 0, sizeof(psf_real) * (size_t)m->n_dim);
+    psf_real *a = PSF__A(ws, &m->nodes[from]);
+    for (size_t i = 0; i < PSF__N(&m->nodes[from]); i++) a[i] = seed_vec ? seed_vec[i] : seed;
+    for (int k = from; k >= 0; k--) psf__bwd_rules[m->nodes[k].op](&c, &m->nodes[k]);
+}
+
+static const psf_real *psf__ws_x(const psf_model *m, psf_workspace *ws) { return PSF__J(ws, &m->nodes[0]); }
+
+void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_real *dparams) {
+    /* the INPUT node's slice 0 holds the x of the last forward pass */
+    psf__backward_from(m, ws, psf__ws_x(m, ws), m->out_node, NULL, seed, dparams);
+}
+
+/* Backward from an arbitrary node with a given adjoint vector (for the op tests). */
+void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams);
+void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams) {
+    psf__backward_from(m, ws, psf__ws_x(m, ws), k, adj, 0.0, dparams);
+}
+
+/* ============================================================================================================
+ *  [IMPL: ANSATZ] systems, the Psiformer graph, initialisation
+ * ============================================================================================================ */
+
+/* Ground states of first-row atoms (non-relativistic, infinite nuclear mass), hartree. exact: Chakravorty et al.,
+ * PRA 47, 3649 (1993) (H exact; He Hylleraas-type); hf_limit: numerical Hartree–Fock limit. */
+static const psf_atom_info psf__atoms[] = {
+    {"H", 1, 1, 0, "2S", -0.5, -0.5},
+    {"He", 2, 1, 1, "1S", -2.903724, -2.861680},
+    {"Li", 3, 2, 1, "2S", -7.478060, -7.432727},
+    {"Be", 4, 2, 2, "1S", -14.66736, -14.573023},
+    {"B", 5, 3, 2, "2P", -24.65391, -24.529061},
+    {"C", 6, 4, 2, "3P", -37.8450, -37.688619},
+    {"N", 7, 5, 2, "4S", -54.5892, -54.400934},
+    {"O", 8, 5, 3, "3P", -75.0673, -74.809398},
+    {"F", 9, 5, 4, "2P", -99.7339, -99.409349},
+    {"Ne", 10, 5, 5, "1S", -128.9376, -128.547098},
+};
+
+const psf_atom_info *psf_atom_lookup(const char *symbol) {
+    for (size_t i = 0; i < sizeof psf__atoms / sizeof psf__atoms[0]; i++)
+        if (symbol && strcmp(symbol, psf__atoms[i].symbol) == 0) return &psf__atoms[i];
+    return NULL;
+}
+
+int psf_system_atom(psf_system *sys, const char *symbol, int spin) {
+    const psf_atom_info *a = psf_atom_lookup(symbol);
+    if (!a) return psf__fail(PSF_ERR_ARG, "psf_system_atom: unknown element '%s' (H..Ne are known)", symbol ? symbol : "(null)");
+    if (spin < 0) spin = a->n_up - a->n_down;
+    if (spin > a->Z || (a->Z - spin) % 2 != 0)
+        return psf__fail(PSF_ERR_ARG, "psf_system_atom: spin %d impossible for %s with %d electrons", spin, symbol, a->Z);
+    memset(sys, 0, sizeof *sys);
+    sys->n_atoms = 1;
+    sys->Z[0] = a->Z;
+    sys->n_up = (a->Z + spin) / 2;
+    sys->n_down = (a->Z - spin) / 2;
+    return PSF_OK;
+}
+
+double psf_nuclear_repulsion(const psf_system *sys) {
+    double v = 0;
+    for (int I = 0; I < sys->n_atoms; I++)
+        for (int J = I + 1; J < sys->n_atoms; J++) {
+            double d2 = 0;
+            for (int k = 0; k < 3; k++) d2 += (sys->R[I][k] - sys->R[J][k]) * (sys->R[I][k] - sys->R[J][k]);
+            v += sys->Z[I] * sys->Z[J] / sqrt(d2);
+        }
+    return v;
+}
+
+void psf_config_default(psf_config *cfg) {
+    cfg->n_layers = 2;
+    cfg->n_heads = 4;
+    cfg->head_dim = 16;
+    cfg->mlp_hidden = 64;
+    cfg->n_dets = 4;
+    cfg->use_layernorm = 1;
+    cfg->use_jastrow = 1;
+}
+
+static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int cols) {
+    PSF_ASSERT(m->n_nodes < PSF_MAX_NODES);
+    psf_node *nd = &m->nodes[m->n_nodes];
+    memset(nd, 0, sizeof *nd);
+    nd->op = op; nd->in0 = in0; nd->in1 = in1; nd->rows = rows; nd->cols = cols;
+    nd->p_off = -1; nd->ic = 1;
+    return m->n_nodes++;
+}
+
+static void psf__pblock(psf_model *m, int node, const char *name, int rows, int cols, psf_pblock_kind kind) {
+    PSF_ASSERT(m->n_pblocks < PSF_MAX_PBLOCKS);
+    psf_pblock *b = &m->pblocks[m->n_pblocks++];
+    snprintf(b->name, sizeof b->name, "%s", name);
+    b->off = (int)m->n_params; b->rows = rows; b->cols = cols; b->kind = kind; b->node = node;
+    if (m->nodes[node].p_off < 0) m->nodes[node].p_off = (int)m->n_params;
+    m->nodes[node].p_len += rows * cols;
+    m->n_params += (size_t)rows * cols;
+}
+
+/* LINEAR node with groups (split rows) and optional bias; registers parameter blocks name.w / name.b. */
+static int psf__linear(psf_model *m, int in, int out_cols, int bias, int split, const char *name) {
+    const int T = m->nodes[in].rows, a = m->nodes[in].cols;
+    const int k = psf__node(m, PSF_OP_LINEAR, in, -1, T, out_cols);
+    const int groups = split < T ? 2 : 1;
+    char nm[40];
+    m->nodes[k].ia = split; m->nodes[k].ib = bias; m->nodes[k].ic = groups;
+    for (int g = 0; g < groups; g++) {
+        snprintf(nm, sizeof nm, groups > 1 ? "%s%d.w" : "%s.w", name, g);
+        psf__pblock(m, k, nm, a, out_cols, PSF_PB_WEIGHT);
+        if (bias) {
+            snprintf(nm, sizeof nm, groups > 1 ? "%s%d.b" : "%s.b", name, g);
+            psf__pblock(m, k, nm, 1, out_cols, PSF_PB_BIAS);
+        }
+    }
+    return k;
+}
+
+static int psf__layernorm(psf_model *m, int in, const char *name) {
+    const int k = psf__node(m, PSF_OP_LAYERNORM, in, -1, m->nodes[in].rows, m->nodes[in].cols);
+    char nm[40];
+    snprintf(nm, sizeof nm, "%s.scale", name);
+    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_SCALE);
+    snprintf(nm, sizeof nm, "%s.offset", name);
+    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_OFFSET);
+    return k;
+}
+
+int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    const int N = sys->n_up + sys->n_down, A = sys->n_atoms;
+    if (N < 1 || N > PSF_MAX_ELEC || sys->n_up < 0 || sys->n_down < 0)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: electron count %d out of range 1..%d", N, PSF_MAX_ELEC);
+    if (A < 1 || A > PSF_MAX_ATOMS) return psf__fail(PSF_ERR_ARG, "psf_model_init: atom count %d out of range 1..%d", A, PSF_MAX_ATOMS);
+    if (cfg->n_layers < 0 || cfg->n_heads < 1 || cfg->head_dim < 1 || cfg->mlp_hidden < 1 || cfg->n_dets < 1 || cfg->n_dets > 64)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: invalid network shape (layers %d, heads %d, head_dim %d, mlp %d, dets %d)",
+                         cfg->n_layers, cfg->n_heads, cfg->head_dim, cfg->mlp_hidden, cfg->n_dets);
+    m->sys = *sys;
+    m->cfg = *cfg;
+    m->n_elec = N;
+    m->n_dim = 3 * N;
+    const int W = cfg->n_heads * cfg->head_dim, K = cfg->n_dets;
+    char nm[40];
+
+    const int x = psf__node(m, PSF_OP_INPUT, -1, -1, N, 3);
+    const int f = psf__node(m, PSF_OP_FEATURES, x, -1, N, 4 * A + 1);
+    int h = psf__linear(m, f, W, 0, N, "embed");
+    for (int l = 0; l < cfg->n_layers; l++) {
+        snprintf(nm, sizeof nm, "l%d.q", l); const int q = psf__linear(m, h, W, 0, N, nm);
+        snprintf(nm, sizeof nm, "l%d.k", l); const int kk = psf__linear(m, h, W, 0, N, nm);
+        snprintf(nm, sizeof nm, "l%d.v", l); const int v = psf__linear(m, h, W, 0, N, nm);
+        const int s = psf__node(m, PSF_OP_ATTN_SCORES, q, kk, cfg->n_heads * N, N);
+        m->nodes[s].ia = cfg->n_heads; m->nodes[s].ib = cfg->head_dim;
+        const int p = psf__node(m, PSF_OP_SOFTMAX, s, -1, cfg->n_heads * N, N);
+        const int o = psf__node(m, PSF_OP_ATTN_MIX, p, v, N, W);
+        m->nodes[o].ia = cfg->n_heads; m->nodes[o].ib = cfg->head_dim;
+        snprintf(nm, sizeof nm, "l%d.o", l); const int ao = psf__linear(m, o, W, 0, N, nm);
+        h = psf__node(m, PSF_OP_ADD, h, ao, N, W);
+        if (cfg->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln1", l); h = psf__layernorm(m, h, nm); }
+        snprintf(nm, sizeof nm, "l%d.mlp1", l); int u = psf__linear(m, h, cfg->mlp_hidden, 1, N, nm);
+        u = psf__node(m, PSF_OP_TANH, u, -1, N, cfg->mlp_hidden);
+        snprintf(nm, sizeof nm, "l%d.mlp2", l); u = psf__linear(m, u, W, 1, N, nm);
+        u = psf__node(m, PSF_OP_TANH, u, -1, N, W);
+        h = psf__node(m, PSF_OP_ADD, h, u, N, W);
+        if (cfg->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln2", l); h = psf__layernorm(m, h, nm); }
+    }
+    /* orbitals: always two spin groups (group 1 empty when n_down = 0) */
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * N);
+    m->nodes[phi].ia = sys->n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    psf__pblock(m, phi, "orb_up.w", W, K * N, PSF_PB_WEIGHT);
+    psf__pblock(m, phi, "orb_down.w", W, K * N, PSF_PB_WEIGHT);
+    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, N);
+    m->nodes[env].ia = K;
+    psf__pblock(m, env, "env_up.pi", A, K * N, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_up.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_down.pi", A, K * N, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_down.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    const int ld = psf__node(m, PSF_OP_LOGDET, env, -1, 1, 1);
+    m->nodes[ld].ia = K;
+    m->logdet_node = ld;
+    m->out_node = ld;
+    if (cfg->use_jastrow) {
+        const int j = psf__node(m, PSF_OP_JASTROW, x, -1, 1, 1);
+        psf__pblock(m, j, "jastrow.alpha", 1, 2, PSF_PB_JASTROW);
+        m->out_node = psf__node(m, PSF_OP_ADD, ld, j, 1, 1);
+    }
+
+    /* workspace layout */
+    const size_t D = (size_t)m->n_dim;
+    size_t scratch = 0;
+    for (int k = 0; k < m->n_nodes; k++) {
+        psf_node *nd = &m->nodes[k];
+        nd->off = m->ws_jet_reals;
+        nd->adj_off = m->ws_adj_reals;
+        m->ws_jet_reals += (D + 2) * PSF__N(nd);
+        m->ws_adj_reals += PSF__N(nd);
+        size_t need = 0;
+        switch (nd->op) {
+        case PSF_OP_LAYERNORM: need = D + (size_t)nd->cols; break;
+        case PSF_OP_ENVELOPE: need = 5 * (size_t)K * N; break;
+        case PSF_OP_LOGDET: need = 3 * (size_t)N * N + (size_t)K * (D + 1); break;
+        default: break;
+        }
+        if (need > scratch) scratch = need;
+    }
+    m->ws_scratch_reals = scratch;
+
+    /* initialisation */
+    m->params = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
+    if (!m->params) return psf__fail(PSF_ERR_NOMEM, "psf_model_init: cannot allocate %zu parameters", m->n_params);
+    psf_rng rng;
+    psf_rng_seed(&rng, seed, 0x5EED0001ULL);
+    for (int b = 0; b < m->n_pblocks; b++) {
+        const psf_pblock *pb = &m->pblocks[b];
+        psf_real *p = m->params + pb->off;
+        const size_t n = (size_t)pb->rows * pb->cols;
+        for (size_t i = 0; i < n; i++) {
+            switch (pb->kind) {
+            case PSF_PB_WEIGHT: p[i] = psf_rng_normal(&rng) / sqrt((double)pb->rows); break;
+            case PSF_PB_BIAS: p[i] = psf_rng_normal(&rng); break;
+            case PSF_PB_LN_OFFSET: p[i] = 0; break;
+            default: p[i] = 1; break; /* LN scale, pi, sigma, Jastrow alpha */
+            }
+        }
+    }
+    return PSF_OK;
+}
+
+void psf_model_free(psf_model *m) {
+    PSF_FREE(m->params);
+    m->params = NULL;
+}
+
+int psf_workspace_init(psf_workspace *ws, const psf_model *m) {
+    memset(ws, 0, sizeof *ws);
+    ws->jet = (psf_real *)psf__calloc(m->ws_jet_reals, sizeof(psf_real));
+    ws->adj = (psf_real *)psf__calloc(m->ws_adj_reals, sizeof(psf_real));
+    ws->scratch = (psf_real *)psf__calloc(m->ws_scratch_reals + 1, sizeof(psf_real));
+    ws->dx = (psf_real *)psf__calloc((size_t)m->n_dim, sizeof(psf_real));
+    if (!ws->jet || !ws->adj || !ws->scratch || !ws->dx) {
+        psf_workspace_free(ws);
+        return psf__fail(PSF_ERR_NOMEM, "psf_workspace_init: out of memory (%zu reals)", m->ws_jet_reals);
+    }
+    return PSF_OK;
+}
+
+void psf_workspace_free(psf_workspace *ws) {
+    PSF_FREE(ws->jet); PSF_FREE(ws->adj); PSF_FREE(ws->scratch); PSF_FREE(ws->dx);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* ---- psf_wavefunction adapters ------------------------------------------------------------------------ */
+static double psf__model_logpsi(void *ctx, void *ws, const psf_real *x, int *sign) {
+    return psf_model_logpsi((const psf_model *)ctx, (psf_workspace *)ws, x, sign);
+}
+static double psf__model_jet(void *ctx, void *ws, const psf_real *x, psf_real *g, psf_real *lap, int *sign) {
+    return psf_model_jet((const psf_model *)ctx, (psf_workspace *)ws, x, g, lap, sign);
+}
+static void *psf__model_ws_new(void *ctx) {
+    psf_workspace *ws = (psf_workspace *)PSF_MALLOC(sizeof *ws);
+    if (ws && psf_workspace_init(ws, (const psf_model *)ctx) != PSF_OK) { PSF_FREE(ws); ws = NULL; }
+    return ws;
+}
+static void psf__model_ws_free(void *ctx, void *ws) {
+    (void)ctx;
+    if (ws) { psf_workspace_free((psf_workspace *)ws); PSF_FREE(ws); }
+}
+psf_wavefunction psf_model_wavefunction(psf_model *m) {
+    psf_wavefunction wf = {m->n_elec, m, psf__model_logpsi, psf__model_jet, psf__model_ws_new, psf__model_ws_free};
+    return wf;
+}
+
+static double psf__hyd_logpsi(void *ctx, void *ws, const psf_real *x, int *sign) {
+    const psf_hydrogenic *h = (const psf_hydrogenic *)ctx;
+    double s = 0, r[3];
+    (void)ws;
+    for (int i = 0; i < h->n_elec; i++) s += psf__dist(h->R0, x + 3 * i, r);
+    *sign = 1;
+    return -h->zeta * s;
+}
+/* grad log psi = -zeta r/|r| per electron; lap log psi = -2 zeta / |r| per electron. */
+static double psf__hyd_jet(void *ctx, void *ws, const psf_real *x, psf_real *g, psf_real *lap, int *sign) {
+    const psf_hydrogenic *h = (const psf_hydrogenic *)ctx;
+    double s = 0, L = 0, r[3];
+    (void)ws;
+    for (int i = 0; i < h->n_elec; i++) {
+        const double rho = psf__dist(h->R0, x + 3 * i, r);
+        s += rho;
+        if (g) for (int k = 0; k < 3; k++) g[3 * i + k] = -h->zeta * r[k] / rho;
+        L += -2 * h->zeta / rho;
+    }
+    *sign = 1;
+    if (lap) *lap = L;
+    return -h->zeta * s;
+}
+static void *psf__no_ws(void *ctx) { (void)ctx; return NULL; }
+static void psf__no_ws_free(void *ctx, void *ws) { (void)ctx; (void)ws; }
+psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h) {
+    psf_wavefunction wf = {h->n_elec, h, psf__hyd_logpsi, psf__hyd_jet, psf__no_ws, psf__no_ws_free};
+    return wf;
+}
+
+/* ============================================================================================================
+ *  [IMPL: HAMILTONIAN] H = -1/2 sum_i nabla_i^2 - sum_{i,I} Z_I/|r_i - R_I| + sum_{i<j} 1/|r_i - r_j|
+ *                          + sum_{I<J} Z_I Z_J / |R_I - R_J|   (Born–Oppenheimer, atomic units)
+ * ============================================================================================================ */
+
+double psf_potential(const psf_system *sys, const psf_real *x, double *v_en, double *v_ee, double *v_nn) {
+    const int N = sys->n_up + sys->n_down;
+    double en = 0, ee = 0, r[3];
+    for (int i = 0; i < N; i++)
+        for (int I = 0; I < sys->n_atoms; I++) en -= sys->Z[I] / psf__dist(sys->R[I], x + 3 * i, r);
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++) {
+            double d2 = 0;
+            for (int k = 0; k < 3; k++) d2 += (x[3 * i + k] - x[3 * j + k]) * (x[3 * i + k] - x[3 * j + k]);
+            ee += 1 / sqrt(d2);
+        }
+    const double nn = psf_nuclear_repulsion(sys);
+    if (v_en) *v_en = en;
+    if (v_ee) *v_ee = ee;
+    if (v_nn) *v_nn = nn;
+    return en + ee + nn;
+}
+
+void psf_local_energy(const psf_system *sys, const psf_wavefunction *wf, void *ws, const psf_real *x,
+                      psf_real *grad, psf_eloc *out) {
+    psf_real lap = 0;
+    int sign = 0;
+    wf->jet(wf->ctx, ws, x, grad, &lap, &sign);
+    double g2 = 0;
+    for (int d = 0; d < 3 * wf->n_elec; d++) g2 += grad[d] * grad[d];
+    out->kinetic = -0.5 * (lap + g2);
+    psf_potential(sys, x, &out->v_en, &out->v_ee, &out->v_nn);
+    out->total = sign ? out->kinetic + out->v_en + out->v_ee + out->v_nn : NAN;
+}
+
+/* ============================================================================================================
+ *  [IMPL: SAMPLER] Metropolis–Hastings on |psi|^2 (Metropolis et al. 1953), all-electron Gaussian proposals,
+ *  one RNG stream per walker so that the chain does not depend on how walkers are shared among threads.
+ * ============================================================================================================ */
+
+int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed) {
+    memset(w, 0, sizeof *w);
+    const int N = sys->n_up + sys->n_down;
+    if (n_walkers < 1) return psf__fail(PSF_ERR_ARG, "psf_walkers_init: n_walkers = %d must be positive", n_walkers);
+    w->n_walkers = n_walkers;
+    w->n_elec = N;
+    w->x = (psf_real *)psf__calloc((size_t)n_walkers * 3 * N, sizeof(psf_real));
+    w->logpsi = (double *)psf__calloc((size_t)n_walkers, sizeof(double));
+    w->sign = (int *)psf__calloc((size_t)n_walkers, sizeof(int));
+    w->rng = (psf_rng *)psf__calloc((size_t)n_walkers, sizeof(psf_rng));
+    if (!w->x || !w->logpsi || !w->sign || !w->rng) { psf_walkers_free(w); return psf__fail(PSF_ERR_NOMEM, "psf_walkers_init: out of memory"); }
+    w->width = 0.2;
+    /* assign electrons to atoms: up electrons first, then down, filling atoms in order of remaining charge */
+    int owner[PSF_MAX_ELEC];
+    double left[PSF_MAX_ATOMS];
+    for (int I = 0; I < sys->n_atoms; I++) left[I] = sys->Z[I];
+    for (int i = 0; i < N; i++) {
+        int best = 0;
+        for (int I = 1; I < sys->n_atoms; I++) if (left[I] > left[best]) best = I;
+        owner[i] = best;
+        left[best] -= 1;
+    }
+    for (int b = 0; b < n_walkers; b++) {
+        psf_rng_seed(&w->rng[b], seed, 0x1000000ULL + (uint64_t)b);
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < 3; k++) w->x[((size_t)b * N + i) * 3 + k] = sys->R[owner[i]][k] + psf_rng_normal(&w->rng[b]);
+    }
+    return PSF_OK;
+}
+
+void psf_walkers_free(psf_walkers *w) {
+    PSF_FREE(w->x); PSF_FREE(w->logpsi); PSF_FREE(w->sign); PSF_FREE(w->rng);
+    memset(w, 0, sizeof *w);
+}
+
+void psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws) {
+    const int D = 3 * w->n_elec;
+    (void)n_ws;
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int b = 0; b < w->n_walkers; b++)
+        w->logpsi[b] = wf->logpsi(wf->ctx, ws[psf__thread_id()], w->x + (size_t)b * D, &w->sign[b]);
+}
+
+double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps) {
+    const int D = 3 * w->n_elec, B = w->n_walkers;
+    long acc = 0;
+    const double width = w->width;
+    (void)n_ws;
+#pragma omp parallel for schedule(dynamic, 4) reduction(+ : acc)
+    for (int b = 0; b < B; b++) {
+        psf_real prop[3 * PSF_MAX_ELEC];
+        psf_real *xb = w->x + (size_t)b * D;
+        void *wsp = ws[psf__thread_id()];
+        for (int s = 0; s < n_steps; s++) {
+            for (int d = 0; d < D; d++) prop[d] = xb[d] + width * psf_rng_normal(&w->rng[b]);
+            int sg;
+            const double lp = wf->logpsi(wf->ctx, wsp, prop, &sg);
+            const double u = psf_rng_uniform(&w->rng[b]);
+            /* accept with probability min(1, |psi'|^2 / |psi|^2); psi = 0 (log = -inf) is never accepted */
+            if (sg != 0 && (w->sign[b] == 0 || log(u) < 2.0 * (lp - w->logpsi[b]))) {
+                memcpy(xb, prop, sizeof(psf_real) * D);
+                w->logpsi[b] = lp;
+                w->sign[b] = sg;
+                acc++;
+            }
+        }
+    }
+    w->n_accepted += acc;
+    w->n_proposed += (long)B * n_steps;
+    return n_steps > 0 ? (double)acc / ((double)B * n_steps) : 0.0;
+}
+
+void psf_mcmc_adapt(psf_walkers *w, double pmove) {
+    if (pmove > 0.55) w->width *= 1.1;
+    else if (pmove < 0.50) w->width /= 1.1;
+    if (w->width > 2.0) w->width = 2.0;
+    if (w->width < 1e-3) w->width = 1e-3;
+}
+
+/* ============================================================================================================
+ *  [IMPL: STATISTICS] reblocking
+ * ============================================================================================================ */
+
+int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size) {
+    if (n < 2) return psf__fail(PSF_ERR_ARG, "psf_reblock: need at least 2 samples, got %d", n);
+    double *y = (double *)PSF_MALLOC(sizeof(double) * (size_t)n);
+    if (!y) return psf__fail(PSF_ERR_NOMEM, "psf_reblock: out of memory");
+    memcpy(y, x, sizeof(double) * (size_t)n);
+    double mu = 0;
+    for (int i = 0; i < n; i++) mu += x[i];
+    mu /= n;
+    int m = n, B = 1, best_B = -1;
+    double e0 = -1, best_e = 0, last_e = 0;
+    while (m >= 2) {
+        double v = 0, bm = 0;
+        for (int i = 0; i < m; i++) bm += y[i];
+        bm /= m;
+        for (int i = 0; i < m; i++) v += (y[i] - bm) * (y[i] - bm);
+        v /= (m - 1);
+        const double e = sqrt(v / m);
+        if (e0 < 0) e0 = e;
+        last_e = e;
+        const double ratio = e0 > 0 ? e / e0 : 1.0;
+        if (best_B < 0 && (double)B * B * B > 2.0 * n * ratio * ratio * ratio * ratio) { best_B = B; best_e = e; }
+        for (int i = 0; i < m / 2; i++) y[i] = 0.5 * (y[2 * i] + y[2 * i + 1]);
+        m /= 2;
+        B *= 2;
+    }
+    PSF_FREE(y);
+    if (best_B < 0) { best_B = B / 2; best_e = last_e; } /* no plateau: the coarsest blocking (conservative) */
+    *mean = mu;
+    *err = best_e;
+    if (block_size) *block_size = best_B;
+    return PSF_OK;
+}
+
+/* ============================================================================================================
+ *  [IMPL: OPTIMIZERS] Adam (Kingma & Ba 2015); KFAC lives below (issue #3)
+ * ============================================================================================================ */
+
+void psf_vmc_config_default(psf_vmc_config *c) {
+    memset(c, 0, sizeof *c);
+    c->batch = 256;
+    c->mcmc_steps = 10;
+    c->burn_in = 200;
+    c->mcmc_width = 0.2;
+    c->optimizer = PSF_OPT_ADAM;
+    c->lr = 3e-3;
+    c->lr_delay = 1e4;
+    c->adam_b1 = 0.9; c->adam_b2 = 0.999; c->adam_eps = 1e-8;
+    c->clip_scale = 5.0;
+    c->kfac_decay = 0.95;
+    c->kfac_damping = 1e-3;
+    c->kfac_norm_constraint = 1e-3;
+    c->seed = 1;
+    c->threads = 0;
+}
+
+static void psf__adam_update(psf_vmc *v, const psf_real *g) {
+    const psf_vmc_config *c = &v->cfg;
+    const double t = (double)(v->step + 1);
+    const double lr = c->lr / (1.0 + (double)v->step / c->lr_delay);
+    const double bc1 = 1 - pow(c->adam_b1, t), bc2 = 1 - pow(c->adam_b2, t);
+    psf_real *p = v->model->params;
+    for (size_t i = 0; i < v->model->n_params; i++) {
+        v->adam_m[i] = c->adam_b1 * v->adam_m[i] + (1 - c->adam_b1) * g[i];
+        v->adam_v[i] = c->adam_b2 * v->adam_v[i] + (1 - c->adam_b2) * g[i] * g[i];
+        p[i] -= lr * (v->adam_m[i] / bc1) / (sqrt(v->adam_v[i] / bc2) + c->adam_eps);
+    }
+}
+
+/* ============================================================================================================
+ *  [IMPL: DRIVER] VMC training and evaluation, checkpoints, .npy I/O
+ * ============================================================================================================ */
+
+#define PSF__CHUNKS 32 /* fixed reduction tree: results do not depend on the thread count */
+
+void psf_vmc_free(psf_vmc *v) {
+    if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
+    PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->grad); PSF_FREE(v->chunks);
+    PSF_FREE(v->adam_m); PSF_FREE(v->adam_v);
+    psf_walkers_free(&v->walkers);
+    memset(v, 0, sizeof *v);
+}
+
+int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
+    memset(v, 0, sizeof *v);
+    if (cfg->batch < 2) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: batch = %d must be at least 2", cfg->batch);
+    if (cfg->mcmc_steps < 1) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: mcmc_steps = %d must be at least 1", cfg->mcmc_steps);
+    if (!(cfg->lr > 0) || !(cfg->lr_delay > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: lr and lr_delay must be positive");
+#ifdef _OPENMP
+    if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
+#endif
+    v->model = m;
+    v->cfg = *cfg;
+    v->wf = psf_model_wavefunction(m);
+    v->n_ws = psf__max_threads();
+    v->n_chunks = cfg->batch < PSF__CHUNKS ? cfg->batch : PSF__CHUNKS;
+    v->ws = (psf_workspace *)psf__calloc((size_t)v->n_ws, sizeof(psf_workspace));
+    v->wsp = (void **)psf__calloc((size_t)v->n_ws, sizeof(void *));
+    v->eloc = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
+    v->grad = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
+    v->chunks = (psf_real *)psf__calloc(m->n_params * (size_t)v->n_chunks, sizeof(psf_real));
+    v->adam_m = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
+    v->adam_v = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
+    if (!v->ws || !v->wsp || !v->eloc || !v->grad || !v->chunks || !v->adam_m || !v->adam_v) {
+        psf_vmc_free(v);
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
+    }
+    for (int t = 0; t < v->n_ws; t++) {
+        int rc = psf_workspace_init(&v->ws[t], m);
+        if (rc) { psf_vmc_free(v); return rc; }
+        v->wsp[t] = &v->ws[t];
+    }
+    int rc = psf_walkers_init(&v->walkers, &m->sys, cfg->batch, cfg->seed);
+    if (rc) { psf_vmc_free(v); return rc; }
+    v->walkers.width = cfg->mcmc_width;
+    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    for (int s = 0; s < cfg->burn_in; s++) {
+        double pm = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, 1);
+        psf_mcmc_adapt(&v->walkers, pm);
+    }
+    return PSF_OK;
+}
+
+/* MCMC sweeps and local energies of all walkers; fills st (energy, variance, pmove, timings). */
+static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st) {
+    const int B = v->cfg.batch, D = v->model->n_dim;
+    double t0 = psf_time();
+    st->pmove = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.mcmc_steps);
+    psf_mcmc_adapt(&v->walkers, st->pmove);
+    st->width = v->walkers.width;
+    double t1 = psf_time();
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int b = 0; b < B; b++) {
+        psf_real g[3 * PSF_MAX_ELEC];
+        psf_eloc el;
+        psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], v->walkers.x + (size_t)b * D, g, &el);
+        v->eloc[b] = el.total;
+    }
+    double t2 = psf_time();
+    double s = 0, s2 = 0;
+    int nf = 0;
+    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { s += v->eloc[b]; nf++; }
+    const double mean = nf ? s / nf : NAN;
+    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) s2 += (v->eloc[b] - mean) * (v->eloc[b] - mean);
+    st->energy = mean;
+    st->variance = nf > 1 ? s2 / (nf - 1) : NAN;
+    st->n_nonfinite = B - nf;
+    st->t_sample = t1 - t0;
+    st->t_jet = t2 - t1;
+}
+
+/* Gradient of the energy: g = 2/B sum_b (E~_b - <E~>) grad_theta log|psi(x_b)|, with E~ the local energy clipped
+ * to <E_L> +- clip_scale * <|E_L - <E_L>|> (FermiNet: Pfau et al. 2020, §"Optimization"; clipping is used for the
+ * gradient only). Walkers with a non-finite E_L get weight 0. Returns non-zero if no walker is usable. */
+static int psf__energy_gradient(psf_vmc *v, double mean) {
+    const int B = v->cfg.batch, D = v->model->n_dim, C = v->n_chunks;
+    const size_t P = v->model->n_params;
+    double tv = 0, cm = 0;
+    int nf = 0;
+    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { tv += fabs(v->eloc[b] - mean); nf++; }
+    if (nf == 0) return 1;
+    tv /= nf;
+    double *w = (double *)PSF_MALLOC(sizeof(double) * (size_t)B);
+    if (!w) return 2;
+    for (int b = 0; b < B; b++) {
+        if (!isfinite(v->eloc[b])) { w[b] = NAN; continue; }
+        double e = v->eloc[b];
+        const double lo = mean - v->cfg.clip_scale * tv, hi = mean + v->cfg.clip_scale * tv;
+        w[b] = e < lo ? lo : (e > hi ? hi : e);
+        cm += w[b];
+    }
+    cm /= nf;
+    for (int b = 0; b < B; b++) w[b] = isfinite(w[b]) ? 2.0 * (w[b] - cm) / nf : 0.0;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int c = 0; c < C; c++) {
+        psf_real *acc = v->chunks + (size_t)c * P;
+        psf_workspace *ws = &v->ws[psf__thread_id()];
+        memset(acc, 0, sizeof(psf_real) * P);
+        const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
+        for (int b = b0; b < b1; b++) {
+            if (w[b] == 0.0) continue;
+            int sg;
+            psf_model_logpsi(v->model, ws, v->walkers.x + (size_t)b * D, &sg);
+            if (!sg) continue;
+            psf_model_backward(v->model, ws, w[b], acc);
+        }
+    }
+    for (size_t p = 0; p < P; p++) {
+        psf_real s = 0;
+        for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + p];
+        v->grad[p] = s;
+    }
+    PSF_FREE(w);
+    return 0;
+}
+
+int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
+    memset(st, 0, sizeof *st);
+    psf__sample_and_measure(v, st);
+    st->step = v->step;
+    if (!isfinite(st->energy))
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: no walker has a finite local energy", v->step);
+    double t0 = psf_time();
+    if (psf__energy_gradient(v, st->energy))
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
+    double t1 = psf_time();
+    psf__adam_update(v, v->grad);
+    for (size_t p = 0; p < v->model->n_params; p++)
+        if (!isfinite(v->model->params[p]))
+            return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu became non-finite", v->step, p);
+    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    double t2 = psf_time();
+    st->t_backward = t1 - t0;
+    st->t_optimizer = t2 - t1;
+    v->step++;
+    return PSF_OK;
+}
+
+int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st) {
+    memset(st, 0, sizeof *st);
+    psf__sample_and_measure(v, st);
+    st->step = v->step;
+    if (!isfinite(st->energy))
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_eval_step: no walker has a finite local energy");
+    return PSF_OK;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------------------------------- */
+#define PSF__CKPT_MAGIC "PSFCKPT1"
+#define PSF__CKPT_VERSION 1
+
+static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
+static int psf__rd(FILE *f, void *p, size_t sz, size_t n) { return fread(p, sz, n, f) == n; }
+
+int psf_vmc_save(const psf_vmc *v, const char *path) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open for writing", tmp);
+    const psf_model *m = v->model;
+    int32_t hdr[16] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
+                       m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
+                       m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer, 0, 0};
+    int64_t n_params = (int64_t)m->n_params, step = v->step;
+    int ok = psf__wr(f, PSF__CKPT_MAGIC, 1, 8) && psf__wr(f, hdr, sizeof hdr, 1) && psf__wr(f, &n_params, 8, 1) &&
+             psf__wr(f, &step, 8, 1) && psf__wr(f, m->sys.R, sizeof m->sys.R, 1) && psf__wr(f, m->sys.Z, sizeof m->sys.Z, 1) &&
+             psf__wr(f, m->params, sizeof(psf_real), m->n_params) &&
+             psf__wr(f, v->adam_m, sizeof(psf_real), m->n_params) && psf__wr(f, v->adam_v, sizeof(psf_real), m->n_params) &&
+             psf__wr(f, &v->walkers.width, sizeof(double), 1) &&
+             psf__wr(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
+             psf__wr(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) { remove(tmp); return psf__fail(PSF_ERR_IO, "%s: write failed", tmp); }
+    if (rename(tmp, path) != 0) return psf__fail(PSF_ERR_IO, "%s: cannot rename %s into place", path, tmp);
+    return PSF_OK;
+}
+
+int psf_vmc_load(psf_vmc *v, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open checkpoint", path);
+    psf_model *m = v->model;
+    char magic[8];
+    int32_t hdr[16];
+    int64_t n_params, step;
+    if (!psf__rd(f, magic, 1, 8) || memcmp(magic, PSF__CKPT_MAGIC, 8) != 0) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: not a psiformer.h checkpoint (magic bytes differ from %s)", path, PSF__CKPT_MAGIC);
+    }
+    if (!psf__rd(f, hdr, sizeof hdr, 1) || !psf__rd(f, &n_params, 8, 1) || !psf__rd(f, &step, 8, 1)) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: truncated header", path);
+    }
+    const char *names[14] = {"version", "real size", "n_atoms", "n_up", "n_down", "layers", "heads", "head_dim",
+                             "mlp_hidden", "dets", "layernorm", "jastrow", "batch", "optimizer"};
+    const int32_t want[14] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
+                              m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
+                              m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer};
+    for (int i = 0; i < 14; i++)
+        if (hdr[i] != want[i]) {
+            fclose(f);
+            return psf__fail(PSF_ERR_FORMAT, "%s: header field '%s' is %d in the file but %d in this run", path, names[i], hdr[i], want[i]);
+        }
+    if (n_params != (int64_t)m->n_params) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: field 'n_params' is %lld in the file but %zu in this run", path, (long long)n_params, m->n_params);
+    }
+    double R[PSF_MAX_ATOMS][3], Z[PSF_MAX_ATOMS];
+    int ok = psf__rd(f, R, sizeof R, 1) && psf__rd(f, Z, sizeof Z, 1);
+    if (ok && (memcmp(R, m->sys.R, sizeof R) != 0 || memcmp(Z, m->sys.Z, sizeof Z) != 0)) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: field 'nuclei' (positions or charges) differs from this run's system", path);
+    }
+    ok = ok && psf__rd(f, m->params, sizeof(psf_real), m->n_params) &&
+         psf__rd(f, v->adam_m, sizeof(psf_real), m->n_params) && psf__rd(f, v->adam_v, sizeof(psf_real), m->n_params) &&
+         psf__rd(f, &v->walkers.width, sizeof(double), 1) &&
+         psf__rd(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
+         psf__rd(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
+    fclose(f);
+    if (!ok) return psf__fail(PSF_ERR_FORMAT, "%s: truncated body (parameters, optimizer state or walkers)", path);
+    v->step = step;
+    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    return PSF_OK;
+}
+
+/* ---- NumPy .npy ----------------------------------------------------------------------------------------- */
+int psf_save_npy(const char *path, const double *data, int rows, int cols) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open for writing", path);
+    char dict[128];
+    int n = cols == 1 && rows >= 0 ? snprintf(dict, sizeof dict, "{'descr': '<f8', 'fortran_order': False, 'shape': (%d,), }", rows)
+                                   : snprintf(dict, sizeof dict, "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }", rows, cols);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    unsigned short hl = (unsigned short)(n + pad + 1);
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
+    int ok = psf__wr(f, pre, 1, 10) && psf__wr(f, dict, 1, (size_t)n);
+    for (int i = 0; i < pad && ok; i++) ok = fputc(' ', f) != EOF;
+    ok = ok && fputc('\n', f) != EOF && psf__wr(f, data, sizeof(double), (size_t)rows * cols);
+    if (fclose(f) != 0) ok = 0;
+    return ok ? PSF_OK : psf__fail(PSF_ERR_IO, "%s: write failed", path);
+}
+
+int psf_load_npy(const char *path, double **data, int shape[2]) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open", path);
+    unsigned char pre[10];
+    char hdr[1024];
+    if (!psf__rd(f, pre, 1, 10) || pre[0] != 0x93 || memcmp(pre + 1, "NUMPY", 5) != 0 || pre[6] != 1) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: not a version-1 .npy file", path);
+    }
+    size_t hl = (size_t)pre[8] | ((size_t)pre[9] << 8);
+    if (hl >= sizeof hdr || !psf__rd(f, hdr, 1, hl)) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: bad header length", path); }
+    hdr[hl] = 0;
+    if (!strstr(hdr, "'descr': '<f8'")) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: field 'descr' must be '<f8' (float64)", path); }
+    if (!strstr(hdr, "'fortran_order': False")) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: field 'fortran_order' must be False", path); }
+    const char *s = strstr(hdr, "'shape': (");
+    if (!s) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: no field 'shape'", path); }
+    s += 10;
+    int r = 0, c = 1;
+    if (*s == ')') r = 1; /* scalar */
+    else if (sscanf(s, "%d, %d", &r, &c) < 2) { c = 1; if (sscanf(s, "%d", &r) != 1) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: unreadable field 'shape'", path); } }
+    if (r < 0 || c < 0) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: negative 'shape'", path); }
+    *data = (double *)PSF_MALLOC(sizeof(double) * ((size_t)r * c + 1));
+    if (!*data) { fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
+    if (!psf__rd(f, *data, sizeof(double), (size_t)r * c)) {
+        fclose(f); PSF_FREE(*data); *data = NULL;
+        return psf__fail(PSF_ERR_FORMAT, "%s: data shorter than shape (%d, %d)", path, r, c);
+    }
+    fclose(f);
+    shape[0] = r; shape[1] = c;
+    return PSF_OK;
+}
+
+#endif /* PSIFORMER_IMPLEMENTATION */
