@@ -618,6 +618,9 @@ double psf_logdet(int n, const psf_real *M, int *sign) {
 
 /* Eigen-decomposition of a symmetric n x n matrix by cyclic Jacobi rotations: A = V diag(w) V^T.
  * a is overwritten; v[n*n] receives eigenvectors in columns. Used by KFAC without LAPACK. */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
 static void psf__sym_eig(int n, double *a, double *w, double *v) {
     for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) v[(size_t)i * n + j] = (i == j);
     for (int sweep = 0; sweep < 60; sweep++) {
@@ -1203,8 +1206,8 @@ static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *M = PSF__J(c->ws, in);
     psf_real *dM = PSF__A(c->ws, in), *lu = c->ws->scratch, *inv = lu + nN;
     const double a = PSF__A(c->ws, nd)[0];
-    double ld[64], w[64];
-    int sg[64], piv[PSF_MAX_ELEC], sign;
+    double ld[64] = {0}, w[64];
+    int sg[64] = {0}, piv[PSF_MAX_ELEC], sign;
     for (int k = 0; k < K; k++) {
         memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
         sg[k] = psf__lu(N, lu, piv, &ld[k]);

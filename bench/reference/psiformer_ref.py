@@ -1,0 +1,230 @@
+#!/usr/bin/python3
+"""psiformer_ref.py — an independent PyTorch (float64) Psiformer that cross-checks psiformer.h.
+
+    /usr/bin/python3 bench/reference/psiformer_ref.py DIR [DIR ...]
+
+Each DIR is written by bench/reference/export.c: parameter blocks <name>.npy, config.json, walker positions
+x.npy and the C results c_*.npy. This file re-implements the wavefunction from its formulas only (von Glehn,
+Spencer, Pfau, ICLR 2023; FermiNet envelope and simple e-e Jastrow), evaluates log|psi| and its sign, takes
+grad log|psi| and the Laplacian (the 3N diagonal entries of the Hessian, one double-backward pass each) by
+autograd, forms the local energy, and compares everything with the C numbers.
+
+Agreement metric, per scalar (each walker's log|psi| and Laplacian; each gradient component):
+    rel = |c - ref| / max(1, |ref|)
+i.e. relative for values of magnitude above one and absolute below. For the local energy the scale also
+includes the terms that are summed, since E_L = -1/2 lap - 1/2 |grad|^2 + V cancels catastrophically near a
+node of psi (there lap ~ -|grad|^2 ~ -1/dist^2; seen: 6e7 - 6e7 + ... = 3e3):
+    rel_E = |c - ref| / max(1, |E_L|, 1/2 |lap| + 1/2 |grad|^2 + |V|)
+(the plain |c - ref| / max(1, |E_L|) is printed too, as eloc_plain, but not asserted). Tolerances: 1e-10 on
+log|psi| (jet and forward pass) and E_L, 1e-8 on the gradient and the Laplacian; the sign must agree exactly.
+Exit status: 0 when every directory passes, 1 otherwise.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+torch.set_default_dtype(torch.float64)
+
+TOL = {"logpsi": 1e-10, "logpsi_fwd": 1e-10, "grad": 1e-8, "lap": 1e-8, "eloc": 1e-10}
+LN_EPS = 1e-5
+
+
+class Psiformer:
+    """The network with parameters read from an export directory."""
+
+    def __init__(self, directory):
+        with open(os.path.join(directory, "config.json")) as fh:
+            self.cfg = json.load(fh)
+        c = self.cfg
+        self.n_up, self.n_down = c["n_up"], c["n_down"]
+        self.N = self.n_up + self.n_down
+        self.Z = float(c["Z"])
+        self.R = torch.tensor([c["R"]], dtype=torch.float64)  # (atoms=1, 3)
+        self.L, self.H, self.dh = c["layers"], c["heads"], c["head_dim"]
+        self.K = c["dets"]
+        self.p = {}
+        for b in c["blocks"]:
+            arr = np.load(os.path.join(directory, b["name"] + ".npy"))
+            arr = arr.reshape(b["rows"], b["cols"])
+            self.p[b["name"]] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+
+    # -- pieces of the network ------------------------------------------------------------------------
+    def features(self, x):
+        """x: (N, 3). Per nucleus [log(1+r), r_vec log(1+r)/r], then the spin (+1 up, -1 down)."""
+        cols = []
+        for I in range(self.R.shape[0]):
+            d = x - self.R[I]  # (N, 3)
+            r = torch.sqrt((d * d).sum(dim=1, keepdim=True))  # (N, 1)
+            lg = torch.log(1.0 + r)
+            cols.append(lg)
+            cols.append(d * (lg / r))
+        spin = torch.tensor([1.0] * self.n_up + [-1.0] * self.n_down).unsqueeze(1)
+        cols.append(spin)
+        return torch.cat(cols, dim=1)
+
+    def layernorm(self, h, name):
+        mean = h.mean(dim=1, keepdim=True)
+        cen = h - mean
+        var = (cen * cen).mean(dim=1, keepdim=True)  # population variance
+        return cen / torch.sqrt(var + LN_EPS) * self.p[name + ".scale"][0] + self.p[name + ".offset"][0]
+
+    def attention(self, h, l):
+        N, H, dh = self.N, self.H, self.dh
+        q = (h @ self.p["l%d.q.w" % l]).reshape(N, H, dh)
+        k = (h @ self.p["l%d.k.w" % l]).reshape(N, H, dh)
+        v = (h @ self.p["l%d.v.w" % l]).reshape(N, H, dh)
+        logits = torch.einsum("ihc,jhc->hij", q, k) / math.sqrt(dh)
+        weights = torch.softmax(logits, dim=2)  # normalised over the attended electron j
+        mixed = torch.einsum("hij,jhc->ihc", weights, v).reshape(N, H * dh)
+        return mixed @ self.p["l%d.o.w" % l]
+
+    def mlp(self, h, l):
+        u = torch.tanh(h @ self.p["l%d.mlp1.w" % l] + self.p["l%d.mlp1.b" % l][0])
+        return torch.tanh(u @ self.p["l%d.mlp2.w" % l] + self.p["l%d.mlp2.b" % l][0])
+
+    def orbitals(self, x, h):
+        """Returns the K x N x N matrices phi^k_ij with envelopes."""
+        N, K, nu = self.N, self.K, self.n_up
+        parts, envs = [], []
+        for s, (lo, hi, tag) in enumerate(((0, nu, "up"), (nu, N, "down"))):
+            if hi <= lo:
+                continue
+            parts.append(h[lo:hi] @ self.p["orb_%s.w" % tag])  # (n_s, K N)
+            pi, sig = self.p["env_%s.pi" % tag], self.p["env_%s.sigma" % tag]  # (atoms, K N)
+            env = 0.0
+            for I in range(self.R.shape[0]):
+                d = x[lo:hi] - self.R[I]
+                r = torch.sqrt((d * d).sum(dim=1, keepdim=True))  # (n_s, 1)
+                env = env + pi[I] * torch.exp(-sig[I] * r)
+            envs.append(env)
+        phi = torch.cat(parts, dim=0) * torch.cat(envs, dim=0)  # (N, K N); column o = k N + j
+        return phi.reshape(N, K, N).permute(1, 0, 2)  # [k, i, j]
+
+    def jastrow(self, x):
+        a_par, a_anti = self.p["jastrow.alpha"][0, 0], self.p["jastrow.alpha"][0, 1]
+        J = x.new_zeros(())
+        for i in range(self.N):
+            for j in range(i + 1, self.N):
+                rij = torch.linalg.norm(x[i] - x[j])
+                same = (i < self.n_up) == (j < self.n_up)
+                c, a = (0.25, a_par) if same else (0.5, a_anti)
+                J = J - c * a * a / (a + rij)
+        return J
+
+    # -- the wavefunction ------------------------------------------------------------------------------
+    def log_psi(self, xflat):
+        """xflat: (3N,). Returns (log|psi|, sign) with log|psi| differentiable w.r.t. xflat."""
+        x = xflat.reshape(self.N, 3)
+        h = self.features(x) @ self.p["embed.w"]
+        for l in range(self.L):
+            h = h + self.attention(h, l)
+            if self.cfg["layernorm"]:
+                h = self.layernorm(h, "l%d.ln1" % l)
+            h = h + self.mlp(h, l)
+            if self.cfg["layernorm"]:
+                h = self.layernorm(h, "l%d.ln2" % l)
+        M = self.orbitals(x, h)
+        sgn, logabs = torch.linalg.slogdet(M)  # (K,), (K,)
+        # signed log-sum-exp: log|sum_k s_k e^{l_k}| = m + log|sum_k s_k e^{l_k - m}|
+        m = logabs.max().detach()
+        total = (sgn * torch.exp(logabs - m)).sum()
+        out = m + torch.log(torch.abs(total))
+        if self.cfg["jastrow"]:
+            out = out + self.jastrow(x)
+        return out, int(torch.sign(total).item())
+
+    def potential(self, xflat):
+        x = xflat.reshape(self.N, 3)
+        v = 0.0
+        for I in range(self.R.shape[0]):
+            v -= self.Z * (1.0 / torch.linalg.norm(x - self.R[I], dim=1)).sum().item()
+        for i in range(self.N):
+            for j in range(i + 1, self.N):
+                v += 1.0 / torch.linalg.norm(x[i] - x[j]).item()
+        return v
+
+    def evaluate(self, xflat):
+        """log|psi|, sign, grad (3N,), Laplacian, local energy at one walker."""
+        xv = xflat.clone().requires_grad_(True)
+        lp, sgn = self.log_psi(xv)
+        (g,) = torch.autograd.grad(lp, xv, create_graph=True)
+        lap = 0.0
+        for d in range(xv.shape[0]):
+            (row,) = torch.autograd.grad(g[d], xv, retain_graph=True)
+            lap += row[d].item()
+        g = g.detach()
+        g2 = float((g * g).sum())
+        v = self.potential(xflat)
+        eloc = -0.5 * (lap + g2) + v
+        scale = max(1.0, abs(eloc), 0.5 * abs(lap) + 0.5 * g2 + abs(v))
+        return lp.item(), sgn, g.numpy(), lap, eloc, scale
+
+
+def rel_err(c, ref, scale=None):
+    c, ref = np.asarray(c, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return np.abs(c - ref) / (np.maximum(1.0, np.abs(ref)) if scale is None else scale)
+
+
+def check(directory):
+    net = Psiformer(directory)
+    cfg = net.cfg
+    X = np.load(os.path.join(directory, "x.npy")).reshape(-1, 3 * net.N)
+    W = X.shape[0]
+    c = {k: np.load(os.path.join(directory, "c_%s.npy" % k)) for k in ("logpsi", "logpsi_fwd", "sign", "lap", "eloc")}
+    c["grad"] = np.load(os.path.join(directory, "c_grad.npy")).reshape(W, 3 * net.N)
+    ref = {"logpsi": np.zeros(W), "sign": np.zeros(W), "grad": np.zeros((W, 3 * net.N)), "lap": np.zeros(W),
+           "eloc": np.zeros(W)}
+    escale = np.zeros(W)
+    for w in range(W):
+        lp, s, g, lap, el, sc = net.evaluate(torch.from_numpy(X[w].copy()))
+        ref["logpsi"][w], ref["sign"][w], ref["grad"][w], ref["lap"][w], ref["eloc"][w] = lp, s, g, lap, el
+        escale[w] = sc
+    ref["logpsi_fwd"] = ref["logpsi"]
+    label = "%s L=%d H=%d d=%d M=%d K=%d ln=%d jas=%d W=%d" % (cfg["atom"], cfg["layers"], cfg["heads"], cfg["head_dim"],
+                                                             cfg["mlp"], cfg["dets"], cfg["layernorm"], cfg["jastrow"], W)
+    ok = True
+    parts = []
+    bad = np.zeros(W, dtype=bool)
+    for q in ("logpsi", "logpsi_fwd", "grad", "lap", "eloc"):
+        e = rel_err(c[q], ref[q], escale if q == "eloc" else None)
+        e = np.where(np.isfinite(e), e, np.inf)
+        worst = float(np.max(e))
+        good = worst <= TOL[q]
+        ok &= good
+        bad |= (e.reshape(W, -1) > TOL[q]).any(axis=1)
+        parts.append("%s %.2e%s" % (q, worst, "" if good else " FAIL(>%.0e)" % TOL[q]))
+    parts.append("(eloc_plain %.2e)" % float(np.max(rel_err(c["eloc"], ref["eloc"]))))
+    nsign = int(np.sum(c["sign"] != ref["sign"]))
+    if nsign:
+        ok = False
+        bad |= c["sign"] != ref["sign"]
+        parts.append("sign FAIL (%d walkers differ)" % nsign)
+    else:
+        parts.append("sign ok")
+    print("%-4s %-46s %s" % ("ok" if ok else "FAIL", label, "  ".join(parts)))
+    if not ok:
+        for w in np.flatnonzero(bad):
+            print("     walker %d: C logpsi %.15g ref %.15g | C lap %.15g ref %.15g | C eloc %.15g ref %.15g | sign %d/%d"
+                  % (w, c["logpsi"][w], ref["logpsi"][w], c["lap"][w], ref["lap"][w], c["eloc"][w], ref["eloc"][w],
+                     c["sign"][w], ref["sign"][w]))
+    return ok
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    torch.set_num_threads(1)
+    results = [check(d) for d in argv[1:]]
+    failed = results.count(False)
+    print("crosscheck: %d configuration(s), %d failed (metric |C - ref| / max(1, |ref|); E_L: / max(1, |E_L|, "
+          "|lap|/2 + |grad|^2/2 + |V|))" % (len(results), failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
