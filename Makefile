@@ -40,3 +40,12 @@ test: $(BUILD)/test_psiformer
 
 clean:
 	rm -rf $(BUILD)
+
+# `make crosscheck`: the C numbers against the independent PyTorch reference (bench/reference/, issue 4).
+# Needs Debian's python3-torch and python3-numpy (PYTHON=/usr/bin/python3 by default).
+.PHONY: crosscheck
+$(BUILD)/export: bench/reference/export.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+crosscheck: $(BUILD)/export
+	sh bench/reference/crosscheck.sh $(BUILD)/export $(BUILD)/crosscheck
