@@ -740,20 +740,20 @@ static void psf__features_fwd(psf__ctx *c, const psf_node *nd) {
     const size_t n = PSF__N(nd);
     if (c->nb > 1) memset(y + n, 0, sizeof(psf_real) * n * (size_t)(c->D + 1));
     for (int i = 0; i < N; i++) {
-        for (int I = 0; I < A; I++) {
-            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r), g, g1, g2;
+        for (int at = 0; at < A; at++) {
+            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r), g, g1, g2;
             psf__logratio(rho, &g, &g1, &g2);
-            psf_real *row = y + (size_t)i * F + 4 * I;
+            psf_real *row = y + (size_t)i * F + 4 * at;
             row[0] = log1p(rho);
             for (int k = 0; k < 3; k++) row[1 + k] = r[k] * g;
             if (c->nb == 1) continue;
             const double l1 = 1 / (1 + rho);
             for (int cc = 0; cc < 3; cc++) {
-                psf_real *gs = y + (size_t)(1 + 3 * i + cc) * n + (size_t)i * F + 4 * I;
+                psf_real *gs = y + (size_t)(1 + 3 * i + cc) * n + (size_t)i * F + 4 * at;
                 gs[0] = l1 * r[cc] / rho;
                 for (int k = 0; k < 3; k++) gs[1 + k] = (k == cc ? g : 0.0) + r[k] * r[cc] * g1 / rho;
             }
-            psf_real *L = y + (size_t)(1 + c->D) * n + (size_t)i * F + 4 * I;
+            psf_real *L = y + (size_t)(1 + c->D) * n + (size_t)i * F + 4 * at;
             L[0] = -l1 * l1 + 2 * l1 / rho;
             for (int k = 0; k < 3; k++) L[1 + k] = r[k] * (g2 + 4 * g1 / rho);
         }
@@ -765,10 +765,10 @@ static void psf__features_bwd(psf__ctx *c, const psf_node *nd) {
     const int N = nd->rows, F = nd->cols, A = sys->n_atoms;
     const psf_real *a = PSF__A(c->ws, nd);
     for (int i = 0; i < N; i++)
-        for (int I = 0; I < A; I++) {
-            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r), g, g1, g2;
+        for (int at = 0; at < A; at++) {
+            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r), g, g1, g2;
             psf__logratio(rho, &g, &g1, &g2);
-            const psf_real *ar = a + (size_t)i * F + 4 * I;
+            const psf_real *ar = a + (size_t)i * F + 4 * at;
             for (int cc = 0; cc < 3; cc++) {
                 double s = ar[0] * r[cc] / (rho * (1 + rho));
                 for (int k = 0; k < 3; k++) s += ar[1 + k] * ((k == cc ? g : 0.0) + r[k] * r[cc] * g1 / rho);
@@ -1082,10 +1082,10 @@ static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
         const int sp = i < sys->n_up ? 0 : 1;
         const psf_real *pi = c->m->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
         for (int o = 0; o < KN; o++) { e[o] = 0; ge[o] = ge[KN + o] = ge[2 * KN + o] = 0; le[o] = 0; }
-        for (int I = 0; I < A; I++) {
-            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r);
+        for (int at = 0; at < A; at++) {
+            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
             for (int o = 0; o < KN; o++) {
-                const double s = sg[(size_t)I * KN + o], t = pi[(size_t)I * KN + o] * exp(-s * rho);
+                const double s = sg[(size_t)at * KN + o], t = pi[(size_t)at * KN + o] * exp(-s * rho);
                 e[o] += t;
                 if (c->nb > 1) {
                     for (int k = 0; k < 3; k++) ge[k * KN + o] += -s * t * r[k] / rho;
@@ -1119,16 +1119,16 @@ static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
         const int sp = i < sys->n_up ? 0 : 1;
         const size_t po = (size_t)nd->p_off + 2 * sp * blk;
         const psf_real *pi = c->m->params + po, *sg = pi + blk;
-        for (int I = 0; I < A; I++) {
-            double r[3], rho = psf__dist(sys->R[I], c->x + 3 * i, r);
+        for (int at = 0; at < A; at++) {
+            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
             for (int o = 0; o < KN; o++) {
                 const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
-                const double s = sg[(size_t)I * KN + o], ex = exp(-s * rho), t = pi[(size_t)I * KN + o] * ex;
+                const double s = sg[(size_t)at * KN + o], ex = exp(-s * rho), t = pi[(size_t)at * KN + o] * ex;
                 const double w = aM[q] * Phi[pidx];
                 dPhi[pidx] += aM[q] * t;
                 if (c->dparams) {
-                    c->dparams[po + (size_t)I * KN + o] += w * ex;
-                    c->dparams[po + blk + (size_t)I * KN + o] += -w * t * rho;
+                    c->dparams[po + (size_t)at * KN + o] += w * ex;
+                    c->dparams[po + blk + (size_t)at * KN + o] += -w * t * rho;
                 }
                 for (int k = 0; k < 3; k++) c->ws->dx[3 * i + k] += w * (-s * t * r[k] / rho);
             }
@@ -1375,11 +1375,11 @@ int psf_system_atom(psf_system *sys, const char *symbol, int spin) {
 
 double psf_nuclear_repulsion(const psf_system *sys) {
     double v = 0;
-    for (int I = 0; I < sys->n_atoms; I++)
-        for (int J = I + 1; J < sys->n_atoms; J++) {
+    for (int at = 0; at < sys->n_atoms; at++)
+        for (int J = at + 1; J < sys->n_atoms; J++) {
             double d2 = 0;
-            for (int k = 0; k < 3; k++) d2 += (sys->R[I][k] - sys->R[J][k]) * (sys->R[I][k] - sys->R[J][k]);
-            v += sys->Z[I] * sys->Z[J] / sqrt(d2);
+            for (int k = 0; k < 3; k++) d2 += (sys->R[at][k] - sys->R[J][k]) * (sys->R[at][k] - sys->R[J][k]);
+            v += sys->Z[at] * sys->Z[J] / sqrt(d2);
         }
     return v;
 }
@@ -1624,7 +1624,7 @@ double psf_potential(const psf_system *sys, const psf_real *x, double *v_en, dou
     const int N = sys->n_up + sys->n_down;
     double en = 0, ee = 0, r[3];
     for (int i = 0; i < N; i++)
-        for (int I = 0; I < sys->n_atoms; I++) en -= sys->Z[I] / psf__dist(sys->R[I], x + 3 * i, r);
+        for (int at = 0; at < sys->n_atoms; at++) en -= sys->Z[at] / psf__dist(sys->R[at], x + 3 * i, r);
     for (int i = 0; i < N; i++)
         for (int j = i + 1; j < N; j++) {
             double d2 = 0;
@@ -1670,10 +1670,10 @@ int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint6
     /* assign electrons to atoms: up electrons first, then down, filling atoms in order of remaining charge */
     int owner[PSF_MAX_ELEC];
     double left[PSF_MAX_ATOMS];
-    for (int I = 0; I < sys->n_atoms; I++) left[I] = sys->Z[I];
+    for (int at = 0; at < sys->n_atoms; at++) left[at] = sys->Z[at];
     for (int i = 0; i < N; i++) {
         int best = 0;
-        for (int I = 1; I < sys->n_atoms; I++) if (left[I] > left[best]) best = I;
+        for (int at = 1; at < sys->n_atoms; at++) if (left[at] > left[best]) best = at;
         owner[i] = best;
         left[best] -= 1;
     }
