@@ -1,8 +1,9 @@
 # psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ...
 CC      ?= cc
 OPENMP  ?= 1
-BLAS    ?= 0
-CFLAGS  ?= -O2 -march=native
+# OpenBLAS (Debian: libopenblas-dev) is used when it is installed; BLAS=0 forces the built-in loops.
+BLAS    ?= $(shell test -e /usr/include/x86_64-linux-gnu/cblas.h -o -e /usr/include/cblas.h && echo 1 || echo 0)
+CFLAGS  ?= -O3 -march=native
 CFLAGS  += -std=c11 -Wall -Wextra -Wno-unknown-pragmas -I.
 LDLIBS  += -lm
 ifeq ($(OPENMP),1)

@@ -670,6 +670,9 @@ const char *const psf_op_names[PSF_OP_COUNT] = {
     "input", "features", "linear", "add", "tanh", "layernorm", "attn_scores", "softmax", "attn_mix", "envelope",
     "logdet", "jastrow"};
 
+typedef struct psf__kfac_collector psf__kfac_collector;
+static void psf__kfac_collect_linear(const psf_model *m, const psf_node *nd, psf__kfac_collector *col,
+                                     const psf_real *X, const psf_real *dY);
 #define PSF__N(nd) ((size_t)(nd)->rows * (size_t)(nd)->cols)
 #define PSF__J(ws, nd) ((ws)->jet + (nd)->off)
 #define PSF__A(ws, nd) ((ws)->adj + (nd)->adj_off)
@@ -828,6 +831,7 @@ static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
         }
         psf__gemm(0, 1, r1 - r0, a, b, 1.0, dY + (size_t)r0 * b, b, W, b, 1.0, dX + (size_t)r0 * a, a);
     }
+    if (c->ws->kfac) psf__kfac_collect_linear(c->m, nd, (psf__kfac_collector *)c->ws->kfac, X, dY);
 }
 
 /* ---- ADD: Y = A + B in every slice; backward passes the adjoint to both. ---------------------------------- */
@@ -1772,7 +1776,7 @@ int psf_reblock(const double *x, int n, double *mean, double *err, int *block_si
 }
 
 /* ============================================================================================================
- *  [IMPL: OPTIMIZERS] Adam (Kingma & Ba 2015); KFAC lives below (issue #3)
+ *  [IMPL: OPTIMIZERS] Adam (Kingma & Ba 2015) and KFAC (Martens & Grosse 2015)
  * ============================================================================================================ */
 
 void psf_vmc_config_default(psf_vmc_config *c) {
@@ -1806,6 +1810,216 @@ static void psf__adam_update(psf_vmc *v, const psf_real *g) {
     }
 }
 
+
+/* ---- KFAC (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
+ *      ICML 2015), on the Fisher of log|psi| as used for FermiNet / Psiformer (Pfau et al. 2020, §"Optimization").
+ *
+ *  Every LINEAR node group is a dense block (weights W [a x b] and, if present, the bias as an extra row, so the
+ *  block is the (a+1) x b matrix of parameters as stored). Its Fisher is approximated by A (x) S with
+ *      A = 1/(B T) sum_{walkers, tokens} abar abar^T      (abar = [a; 1], the layer input per electron token)
+ *      S = 1/B     sum_{walkers, tokens} e e^T            (e = d log|psi| / d y, the output sensitivity)
+ *  i.e. KFAC-expand for a layer shared over T electron tokens (Eschenhagen et al., NeurIPS 2023). Every other
+ *  parameter (LayerNorm scale/offset, envelope pi/sigma, Jastrow) has a diagonal block E[g_p^2].
+ *  Factors are exponential moving averages (decay 0.95). Factored Tikhonov damping (Martens & Grosse §6.3):
+ *      (A + pi sqrt(lambda) I) (x) (S + sqrt(lambda)/pi I),  pi = sqrt( (tr A / dim A) / (tr S / dim S) ),
+ *  so the preconditioned gradient of a block G is  Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda),
+ *  solved by Cholesky factorisation; diagonal blocks use g_p / (F_pp + lambda). The step is theta -= eta Delta
+ *  with eta = lr_t, reduced so that eta^2 <Delta, grad> <= norm_constraint (the KFAC norm constraint of
+ *  Ba, Grosse, Martens, ICLR 2017, as in FermiNet).                                                          */
+typedef struct {
+    int node, group, r0, r1, rows, cols; /* A is rows x rows (rows = a + has_bias), S is cols x cols */
+    size_t poff, a_off, s_off;            /* parameter block; factor offsets in a statistics vector   */
+} psf__kfac_dense;
+
+struct psf_kfac {
+    int n_dense;
+    psf__kfac_dense *dense;
+    int node_dense[PSF_MAX_NODES]; /* index of the first dense block of a LINEAR node, -1 otherwise */
+    unsigned char *is_dense;       /* [P]                                                          */
+    size_t stat_reals, diag_off;   /* factors of all dense blocks, then P diagonal entries         */
+    double *ema;                   /* [stat_reals]                                                 */
+    double *chunk_stats;           /* [n_chunks * stat_reals]                                      */
+    psf_real *gbuf;                /* [n_threads * P] per-walker gradient of log|psi|              */
+    psf_real *delta;               /* [P] preconditioned gradient                                  */
+    double *work;                  /* solver scratch                                                */
+    long n_updates;
+    double last_eta, last_q;       /* step size used and <Delta, grad> of the last update          */
+};
+
+struct psf__kfac_collector { const psf_kfac *k; double *stats; };
+
+/* Cholesky factorisation of a symmetric positive definite n x n matrix in place (lower triangle = L).
+ * Returns 0, or 1 if the matrix is not positive definite. */
+static int psf__cholesky(int n, double *a) {
+    for (int j = 0; j < n; j++) {
+        double d = a[(size_t)j * n + j];
+        for (int k = 0; k < j; k++) d -= a[(size_t)j * n + k] * a[(size_t)j * n + k];
+        if (!(d > 0)) return 1;
+        d = sqrt(d);
+        a[(size_t)j * n + j] = d;
+        for (int i = j + 1; i < n; i++) {
+            double s = a[(size_t)i * n + j];
+            for (int k = 0; k < j; k++) s -= a[(size_t)i * n + k] * a[(size_t)j * n + k];
+            a[(size_t)i * n + j] = s / d;
+        }
+    }
+    return 0;
+}
+
+/* Solves L L^T x = b in place (b has stride `stride` between its n entries). */
+static void psf__chol_solve(int n, const double *L, double *b, size_t stride) {
+    for (int i = 0; i < n; i++) {
+        double s = b[i * stride];
+        for (int k = 0; k < i; k++) s -= L[(size_t)i * n + k] * b[k * stride];
+        b[i * stride] = s / L[(size_t)i * n + i];
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        double s = b[i * stride];
+        for (int k = i + 1; k < n; k++) s -= L[(size_t)k * n + i] * b[k * stride];
+        b[i * stride] = s / L[(size_t)i * n + i];
+    }
+}
+
+/* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1} for one dense block, G and Delta rows x cols (row-major).
+ * work: rows^2 + cols^2 reals. Returns the pi used, or -1 if a damped factor is not positive definite. */
+static double psf__kfac_precondition_dense(int rows, int cols, const double *A, const double *S, double lambda,
+                                           const psf_real *G, psf_real *Delta, double *work) {
+    double trA = 0, trS = 0;
+    for (int i = 0; i < rows; i++) trA += A[(size_t)i * rows + i];
+    for (int i = 0; i < cols; i++) trS += S[(size_t)i * cols + i];
+    double pi = sqrt((trA / rows) / (trS / cols));
+    if (!isfinite(pi) || !(pi > 0)) pi = 1.0;
+    const double g = sqrt(lambda);
+    double *LA = work, *LS = work + (size_t)rows * rows;
+    memcpy(LA, A, sizeof(double) * (size_t)rows * rows);
+    memcpy(LS, S, sizeof(double) * (size_t)cols * cols);
+    for (int i = 0; i < rows; i++) LA[(size_t)i * rows + i] += pi * g;
+    for (int i = 0; i < cols; i++) LS[(size_t)i * cols + i] += g / pi;
+    if (psf__cholesky(rows, LA) || psf__cholesky(cols, LS)) return -1;
+    for (size_t i = 0; i < (size_t)rows * cols; i++) Delta[i] = G[i];
+    for (int j = 0; j < cols; j++) psf__chol_solve(rows, LA, Delta + j, (size_t)cols); /* columns: A^-1 G */
+    for (int i = 0; i < rows; i++) psf__chol_solve(cols, LS, Delta + (size_t)i * cols, 1); /* rows: . S^-1 */
+    return pi;
+}
+
+static void psf__kfac_free(psf_kfac *k) {
+    if (!k) return;
+    PSF_FREE(k->dense); PSF_FREE(k->is_dense); PSF_FREE(k->ema); PSF_FREE(k->chunk_stats);
+    PSF_FREE(k->gbuf); PSF_FREE(k->delta); PSF_FREE(k->work);
+    PSF_FREE(k);
+}
+
+static psf_kfac *psf__kfac_new(const psf_model *m, int n_chunks, int n_threads) {
+    psf_kfac *k = (psf_kfac *)psf__calloc(1, sizeof(psf_kfac));
+    if (!k) return NULL;
+    const size_t P = m->n_params;
+    k->dense = (psf__kfac_dense *)psf__calloc(2 * (size_t)m->n_nodes, sizeof(psf__kfac_dense));
+    k->is_dense = (unsigned char *)psf__calloc(P, 1);
+    if (!k->dense || !k->is_dense) { psf__kfac_free(k); return NULL; }
+    size_t off = 0, maxw = 0;
+    for (int n = 0; n < m->n_nodes; n++) {
+        const psf_node *nd = &m->nodes[n];
+        k->node_dense[n] = -1;
+        if (nd->op != PSF_OP_LINEAR) continue;
+        k->node_dense[n] = k->n_dense;
+        const int a = m->nodes[nd->in0].cols;
+        for (int g = 0; g < nd->ic; g++) {
+            psf__kfac_dense *d = &k->dense[k->n_dense++];
+            d->node = n; d->group = g;
+            psf__linear_groups(nd, g, &d->r0, &d->r1, &d->poff, a);
+            d->rows = a + (nd->ib ? 1 : 0);
+            d->cols = nd->cols;
+            d->a_off = off; off += (size_t)d->rows * d->rows;
+            d->s_off = off; off += (size_t)d->cols * d->cols;
+            memset(k->is_dense + d->poff, 1, (size_t)d->rows * d->cols);
+            const size_t w = (size_t)d->rows * d->rows + (size_t)d->cols * d->cols;
+            if (w > maxw) maxw = w;
+        }
+    }
+    k->diag_off = off;
+    k->stat_reals = off + P;
+    k->ema = (double *)psf__calloc(k->stat_reals, sizeof(double));
+    k->chunk_stats = (double *)psf__calloc(k->stat_reals * (size_t)n_chunks, sizeof(double));
+    k->gbuf = (psf_real *)psf__calloc(P * (size_t)n_threads, sizeof(psf_real));
+    k->delta = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    k->work = (double *)psf__calloc(maxw + 1, sizeof(double));
+    if (!k->ema || !k->chunk_stats || !k->gbuf || !k->delta || !k->work) { psf__kfac_free(k); return NULL; }
+    return k;
+}
+
+/* Called from the LINEAR backward rule during a KFAC statistics pass (seed 1): adds abar abar^T and e e^T of
+ * this walker's tokens to the collector's statistics. */
+static void psf__kfac_collect_linear(const psf_model *m, const psf_node *nd, psf__kfac_collector *col,
+                                     const psf_real *X, const psf_real *dY) {
+    const psf_kfac *k = col->k;
+    const int n = (int)(nd - m->nodes), a = m->nodes[nd->in0].cols, b = nd->cols;
+    for (int g = 0; g < nd->ic; g++) {
+        const psf__kfac_dense *d = &k->dense[k->node_dense[n] + g];
+        const int T = d->r1 - d->r0;
+        if (T <= 0) continue;
+        double *A = col->stats + d->a_off, *S = col->stats + d->s_off;
+        const psf_real *Xg = X + (size_t)d->r0 * a, *Eg = dY + (size_t)d->r0 * b;
+        psf__gemm(1, 0, a, a, T, 1.0, Xg, a, Xg, a, 1.0, A, d->rows);
+        if (d->rows > a) { /* bias: abar = [a; 1] */
+            for (int j = 0; j < a; j++) {
+                double s = 0;
+                for (int t = 0; t < T; t++) s += Xg[(size_t)t * a + j];
+                A[(size_t)a * d->rows + j] += s;
+                A[(size_t)j * d->rows + a] += s;
+            }
+            A[(size_t)a * d->rows + a] += T;
+        }
+        psf__gemm(1, 0, b, b, T, 1.0, Eg, b, Eg, b, 1.0, S, b);
+    }
+}
+
+/* From the batch statistics (sums over B walkers) to the running factors, then Delta and the step. */
+static void psf__kfac_update(psf_vmc *v, int n_walkers) {
+    psf_kfac *k = v->kfac;
+    const psf_model *m = v->model;
+    const psf_vmc_config *c = &v->cfg;
+    const size_t P = m->n_params, S = k->stat_reals;
+    /* reduce chunks in a fixed order */
+    double *batch = k->chunk_stats; /* chunk 0 accumulates the others */
+    for (int ch = 1; ch < v->n_chunks; ch++) {
+        const double *src = k->chunk_stats + (size_t)ch * S;
+        for (size_t i = 0; i < S; i++) batch[i] += src[i];
+    }
+    const double decay = k->n_updates == 0 ? 0.0 : (c->kfac_decay < (double)k->n_updates / (k->n_updates + 1.0)
+                                                     ? c->kfac_decay : (double)k->n_updates / (k->n_updates + 1.0));
+    for (int di = 0; di < k->n_dense; di++) {
+        const psf__kfac_dense *d = &k->dense[di];
+        const double T = (double)(d->r1 - d->r0) > 0 ? (double)(d->r1 - d->r0) : 1.0;
+        const double sa = 1.0 / ((double)n_walkers * T), ss = 1.0 / (double)n_walkers;
+        for (size_t i = 0; i < (size_t)d->rows * d->rows; i++)
+            k->ema[d->a_off + i] = decay * k->ema[d->a_off + i] + (1 - decay) * sa * batch[d->a_off + i];
+        for (size_t i = 0; i < (size_t)d->cols * d->cols; i++)
+            k->ema[d->s_off + i] = decay * k->ema[d->s_off + i] + (1 - decay) * ss * batch[d->s_off + i];
+    }
+    for (size_t p = 0; p < P; p++)
+        if (!k->is_dense[p]) k->ema[k->diag_off + p] = decay * k->ema[k->diag_off + p] + (1 - decay) * batch[k->diag_off + p] / n_walkers;
+    k->n_updates++;
+    /* precondition */
+    for (int di = 0; di < k->n_dense; di++) {
+        const psf__kfac_dense *d = &k->dense[di];
+        if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(psf_real) * (size_t)d->rows * d->cols); continue; }
+        double lam = c->kfac_damping;
+        while (psf__kfac_precondition_dense(d->rows, d->cols, k->ema + d->a_off, k->ema + d->s_off, lam,
+                                            v->grad + d->poff, k->delta + d->poff, k->work) < 0)
+            lam *= 10; /* a factor lost positive definiteness to rounding: damp harder for this block */
+    }
+    for (size_t p = 0; p < P; p++)
+        if (!k->is_dense[p]) k->delta[p] = v->grad[p] / (k->ema[k->diag_off + p] + c->kfac_damping);
+    /* norm constraint and step */
+    double q = 0;
+    for (size_t p = 0; p < P; p++) q += k->delta[p] * v->grad[p];
+    double eta = c->lr / (1.0 + (double)v->step / c->lr_delay);
+    if (q > 0 && eta * eta * q > c->kfac_norm_constraint) eta = sqrt(c->kfac_norm_constraint / q);
+    k->last_eta = eta;
+    k->last_q = q;
+    for (size_t p = 0; p < P; p++) m->params[p] -= eta * k->delta[p];
+}
+
 /* ============================================================================================================
  *  [IMPL: DRIVER] VMC training and evaluation, checkpoints, .npy I/O
  * ============================================================================================================ */
@@ -1816,6 +2030,7 @@ void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
     PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->grad); PSF_FREE(v->chunks);
     PSF_FREE(v->adam_m); PSF_FREE(v->adam_v);
+    psf__kfac_free(v->kfac);
     psf_walkers_free(&v->walkers);
     memset(v, 0, sizeof *v);
 }
@@ -1825,8 +2040,14 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     if (cfg->batch < 2) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: batch = %d must be at least 2", cfg->batch);
     if (cfg->mcmc_steps < 1) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: mcmc_steps = %d must be at least 1", cfg->mcmc_steps);
     if (!(cfg->lr > 0) || !(cfg->lr_delay > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: lr and lr_delay must be positive");
+    if (cfg->optimizer == PSF_OPT_KFAC && (!(cfg->kfac_damping > 0) || !(cfg->kfac_decay >= 0 && cfg->kfac_decay < 1) ||
+                                           !(cfg->kfac_norm_constraint > 0)))
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_init: KFAC needs damping > 0, 0 <= decay < 1, norm_constraint > 0");
 #ifdef _OPENMP
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
+#endif
+#if defined(PSF_USE_CBLAS) && defined(OPENBLAS_VERSION)
+    openblas_set_num_threads(1); /* parallelism is over walkers; each matrix product is small */
 #endif
     v->model = m;
     v->cfg = *cfg;
@@ -1843,6 +2064,10 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     if (!v->ws || !v->wsp || !v->eloc || !v->grad || !v->chunks || !v->adam_m || !v->adam_v) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
+    }
+    if (cfg->optimizer == PSF_OPT_KFAC && !(v->kfac = psf__kfac_new(m, v->n_chunks, v->n_ws))) {
+        psf_vmc_free(v);
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC");
     }
     for (int t = 0; t < v->n_ws; t++) {
         int rc = psf_workspace_init(&v->ws[t], m);
@@ -1910,18 +2135,42 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
     }
     cm /= nf;
     for (int b = 0; b < B; b++) w[b] = isfinite(w[b]) ? 2.0 * (w[b] - cm) / nf : 0.0;
+    psf_kfac *k = v->kfac;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int c = 0; c < C; c++) {
         psf_real *acc = v->chunks + (size_t)c * P;
-        psf_workspace *ws = &v->ws[psf__thread_id()];
+        const int tid = psf__thread_id();
+        psf_workspace *ws = &v->ws[tid];
         memset(acc, 0, sizeof(psf_real) * P);
         const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
+        if (!k) {
+            for (int b = b0; b < b1; b++) {
+                if (w[b] == 0.0) continue;
+                int sg;
+                psf_model_logpsi(v->model, ws, v->walkers.x + (size_t)b * D, &sg);
+                if (!sg) continue;
+                psf_model_backward(v->model, ws, w[b], acc);
+            }
+            continue;
+        }
+        /* KFAC: per-walker gradient of log|psi| (seed 1) feeds both the Fisher statistics and the gradient */
+        psf__kfac_collector col = {k, k->chunk_stats + (size_t)c * k->stat_reals};
+        psf_real *g = k->gbuf + (size_t)tid * P;
+        memset(col.stats, 0, sizeof(double) * k->stat_reals);
         for (int b = b0; b < b1; b++) {
-            if (w[b] == 0.0) continue;
+            if (!isfinite(v->eloc[b])) continue;
             int sg;
             psf_model_logpsi(v->model, ws, v->walkers.x + (size_t)b * D, &sg);
             if (!sg) continue;
-            psf_model_backward(v->model, ws, w[b], acc);
+            memset(g, 0, sizeof(psf_real) * P);
+            ws->kfac = &col;
+            psf_model_backward(v->model, ws, 1.0, g);
+            ws->kfac = NULL;
+            double *diag = col.stats + k->diag_off;
+            for (size_t p = 0; p < P; p++) {
+                acc[p] += w[b] * g[p];
+                diag[p] += g[p] * g[p];
+            }
         }
     }
     for (size_t p = 0; p < P; p++) {
@@ -1943,7 +2192,12 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     if (psf__energy_gradient(v, st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
     double t1 = psf_time();
-    psf__adam_update(v, v->grad);
+    if (v->kfac) {
+        int nf = 0;
+        for (int b = 0; b < v->cfg.batch; b++) nf += isfinite(v->eloc[b]) ? 1 : 0;
+        psf__kfac_update(v, nf);
+    } else
+        psf__adam_update(v, v->grad);
     for (size_t p = 0; p < v->model->n_params; p++)
         if (!isfinite(v->model->params[p]))
             return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu became non-finite", v->step, p);
@@ -1988,6 +2242,10 @@ int psf_vmc_save(const psf_vmc *v, const char *path) {
              psf__wr(f, &v->walkers.width, sizeof(double), 1) &&
              psf__wr(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
              psf__wr(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
+    if (v->kfac) {
+        int64_t nu = v->kfac->n_updates, ns = (int64_t)v->kfac->stat_reals;
+        ok = ok && psf__wr(f, &nu, 8, 1) && psf__wr(f, &ns, 8, 1) && psf__wr(f, v->kfac->ema, sizeof(double), v->kfac->stat_reals);
+    }
     if (fclose(f) != 0) ok = 0;
     if (!ok) { remove(tmp); return psf__fail(PSF_ERR_IO, "%s: write failed", tmp); }
     if (rename(tmp, path) != 0) return psf__fail(PSF_ERR_IO, "%s: cannot rename %s into place", path, tmp);
@@ -2034,8 +2292,14 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
          psf__rd(f, &v->walkers.width, sizeof(double), 1) &&
          psf__rd(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
          psf__rd(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
+    if (ok && v->kfac) {
+        int64_t nu, ns;
+        ok = psf__rd(f, &nu, 8, 1) && psf__rd(f, &ns, 8, 1) && ns == (int64_t)v->kfac->stat_reals &&
+             psf__rd(f, v->kfac->ema, sizeof(double), v->kfac->stat_reals);
+        if (ok) v->kfac->n_updates = nu;
+    }
     fclose(f);
-    if (!ok) return psf__fail(PSF_ERR_FORMAT, "%s: truncated body (parameters, optimizer state or walkers)", path);
+    if (!ok) return psf__fail(PSF_ERR_FORMAT, "%s: truncated body (parameters, walkers or optimizer state)", path);
     v->step = step;
     psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
     return PSF_OK;

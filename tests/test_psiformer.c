@@ -420,7 +420,7 @@ TEST sampler_reproduces_hydrogen_mean_radius(void) {
         }
         series[s] = acc / w.n_walkers;
     }
-    double mean, err;
+    double mean = NAN, err = NAN;
     ASSERT_EQ(0, psf_reblock(series, STEPS, &mean, &err, NULL));
     if (greatest_info.verbose) printf("    <r> = %.5f +/- %.5f bohr (exact 1.5)\n", mean, err);
     ASSERT(err < 0.01);
@@ -453,7 +453,7 @@ TEST helium_hydrogenic_energy(void) {
         }
         series[s] = acc / w.n_walkers;
     }
-    double mean, err;
+    double mean = NAN, err = NAN;
     ASSERT_EQ(0, psf_reblock(series, STEPS, &mean, &err, NULL));
     if (greatest_info.verbose) printf("    E = %.5f +/- %.5f Ha (exact for this trial function -2.84766)\n", mean, err);
     ASSERT(err < 1.5e-3); /* resolves a 5 mHa error at more than 3 sigma */
@@ -472,8 +472,8 @@ TEST reblocking_recovers_correlated_error(void) {
     const double phi = 0.9;
     x[0] = 0;
     for (int i = 1; i < N; i++) x[i] = phi * x[i - 1] + psf_rng_normal(&r);
-    double mean, err;
-    int bs;
+    double mean = NAN, err = NAN;
+    int bs = 0;
     ASSERT_EQ(0, psf_reblock(x, N, &mean, &err, &bs));
     const double expect = 1.0 / (1 - phi) / sqrt((double)N);
     if (greatest_info.verbose) printf("    err %.5f expected %.5f (block %d)\n", err, expect, bs);
@@ -496,7 +496,7 @@ SUITE(hamiltonian_and_sampler) {
 
 /* Trains a small Psiformer on helium; returns the evaluated energy (reblocked over eval_steps frozen steps) or, if
  * eval_steps = 0, the last training energy. *p0 receives a parameter for the reproducibility check. */
-static double train_helium(int threads, int steps, int eval_steps, double *err, psf_real *p0) {
+static double train_helium(int threads, int steps, int eval_steps, double *err, psf_real *p0, psf_optimizer opt) {
     psf_system he;
     psf_system_atom(&he, "He", -1);
     psf_config c;
@@ -507,6 +507,7 @@ static double train_helium(int threads, int steps, int eval_steps, double *err, 
     psf_vmc_config vc;
     psf_vmc_config_default(&vc);
     vc.batch = 128; vc.mcmc_steps = 5; vc.burn_in = 50; vc.threads = threads; vc.seed = 17;
+    vc.optimizer = opt; vc.lr = opt == PSF_OPT_KFAC ? 0.05 : 3e-3;
     psf_vmc v;
     if (psf_vmc_init(&v, &m, &vc)) return NAN;
     psf_step_stats st;
@@ -526,8 +527,8 @@ static double train_helium(int threads, int steps, int eval_steps, double *err, 
 }
 
 TEST helium_training_goes_below_minus_2_89(void) {
-    double err;
-    const double e = train_helium(0, 400, 300, &err, NULL);
+    double err = NAN;
+    const double e = train_helium(0, 400, 300, &err, NULL, PSF_OPT_ADAM);
     if (greatest_info.verbose) printf("    evaluated E = %.5f +/- %.5f Ha (exact -2.903724)\n", e, err);
     ASSERT_LT(err, 0.004);
     ASSERT_LT(e, -2.89);
@@ -537,12 +538,14 @@ TEST helium_training_goes_below_minus_2_89(void) {
 
 TEST same_seed_same_result_with_1_and_2_threads(void) {
 #ifdef _OPENMP
-    double e1, e2, err;
-    psf_real p1, p2;
-    e1 = train_helium(1, 10, 0, &err, &p1);
-    e2 = train_helium(2, 10, 0, &err, &p2);
-    ASSERTm("energies bitwise identical", memcmp(&e1, &e2, sizeof e1) == 0);
-    ASSERTm("parameters bitwise identical", memcmp(&p1, &p2, sizeof p1) == 0);
+    for (int o = 0; o < 2; o++) { /* Adam and KFAC */
+        double e1, e2, err;
+        psf_real p1 = 0, p2 = 1;
+        e1 = train_helium(1, 10, 0, &err, &p1, (psf_optimizer)o);
+        e2 = train_helium(2, 10, 0, &err, &p2, (psf_optimizer)o);
+        ASSERTm("energies bitwise identical", memcmp(&e1, &e2, sizeof e1) == 0);
+        ASSERTm("parameters bitwise identical", memcmp(&p1, &p2, sizeof p1) == 0);
+    }
     PASS();
 #else
     SKIPm("built without OpenMP");
@@ -629,11 +632,217 @@ SUITE(training) {
     RUN_TEST(bad_input_is_refused_with_a_message);
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * KFAC
+ * --------------------------------------------------------------------------------------------------------- */
+
+static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer opt, int batch, uint64_t seed) {
+    psf_system sys;
+    psf_system_atom(&sys, atom, -1);
+    psf_config c;
+    psf_config_default(&c);
+    c.n_layers = 1; c.n_heads = 2; c.head_dim = 4; c.mlp_hidden = 6; c.n_dets = 2;
+    psf_model_init(m, &sys, &c, seed);
+    psf_vmc_config vc;
+    psf_vmc_config_default(&vc);
+    vc.batch = batch; vc.burn_in = 20; vc.mcmc_steps = 2; vc.optimizer = opt; vc.seed = seed;
+    psf_vmc_init(v, m, &vc);
+}
+
+/* The running factors after the first update equal E[abar abar^T] (per token) and sum_t E[e e^T], recomputed
+ * here by brute force from every walker's layer inputs and output sensitivities; and the diagonal blocks E[g^2]. */
+TEST kfac_factors_equal_brute_force_expectations(void) {
+    psf_model m;
+    psf_vmc v;
+    small_vmc(&m, &v, "Li", PSF_OPT_KFAC, 16, 5);
+    psf_step_stats st;
+    psf__sample_and_measure(&v, &st);
+    ASSERT_EQ(0, psf__energy_gradient(&v, st.energy));
+    psf_real *theta = malloc(sizeof(psf_real) * m.n_params);
+    memcpy(theta, m.params, sizeof(psf_real) * m.n_params);
+    psf__kfac_update(&v, 16); /* first update: decay 0, so the running factors are this batch's */
+    psf_real *after = malloc(sizeof(psf_real) * m.n_params);
+    memcpy(after, m.params, sizeof(psf_real) * m.n_params);
+    memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
+    const psf_kfac *k = v.kfac;
+    double *ref = calloc(k->stat_reals, sizeof(double)), *g = calloc(m.n_params, sizeof(double));
+    psf_workspace *ws = &v.ws[0];
+    for (int b = 0; b < 16; b++) {
+        int sg;
+        psf_model_logpsi(&m, ws, v.walkers.x + (size_t)b * m.n_dim, &sg);
+        memset(g, 0, sizeof(double) * m.n_params);
+        psf_model_backward(&m, ws, 1.0, g);
+        for (int di = 0; di < k->n_dense; di++) {
+            const psf__kfac_dense *d = &k->dense[di];
+            const psf_node *nd = &m.nodes[d->node];
+            const int a = m.nodes[nd->in0].cols, bo = nd->cols, T = d->r1 - d->r0;
+            const psf_real *X = ws->jet + m.nodes[nd->in0].off, *E = ws->adj + nd->adj_off;
+            for (int t = d->r0; t < d->r1; t++) {
+                for (int i = 0; i < d->rows; i++)
+                    for (int j = 0; j < d->rows; j++) {
+                        const double ai = i < a ? X[t * a + i] : 1.0, aj = j < a ? X[t * a + j] : 1.0;
+                        ref[d->a_off + i * d->rows + j] += ai * aj / (16.0 * T);
+                    }
+                for (int i = 0; i < bo; i++)
+                    for (int j = 0; j < bo; j++) ref[d->s_off + i * bo + j] += E[t * bo + i] * E[t * bo + j] / 16.0;
+            }
+        }
+        for (size_t p = 0; p < m.n_params; p++) if (!k->is_dense[p]) ref[k->diag_off + p] += g[p] * g[p] / 16.0;
+    }
+    double worst = 0;
+    for (size_t i = 0; i < k->stat_reals; i++) {
+        if (i >= k->diag_off && k->is_dense[i - k->diag_off]) continue;
+        const double e = fabs(ref[i] - k->ema[i]) / fmax(1e-3, fabs(ref[i]));
+        if (e > worst) worst = e;
+    }
+    if (greatest_info.verbose) printf("    %d dense blocks, worst relative difference %.2e\n", k->n_dense, worst);
+    ASSERT_IN_RANGE(0.0, worst, 1e-12);
+    ASSERT(k->n_dense >= 8); /* embed, q, k, v, o, mlp1, mlp2, orbitals up/down */
+    free(ref); free(g); free(theta); free(after);
+    psf_vmc_free(&v);
+    psf_model_free(&m);
+    PASS();
+}
+
+/* Dense LU solve, for comparisons. */
+static void dense_solve(int n, double *a, double *b) {
+    int piv[64];
+    double la;
+    psf__lu(n, a, piv, &la);
+    for (int k = 0; k < n; k++) if (piv[k] != k) { double t = b[k]; b[k] = b[piv[k]]; b[piv[k]] = t; }
+    for (int i = 0; i < n; i++) for (int k = 0; k < i; k++) b[i] -= a[i * n + k] * b[k];
+    for (int i = n - 1; i >= 0; i--) { for (int k = i + 1; k < n; k++) b[i] -= a[i * n + k] * b[k]; b[i] /= a[i * n + i]; }
+}
+
+/* One dense layer; the batch is every pair (a_i, e_j) so that the Fisher E[vec(a e^T) vec(a e^T)^T] is exactly
+ * A (x) S. The KFAC direction must equal the dense solve with the same (factored) damping, to 1e-10, and with
+ * vanishing damping the exact natural gradient F^{-1} g. */
+TEST kfac_direction_equals_dense_natural_gradient(void) {
+    enum { R = 4, C = 3, NA = 7, NE = 5, P = R * C };
+    double a[NA][R], e[NE][C], A[R * R] = {0}, S[C * C] = {0}, F[P * P] = {0};
+    psf_rng r;
+    psf_rng_seed(&r, 8, 8);
+    for (int i = 0; i < NA; i++) for (int x = 0; x < R; x++) a[i][x] = psf_rng_normal(&r);
+    for (int j = 0; j < NE; j++) for (int y = 0; y < C; y++) e[j][y] = psf_rng_normal(&r);
+    for (int i = 0; i < NA; i++) for (int x = 0; x < R; x++) for (int z = 0; z < R; z++) A[x * R + z] += a[i][x] * a[i][z] / NA;
+    for (int j = 0; j < NE; j++) for (int y = 0; y < C; y++) for (int z = 0; z < C; z++) S[y * C + z] += e[j][y] * e[j][z] / NE;
+    for (int i = 0; i < NA; i++) for (int j = 0; j < NE; j++) /* Fisher from the per-sample gradients */
+        for (int p = 0; p < P; p++) for (int q = 0; q < P; q++)
+            F[p * P + q] += a[i][p / C] * e[j][p % C] * a[i][q / C] * e[j][q % C] / (NA * NE);
+    double g[P], delta[P], work[R * R + C * C];
+    for (int p = 0; p < P; p++) g[p] = psf_rng_normal(&r);
+    const double lambdas[2] = {1e-2, 1e-14};
+    for (int t = 0; t < 2; t++) {
+        const double lam = lambdas[t];
+        const double pi = psf__kfac_precondition_dense(R, C, A, S, lam, g, delta, work);
+        double trA = 0, trS = 0;
+        for (int x = 0; x < R; x++) trA += A[x * R + x];
+        for (int y = 0; y < C; y++) trS += S[y * C + y];
+        ASSERT_IN_RANGE(sqrt((trA / R) / (trS / C)), pi, 1e-14);
+        double M[P * P], sol[P];
+        memcpy(M, F, sizeof M);
+        for (int p = 0; p < P; p++)
+            for (int q = 0; q < P; q++) { /* F + pi sqrt(l) I (x) S + sqrt(l)/pi A (x) I + l I */
+                const int x = p / C, y = p % C, z = q / C, w = q % C;
+                M[p * P + q] += pi * sqrt(lam) * (x == z) * S[y * C + w] + sqrt(lam) / pi * A[x * R + z] * (y == w) + lam * (p == q);
+            }
+        memcpy(sol, g, sizeof sol);
+        dense_solve(P, M, sol);
+        for (int p = 0; p < P; p++) ASSERT_IN_RANGE(sol[p], delta[p], 1e-10 * fmax(1, fabs(sol[p])));
+    }
+    PASS();
+}
+
+/* The norm constraint: eta^2 <Delta, g> <= C, with equality when the learning rate would exceed it, and eta = lr
+ * otherwise; and with damping -> infinity KFAC becomes the gradient step scaled by 1/lambda. */
+TEST kfac_norm_constraint_and_large_damping(void) {
+    psf_model m;
+    psf_vmc v;
+    small_vmc(&m, &v, "Be", PSF_OPT_KFAC, 16, 6);
+    psf_step_stats st;
+    psf__sample_and_measure(&v, &st);
+    ASSERT_EQ(0, psf__energy_gradient(&v, st.energy));
+    psf_real *theta = malloc(sizeof(psf_real) * m.n_params);
+    memcpy(theta, m.params, sizeof(psf_real) * m.n_params);
+    v.cfg.lr = 1e3; /* far beyond the constraint */
+    psf__kfac_update(&v, 16);
+    ASSERT(v.kfac->last_q > 0);
+    ASSERT_IN_RANGE(v.cfg.kfac_norm_constraint, v.kfac->last_eta * v.kfac->last_eta * v.kfac->last_q, 1e-12);
+    double step2 = 0;
+    for (size_t p = 0; p < m.n_params; p++) step2 += (m.params[p] - theta[p]) * (m.params[p] - theta[p]);
+    ASSERT(step2 > 0);
+    memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
+    v.cfg.lr = 1e-9; /* well inside: the step uses the learning rate itself */
+    psf__kfac_update(&v, 16);
+    ASSERT_IN_RANGE(1e-9 / (1 + v.step / v.cfg.lr_delay), v.kfac->last_eta, 1e-22);
+    ASSERT(v.kfac->last_eta * v.kfac->last_eta * v.kfac->last_q <= v.cfg.kfac_norm_constraint);
+    memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
+    v.cfg.kfac_damping = 1e12;
+    v.cfg.lr = 1.0;
+    v.cfg.kfac_norm_constraint = 1e300;
+    psf__kfac_update(&v, 16);
+    double worst = 0, gmax = 0;
+    for (size_t p = 0; p < m.n_params; p++) {
+        const double want = v.grad[p] / 1e12;
+        worst = fmax(worst, fabs(v.kfac->delta[p] - want));
+        gmax = fmax(gmax, fabs(want));
+    }
+    if (greatest_info.verbose) printf("    |Delta - g/lambda| %.2e of |g/lambda| %.2e\n", worst, gmax);
+    ASSERT(gmax > 0);
+    ASSERT_IN_RANGE(0.0, worst, 1e-4 * gmax);
+    free(theta);
+    psf_vmc_free(&v);
+    psf_model_free(&m);
+    PASS();
+}
+
+/* Helium, same network, batch and seed, 60 iterations: KFAC ends lower than Adam (evaluated energies). */
+static double short_helium(psf_optimizer opt, double lr, double *err) {
+    psf_system he;
+    psf_system_atom(&he, "He", -1);
+    psf_config c;
+    psf_config_default(&c);
+    c.n_layers = 1; c.n_heads = 2; c.head_dim = 8; c.mlp_hidden = 16; c.n_dets = 1;
+    psf_model m;
+    psf_model_init(&m, &he, &c, 3);
+    psf_vmc_config vc;
+    psf_vmc_config_default(&vc);
+    vc.batch = 128; vc.mcmc_steps = 5; vc.burn_in = 50; vc.seed = 17; vc.optimizer = opt; vc.lr = lr;
+    psf_vmc v;
+    psf_vmc_init(&v, &m, &vc);
+    psf_step_stats st;
+    for (int s = 0; s < 60; s++) psf_vmc_train_step(&v, &st);
+    enum { EV = 200 };
+    double e[EV], mean = NAN;
+    for (int s = 0; s < EV; s++) { psf_vmc_eval_step(&v, &st); e[s] = st.energy; }
+    psf_reblock(e, EV, &mean, err, NULL);
+    psf_vmc_free(&v);
+    psf_model_free(&m);
+    return mean;
+}
+
+TEST kfac_beats_adam_on_short_helium_run(void) {
+    double ek, ea, sk = NAN, sa = NAN;
+    ek = short_helium(PSF_OPT_KFAC, 0.05, &sk);
+    ea = short_helium(PSF_OPT_ADAM, 3e-3, &sa);
+    if (greatest_info.verbose) printf("    60 steps: KFAC %.5f +/- %.5f, Adam %.5f +/- %.5f Ha\n", ek, sk, ea, sa);
+    ASSERT_LT(ek + 3 * sqrt(sk * sk + sa * sa), ea);
+    PASS();
+}
+
+SUITE(kfac) {
+    RUN_TEST(kfac_factors_equal_brute_force_expectations);
+    RUN_TEST(kfac_direction_equals_dense_natural_gradient);
+    RUN_TEST(kfac_norm_constraint_and_large_damping);
+    RUN_TEST(kfac_beats_adam_on_short_helium_run);
+}
+
 int main(int argc, char **argv) {
     GREATEST_MAIN_BEGIN();
     RUN_SUITE(derivatives);
     RUN_SUITE(antisymmetry);
     RUN_SUITE(hamiltonian_and_sampler);
     RUN_SUITE(training);
+    RUN_SUITE(kfac);
     GREATEST_MAIN_END();
 }
