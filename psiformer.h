@@ -290,14 +290,14 @@ void psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, 
 /* n_steps Metropolis–Hastings sweeps; returns the acceptance fraction (pmove) of these sweeps. */
 double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps);
 
-/* Adapts the width toward acceptance in [0.50, 0.55] (multiplies/divides by 1.1). */
+/* Adapts the width toward acceptance in [0.50, 0.55] (multiplies/divides by 1.1), kept within [1e-3, 2] bohr. */
 void psf_mcmc_adapt(psf_walkers *w, double pmove);
 
 /* ---- Statistics ----------------------------------------------------------------------------------------- */
 
 /* Flyvbjerg–Petersen reblocking (J. Chem. Phys. 91, 461 (1989)) of a correlated series x[n]: mean and its
- * standard error at the optimal block size (criterion B^3 > 2 n (s_B / s_0)^4: Lee, Drummond, Needs, Morales,
- * PRE 83, 066706 (2011)). *block_size may be NULL. Returns PSF_ERR_ARG if n < 2. */
+ * standard error at the optimal block size (criterion B^3 > 2 n (s_B / s_0)^4: Lee, Conduit, Nemec, Lopez Rios,
+ * Drummond, PRE 83, 066706 (2011)). *block_size may be NULL. Returns PSF_ERR_ARG if n < 2. */
 int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size);
 
 /* ---- Optimizers and driver ------------------------------------------------------------------------------ */
@@ -309,8 +309,8 @@ typedef struct {
     int mcmc_steps;       /* Metropolis sweeps per iteration (default 10)                          */
     int burn_in;          /* sweeps before training (default 200)                                  */
     double mcmc_width;    /* initial proposal width, bohr (default 0.2)                            */
-    psf_optimizer optimizer;
-    double lr;            /* learning rate at t = 0 (default Adam 3e-3; KFAC 0.05)                  */
+    psf_optimizer optimizer; /* default PSF_OPT_KFAC                                                  */
+    double lr;            /* learning rate at t = 0; 0 (default) = the optimizer's: KFAC 0.05, Adam 3e-3 */
     double lr_delay;      /* lr_t = lr / (1 + t / lr_delay) (default 1e4)                           */
     double adam_b1, adam_b2, adam_eps;  /* 0.9, 0.999, 1e-8                                           */
     double clip_scale;    /* E_L clipped at mean +- clip_scale * mean|E_L - mean| (default 5)     */
@@ -1785,8 +1785,8 @@ void psf_vmc_config_default(psf_vmc_config *c) {
     c->mcmc_steps = 10;
     c->burn_in = 200;
     c->mcmc_width = 0.2;
-    c->optimizer = PSF_OPT_ADAM;
-    c->lr = 3e-3;
+    c->optimizer = PSF_OPT_KFAC;
+    c->lr = 0; /* resolved by psf_vmc_init: KFAC 0.05 (FermiNet), Adam 3e-3 */
     c->lr_delay = 1e4;
     c->adam_b1 = 0.9; c->adam_b2 = 0.999; c->adam_eps = 1e-8;
     c->clip_scale = 5.0;
@@ -1841,7 +1841,8 @@ struct psf_kfac {
     double *chunk_stats;           /* [n_chunks * stat_reals]                                      */
     psf_real *gbuf;                /* [n_threads * P] per-walker gradient of log|psi|              */
     psf_real *delta;               /* [P] preconditioned gradient                                  */
-    double *work;                  /* solver scratch                                                */
+    double *work;                  /* solver scratch, work_stride reals per thread                  */
+    size_t work_stride;
     long n_updates;
     double last_eta, last_q;       /* step size used and <Delta, grad> of the last update          */
 };
@@ -1942,7 +1943,8 @@ static psf_kfac *psf__kfac_new(const psf_model *m, int n_chunks, int n_threads) 
     k->chunk_stats = (double *)psf__calloc(k->stat_reals * (size_t)n_chunks, sizeof(double));
     k->gbuf = (psf_real *)psf__calloc(P * (size_t)n_threads, sizeof(psf_real));
     k->delta = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    k->work = (double *)psf__calloc(maxw + 1, sizeof(double));
+    k->work_stride = maxw + 1;
+    k->work = (double *)psf__calloc(k->work_stride * (size_t)n_threads, sizeof(double));
     if (!k->ema || !k->chunk_stats || !k->gbuf || !k->delta || !k->work) { psf__kfac_free(k); return NULL; }
     return k;
 }
@@ -1980,10 +1982,13 @@ static void psf__kfac_update(psf_vmc *v, int n_walkers) {
     const psf_vmc_config *c = &v->cfg;
     const size_t P = m->n_params, S = k->stat_reals;
     /* reduce chunks in a fixed order */
-    double *batch = k->chunk_stats; /* chunk 0 accumulates the others */
-    for (int ch = 1; ch < v->n_chunks; ch++) {
-        const double *src = k->chunk_stats + (size_t)ch * S;
-        for (size_t i = 0; i < S; i++) batch[i] += src[i];
+    double *batch = k->chunk_stats; /* chunk 0 accumulates the others, each entry in chunk order */
+    const int nch = v->n_chunks;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < (long)S; i++) {
+        double acc = batch[i];
+        for (int ch = 1; ch < nch; ch++) acc += k->chunk_stats[(size_t)ch * S + (size_t)i];
+        batch[i] = acc;
     }
     const double decay = k->n_updates == 0 ? 0.0 : (c->kfac_decay < (double)k->n_updates / (k->n_updates + 1.0)
                                                      ? c->kfac_decay : (double)k->n_updates / (k->n_updates + 1.0));
@@ -1999,13 +2004,14 @@ static void psf__kfac_update(psf_vmc *v, int n_walkers) {
     for (size_t p = 0; p < P; p++)
         if (!k->is_dense[p]) k->ema[k->diag_off + p] = decay * k->ema[k->diag_off + p] + (1 - decay) * batch[k->diag_off + p] / n_walkers;
     k->n_updates++;
-    /* precondition */
+    /* precondition: blocks are independent (thread t uses its own slice of the scratch) */
+#pragma omp parallel for schedule(dynamic, 1)
     for (int di = 0; di < k->n_dense; di++) {
         const psf__kfac_dense *d = &k->dense[di];
         if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(psf_real) * (size_t)d->rows * d->cols); continue; }
-        double lam = c->kfac_damping;
+        double lam = c->kfac_damping, *work = k->work + (size_t)psf__thread_id() * k->work_stride;
         while (psf__kfac_precondition_dense(d->rows, d->cols, k->ema + d->a_off, k->ema + d->s_off, lam,
-                                            v->grad + d->poff, k->delta + d->poff, k->work) < 0)
+                                            v->grad + d->poff, k->delta + d->poff, work) < 0)
             lam *= 10; /* a factor lost positive definiteness to rounding: damp harder for this block */
     }
     for (size_t p = 0; p < P; p++)
@@ -2039,7 +2045,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     memset(v, 0, sizeof *v);
     if (cfg->batch < 2) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: batch = %d must be at least 2", cfg->batch);
     if (cfg->mcmc_steps < 1) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: mcmc_steps = %d must be at least 1", cfg->mcmc_steps);
-    if (!(cfg->lr > 0) || !(cfg->lr_delay > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: lr and lr_delay must be positive");
+    if (!(cfg->lr >= 0) || !(cfg->lr_delay > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: lr must be >= 0 and lr_delay > 0");
     if (cfg->optimizer == PSF_OPT_KFAC && (!(cfg->kfac_damping > 0) || !(cfg->kfac_decay >= 0 && cfg->kfac_decay < 1) ||
                                            !(cfg->kfac_norm_constraint > 0)))
         return psf__fail(PSF_ERR_ARG, "psf_vmc_init: KFAC needs damping > 0, 0 <= decay < 1, norm_constraint > 0");
@@ -2051,6 +2057,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
 #endif
     v->model = m;
     v->cfg = *cfg;
+    if (v->cfg.lr == 0) v->cfg.lr = cfg->optimizer == PSF_OPT_KFAC ? 0.05 : 3e-3;
     v->wf = psf_model_wavefunction(m);
     v->n_ws = psf__max_threads();
     v->n_chunks = cfg->batch < PSF__CHUNKS ? cfg->batch : PSF__CHUNKS;
@@ -2173,9 +2180,10 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
             }
         }
     }
-    for (size_t p = 0; p < P; p++) {
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < (long)P; p++) {
         psf_real s = 0;
-        for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + p];
+        for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + (size_t)p];
         v->grad[p] = s;
     }
     PSF_FREE(w);

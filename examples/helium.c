@@ -13,14 +13,14 @@ int main(void) {
     psf_model model;
     if (psf_model_init(&model, &he, &net, 42) != PSF_OK) { printf("error: %s\n", psf_last_error()); return 1; }
 
-    psf_vmc_config cfg;                          /* 128 walkers, Adam */
+    psf_vmc_config cfg;                          /* 128 walkers, KFAC (the default optimizer) */
     psf_vmc_config_default(&cfg);
-    cfg.batch = 128; cfg.mcmc_steps = 5; cfg.optimizer = PSF_OPT_ADAM;
+    cfg.batch = 128; cfg.mcmc_steps = 5;
     psf_vmc vmc;
     if (psf_vmc_init(&vmc, &model, &cfg) != PSF_OK) { printf("error: %s\n", psf_last_error()); return 1; }
 
     psf_step_stats st;
-    for (int step = 0; step < 500; step++) {     /* training: energy gradient + Adam */
+    for (int step = 0; step < 500; step++) {     /* training: energy gradient + KFAC */
         if (psf_vmc_train_step(&vmc, &st) != PSF_OK) { printf("error: %s\n", psf_last_error()); return 1; }
         if (step % 100 == 0) printf("step %3d  E = %.5f Ha  variance %.4f  pmove %.2f\n", step, st.energy, st.variance, st.pmove);
     }

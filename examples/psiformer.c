@@ -74,7 +74,6 @@ static int parse_args(int argc, char **argv, options *o) {
     o->print_every = 25;
     psf_config_default(&o->net);
     psf_vmc_config_default(&o->vmc);
-    o->vmc.optimizer = PSF_OPT_KFAC;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); exit(0); }
@@ -110,7 +109,7 @@ static int parse_args(int argc, char **argv, options *o) {
         } else { fprintf(stderr, "psiformer: unknown option %s (see --help)\n", a); return 1; }
         if (rc) return 1;
     }
-    if (!o->lr_given) o->vmc.lr = o->vmc.optimizer == PSF_OPT_KFAC ? 0.05 : 3e-3;
+    if (!o->lr_given) o->vmc.lr = 0; /* the optimizer's default */
     return 0;
 }
 
@@ -121,6 +120,12 @@ static int mkdir_p(const char *path) {
         if (*p == '/') { *p = 0; if (mkdir(buf, 0755) && errno != EEXIST) return -1; *p = '/'; }
     if (mkdir(buf, 0755) && errno != EEXIST) return -1;
     return 0;
+}
+
+/* A JSON number, or null when not finite (JSON has no NaN). */
+static const char *jnum(double x, char *buf, size_t n) {
+    if (isfinite(x)) snprintf(buf, n, "%.8f", x); else snprintf(buf, n, "null");
+    return buf;
 }
 
 static void fmt_time(double s, char *buf, size_t n) {
@@ -153,7 +158,7 @@ int main(int argc, char **argv) {
     printf("network: %d layers, %d heads x %d, mlp %d, %d determinants, %zu parameters\n", o.net.n_layers,
            o.net.n_heads, o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, m.n_params);
     printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %d train + %d eval steps, seed %llu, %d threads%s%s\n",
-           opt_name, o.vmc.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps, (unsigned long long)o.vmc.seed,
+           opt_name, v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps, (unsigned long long)o.vmc.seed,
            v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
     fflush(stdout);
 
@@ -232,17 +237,19 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/summary.json", outdir);
     FILE *js = fopen(path, "w");
     if (js) {
-        fprintf(js, "{\n  \"system\": \"%s\",\n  \"n_up\": %d,\n  \"n_down\": %d,\n  \"energy\": %.8f,\n  \"energy_error\": %.8f,\n"
-                    "  \"variance\": %.8f,\n  \"exact\": %.6f,\n  \"hf_limit\": %.6f,\n  \"error_mha\": %.4f,\n"
-                    "  \"correlation_fraction\": %.6f,\n  \"units\": \"hartree\",\n  \"train_steps\": %d,\n  \"eval_steps\": %d,\n"
+        char b1[40], b2[40], b3[40], b4[40], b5[40];
+        fprintf(js, "{\n  \"system\": \"%s\",\n  \"n_up\": %d,\n  \"n_down\": %d,\n  \"energy\": %s,\n  \"energy_error\": %s,\n"
+                    "  \"variance\": %s,\n  \"exact\": %.6f,\n  \"hf_limit\": %.6f,\n  \"error_mha\": %s,\n"
+                    "  \"correlation_fraction\": %s,\n  \"units\": \"hartree\",\n  \"train_steps\": %d,\n  \"eval_steps\": %d,\n"
                     "  \"batch\": %d,\n  \"mcmc_steps\": %d,\n  \"optimizer\": \"%s\",\n  \"lr\": %g,\n  \"params\": %zu,\n"
                     "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n"
                     "  \"seed\": %llu,\n  \"threads\": %d,\n  \"reblock_size\": %d,\n  \"wall_seconds\": %.2f,\n"
                     "  \"seconds_sampling\": %.2f,\n  \"seconds_jet\": %.2f,\n  \"seconds_backward\": %.2f,\n  \"seconds_optimizer\": %.2f\n}\n",
-                o.atom, sys.n_up, sys.n_down, energy, err, variance, info->exact, info->hf_limit,
-                ground ? error_mha : NAN, ground ? corr / 100.0 : NAN, o.steps, o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps,
-                opt_name, o.vmc.lr, m.n_params, o.net.n_layers, o.net.n_heads, o.net.head_dim, o.net.mlp_hidden,
-                o.net.n_dets, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0], tsum[1], tsum[2], tsum[3]);
+                o.atom, sys.n_up, sys.n_down, jnum(energy, b1, 40), jnum(err, b2, 40), jnum(variance, b3, 40), info->exact,
+                info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), o.steps,
+                o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.n_layers, o.net.n_heads,
+                o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
+                tsum[1], tsum[2], tsum[3]);
         fclose(js);
     } else fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno));
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin)\n", outdir);

@@ -309,7 +309,8 @@ TEST logdet_matches_permutation_expansion(void) {
     PASS();
 }
 
-/* The LOGDET op on K determinants (signed log-sum-exp) against the Leibniz expansion, including its jet. */
+/* The LOGDET op on K determinants (signed log-sum-exp) against the Leibniz expansion (its jet and backward rules
+ * are checked in the derivatives suite). */
 TEST multi_determinant_sum_matches_expansion(void) {
     fixture f;
     ASSERT_EQ(0, fixture_init(&f, "Li", 1, 1, 4, 3, 41));
