@@ -16,6 +16,7 @@
 typedef struct {
     const char *atom, *out, *restore;
     int spin, steps, eval_steps, checkpoint_every, print_every;
+    double train_minutes;
     psf_config net;
     psf_vmc_config vmc;
     int lr_given;
@@ -37,6 +38,7 @@ static void usage(FILE *f) {
             "optimisation and sampling\n"
             "  --optimizer NAME     kfac | adam (default kfac)\n"
             "  --steps N            training iterations (default 1500)\n"
+            "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
             "  --batch B            walkers (default 256)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
@@ -96,6 +98,11 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--train-minutes")) {
+            char *end;
+            o->train_minutes = strtod(v, &end);
+            if (*end || !(o->train_minutes > 0)) { fprintf(stderr, "psiformer: --train-minutes expects a positive number, got '%s'\n", v); return 1; }
+        }
         else if (!strcmp(a, "--restore")) o->restore = v;
         else if (!strcmp(a, "--lr")) {
             char *end;
@@ -172,14 +179,23 @@ int main(int argc, char **argv) {
     psf_step_stats st;
     int rc = 0;
     double ema = NAN;
+    long done = first;
     for (long s = first; s < o.steps; s++) {
+        if (o.train_minutes > 0 && psf_time() - t_train > 60.0 * o.train_minutes) {
+            printf("%sstopping training at step %ld: --train-minutes %.1f reached\n", tty ? "\n" : "", s, o.train_minutes);
+            break;
+        }
         if ((rc = psf_vmc_train_step(&v, &st))) break;
+        done = s + 1;
         tsum[0] += st.t_sample; tsum[1] += st.t_jet; tsum[2] += st.t_backward; tsum[3] += st.t_optimizer;
         const double el = psf_time() - t_start;
         fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f\n", st.step, st.energy, st.variance, st.pmove, el);
         ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
         const double per = (psf_time() - t_train) / (double)(s - first + 1);
-        const double eta = per * (double)(o.steps - s - 1) + per * 0.5 * o.eval_steps;
+        double eta = per * (double)(o.steps - s - 1);
+        if (o.train_minutes > 0 && eta > 60.0 * o.train_minutes - (psf_time() - t_train))
+            eta = 60.0 * o.train_minutes - (psf_time() - t_train);
+        eta += per * 0.5 * o.eval_steps;
         char etas[32];
         fmt_time(eta, etas, sizeof etas);
         if (tty)
@@ -229,7 +245,7 @@ int main(int argc, char **argv) {
     const double tot = tsum[0] + tsum[1] + tsum[2] + tsum[3];
     if (tot > 0)
         printf("time per training step: %.3f s = sampling %.0f%% + local energy (jet) %.0f%% + gradient (backward) %.0f%% + optimizer %.0f%%\n",
-               tot / (o.steps - first > 0 ? o.steps - first : 1), 100 * tsum[0] / tot, 100 * tsum[1] / tot,
+               tot / (done - first > 0 ? done - first : 1), 100 * tsum[0] / tot, 100 * tsum[1] / tot,
                100 * tsum[2] / tot, 100 * tsum[3] / tot);
     printf("training %.0f s, evaluation %.0f s (%d steps x %d walkers, reblocked with block %d), wall %.0f s\n",
            train_seconds, psf_time() - t_eval, o.eval_steps, o.vmc.batch, block, wall);
@@ -246,7 +262,7 @@ int main(int argc, char **argv) {
                     "  \"seed\": %llu,\n  \"threads\": %d,\n  \"reblock_size\": %d,\n  \"wall_seconds\": %.2f,\n"
                     "  \"seconds_sampling\": %.2f,\n  \"seconds_jet\": %.2f,\n  \"seconds_backward\": %.2f,\n  \"seconds_optimizer\": %.2f\n}\n",
                 o.atom, sys.n_up, sys.n_down, jnum(energy, b1, 40), jnum(err, b2, 40), jnum(variance, b3, 40), info->exact,
-                info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), o.steps,
+                info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), (int)done,
                 o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.n_layers, o.net.n_heads,
                 o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
                 tsum[1], tsum[2], tsum[3]);
