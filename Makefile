@@ -50,3 +50,25 @@ $(BUILD)/export: bench/reference/export.c psiformer.h | $(BUILD)
 
 crosscheck: $(BUILD)/export
 	sh bench/reference/crosscheck.sh $(BUILD)/export $(BUILD)/crosscheck
+
+# `make bench` (issue 4; bench/README.md): walkers/s for log|psi|, E_L and a training iteration, GFLOP/s against
+# the FP64 peak, thread scaling, OpenBLAS on / off and the PyTorch reference. BENCH_QUICK=1: < 1 minute.
+# With BLAS=1 the bench is built twice (built-in loops: bench; OpenBLAS: bench_blas). Timings are never asserted.
+.PHONY: bench
+BENCH_CFLAGS = $(filter-out -DPSF_USE_CBLAS,$(CFLAGS))
+BENCH_LDLIBS = $(filter-out -lopenblas,$(LDLIBS))
+BENCH_BINS   = $(BUILD)/bench $(BUILD)/export
+ifeq ($(BLAS),1)
+BENCH_BINS  += $(BUILD)/bench_blas $(BUILD)/bench_peak
+endif
+$(BUILD)/bench: bench/bench.c psiformer.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDLIBS)
+
+$(BUILD)/bench_blas: bench/bench.c psiformer.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -DPSF_USE_CBLAS -o $@ $< $(BENCH_LDLIBS) -lopenblas
+
+$(BUILD)/bench_peak: bench/peak.c | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< -lopenblas $(BENCH_LDLIBS)
+
+bench: $(BENCH_BINS)
+	BENCH_BLAS=$(BLAS) sh bench/run.sh $(BUILD)

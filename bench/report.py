@@ -1,0 +1,238 @@
+#!/usr/bin/python3
+"""report.py — merges the benchmark CSVs of bench/run.sh into bench.csv and prints the summary (issue 4).
+
+    python3 bench/report.py [--out bench/out] [--threads 2]
+
+Reads OUT/peak.csv, OUT/c.csv (bench/bench.c), OUT/torch.csv (bench/bench_torch.py; optional) and writes
+OUT/bench.csv (one row per atom x width x batch) and OUT/fit.csv (electron-count exponents). Standard library only.
+Prints: the throughput table with GFLOP/s, % of FP64 peak and the C / PyTorch ratios; thread scaling; OpenBLAS on
+vs off; the exponents p of cost per walker ~ N^p (least squares in log-log over the atoms); the issue's targets.
+Never fails because of a timing.
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def f(x):
+    try:
+        v = float(x)
+        return v if math.isfinite(v) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(v, spec="%.1f", empty="-"):
+    return empty if v is None else spec % v
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fit_exponent(ns, ts):
+    """least squares slope of log t against log N"""
+    pts = [(math.log(n), math.log(t)) for n, t in zip(ns, ts) if n and t and t > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
+
+
+def main(argv):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args(argv[1:])
+    T = a.threads
+    peak = {int(r["threads"]): f(r["gflops"]) for r in read(os.path.join(a.out, "peak.csv"))}
+    crow = read(os.path.join(a.out, "c.csv"))
+    trow = read(os.path.join(a.out, "torch.csv"))
+
+    # C[(build, tag, threads, atom, hd, batch, metric)] = row
+    C = {}
+    for r in crow:
+        C[(r["build"], r["tag"], int(r["threads"]), r["atom"], int(r["head_dim"]), int(r["batch"]), r["metric"])] = r
+    TT = {}
+    for r in trow:
+        TT[(r["method"], int(r["threads"]), r["atom"], int(r["head_dim"]), int(r["batch"]))] = r
+
+    def cval(build, tag, threads, atom, hd, batch, metric, col="walkers_per_s"):
+        r = C.get((build, tag, threads, atom, hd, batch, metric))
+        return f(r[col]) if r else None
+
+    def tval(method, atom, hd, batch):
+        r = TT.get((method, T, atom, hd, batch))
+        return f(r["walkers_per_s"]) if r else None
+
+    configs = sorted({(k[3], k[4], k[5]) for k in C if k[1] == "table"},
+                     key=lambda c: (c[1] != 16, c[1], c[2], int(next(r["n_elec"] for r in crow if r["atom"] == c[0]))))
+    n_elec = {r["atom"]: int(r["n_elec"]) for r in crow}
+    n_params = {(r["atom"], int(r["head_dim"])): int(r["n_params"]) for r in crow}
+
+    print("FP64 peak (OpenBLAS dgemm): " + ", ".join("%d thread%s %.1f GFLOP/s" % (t, "s" if t > 1 else "", g)
+                                                      for t, g in sorted(peak.items()) if g))
+    # The peak on T cores: the T-thread dgemm, or T times the one-thread rate when that is larger (on a busy machine
+    # the other load depresses the T-thread dgemm; dgemm itself scales almost perfectly over cores).
+    pk = max([v for v in (peak.get(T), T * peak[1] if peak.get(1) else None) if v], default=None)
+    if pk:
+        print("peak used for %%peak on %d thread%s: %.1f GFLOP/s" % (T, "s" if T > 1 else "", pk))
+
+    # ---- the table ----------------------------------------------------------------------------------------------
+    main_b = next((k[0] for k in C if k[1] == "table"), "builtin")
+    other_b = next((k[0] for k in C if k[1] == "onoff"), None)
+    rows = []
+    for atom, hd, B in configs:
+        g = lambda m, col="walkers_per_s": cval(main_b, "table", T, atom, hd, B, m, col)  # noqa: E731
+        el = g("eloc")
+        tl, tb, tf = tval("loop", atom, hd, B), tval("batched", atom, hd, B), tval("functorch", atom, hd, B)
+        tbest = max([v for v in (tl, tb, tf) if v is not None], default=None)
+        o_el = cval(other_b, "onoff", T, atom, hd, B, "eloc") if other_b else None
+        s1, s2 = cval(main_b, "scaling", 1, atom, hd, B, "eloc"), cval(main_b, "scaling", T, atom, hd, B, "eloc")
+        gf = g("eloc", "gflops")
+        o_gf = cval(other_b, "onoff", T, atom, hd, B, "eloc", "gflops") if other_b else None
+        rows.append({
+            "atom": atom, "n_elec": n_elec[atom], "head_dim": hd, "width": 4 * hd, "batch": B,
+            "n_params": n_params.get((atom, hd)), "threads": T, "build": main_b,
+            "logpsi_wps": g("logpsi"), "eloc_wps": el, "train_wps": g("train"),
+            "train_optimizer": (C.get((main_b, "table", T, atom, hd, B, "train")) or {}).get("optimizer"),
+            "jet_mflop_per_walker": g("eloc", "mflop_per_walker"), "jet_gflops": gf,
+            "jet_pct_peak": 100 * gf / pk if gf is not None and pk else None,
+            "torch_loop_wps": tl, "torch_batched_wps": tb, "torch_functorch_wps": tf,
+            "c_over_torch_best": ratio(el, tbest), "c_over_torch_loop": ratio(el, tl),
+            "other_build": other_b or "", "other_eloc_wps": o_el, "other_jet_gflops": o_gf,
+            "other_c_over_torch_best": ratio(o_el, tbest), "main_over_other_eloc": ratio(el, o_el),
+            "eloc_wps_1thread": s1, "thread_speedup_eloc": ratio(s2, s1),
+        })
+    cols = list(rows[0].keys()) if rows else []
+    with open(os.path.join(a.out, "bench.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else ("%.6g" % v if isinstance(v, float) else v)) for k, v in r.items()})
+
+    opt = next((r["train_optimizer"] for r in rows if r["train_optimizer"]), "?")
+    print("\nThroughput, walkers/s (%d threads, %s build; train = walkers x iterations / s with %s; E_L = jet pass + "
+          "potential)" % (T, main_b, opt))
+    print("%-3s %3s %4s %5s | %9s %9s %8s | %7s %6s | %8s %8s %8s | %7s %7s | %9s %7s" % (
+        "", "N", "d", "B", "log|psi|", "E_L", "train", "GFLOP/s", "%peak", "pt loop", "pt batch", "pt func",
+        "C/pt", "C/loop", "E_L " + (other_b or "")[:5], "C/pt"))
+    for r in rows:
+        print("%-3s %3d %4d %5d | %9s %9s %8s | %7s %6s | %8s %8s %8s | %7s %7s | %9s %7s" % (
+            r["atom"], r["n_elec"], r["head_dim"], r["batch"], fmt(r["logpsi_wps"], "%.0f"), fmt(r["eloc_wps"], "%.0f"),
+            fmt(r["train_wps"], "%.1f"), fmt(r["jet_gflops"], "%.2f"), fmt(r["jet_pct_peak"], "%.1f"),
+            fmt(r["torch_loop_wps"], "%.1f"), fmt(r["torch_batched_wps"], "%.1f"), fmt(r["torch_functorch_wps"], "%.1f"),
+            fmt(r["c_over_torch_best"], "%.2f"), fmt(r["c_over_torch_loop"], "%.0f"), fmt(r["other_eloc_wps"], "%.0f"),
+            fmt(r["other_c_over_torch_best"], "%.2f")))
+    print("  pt = the PyTorch reference (%d threads): loop = its per-walker Hessian-diagonal loop, batch = the loop\n"
+          "  batched over walkers, func = functorch vmap(jacfwd(grad)); C/pt = C E_L throughput / the best PyTorch method\n"
+          "  at the same batch; C/loop = against the per-walker loop; %%peak of the %d-thread peak; the last two\n"
+          "  columns: the %s build's E_L throughput and its C/pt." % (T, T, other_b or "other"))
+
+    # ---- thread scaling ---------------------------------------------------------------------------------------
+    sc = sorted({(k[0], k[3], k[4], k[5]) for k in C if k[1] == "scaling"}, key=lambda c: (c[0] != main_b, n_elec[c[1]]))
+    if sc:
+        print("\nThread scaling 1 -> %d threads, walkers/s:" % T)
+        for build, atom, hd, B in sc:
+            parts = []
+            for m in ("logpsi", "eloc", "train"):
+                v1, v2 = cval(build, "scaling", 1, atom, hd, B, m), cval(build, "scaling", T, atom, hd, B, m)
+                if v1 is not None and v2 is not None:
+                    parts.append("%s %.1f -> %.1f (x%.2f)" % (m, v1, v2, v2 / v1))
+            print("  %-8s %-3s d=%d B=%d: %s" % (build, atom, hd, B, "; ".join(parts)))
+
+    # ---- OpenBLAS on / off -----------------------------------------------------------------------------------
+    bl = sorted({(k[3], k[4], k[5]) for k in C if k[1] == "onoff"}, key=lambda c: (c[1] != 16, c[1], n_elec[c[0]]))
+    if bl:
+        print("\nOpenBLAS on / off (%d threads, OpenBLAS single-threaded inside), walkers/s built-in -> OpenBLAS:" % T)
+        for atom, hd, B in bl:
+            parts = []
+            for m in ("logpsi", "eloc", "train"):
+                vals = {main_b: cval(main_b, "table", T, atom, hd, B, m), other_b: cval(other_b, "onoff", T, atom, hd, B, m)}
+                v0, v1 = vals.get("builtin"), vals.get("openblas")
+                if v0 is not None and v1 is not None:
+                    parts.append("%s %.1f -> %.1f (x%.2f)" % (m, v0, v1, v1 / v0))
+            gfs = {main_b: cval(main_b, "table", T, atom, hd, B, "eloc", "gflops"),
+                   other_b: cval(other_b, "onoff", T, atom, hd, B, "eloc", "gflops")}
+            if gfs.get("builtin") is not None and gfs.get("openblas") is not None and pk:
+                parts.append("jet GFLOP/s %.1f -> %.1f (%.1f%% -> %.1f%% of peak)" % (
+                    gfs["builtin"], gfs["openblas"], 100 * gfs["builtin"] / pk, 100 * gfs["openblas"] / pk))
+            print("  %-3s d=%-2d B=%d: %s" % (atom, hd, B, "; ".join(parts)))
+
+    # ---- electron-count exponents ------------------------------------------------------------------------------
+    fits = []
+    print("\nCost per walker ~ N^p over %s (least squares in log-log):" % ", ".join(
+        sorted({c[0] for c in configs}, key=lambda s: n_elec[s])))
+    for build, tag in ((main_b, "table"), (other_b, "onoff")):
+        for hd in sorted({c[1] for c in configs}):
+            for B in sorted({c[2] for c in configs}):
+                atoms = sorted({k[3] for k in C if k[:3] == (build, tag, T) and k[4] == hd and k[5] == B},
+                               key=lambda s: n_elec[s])
+                if len(atoms) < 2:
+                    continue
+                ns = [n_elec[s] for s in atoms]
+                parts = []
+                for m in ("logpsi", "eloc", "train"):
+                    us = [cval(build, tag, T, s, hd, B, m, "us_per_walker") for s in atoms]
+                    if None in us:
+                        continue
+                    p = fit_exponent(ns, us)
+                    fits.append({"build": build, "head_dim": hd, "batch": B, "metric": m, "exponent": p,
+                                 "atoms": " ".join(atoms)})
+                    parts.append("%s p=%.2f" % (m, p))
+                mf = [cval(build, tag, T, s, hd, B, "eloc", "mflop_per_walker") for s in atoms]
+                if None not in mf:
+                    p = fit_exponent(ns, mf)
+                    fits.append({"build": build, "head_dim": hd, "batch": B, "metric": "jet_flops", "exponent": p,
+                                 "atoms": " ".join(atoms)})
+                    parts.append("(jet flop count p=%.2f)" % p)
+                if parts:
+                    print("  %-8s d=%-2d B=%-4d %s" % (build, hd, B, "  ".join(parts)))
+    if trow:
+        for hd in sorted({int(r["head_dim"]) for r in trow}):
+            for method in ("loop", "batched", "functorch"):
+                pts = sorted({(int(r["n_elec"]), f(r["us_per_walker"])) for r in trow if r["method"] == method and
+                              int(r["head_dim"]) == hd and int(r["batch"]) == 256 and int(r["threads"]) == T})
+                if len(pts) >= 2:
+                    p = fit_exponent([q[0] for q in pts], [q[1] for q in pts])
+                    fits.append({"build": "torch-" + method, "head_dim": hd, "batch": 256, "metric": "eloc",
+                                 "exponent": p, "atoms": ""})
+                    print("  torch %-9s d=%-2d B=256  eloc p=%.2f" % (method, hd, p))
+    with open(os.path.join(a.out, "fit.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["build", "head_dim", "batch", "metric", "exponent", "atoms"])
+        w.writeheader()
+        for r in fits:
+            w.writerow(dict(r, exponent="" if r["exponent"] is None else "%.4f" % r["exponent"]))
+
+    # ---- the issue's targets ------------------------------------------------------------------------------------
+    print("\nTargets (issue 4; measured, not asserted):")
+    for hd, B in ((16, 256), (16, 1024)):
+        r = next((r for r in rows if r["atom"] == "C" and r["head_dim"] == hd and r["batch"] == B), None)
+        if r:
+            print("  carbon d=%d B=%d, %s: C / PyTorch (best method) = %s (target >= 20); jet pass %s GFLOP/s = %s%% of "
+                  "peak (target >= 40%%)" % (hd, B, main_b, fmt(r["c_over_torch_best"], "%.2f"),
+                                            fmt(r["jet_gflops"], "%.2f"), fmt(r["jet_pct_peak"], "%.1f")))
+            if r["other_eloc_wps"] is not None:
+                print("  carbon d=%d B=%d, %s: C / PyTorch = %s; jet pass %s GFLOP/s = %s%% of peak" % (
+                    hd, B, other_b, fmt(r["other_c_over_torch_best"], "%.2f"), fmt(r["other_jet_gflops"], "%.2f"),
+                    fmt(100 * r["other_jet_gflops"] / pk if r["other_jet_gflops"] is not None and pk else None, "%.1f")))
+    for build in (main_b, other_b):
+        s1, s2 = cval(build, "scaling", 1, "C", 16, 256, "eloc"), cval(build, "scaling", T, "C", 16, 256, "eloc")
+        if s1 and s2:
+            print("  carbon d=16 B=256, %s: %d threads / 1 thread (E_L) = %.2f (target >= 1.9)" % (build, T, s2 / s1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

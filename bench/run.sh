@@ -1,0 +1,121 @@
+#!/bin/sh
+# run.sh — `make bench` (issue 4, "Benchmarks"): throughput of psiformer.h beside the PyTorch reference.
+#
+#   sh bench/run.sh [BUILD_DIR]     (`make bench` builds BUILD_DIR/bench, export and, with OpenBLAS, bench_blas and
+#                                    bench_peak first)
+#
+# Environment: BENCH_QUICK=1 for a reduced run (< 1 minute); BENCH_THREADS (default: all cores) for the table;
+# BENCH_BLAS=1 (the Makefile passes its BLAS) makes the OpenBLAS build the main one, as in the library's default
+# build; BENCH_OUT (default bench/out); PYTHON (default /usr/bin/python3, Debian's python3-torch — without torch
+# the PyTorch columns stay empty). Steps, each appending to a CSV in BENCH_OUT:
+#   1. peak.csv   FP64 rate of a large OpenBLAS dgemm at 1 and BENCH_THREADS threads        (bench_peak)
+#   2. c.csv      tag=table:   log|psi|, local energy, training iteration, every atom x width x batch (main build)
+#                 tag=onoff:   the other build (built-in loops), batch 256
+#                 tag=scaling: 1 and BENCH_THREADS threads, default width, batch 256
+#   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
+#   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/)
+#   5. report.py  merges everything into bench.csv, prints the tables, ratios, % of peak and the fitted
+#                 electron-count exponents (also written to summary.txt)
+# Nothing here fails because something is slow; timings are never asserted.
+set -eu
+
+BUILD=${1:-build}
+OUT=${BENCH_OUT:-bench/out}
+PYTHON=${PYTHON:-/usr/bin/python3}
+QUICK=${BENCH_QUICK:-0}
+T=${BENCH_THREADS:-$(nproc 2>/dev/null || echo 1)}
+HERE=$(dirname "$0")
+
+ATOMS=He,Be,C,Ne
+if [ "$QUICK" = 1 ]; then
+    HDS=16,8; BATCHES=256; BUDGET=0; PEAK="--n 1024 --budget 0.3"; OPS_REPS=3
+    SCALE_ATOMS=C; SCALE_METRICS=eloc; ONOFF_HDS=16; ONOFF_METRICS=logpsi,eloc
+    TORCH_CONFIGS="He:16 C:16"; TORCH_FUNC_CONFIGS="He:16 C:16"; TORCH_BIG_CONFIGS=""; TORCH_BUDGET=0.5; LOOP_WALKERS=4
+else
+    HDS=16,8,32; BATCHES=256,1024; BUDGET=0.5; PEAK="--n 2048 --budget 1"; OPS_REPS=10
+    SCALE_ATOMS=$ATOMS; SCALE_METRICS=logpsi,eloc,train; ONOFF_HDS=16,8,32; ONOFF_METRICS=logpsi,eloc,train
+    TORCH_CONFIGS="He:16 Be:16 C:16 Ne:16 He:8 Be:8 C:8 Ne:8 He:32 Be:32 C:32 Ne:32"
+    TORCH_FUNC_CONFIGS="He:16 Be:16 C:16 Ne:16"; TORCH_BIG_CONFIGS="He:16 Be:16 C:16"; TORCH_BUDGET=1; LOOP_WALKERS=16
+fi
+
+# The main table uses the library's default build: OpenBLAS when the Makefile found it (BENCH_BLAS=1), else the
+# built-in loops; the other build is measured at batch 256 for the on / off comparison.
+if [ "${BENCH_BLAS:-0}" = 1 ] && [ -x "$BUILD/bench_blas" ]; then
+    MAIN="$BUILD/bench_blas"; OTHER="$BUILD/bench"
+else
+    MAIN="$BUILD/bench"; OTHER=""
+fi
+# the library sets OpenBLAS to one thread in psf_vmc_init (parallelism is over walkers); the same here throughout
+export OPENBLAS_NUM_THREADS=1
+
+mkdir -p "$OUT"
+rm -f "$OUT/peak.csv" "$OUT/c.csv" "$OUT/ops.csv" "$OUT/torch.csv" "$OUT/bench.csv" "$OUT/fit.csv" "$OUT/summary.txt"
+t_start=$(date +%s)
+echo "bench: $(uname -m), $(nproc 2>/dev/null || echo '?') cores, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" \
+     "- numbers are indicative on a shared machine; quick=$QUICK threads=$T main build: $(basename "$MAIN")"
+
+echo "== 1. FP64 peak (OpenBLAS dgemm)"
+if [ -x "$BUILD/bench_peak" ]; then
+    # shellcheck disable=SC2086
+    OPENBLAS_NUM_THREADS=$T "$BUILD/bench_peak" $PEAK --threads "1,$T" --csv "$OUT/peak.csv"
+else
+    echo "   (no $BUILD/bench_peak: OpenBLAS not found, no % of peak)"
+fi
+
+echo "== 2a. throughput table ($T threads, $(basename "$MAIN"))"
+"$MAIN" --atoms "$ATOMS" --head-dims "$HDS" --batches "$BATCHES" --threads "$T" --budget "$BUDGET" \
+    --tag table --csv "$OUT/c.csv"
+
+if [ -n "$OTHER" ]; then
+    echo "== 2b. OpenBLAS off: the built-in loops ($T threads, batch 256)"
+    "$OTHER" --atoms "$ATOMS" --head-dims "$ONOFF_HDS" --batches 256 --threads "$T" --metrics "$ONOFF_METRICS" \
+        --budget "$BUDGET" --tag onoff --csv "$OUT/c.csv"
+fi
+
+echo "== 2c. thread scaling (1 -> $T threads, default network, batch 256)"
+"$MAIN" --atoms "$SCALE_ATOMS" --head-dims 16 --batches 256 --threads "1,$T" --metrics "$SCALE_METRICS" \
+    --budget "$BUDGET" --tag scaling --csv "$OUT/c.csv"
+if [ -n "$OTHER" ]; then
+    "$OTHER" --atoms "$SCALE_ATOMS" --head-dims 16 --batches 256 --threads "1,$T" --metrics eloc \
+        --budget "$BUDGET" --tag scaling --csv "$OUT/c.csv"
+fi
+
+echo "== 3. per-op profile of the carbon jet pass (one thread)"
+for b in "$MAIN" $OTHER; do "$b" --ops C --reps "$OPS_REPS" --csv "$OUT/ops.csv"; done
+
+echo "== 4. PyTorch reference (same models, $T threads)"
+if "$PYTHON" -c "import torch, numpy" 2>/dev/null; then
+    pdir() { echo "$OUT/params/${1%%:*}_d${1##*:}"; }
+    dirs=""; fdirs=""; bdirs=""
+    for c in $TORCH_CONFIGS; do
+        d=$(pdir "$c")
+        mkdir -p "$d"
+        "$BUILD/export" --atom "${c%%:*}" --layers 2 --heads 4 --head-dim "${c##*:}" --mlp 64 --dets 4 --seed 1 \
+            --walkers 8 --out "$d" >/dev/null
+        dirs="$dirs $d"
+    done
+    for c in $TORCH_FUNC_CONFIGS; do fdirs="$fdirs $(pdir "$c")"; done
+    for c in $TORCH_BIG_CONFIGS; do bdirs="$bdirs $(pdir "$c")"; done
+    # shellcheck disable=SC2086
+    "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" --methods loop,batched \
+        --loop-walkers "$LOOP_WALKERS" --csv "$OUT/torch.csv" $dirs
+    # shellcheck disable=SC2086
+    "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" --methods functorch \
+        --csv "$OUT/torch.csv" $fdirs
+    if [ -n "$bdirs" ]; then
+        # batch 1024 for the smaller atoms, where a larger batch amortises PyTorch's per-op overhead
+        # shellcheck disable=SC2086
+        "$PYTHON" "$HERE/bench_torch.py" --batches 1024 --threads "$T" --budget 0 --methods batched,functorch \
+            --csv "$OUT/torch.csv" $bdirs
+    fi
+else
+    echo "   ($PYTHON cannot import torch and numpy: PyTorch columns left empty; apt-get install python3-torch)"
+fi
+
+echo "== 5. report"
+if command -v "$PYTHON" >/dev/null 2>&1; then
+    "$PYTHON" "$HERE/report.py" --out "$OUT" --threads "$T" | tee "$OUT/summary.txt"
+else
+    echo "   (no $PYTHON: the raw CSVs are in $OUT)"
+fi
+echo "bench: done in $(( $(date +%s) - t_start )) s; CSVs in $OUT/ (bench.csv is the merged table)"
