@@ -14,6 +14,9 @@ CFLAGS  += -DPSF_USE_CBLAS
 LDLIBS  += -lopenblas
 endif
 
+# OpenMP threads sleep instead of spinning while they wait (a shared or busy machine otherwise loses much time)
+export OMP_WAIT_POLICY ?= passive
+
 BUILD   := build
 # `make run` trains carbon; the configuration is justified in docs/results.md.
 RUN_ARGS ?= --atom C --out runs/carbon
@@ -72,3 +75,7 @@ $(BUILD)/bench_peak: bench/peak.c | $(BUILD)
 
 bench: $(BENCH_BINS)
 	BENCH_BLAS=$(BLAS) sh bench/run.sh $(BUILD)
+
+# KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
+$(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)

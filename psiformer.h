@@ -332,6 +332,8 @@ typedef struct {
     double pmove;     /* acceptance fraction                     */
     double width;     /* proposal width (bohr)                   */
     int n_nonfinite;  /* walkers whose E_L was not finite        */
+    double step_size; /* learning rate used (KFAC: after the norm constraint) */
+    double grad_norm; /* |energy gradient|                       */
     double t_sample, t_jet, t_backward, t_optimizer; /* seconds  */
 } psf_step_stats;
 
@@ -2200,12 +2202,18 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     if (psf__energy_gradient(v, st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
     double t1 = psf_time();
+    double g2 = 0;
+    for (size_t p = 0; p < v->model->n_params; p++) g2 += v->grad[p] * v->grad[p];
+    st->grad_norm = sqrt(g2);
     if (v->kfac) {
         int nf = 0;
         for (int b = 0; b < v->cfg.batch; b++) nf += isfinite(v->eloc[b]) ? 1 : 0;
         psf__kfac_update(v, nf);
-    } else
+        st->step_size = v->kfac->last_eta;
+    } else {
         psf__adam_update(v, v->grad);
+        st->step_size = v->cfg.lr / (1.0 + (double)v->step / v->cfg.lr_delay);
+    }
     for (size_t p = 0; p < v->model->n_params; p++)
         if (!isfinite(v->model->params[p]))
             return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu became non-finite", v->step, p);

@@ -43,6 +43,8 @@ static void usage(FILE *f) {
             "  --batch B            walkers (default 256)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
             "  --lr X               learning rate at step 0 (default: kfac 0.05, adam 3e-3), decays as 1/(1+t/1e4)\n"
+            "  --damping X          KFAC Tikhonov damping (default 1e-3)\n"
+            "  --norm-constraint X  KFAC bound on lr^2 <update, gradient> (default 1e-3)\n"
             "  --seed S             random seed (default 1)\n"
             "  --threads T          OpenMP threads (default: all cores)\n"
             "output\n"
@@ -98,7 +100,12 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--train-minutes")) {
+        else if (!strcmp(a, "--damping") || !strcmp(a, "--norm-constraint")) {
+            char *end;
+            const double x = strtod(v, &end);
+            if (*end || !(x > 0)) { fprintf(stderr, "psiformer: %s expects a positive number, got '%s'\n", a, v); return 1; }
+            if (!strcmp(a, "--damping")) o->vmc.kfac_damping = x; else o->vmc.kfac_norm_constraint = x;
+        } else if (!strcmp(a, "--train-minutes")) {
             char *end;
             o->train_minutes = strtod(v, &end);
             if (*end || !(o->train_minutes > 0)) { fprintf(stderr, "psiformer: --train-minutes expects a positive number, got '%s'\n", v); return 1; }
@@ -172,7 +179,7 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
     FILE *csv = fopen(path, o.restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
-    if (!o.restore) fprintf(csv, "step,energy,variance,pmove,seconds\n");
+    if (!o.restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm\n");
     double tsum[4] = {0, 0, 0, 0};
     const long first = v.step;
     const double t_train = psf_time();
@@ -189,7 +196,8 @@ int main(int argc, char **argv) {
         done = s + 1;
         tsum[0] += st.t_sample; tsum[1] += st.t_jet; tsum[2] += st.t_backward; tsum[3] += st.t_optimizer;
         const double el = psf_time() - t_start;
-        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f\n", st.step, st.energy, st.variance, st.pmove, el);
+        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g\n", st.step, st.energy, st.variance, st.pmove, el, st.step_size,
+                st.grad_norm);
         ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
         const double per = (psf_time() - t_train) / (double)(s - first + 1);
         double eta = per * (double)(o.steps - s - 1);
