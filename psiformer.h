@@ -160,6 +160,8 @@ typedef struct {
     int n_dets;        /* determinants K (default 4)                          */
     int use_layernorm; /* 1: LayerNorm after each residual (default 1)         */
     int use_jastrow;   /* 1: simple e-e Jastrow (default 1)                    */
+    int use_en_cusp;   /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
+                          (an extension, not in the Psiformer paper; default 0)   */
 } psf_config;
 
 /* Fills *cfg with the defaults above. */
@@ -1232,7 +1234,25 @@ static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
 /* ---- JASTROW: J = sum_{i<j} f(r_ij), f(r) = -c a^2 / (a + r), c = 1/4 (same spin, a = a_par) or 1/2
  *      (opposite, a = a_anti): f'(0) = c is the Kato cusp (FermiNet simple_ee Jastrow; von Glehn et al. 2023).
  *      grad_i f = f'(r) (x_i - x_j)/r; the Laplacian over both electrons is 2 (f'' + 2 f'/r).
- *      Params: [a_par, a_anti].                                                                           */
+ *      Optional e-n term (ib = 1; an extension): + sum_{i,I} u(rho_iI), u(rho) = -Z_I b_I rho / (b_I + rho),
+ *      u'(0) = -Z_I (Kato's nuclear cusp), u -> -Z_I b_I far away; lap_i u = u'' + 2 u'/rho.
+ *      ia = 1 if the e-e part is on. Params: [a_par, a_anti] then [b_0 .. b_{A-1}] if ib.                    */
+static double psf__en_cusp(const psf_model *m, const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
+                           psf_real *dx, double a0, psf_real *dpar) {
+    const psf_system *sys = &m->sys;
+    double J = 0;
+    for (int i = 0; i < m->n_elec; i++)
+        for (int at = 0; at < sys->n_atoms; at++) {
+            double r[3];
+            const double rho = psf__dist(sys->R[at], c->x + 3 * i, r), b = par[2 + at], Z = sys->Z[at];
+            const double u1 = -Z * b * b / ((b + rho) * (b + rho)), u2 = -2 * u1 / (b + rho);
+            J += -Z * b * rho / (b + rho);
+            if (grad) { for (int k = 0; k < 3; k++) grad[3 * i + k] += u1 * r[k] / rho; *lap += u2 + 2 * u1 / rho; }
+            if (dx) for (int k = 0; k < 3; k++) dx[3 * i + k] += a0 * u1 * r[k] / rho;
+            if (dpar) dpar[2 + at] += a0 * (-Z * rho * rho / ((b + rho) * (b + rho)));
+        }
+    return J;
+}
 static int psf__jastrow_pair(const psf_model *m, int i, int j, double *cusp) { /* returns the parameter index */
     const int same = (i < m->sys.n_up) == (j < m->sys.n_up);
     *cusp = same ? 0.25 : 0.5;
@@ -1244,7 +1264,8 @@ static void psf__jastrow_fwd(psf__ctx *c, const psf_node *nd) {
     psf_real *y = PSF__J(c->ws, nd);
     double J = 0, lap = 0;
     if (c->nb > 1) for (int d = 0; d <= D; d++) y[1 + d] = 0;
-    for (int i = 0; i < N; i++)
+    if (nd->ib) J += psf__en_cusp(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
+    for (int i = 0; i < N && nd->ia; i++)
         for (int j = i + 1; j < N; j++) {
             double cu, r[3];
             const int ai = psf__jastrow_pair(c->m, i, j, &cu);
@@ -1265,7 +1286,8 @@ static void psf__jastrow_bwd(psf__ctx *c, const psf_node *nd) {
     const int N = c->m->n_elec;
     const psf_real *par = c->m->params + nd->p_off;
     const double a0 = PSF__A(c->ws, nd)[0];
-    for (int i = 0; i < N; i++)
+    if (nd->ib) psf__en_cusp(c->m, c, par, NULL, NULL, c->ws->dx, a0, c->dparams ? c->dparams + nd->p_off : NULL);
+    for (int i = 0; i < N && nd->ia; i++)
         for (int j = i + 1; j < N; j++) {
             double cu, r[3];
             const int ai = psf__jastrow_pair(c->m, i, j, &cu);
@@ -1398,6 +1420,7 @@ void psf_config_default(psf_config *cfg) {
     cfg->n_dets = 4;
     cfg->use_layernorm = 1;
     cfg->use_jastrow = 1;
+    cfg->use_en_cusp = 0;
 }
 
 static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int cols) {
@@ -1500,9 +1523,11 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     m->nodes[ld].ia = K;
     m->logdet_node = ld;
     m->out_node = ld;
-    if (cfg->use_jastrow) {
+    if (cfg->use_jastrow || cfg->use_en_cusp) {
         const int j = psf__node(m, PSF_OP_JASTROW, x, -1, 1, 1);
+        m->nodes[j].ia = cfg->use_jastrow; m->nodes[j].ib = cfg->use_en_cusp;
         psf__pblock(m, j, "jastrow.alpha", 1, 2, PSF_PB_JASTROW);
+        if (cfg->use_en_cusp) psf__pblock(m, j, "jastrow.en_b", 1, A, PSF_PB_JASTROW);
         m->out_node = psf__node(m, PSF_OP_ADD, ld, j, 1, 1);
     }
 
@@ -2249,7 +2274,7 @@ int psf_vmc_save(const psf_vmc *v, const char *path) {
     const psf_model *m = v->model;
     int32_t hdr[16] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
                        m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
-                       m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer, 0, 0};
+                       m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer, m->cfg.use_en_cusp, 0};
     int64_t n_params = (int64_t)m->n_params, step = v->step;
     int ok = psf__wr(f, PSF__CKPT_MAGIC, 1, 8) && psf__wr(f, hdr, sizeof hdr, 1) && psf__wr(f, &n_params, 8, 1) &&
              psf__wr(f, &step, 8, 1) && psf__wr(f, m->sys.R, sizeof m->sys.R, 1) && psf__wr(f, m->sys.Z, sizeof m->sys.Z, 1) &&
@@ -2283,12 +2308,13 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: truncated header", path);
     }
-    const char *names[14] = {"version", "real size", "n_atoms", "n_up", "n_down", "layers", "heads", "head_dim",
-                             "mlp_hidden", "dets", "layernorm", "jastrow", "batch", "optimizer"};
-    const int32_t want[14] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
+    const char *names[15] = {"version", "real size", "n_atoms", "n_up", "n_down", "layers", "heads", "head_dim",
+                             "mlp_hidden", "dets", "layernorm", "jastrow", "batch", "optimizer", "en_cusp"};
+    const int32_t want[15] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
                               m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
-                              m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer};
-    for (int i = 0; i < 14; i++)
+                              m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer,
+                              m->cfg.use_en_cusp};
+    for (int i = 0; i < 15; i++)
         if (hdr[i] != want[i]) {
             fclose(f);
             return psf__fail(PSF_ERR_FORMAT, "%s: header field '%s' is %d in the file but %d in this run", path, names[i], hdr[i], want[i]);

@@ -35,6 +35,7 @@ static void usage(FILE *f) {
             "  --head-dim D         width per head (default 16)\n"
             "  --mlp M              MLP hidden width (default 64)\n"
             "  --dets K             determinants (default 4)\n"
+            "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     kfac | adam (default kfac)\n"
             "  --steps N            training iterations (default 1500)\n"
@@ -97,6 +98,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--head-dim")) rc = parse_int(a, v, 1, &o->net.head_dim);
         else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.mlp_hidden);
         else if (!strcmp(a, "--dets")) rc = parse_int(a, v, 1, &o->net.n_dets);
+        else if (!strcmp(a, "--en-cusp")) rc = parse_int(a, v, 0, &o->net.use_en_cusp);
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
@@ -169,8 +171,9 @@ int main(int argc, char **argv) {
     const char *opt_name = o.vmc.optimizer == PSF_OPT_KFAC ? "kfac" : "adam";
     printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
            info->exact, ground ? "" : " (ground state; this run uses another spin)");
-    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants, %zu parameters\n", o.net.n_layers,
-           o.net.n_heads, o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, m.n_params);
+    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", o.net.n_layers,
+           o.net.n_heads, o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "",
+           m.n_params);
     printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %d train + %d eval steps, seed %llu, %d threads%s%s\n",
            opt_name, v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps, (unsigned long long)o.vmc.seed,
            v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
@@ -266,13 +269,13 @@ int main(int argc, char **argv) {
                     "  \"variance\": %s,\n  \"exact\": %.6f,\n  \"hf_limit\": %.6f,\n  \"error_mha\": %s,\n"
                     "  \"correlation_fraction\": %s,\n  \"units\": \"hartree\",\n  \"train_steps\": %d,\n  \"eval_steps\": %d,\n"
                     "  \"batch\": %d,\n  \"mcmc_steps\": %d,\n  \"optimizer\": \"%s\",\n  \"lr\": %g,\n  \"params\": %zu,\n"
-                    "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n"
+                    "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n  \"en_cusp\": %d,\n"
                     "  \"seed\": %llu,\n  \"threads\": %d,\n  \"reblock_size\": %d,\n  \"wall_seconds\": %.2f,\n"
                     "  \"seconds_sampling\": %.2f,\n  \"seconds_jet\": %.2f,\n  \"seconds_backward\": %.2f,\n  \"seconds_optimizer\": %.2f\n}\n",
                 o.atom, sys.n_up, sys.n_down, jnum(energy, b1, 40), jnum(err, b2, 40), jnum(variance, b3, 40), info->exact,
                 info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), (int)done,
                 o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.n_layers, o.net.n_heads,
-                o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
+                o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, o.net.use_en_cusp, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
                 tsum[1], tsum[2], tsum[3]);
         fclose(js);
     } else fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno));
