@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench_torch.py — local-energy throughput of the PyTorch reference, beside the C numbers of bench/bench.c.
 
-    /usr/bin/python3 bench/bench_torch.py [--batches 256,1024] [--threads 2] [--methods loop,batched,functorch]
+    /usr/bin/python3 bench/bench_torch.py [--batches 256,1024] [--threads 1,2] [--methods loop,batched,functorch]
                                           [--budget SEC] [--loop-walkers N] [--chunk C] [--csv FILE] DIR [DIR ...]
 
 Each DIR is an export directory written by bench/reference/export.c (parameters, config.json, 8 walkers and the C
@@ -22,7 +22,9 @@ The batched network reuses psiformer_ref.Psiformer (parameters, layer norm, conf
 the C numbers of the export directory (the 8 walkers) before it is timed; a disagreement beyond 1e-8 is printed
 as a warning (the cross-check proper is `make crosscheck`). psiformer_ref.py itself is not modified.
 Timing: one warm-up on a few walkers, then each batch is run once and repeated while within --budget seconds; the
-fastest run is reported. Prints one line per measurement and appends rows to --csv.
+fastest run is reported, for each thread count of --threads (torch.set_num_threads). Prints one line per
+measurement and appends rows to --csv. bench/report.py compares C on T cores with the better of PyTorch on T
+threads and T times PyTorch on one thread (one process per core, which is often faster for these small ops).
 """
 import argparse
 import math
@@ -173,9 +175,9 @@ def check(net, directory, method, chunk):
     """Max over the exported walkers of |E_L - E_L^C| / max(1, |E_L|, |lap|/2 + |grad|^2/2 + |V|)."""
     X = torch.from_numpy(np.load(os.path.join(directory, "x.npy")).reshape(-1, 3 * net.N).copy())
     c_eloc = np.load(os.path.join(directory, "c_eloc.npy")).reshape(-1)
-    if method == "loop":
+    if method == "loop":  # the reference itself (`make crosscheck` compares all 8): two walkers, as a warm-up
         err = 0.0
-        for w in range(X.shape[0]):
+        for w in range(min(2, X.shape[0])):
             _, _, _, lap, el, sc = net.evaluate(X[w].clone())
             err = max(err, abs(el - c_eloc[w]) / sc)
         return err
@@ -215,14 +217,14 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+")
     ap.add_argument("--batches", default="256,1024")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", default=str(os.cpu_count() or 1), help="thread counts, e.g. 1,2")
     ap.add_argument("--methods", default="loop,batched,functorch")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of repetitions per measurement")
     ap.add_argument("--loop-walkers", type=int, default=16, help="at most this many walkers for the loop method")
     ap.add_argument("--chunk", type=int, default=64, help="walkers per functorch call")
     ap.add_argument("--csv")
     a = ap.parse_args(argv[1:])
-    torch.set_num_threads(a.threads)
+    threads = [int(t) for t in a.threads.split(",") if t]
     methods = [m for m in a.methods.split(",") if m]
     if "functorch" in methods and functorch is None:
         print("bench_torch: functorch is not importable with torch %s; skipping that method" % torch.__version__)
@@ -234,47 +236,50 @@ def main(argv):
         csv = open(a.csv, "a")
         if new:
             csv.write(CSV_HEADER + "\n")
-    print("PyTorch %s (functorch %s), %d thread(s), float64" %
-          (torch.__version__, getattr(functorch, "__version__", "none"), torch.get_num_threads()))
+    print("PyTorch %s (functorch %s), %s thread(s), float64" %
+          (torch.__version__, getattr(functorch, "__version__", "none"), a.threads))
     for d in a.dirs:
         net = BatchedPsiformer(d)
         c = net.cfg
         label = "%-3s d=%-3d" % (c["atom"], c["head_dim"])
         for method in methods:
+            torch.set_num_threads(threads[0])
             try:
                 err = check(net, d, method, a.chunk)  # also the warm-up
             except Exception as e:  # e.g. an op without a forward-mode rule in this torch
                 print("  %s %-9s failed: %s: %s" % (label, method, type(e).__name__, e))
                 continue
             flag = "" if err <= 1e-8 else "  WARNING: differs from the C local energy"
-            if method == "loop":
-                # per-walker code: time a few walkers, within the budget
-                X = random_walkers(net, a.loop_walkers, 99)
-                n, t0 = 0, time.perf_counter()
-                while n < a.loop_walkers and (n < 2 or time.perf_counter() - t0 < a.budget):
-                    eloc_loop(net, X[n:n + 1])
-                    n += 1
-                t = time.perf_counter() - t0
-                sizes = [(b, n) for b in batches]  # the same per-walker throughput applies to every batch
-                times = {b: (t, 1) for b in batches}
-            else:
-                sizes, times = [], {}
-                for B in batches:
-                    X = random_walkers(net, B, 99)
-                    times[B] = time_method(net, method, X, a.budget, a.chunk)
-                    sizes.append((B, B))
-            for B, n in sizes:
-                t, reps = times[B]
-                wps = n / t
-                print("  %s B=%-5d T=%d torch %-9s %10.1f walkers/s %10.1f us/walker  (%d walker%s timed, %d run%s; "
-                      "check %.1e)%s" % (label, B, a.threads, method, wps, 1e6 * t / n, n, "s" if n > 1 else "",
-                                         reps, "s" if reps > 1 else "", err, flag))
-                sys.stdout.flush()
-                if csv:
-                    csv.write("torch,%s,%d,%s,%d,%d,%d,%d,%d,%d,%d,%d,%.6g,%.6g,%d,%.3g\n" % (
-                        method, a.threads, c["atom"], net.N, c["layers"], c["heads"], c["head_dim"], c["mlp"],
-                        c["dets"], B, n, wps, 1e6 * t / n, reps, err))
-                    csv.flush()
+            for th in threads:
+                torch.set_num_threads(th)
+                if method == "loop":
+                    # per-walker code: time a few walkers, within the budget
+                    X = random_walkers(net, a.loop_walkers, 99)
+                    n, t0 = 0, time.perf_counter()
+                    while n < a.loop_walkers and (n < 2 or time.perf_counter() - t0 < a.budget):
+                        eloc_loop(net, X[n:n + 1])
+                        n += 1
+                    t = time.perf_counter() - t0
+                    sizes = [(b, n) for b in batches]  # the same per-walker throughput applies to every batch
+                    times = {b: (t, 1) for b in batches}
+                else:
+                    sizes, times = [], {}
+                    for B in batches:
+                        X = random_walkers(net, B, 99)
+                        times[B] = time_method(net, method, X, a.budget, a.chunk)
+                        sizes.append((B, B))
+                for B, n in sizes:
+                    t, reps = times[B]
+                    wps = n / t
+                    print("  %s B=%-5d T=%d torch %-9s %10.1f walkers/s %10.1f us/walker  (%d walker%s timed, %d run%s; "
+                          "check %.1e)%s" % (label, B, th, method, wps, 1e6 * t / n, n, "s" if n > 1 else "",
+                                             reps, "s" if reps > 1 else "", err, flag))
+                    sys.stdout.flush()
+                    if csv:
+                        csv.write("torch,%s,%d,%s,%d,%d,%d,%d,%d,%d,%d,%d,%.6g,%.6g,%d,%.3g\n" % (
+                            method, th, c["atom"], net.N, c["layers"], c["heads"], c["head_dim"], c["mlp"],
+                            c["dets"], B, n, wps, 1e6 * t / n, reps, err))
+                        csv.flush()
     if csv:
         csv.close()
     return 0

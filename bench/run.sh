@@ -102,6 +102,10 @@ if "$PYTHON" -c "import torch, numpy" 2>/dev/null; then
     # shellcheck disable=SC2086
     "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" --methods functorch \
         --csv "$OUT/torch.csv" $fdirs
+    # one thread too, at the default width: T processes of one thread each may beat one process of T threads
+    # shellcheck disable=SC2086
+    "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads 1 --budget "$TORCH_BUDGET" --methods batched,functorch \
+        --csv "$OUT/torch.csv" $fdirs
     if [ -n "$bdirs" ]; then
         # batch 1024 for the smaller atoms, where a larger batch amortises PyTorch's per-op overhead
         # shellcheck disable=SC2086
