@@ -94,8 +94,8 @@ def main(argv):
     n_elec = {r["atom"]: int(r["n_elec"]) for r in crow}
     n_params = {(r["atom"], int(r["head_dim"])): int(r["n_params"]) for r in crow}
 
-    print("FP64 peak (OpenBLAS dgemm): " + ", ".join("%d thread%s %.1f GFLOP/s" % (t, "s" if t > 1 else "", g)
-                                                      for t, g in sorted(peak.items()) if g))
+    print("FP64 peak (OpenBLAS dgemm): " + (", ".join("%d thread%s %.1f GFLOP/s" % (t, "s" if t > 1 else "", g)
+                                                       for t, g in sorted(peak.items()) if g) or "not measured"))
     # The peak on T cores: the T-thread dgemm, or T times the one-thread rate when that is larger (on a busy machine
     # the other load depresses the T-thread dgemm; dgemm itself scales almost perfectly over cores).
     pk = max([v for v in (peak.get(T), T * peak[1] if peak.get(1) else None) if v], default=None)

@@ -117,9 +117,11 @@ else
 fi
 
 echo "== 5. report"
-if command -v "$PYTHON" >/dev/null 2>&1; then
-    "$PYTHON" "$HERE/report.py" --out "$OUT" --threads "$T" | tee "$OUT/summary.txt"
+REPORT_PY=$PYTHON  # report.py needs only the standard library
+command -v "$REPORT_PY" >/dev/null 2>&1 || REPORT_PY=python3
+if command -v "$REPORT_PY" >/dev/null 2>&1; then
+    "$REPORT_PY" "$HERE/report.py" --out "$OUT" --threads "$T" | tee "$OUT/summary.txt"
 else
-    echo "   (no $PYTHON: the raw CSVs are in $OUT)"
+    echo "   (no Python: the raw CSVs are in $OUT)"
 fi
 echo "bench: done in $(( $(date +%s) - t_start )) s; CSVs in $OUT/ (bench.csv is the merged table)"
