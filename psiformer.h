@@ -134,6 +134,7 @@ typedef struct {
     int rows, cols;    /* value shape; size n = rows * cols                                     */
     int p_off, p_len;  /* parameter block in the flat buffer (-1 / 0: none)                     */
     int ia, ib, ic;    /* op-specific integers (see the op's rules)                             */
+    int sparse;        /* 1: jet slice d is nonzero only in row d/3 (depends on electron d/3 only) */
     size_t off;        /* offset of this node's jet block ((3N+2) * n reals) in a workspace      */
     size_t adj_off;    /* offset of this node's adjoint (n reals) in a workspace                */
 } psf_node;
@@ -805,7 +806,18 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
         psf__linear_groups(nd, g, &r0, &r1, &po, a);
         if (r1 <= r0) continue;
         const psf_real *W = c->m->params + po;
-        if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
+        if (nd->ic == 1 && c->nb > 1 && in->sparse) {
+            /* per-electron input (the first layers): derivative slice d has one nonzero row, d / 3, so the D
+             * derivative rows form one D x a product instead of D T x a (Li et al. 2024's sparsity) */
+            const int D = c->D;
+            psf_real *G = c->ws->scratch, *R = G + (size_t)D * a;
+            psf__gemm(0, 0, T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
+            psf__gemm(0, 0, T, b, a, 1.0, X + (size_t)(D + 1) * nx, a, W, b, 0.0, Y + (size_t)(D + 1) * ny, b);
+            for (int d = 0; d < D; d++) memcpy(G + (size_t)d * a, X + (size_t)(1 + d) * nx + (size_t)(d / 3) * a, sizeof(psf_real) * a);
+            psf__gemm(0, 0, D, b, a, 1.0, G, a, W, b, 0.0, R, b);
+            memset(Y + ny, 0, sizeof(psf_real) * ny * (size_t)D);
+            for (int d = 0; d < D; d++) memcpy(Y + (size_t)(1 + d) * ny + (size_t)(d / 3) * b, R + (size_t)d * b, sizeof(psf_real) * b);
+        } else if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
             psf__gemm(0, 0, c->nb * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
         else
             for (int s = 0; s < c->nb; s++)
@@ -919,11 +931,13 @@ static void psf__layernorm_fwd(psf__ctx *c, const psf_node *nd) {
                 ds[d] = -0.5 * s3 * dv;
             }
             const double Ls = -0.5 * s3 * Lv + 0.75 * s3 * sc * sc * sdv2;
-            for (int f = 0; f < F; f++) {
-                double acc = 0;
-                for (int d = 0; d < D; d++) acc += Y[(size_t)(1 + d) * n + (size_t)t * F + f] * ds[d];
-                CL[f] = gam[f] * (CL[f] * sc + C0[f] * Ls + 2 * acc);
+            psf_real *acc = ds + D; /* sum_d C_d ds_d, accumulated slice by slice (contiguous in f) */
+            for (int f = 0; f < F; f++) acc[f] = 0;
+            for (int d = 0; d < D; d++) {
+                const psf_real *Cd = Y + (size_t)(1 + d) * n + (size_t)t * F;
+                for (int f = 0; f < F; f++) acc[f] += Cd[f] * ds[d];
             }
+            for (int f = 0; f < F; f++) CL[f] = gam[f] * (CL[f] * sc + C0[f] * Ls + 2 * acc[f]);
             for (int d = 0; d < D; d++) {
                 psf_real *Cd = Y + (size_t)(1 + d) * n + (size_t)t * F;
                 for (int f = 0; f < F; f++) Cd[f] = gam[f] * (Cd[f] * sc + C0[f] * ds[d]);
@@ -965,21 +979,35 @@ static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
  *      ia = heads H, ib = d_head; Q, K are T x (H d_head); S is (H T) x T.                                 */
 static void psf__scores_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nq = &c->m->nodes[nd->in0], *nk = &c->m->nodes[nd->in1];
-    const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D;
+    const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D, S1 = (D + 1) * T;
     const size_t nin = PSF__N(nq), n = PSF__N(nd);
     const double kap = 1 / sqrt((double)dh);
     const psf_real *Q = PSF__J(c->ws, nq), *K = PSF__J(c->ws, nk);
     psf_real *S = PSF__J(c->ws, nd);
+    /* jet scratch: tA = Q_{1..D+1} K_0^T, tB = Q_0 K_{1..D+1}^T, Qc / Kc = [Q_1 .. Q_D] / [K_1 .. K_D] side by side
+     * (so that sum_d Q_d K_d^T is one product), tL */
+    psf_real *tA = c->ws->scratch, *tB = tA + (size_t)S1 * T, *Qc = tB + (size_t)S1 * T, *Kc = Qc + (size_t)T * D * dh,
+             *tL = Kc + (size_t)T * D * dh;
     for (int h = 0; h < H; h++) {
         psf_real *Sh = S + (size_t)h * T * T;
         psf__gemm(0, 1, T, T, dh, kap, Q + h * dh, W, K + h * dh, W, 0.0, Sh, T);
         if (c->nb == 1) continue;
-        psf_real *SL = Sh + (size_t)(D + 1) * n;
-        for (int s = D + 1; s >= 1; s--) { /* Laplacian slice first: the d-loop accumulates into it */
-            psf_real *Ss = Sh + (size_t)s * n;
-            psf__gemm(0, 1, T, T, dh, kap, Q + s * nin + h * dh, W, K + h * dh, W, 0.0, Ss, T);
-            psf__gemm(0, 1, T, T, dh, kap, Q + h * dh, W, K + s * nin + h * dh, W, 1.0, Ss, T);
-            if (s <= D) psf__gemm(0, 1, T, T, dh, 2 * kap, Q + s * nin + h * dh, W, K + s * nin + h * dh, W, 1.0, SL, T);
+        /* the slices 1..D+1 of Q (and K) are (D+1) T consecutive rows of stride W */
+        psf__gemm(0, 1, S1, T, dh, kap, Q + nin + h * dh, W, K + h * dh, W, 0.0, tA, T);
+        psf__gemm(0, 1, T, S1, dh, kap, Q + h * dh, W, K + nin + h * dh, W, 0.0, tB, S1);
+        for (int i = 0; i < T; i++)
+            for (int d = 0; d < D; d++)
+                for (int e = 0; e < dh; e++) {
+                    Qc[((size_t)i * D + d) * dh + e] = Q[(size_t)(1 + d) * nin + (size_t)i * W + h * dh + e];
+                    Kc[((size_t)i * D + d) * dh + e] = K[(size_t)(1 + d) * nin + (size_t)i * W + h * dh + e];
+                }
+        psf__gemm(0, 1, T, T, D * dh, 2 * kap, Qc, D * dh, Kc, D * dh, 0.0, tL, T);
+        for (int sl = 1; sl <= D + 1; sl++) {
+            psf_real *Ss = Sh + (size_t)sl * n;
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j < T; j++)
+                    Ss[i * T + j] = tA[((size_t)(sl - 1) * T + i) * T + j] + tB[(size_t)i * S1 + (size_t)(sl - 1) * T + j] +
+                                    (sl == D + 1 ? tL[i * T + j] : 0.0);
         }
     }
 }
@@ -1045,21 +1073,38 @@ static void psf__softmax_bwd(psf__ctx *c, const psf_node *nd) {
  *      2 sum_d P_d V_d. in0 = P ((H T) x T), in1 = V (T x H d_head); ia = H, ib = d_head.                   */
 static void psf__mix_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *np = &c->m->nodes[nd->in0], *nv = &c->m->nodes[nd->in1];
-    const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D;
+    const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D, S1 = (D + 1) * T;
     const size_t npn = PSF__N(np), n = PSF__N(nd);
     const psf_real *P = PSF__J(c->ws, np), *V = PSF__J(c->ws, nv);
     psf_real *O = PSF__J(c->ws, nd);
+    /* jet scratch: Ps = P_{1..D+1} stacked, Vc = [V_1 .. V_{D+1}] side by side, tB = P_0 Vc, Pc = [P_1 .. P_D] */
+    psf_real *Ps = c->ws->scratch, *Vc = Ps + (size_t)S1 * T, *tB = Vc + (size_t)T * (D + 1) * dh,
+             *Pc = tB + (size_t)T * (D + 1) * dh;
     for (int h = 0; h < H; h++) {
         const psf_real *Ph = P + (size_t)h * T * T;
         psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + h * dh, W, 0.0, O + h * dh, W);
         if (c->nb == 1) continue;
-        psf_real *OL = O + (size_t)(D + 1) * n + h * dh;
-        for (int s = D + 1; s >= 1; s--) { /* Laplacian slice first: the d-loop accumulates into it */
-            psf_real *Os = O + (size_t)s * n + h * dh;
-            psf__gemm(0, 0, T, dh, T, 1.0, Ph + s * npn, T, V + h * dh, W, 0.0, Os, W);
-            psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + s * n + h * dh, W, 1.0, Os, W);
-            if (s <= D) psf__gemm(0, 0, T, dh, T, 2.0, Ph + s * npn, T, V + s * n + h * dh, W, 1.0, OL, W);
+        for (int sl = 1; sl <= D + 1; sl++) {
+            memcpy(Ps + (size_t)(sl - 1) * T * T, Ph + (size_t)sl * npn, sizeof(psf_real) * (size_t)T * T);
+            for (int j = 0; j < T; j++)
+                memcpy(Vc + (size_t)j * (D + 1) * dh + (size_t)(sl - 1) * dh, V + (size_t)sl * n + (size_t)j * W + h * dh,
+                       sizeof(psf_real) * (size_t)dh);
         }
+        for (int i = 0; i < T; i++)
+            for (int d = 0; d < D; d++)
+                memcpy(Pc + (size_t)i * D * T + (size_t)d * T, Ph + (size_t)(1 + d) * npn + (size_t)i * T, sizeof(psf_real) * (size_t)T);
+        /* O_s = P_s V_0 for every slice s: output slices are (D+1) T consecutive rows of stride W */
+        psf__gemm(0, 0, S1, dh, T, 1.0, Ps, T, V + h * dh, W, 0.0, O + n + h * dh, W);
+        /* + P_0 V_s */
+        psf__gemm(0, 0, T, (D + 1) * dh, T, 1.0, Ph, T, Vc, (D + 1) * dh, 0.0, tB, (D + 1) * dh);
+        for (int sl = 1; sl <= D + 1; sl++)
+            for (int i = 0; i < T; i++) {
+                psf_real *o = O + (size_t)sl * n + (size_t)i * W + h * dh;
+                const psf_real *b = tB + (size_t)i * (D + 1) * dh + (size_t)(sl - 1) * dh;
+                for (int e = 0; e < dh; e++) o[e] += b[e];
+            }
+        /* Laplacian: + 2 sum_d P_d V_d = 2 [P_1 .. P_D] [V_1; ..; V_D] (the V slices are D T rows of stride W) */
+        psf__gemm(0, 0, T, dh, D * T, 2.0, Pc, D * T, V + n + h * dh, W, 1.0, O + (size_t)(D + 1) * n + h * dh, W);
     }
 }
 static void psf__mix_bwd(psf__ctx *c, const psf_node *nd) {
@@ -1540,11 +1585,23 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         nd->adj_off = m->ws_adj_reals;
         m->ws_jet_reals += (D + 2) * PSF__N(nd);
         m->ws_adj_reals += PSF__N(nd);
+        /* electron sparsity of the jet: per-electron inputs, kept by per-row ops and sums of sparse nodes */
+        switch (nd->op) {
+        case PSF_OP_INPUT: case PSF_OP_FEATURES: nd->sparse = 1; break;
+        case PSF_OP_LINEAR: case PSF_OP_TANH: case PSF_OP_LAYERNORM: nd->sparse = m->nodes[nd->in0].sparse; break;
+        case PSF_OP_ADD: nd->sparse = m->nodes[nd->in0].sparse && m->nodes[nd->in1].sparse; break;
+        default: nd->sparse = 0; break;
+        }
         size_t need = 0;
         switch (nd->op) {
+        case PSF_OP_LINEAR: need = D * (size_t)(m->nodes[nd->in0].cols + nd->cols); break;
         case PSF_OP_LAYERNORM: need = D + (size_t)nd->cols; break;
         case PSF_OP_ENVELOPE: need = 5 * (size_t)K * N; break;
         case PSF_OP_LOGDET: need = 3 * (size_t)N * N + (size_t)K * (D + 1); break;
+        case PSF_OP_ATTN_SCORES: /* tA, tB, Qc, Kc, tL */
+            need = 2 * (D + 1) * (size_t)N * N + 2 * (size_t)N * D * cfg->head_dim + (size_t)N * N; break;
+        case PSF_OP_ATTN_MIX: /* Ps, Vc, tB, Pc */
+            need = (D + 1) * (size_t)N * N + 2 * (size_t)N * (D + 1) * cfg->head_dim + D * (size_t)N * N; break;
         default: break;
         }
         if (need > scratch) scratch = need;
