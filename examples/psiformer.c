@@ -38,10 +38,10 @@ static void usage(FILE *f) {
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     kfac | adam (default kfac)\n"
-            "  --steps N            training iterations (default 1500)\n"
+            "  --steps N            training iterations (default 2200)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
-            "  --batch B            walkers (default 256)\n"
+            "  --batch B            walkers (default 512)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
             "  --lr X               learning rate at step 0 (default: kfac 0.05, adam 3e-3), decays as 1/(1+t/1e4)\n"
             "  --damping X          KFAC Tikhonov damping (default 1e-3)\n"
@@ -73,12 +73,13 @@ static int parse_args(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->atom = "C";
     o->spin = -1;
-    o->steps = 1500;
+    o->steps = 2200; /* with --batch 512: ~12 minutes on 2 cores for carbon (docs/results.md) */
     o->eval_steps = 300;
     o->checkpoint_every = 100;
     o->print_every = 25;
     psf_config_default(&o->net);
     psf_vmc_config_default(&o->vmc);
+    o->vmc.batch = 512;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); exit(0); }
