@@ -1303,47 +1303,47 @@ static int psf__jastrow_pair(const psf_model *m, int i, int j, double *cusp) { /
     *cusp = same ? 0.25 : 0.5;
     return same ? 0 : 1;
 }
-static void psf__jastrow_fwd(psf__ctx *c, const psf_node *nd) {
-    const int N = c->m->n_elec, D = c->D;
-    const psf_real *par = c->m->params + nd->p_off;
-    psf_real *y = PSF__J(c->ws, nd);
-    double J = 0, lap = 0;
-    if (c->nb > 1) for (int d = 0; d <= D; d++) y[1 + d] = 0;
-    if (nd->ib) J += psf__en_cusp(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
-    for (int i = 0; i < N && nd->ia; i++)
-        for (int j = i + 1; j < N; j++) {
+/* The e-e part over all pairs: value; if grad, adds the gradient [D] and the Laplacian into *lap; if dx, adds
+ * a0 times the gradient into dx and, if dpar, a0 d J / d a into dpar[0..1]. */
+static double psf__ee_jastrow(const psf_model *m, const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
+                              psf_real *dx, double a0, psf_real *dpar) {
+    double J = 0;
+    for (int i = 0; i < m->n_elec; i++)
+        for (int j = i + 1; j < m->n_elec; j++) {
             double cu, r[3];
-            const int ai = psf__jastrow_pair(c->m, i, j, &cu);
+            const int ai = psf__jastrow_pair(m, i, j, &cu);
             const double a = par[ai];
             for (int k = 0; k < 3; k++) r[k] = c->x[3 * i + k] - c->x[3 * j + k];
             double rr = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
             if (rr < 1e-12) rr = 1e-12;
             J += -cu * a * a / (a + rr);
-            if (c->nb == 1) continue;
             const double f1 = cu * a * a / ((a + rr) * (a + rr)), f2 = -2 * f1 / (a + rr);
-            for (int k = 0; k < 3; k++) { y[1 + 3 * i + k] += f1 * r[k] / rr; y[1 + 3 * j + k] -= f1 * r[k] / rr; }
-            lap += 2 * (f2 + 2 * f1 / rr);
+            if (grad) {
+                for (int k = 0; k < 3; k++) { grad[3 * i + k] += f1 * r[k] / rr; grad[3 * j + k] -= f1 * r[k] / rr; }
+                *lap += 2 * (f2 + 2 * f1 / rr);
+            }
+            if (dx) for (int k = 0; k < 3; k++) { dx[3 * i + k] += a0 * f1 * r[k] / rr; dx[3 * j + k] -= a0 * f1 * r[k] / rr; }
+            if (dpar) dpar[ai] += a0 * (-cu * a * (a + 2 * rr) / ((a + rr) * (a + rr)));
         }
+    return J;
+}
+static void psf__jastrow_fwd(psf__ctx *c, const psf_node *nd) {
+    const int D = c->D;
+    const psf_real *par = c->m->params + nd->p_off;
+    psf_real *y = PSF__J(c->ws, nd);
+    double J = 0, lap = 0;
+    if (c->nb > 1) for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    if (nd->ib) J += psf__en_cusp(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
+    if (nd->ia) J += psf__ee_jastrow(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
     y[0] = J;
     if (c->nb > 1) y[1 + D] = lap;
 }
 static void psf__jastrow_bwd(psf__ctx *c, const psf_node *nd) {
-    const int N = c->m->n_elec;
     const psf_real *par = c->m->params + nd->p_off;
     const double a0 = PSF__A(c->ws, nd)[0];
-    if (nd->ib) psf__en_cusp(c->m, c, par, NULL, NULL, c->ws->dx, a0, c->dparams ? c->dparams + nd->p_off : NULL);
-    for (int i = 0; i < N && nd->ia; i++)
-        for (int j = i + 1; j < N; j++) {
-            double cu, r[3];
-            const int ai = psf__jastrow_pair(c->m, i, j, &cu);
-            const double a = par[ai];
-            for (int k = 0; k < 3; k++) r[k] = c->x[3 * i + k] - c->x[3 * j + k];
-            double rr = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
-            if (rr < 1e-12) rr = 1e-12;
-            if (c->dparams) c->dparams[nd->p_off + ai] += a0 * (-cu * a * (a + 2 * rr) / ((a + rr) * (a + rr)));
-            const double f1 = cu * a * a / ((a + rr) * (a + rr));
-            for (int k = 0; k < 3; k++) { c->ws->dx[3 * i + k] += a0 * f1 * r[k] / rr; c->ws->dx[3 * j + k] -= a0 * f1 * r[k] / rr; }
-        }
+    psf_real *dpar = c->dparams ? c->dparams + nd->p_off : NULL;
+    if (nd->ib) psf__en_cusp(c->m, c, par, NULL, NULL, c->ws->dx, a0, dpar);
+    if (nd->ia) psf__ee_jastrow(c->m, c, par, NULL, NULL, c->ws->dx, a0, dpar);
 }
 
 /* The op table: forward and jet share one function per op (slices 1.. are computed when nb > 1). */

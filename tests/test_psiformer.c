@@ -808,34 +808,10 @@ TEST kfac_norm_constraint_and_large_damping(void) {
 }
 
 /* Helium, same network, batch and seed, 60 iterations: KFAC ends lower than Adam (evaluated energies). */
-static double short_helium(psf_optimizer opt, double lr, double *err) {
-    psf_system he;
-    psf_system_atom(&he, "He", -1);
-    psf_config c;
-    psf_config_default(&c);
-    c.n_layers = 1; c.n_heads = 2; c.head_dim = 8; c.mlp_hidden = 16; c.n_dets = 1;
-    psf_model m;
-    psf_model_init(&m, &he, &c, 3);
-    psf_vmc_config vc;
-    psf_vmc_config_default(&vc);
-    vc.batch = 128; vc.mcmc_steps = 5; vc.burn_in = 50; vc.seed = 17; vc.optimizer = opt; vc.lr = lr;
-    psf_vmc v;
-    psf_vmc_init(&v, &m, &vc);
-    psf_step_stats st;
-    for (int s = 0; s < 60; s++) psf_vmc_train_step(&v, &st);
-    enum { EV = 200 };
-    double e[EV], mean = NAN;
-    for (int s = 0; s < EV; s++) { psf_vmc_eval_step(&v, &st); e[s] = st.energy; }
-    psf_reblock(e, EV, &mean, err, NULL);
-    psf_vmc_free(&v);
-    psf_model_free(&m);
-    return mean;
-}
-
 TEST kfac_beats_adam_on_short_helium_run(void) {
     double ek, ea, sk = NAN, sa = NAN;
-    ek = short_helium(PSF_OPT_KFAC, 0.05, &sk);
-    ea = short_helium(PSF_OPT_ADAM, 3e-3, &sa);
+    ek = train_helium(0, 60, 200, &sk, NULL, PSF_OPT_KFAC);
+    ea = train_helium(0, 60, 200, &sa, NULL, PSF_OPT_ADAM);
     if (greatest_info.verbose) printf("    60 steps: KFAC %.5f +/- %.5f, Adam %.5f +/- %.5f Ha\n", ek, sk, ea, sa);
     ASSERT_LT(ek + 3 * sqrt(sk * sk + sa * sa), ea);
     PASS();
