@@ -1257,20 +1257,20 @@ static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
     const int K = nd->ia, N = in->cols;
     const size_t nN = (size_t)N * N;
     const psf_real *M = PSF__J(c->ws, in);
-    psf_real *dM = PSF__A(c->ws, in), *lu = c->ws->scratch, *inv = lu + nN;
+    /* scratch: inv [N^2], then the K LU factorisations (kept from the weights to the inverses) */
+    psf_real *dM = PSF__A(c->ws, in), *inv = c->ws->scratch, *lus = inv + nN;
     const double a = PSF__A(c->ws, nd)[0];
     double ld[64] = {0}, w[64];
-    int sg[64] = {0}, piv[PSF_MAX_ELEC], sign;
+    int sg[64] = {0}, sign;
+    static _Thread_local int piv[64][PSF_MAX_ELEC];
     for (int k = 0; k < K; k++) {
-        memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
-        sg[k] = psf__lu(N, lu, piv, &ld[k]);
+        memcpy(lus + (size_t)k * nN, M + (size_t)k * nN, sizeof(psf_real) * nN);
+        sg[k] = psf__lu(N, lus + (size_t)k * nN, piv[k], &ld[k]);
     }
     psf__logdet_combine(K, ld, sg, w, &sign);
     for (int k = 0; k < K; k++) {
         if (w[k] == 0) continue;
-        memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
-        psf__lu(N, lu, piv, &ld[k]);
-        psf__lu_inverse(N, lu, piv, inv);
+        psf__lu_inverse(N, lus + (size_t)k * nN, piv[k], inv);
         for (int i = 0; i < N; i++) for (int j = 0; j < N; j++)
             dM[(size_t)k * nN + (size_t)i * N + j] += a * w[k] * inv[(size_t)j * N + i];
     }
@@ -1597,7 +1597,10 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         case PSF_OP_LINEAR: need = D * (size_t)(m->nodes[nd->in0].cols + nd->cols); break;
         case PSF_OP_LAYERNORM: need = D + (size_t)nd->cols; break;
         case PSF_OP_ENVELOPE: need = 5 * (size_t)K * N; break;
-        case PSF_OP_LOGDET: need = 3 * (size_t)N * N + (size_t)K * (D + 1); break;
+        case PSF_OP_LOGDET: /* forward: lu, inv, B, per-determinant jets; backward: inv and K LU factors */
+            need = 3 * (size_t)N * N + (size_t)K * (D + 1);
+            if ((size_t)(K + 1) * N * N > need) need = (size_t)(K + 1) * N * N;
+            break;
         case PSF_OP_ATTN_SCORES: /* tA, tB, Qc, Kc, tL */
             need = 2 * (D + 1) * (size_t)N * N + 2 * (size_t)N * D * cfg->head_dim + (size_t)N * N; break;
         case PSF_OP_ATTN_MIX: /* Ps, Vc, tB, Pc */
