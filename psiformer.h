@@ -221,13 +221,17 @@ void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_
  * including node k. mode 0 = forward, 1 = jet. Returns a pointer to the node's jet block in ws. */
 const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const psf_real *x, int k, int mode);
 
+/* Backward pass from node k (after psf_model_eval_node(..., k, 0)) with adjoint adj [rows * cols] on its value:
+ * dparams += adj . d y_k / d theta, ws->dx = adj . d y_k / d x. Used by the op tests. */
+void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams);
+
 /* ---- Wavefunction interface (what the Hamiltonian and sampler see) ------------------------------------ */
 
 /* Any wavefunction: the Psiformer, or an analytic trial function (used by tests and examples). */
 typedef struct psf_wavefunction {
     int n_elec;
     void *ctx;
-    /* log|psi| at x[3N]; *sign; ws is per-thread scratch of size ws_bytes (may be NULL if 0). */
+    /* log|psi| at x[3N]; *sign; ws is per-thread scratch made by ws_new (NULL for analytic functions). */
     double (*logpsi)(void *ctx, void *ws, const psf_real *x, int *sign);
     /* log|psi|, gradient [3N] and Laplacian of log|psi|. */
     double (*jet)(void *ctx, void *ws, const psf_real *x, psf_real *grad, psf_real *lap, int *sign);
@@ -1401,8 +1405,6 @@ void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_
     psf__backward_from(m, ws, psf__ws_x(m, ws), m->out_node, NULL, seed, dparams);
 }
 
-/* Backward from an arbitrary node with a given adjoint vector (for the op tests). */
-void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams);
 void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams) {
     psf__backward_from(m, ws, psf__ws_x(m, ws), k, adj, 0.0, dparams);
 }
