@@ -660,21 +660,27 @@ static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer 
     psf_vmc_init(v, m, &vc);
 }
 
+/* A KFAC driver on a 16-walker batch right before its first update: walkers sampled, local energies and the
+ * energy gradient (with the Kronecker statistics) computed. Returns a copy of the parameters (caller frees). */
+static psf_real *kfac_before_first_update(psf_model *m, psf_vmc *v, const char *atom, uint64_t seed) {
+    small_vmc(m, v, atom, PSF_OPT_KFAC, 16, seed);
+    psf_step_stats st;
+    psf__sample_and_measure(v, &st);
+    if (psf__energy_gradient(v, st.energy)) return NULL;
+    psf_real *theta = malloc(sizeof(psf_real) * m->n_params);
+    memcpy(theta, m->params, sizeof(psf_real) * m->n_params);
+    return theta;
+}
+
 /* The running factors after the first update equal E[abar abar^T] (per token) and sum_t E[e e^T], recomputed
  * here by brute force from every walker's layer inputs and output sensitivities; and the diagonal blocks E[g^2]. */
 TEST kfac_factors_equal_brute_force_expectations(void) {
     psf_model m;
     psf_vmc v;
-    small_vmc(&m, &v, "Li", PSF_OPT_KFAC, 16, 5);
-    psf_step_stats st;
-    psf__sample_and_measure(&v, &st);
-    ASSERT_EQ(0, psf__energy_gradient(&v, st.energy));
-    psf_real *theta = malloc(sizeof(psf_real) * m.n_params);
-    memcpy(theta, m.params, sizeof(psf_real) * m.n_params);
+    psf_real *theta = kfac_before_first_update(&m, &v, "Li", 5);
+    ASSERT(theta != NULL);
     psf__kfac_update(&v, 16); /* first update: decay 0, so the running factors are this batch's */
-    psf_real *after = malloc(sizeof(psf_real) * m.n_params);
-    memcpy(after, m.params, sizeof(psf_real) * m.n_params);
-    memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
+    memcpy(m.params, theta, sizeof(psf_real) * m.n_params); /* brute force at the parameters the factors saw */
     const psf_kfac *k = v.kfac;
     double *ref = calloc(k->stat_reals, sizeof(double)), *g = calloc(m.n_params, sizeof(double));
     psf_workspace *ws = &v.ws[0];
@@ -709,7 +715,7 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
     if (greatest_info.verbose) printf("    %d dense blocks, worst relative difference %.2e\n", k->n_dense, worst);
     ASSERT_IN_RANGE(0.0, worst, 1e-12);
     ASSERT(k->n_dense >= 8); /* embed, q, k, v, o, mlp1, mlp2, orbitals up/down */
-    free(ref); free(g); free(theta); free(after);
+    free(ref); free(g); free(theta);
     psf_vmc_free(&v);
     psf_model_free(&m);
     PASS();
@@ -769,12 +775,8 @@ TEST kfac_direction_equals_dense_natural_gradient(void) {
 TEST kfac_norm_constraint_and_large_damping(void) {
     psf_model m;
     psf_vmc v;
-    small_vmc(&m, &v, "Be", PSF_OPT_KFAC, 16, 6);
-    psf_step_stats st;
-    psf__sample_and_measure(&v, &st);
-    ASSERT_EQ(0, psf__energy_gradient(&v, st.energy));
-    psf_real *theta = malloc(sizeof(psf_real) * m.n_params);
-    memcpy(theta, m.params, sizeof(psf_real) * m.n_params);
+    psf_real *theta = kfac_before_first_update(&m, &v, "Be", 6);
+    ASSERT(theta != NULL);
     v.cfg.lr = 1e3; /* far beyond the constraint */
     psf__kfac_update(&v, 16);
     ASSERT(v.kfac->last_q > 0);
