@@ -10,13 +10,16 @@
  *   Do this:
  *       #define PSIFORMER_IMPLEMENTATION
  *   before you include this file in *one* C file to create the implementation. Link with -lm (and -fopenmp to
- *   parallelise over walkers; without OpenMP everything still works, serially).
+ *   parallelise over walkers; without OpenMP everything still works, serially). C11 (C++17 also compiles it).
  *
  *   Configuration macros (define before the implementation include):
  *       PSF_MALLOC(n) / PSF_FREE(p)   allocator (default malloc/free)
  *       PSF_ASSERT(x)                 internal invariant check (default assert)
  *       PSF_USE_CBLAS                 dispatch dense matrix products to cblas_dgemm (OpenBLAS); results are
  *                                     equal to the built-in loops up to rounding
+ *       PSF_STATIC                    make every public function static (PSFDEF), so that two libraries can
+ *                                     each carry a private copy of the implementation
+ *       PSF_INTERNAL_TESTS            expose the named internal test API (psf_test_*) used by tests/ and bench/
  *
  * The wavefunction (Psiformer, per walker; N electrons, positions x in R^{N x 3}):
  *   features   h0_i   = [ log(1+|r_iI|), r_iI log(1+|r_iI|)/|r_iI|  for each nucleus I ] ++ [ spin_i = +-1 ]
@@ -27,18 +30,26 @@
  *   psi        = exp(J) * sum_k det[phi^k],   J = sum_{i<j} -c_ij a^2/(a + r_ij)  (c = 1/4 same spin, 1/2 not)
  * The network is an op *graph* (the tape): every op has three rules side by side — forward (values), jet
  * (value + gradient w.r.t. all 3N coordinates + Laplacian: the forward Laplacian of Li et al., Nat. Mach.
- * Intell. 6, 209 (2024)), and backward (vector-Jacobian product w.r.t. parameters and inputs).
+ * Intell. 6, 209 (2024)), and backward (vector-Jacobian product w.r.t. parameters and inputs). The ops are listed
+ * once, in the registry PSF_OPS below; docs/architecture.md is the map of this file and has the recipes for
+ * adding an op and an optimizer.
  *
  * Sections of this file (search for the banner):
- *   [API]            public types and declarations
- *   [IMPL: BASICS]   errors, RNG, timers, matrix products
- *   [IMPL: LINALG]   LU log-determinant, symmetric eigensolver
- *   [IMPL: TAPE]     op table, graph building, forward / jet / backward rules per op
- *   [IMPL: ANSATZ]   the Psiformer graph and its initialisation
+ *   [API]              public types and declarations
+ *   [IMPL: BASICS]     errors, RNG, timers, matrix products
+ *   [IMPL: LINALG]     LU log-determinant, Cholesky
+ *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
+ *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant head, Jastrow), initialisation
  *   [IMPL: HAMILTONIAN] potential and local energy
- *   [IMPL: SAMPLER]  Metropolis–Hastings walkers
- *   [IMPL: OPTIMIZERS] Adam, KFAC
- *   [IMPL: DRIVER]   VMC training / evaluation, reblocking, checkpoints, .npy I/O
+ *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
+ *   [IMPL: STATISTICS] reblocking
+ *   [IMPL: OPTIMIZERS] the optimizer interface; Adam, KFAC
+ *   [IMPL: DRIVER]     VMC training / evaluation, checkpoints, .npy I/O
+ *   [IMPL: TESTS]      the internal test API (PSF_INTERNAL_TESTS only)
+ *
+ * Threads: psf_last_error() is thread-local. Everything else that is not a const query takes its state as an
+ * argument; psf_vmc_init sets the OpenMP thread count only when cfg.threads > 0 and pins OpenBLAS to one thread
+ * (documented at psf_vmc_init).
  *
  * License: MIT (see LICENSE).
  */
@@ -49,6 +60,18 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifndef PSFDEF
+#ifdef PSF_STATIC
+#if defined(__GNUC__)
+#define PSFDEF static __attribute__((unused))
+#else
+#define PSFDEF static
+#endif
+#else
+#define PSFDEF extern
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -57,6 +80,9 @@ extern "C" {
  *  [API]
  * ============================================================================================================ */
 
+/* The real type of coordinates, parameters and tape values. Only double is supported today: the matrix products
+ * call cblas_dgemm, the Cholesky and LU routines and the checkpoints assume 8-byte reals (a static assertion in
+ * the implementation enforces it). */
 #ifndef PSF_REAL
 #define PSF_REAL double
 #endif
@@ -64,6 +90,7 @@ typedef PSF_REAL psf_real;
 
 #define PSF_MAX_ATOMS 16
 #define PSF_MAX_ELEC 64
+#define PSF_MAX_DETS 64
 
 /* Status codes. Every function that can fail returns one; psf_last_error() holds the message. */
 enum {
@@ -75,8 +102,8 @@ enum {
     PSF_ERR_NUMERIC = 5  /* non-finite values where finite ones are required */
 };
 
-/* The message of the most recent failure in this thread of the library (empty string if none). */
-const char *psf_last_error(void);
+/* The message of the most recent failure in the calling thread (thread-local; empty string if none). */
+PSFDEF const char *psf_last_error(void);
 
 /* ---- Systems ------------------------------------------------------------------------------------------- */
 
@@ -98,35 +125,45 @@ typedef struct {
     double exact, hf_limit;
 } psf_atom_info;
 
-/* Look up an atom by symbol ("C"); NULL if unknown. */
-const psf_atom_info *psf_atom_lookup(const char *symbol);
+/* Look up an atom by symbol ("C"); NULL if unknown (no error is set). */
+PSFDEF const psf_atom_info *psf_atom_lookup(const char *symbol);
 
 /* A single atom at the origin. spin = n_up - n_down; pass -1 for the ground-state spin from the table.
- * Returns PSF_ERR_ARG for an unknown symbol or a spin of the wrong parity / out of range. */
-int psf_system_atom(psf_system *sys, const char *symbol, int spin);
+ * Errors: PSF_ERR_ARG for an unknown symbol or a spin of the wrong parity / out of range. */
+PSFDEF int psf_system_atom(psf_system *sys, const char *symbol, int spin);
 
-/* Nuclear repulsion sum_{I<J} Z_I Z_J / |R_I - R_J| (hartree). */
-double psf_nuclear_repulsion(const psf_system *sys);
+/* Nuclear repulsion sum_{I<J} Z_I Z_J / |R_I - R_J| (hartree). Cannot fail. */
+PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
 
-/* ---- The tape: ops, graph, workspaces ------------------------------------------------------------------ */
+/* ---- The tape: the op registry, graph, workspaces ------------------------------------------------------ */
+
+/* The op registry (ggml-style): one row per op, X(ID, name). The enum psf_op, the name table and the rule table
+ * of the implementation are generated from this one list. Each op's section in [IMPL: TAPE] defines
+ * psf__<name>_fwd (forward, and the jet when asked), psf__<name>_bwd, psf__<name>_scratch and
+ * psf__<name>_sparse (and, for the tests, psf__<name>_example). Shapes per walker; D = 3N.                   */
+#define PSF_OPS(X)                                                                                             \
+    X(INPUT, input)             /* electron coordinates x, N x 3 (flattened index d = 3 i + c)              */ \
+    X(FEATURES, features)       /* one-electron features (log-rescaled r_iI, spin), N x (4 A + 1)           */ \
+    X(LINEAR, linear)           /* Y = X W (+ b) per row; rows >= split use a second weight block (spin)    */ \
+    X(ADD, add)                 /* Y = A + B                                                                */ \
+    X(TANH, tanh)               /* Y = tanh(X)                                                              */ \
+    X(LAYERNORM, layernorm)     /* per row: (x - mean) / sqrt(var + 1e-5) * scale + offset                  */ \
+    X(ATTN_SCORES, attn_scores) /* S[h,i,j] = sum_c Q[i,h,c] K[j,h,c] / sqrt(d_head), (H N) x N            */ \
+    X(SOFTMAX, softmax)         /* row-wise softmax                                                         */ \
+    X(ATTN_MIX, attn_mix)       /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                      */ \
+    X(ENVELOPE, envelope)       /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N        */ \
+    X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
+    X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */
 
 typedef enum {
-    PSF_OP_INPUT = 0,   /* electron coordinates x, N x 3 (flattened index d = 3 i + c)               */
-    PSF_OP_FEATURES,    /* one-electron features (log-rescaled r_iI, |r_iI|, spin), N x (4 A + 1)      */
-    PSF_OP_LINEAR,      /* Y = X W (+ b) per row; rows >= split use a second weight block (spin)      */
-    PSF_OP_ADD,         /* Y = A + B                                                                   */
-    PSF_OP_TANH,        /* Y = tanh(X)                                                                 */
-    PSF_OP_LAYERNORM,   /* per row: (x - mean) / sqrt(var + 1e-5) * scale + offset                      */
-    PSF_OP_ATTN_SCORES, /* S[h,i,j] = sum_c Q[i,h,c] K[j,h,c] / sqrt(d_head), (H N) x N                 */
-    PSF_OP_SOFTMAX,     /* row-wise softmax                                                            */
-    PSF_OP_ATTN_MIX,    /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                          */
-    PSF_OP_ENVELOPE,    /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N           */
-    PSF_OP_LOGDET,      /* log |sum_k det M_k| and its sign, scalar                                    */
-    PSF_OP_JASTROW,     /* sum_{i<j} -c a^2 / (a + r_ij), scalar                                       */
+#define PSF__OP_ENUM(ID, name) PSF_OP_##ID,
+    PSF_OPS(PSF__OP_ENUM)
+#undef PSF__OP_ENUM
     PSF_OP_COUNT
 } psf_op;
 
-extern const char *const psf_op_names[PSF_OP_COUNT];
+/* The op's name ("linear"), or "?" for a value outside the registry. */
+PSFDEF const char *psf_op_name(int op);
 
 typedef struct {
     psf_op op;
@@ -139,9 +176,24 @@ typedef struct {
     size_t adj_off;    /* offset of this node's adjoint (n reals) in a workspace                */
 } psf_node;
 
+/* The kinds of parameter block, each with its initialisation (von Glehn et al. 2023 and the FermiNet reference
+ * initialisation): X(ID, init) with init one of fanin (N(0,1)/sqrt(rows)), normal (N(0,1)), zero, one. */
+#define PSF_PBLOCK_KINDS(X) \
+    X(WEIGHT, fanin)        \
+    X(BIAS, normal)         \
+    X(LN_SCALE, one)        \
+    X(LN_OFFSET, zero)      \
+    X(ENV_PI, one)          \
+    X(ENV_SIGMA, one)       \
+    X(JASTROW, one)
+typedef enum {
+#define PSF__PB_ENUM(ID, init) PSF_PB_##ID,
+    PSF_PBLOCK_KINDS(PSF__PB_ENUM)
+#undef PSF__PB_ENUM
+    PSF_PB_COUNT
+} psf_pblock_kind;
+
 /* A named parameter block (llm.c-style flat buffer; row-major rows x cols). */
-typedef enum { PSF_PB_WEIGHT, PSF_PB_BIAS, PSF_PB_LN_SCALE, PSF_PB_LN_OFFSET, PSF_PB_ENV_PI, PSF_PB_ENV_SIGMA,
-               PSF_PB_JASTROW } psf_pblock_kind;
 typedef struct {
     char name[40];
     int off, rows, cols;
@@ -152,21 +204,33 @@ typedef struct {
 #define PSF_MAX_NODES 256
 #define PSF_MAX_PBLOCKS 256
 
-/* Network hyper-parameters. */
+/* The per-electron network that produces the features h_i the orbital head reads (one builder per kind). */
+typedef enum { PSF_ANSATZ_PSIFORMER = 0, PSF_ANSATZ_COUNT } psf_ansatz;
+/* The orbital head: how the features become an antisymmetric function. */
+typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_COUNT } psf_orbitals;
+
+/* Psiformer hyper-parameters (von Glehn et al. 2023, §3). */
 typedef struct {
     int n_layers;      /* self-attention layers L (default 2)                 */
     int n_heads;       /* heads per layer H (default 4)                       */
     int head_dim;      /* d_head (default 16); model width = H * d_head      */
     int mlp_hidden;    /* hidden width of the MLP (default 64)                 */
-    int n_dets;        /* determinants K (default 4)                          */
     int use_layernorm; /* 1: LayerNorm after each residual (default 1)         */
-    int use_jastrow;   /* 1: simple e-e Jastrow (default 1)                    */
-    int use_en_cusp;   /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
-                          (an extension, not in the Psiformer paper; default 0)   */
+} psf_psiformer_config;
+
+/* The ansatz: trunk, orbital head, Jastrow. */
+typedef struct {
+    psf_ansatz ansatz;              /* default PSF_ANSATZ_PSIFORMER                                 */
+    psf_psiformer_config psiformer; /* the trunk's hyper-parameters (when ansatz is the Psiformer)  */
+    psf_orbitals orbitals;          /* default PSF_ORBITALS_DET                                     */
+    int n_dets;                     /* determinants K (default 4, at most PSF_MAX_DETS)             */
+    int use_jastrow;                /* 1: simple e-e Jastrow (default 1)                            */
+    int use_en_cusp;                /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
+                                       (an extension, not in the Psiformer paper; default 0)          */
 } psf_config;
 
-/* Fills *cfg with the defaults above. */
-void psf_config_default(psf_config *cfg);
+/* Fills *cfg with the defaults above. Cannot fail. */
+PSFDEF void psf_config_default(psf_config *cfg);
 
 /* The ansatz: system + graph + flat parameters. */
 typedef struct {
@@ -175,7 +239,8 @@ typedef struct {
     int n_elec, n_dim;          /* N and D = 3N                                           */
     int n_nodes;
     psf_node nodes[PSF_MAX_NODES];
-    int out_node, logdet_node;
+    int out_node, logdet_node;  /* log|psi|; the orbital head's output (log|sum_k det|)    */
+    int orbital_node;           /* the K x N x N orbital matrices (pretraining target)    */
     int n_pblocks;
     psf_pblock pblocks[PSF_MAX_PBLOCKS];
     size_t n_params;
@@ -185,45 +250,55 @@ typedef struct {
     size_t ws_scratch_reals;    /* per-op scratch                                         */
 } psf_model;
 
+/* Called by the LINEAR backward rule, when set in a workspace, with the node index, the layer input X
+ * [rows x a] and the adjoint of its output dY [rows x b] (KFAC collects its Fisher factors this way). */
+typedef void (*psf_linear_observer)(void *ctx, int node, const psf_node *nd, const psf_real *X, const psf_real *dY);
+
 /* Per-thread scratch for evaluating one walker at a time. */
 typedef struct {
     psf_real *jet;     /* [ws_jet_reals]: node values (block 0) and, in jet mode, gradients and Laplacians */
     psf_real *adj;     /* [ws_adj_reals]                                                                    */
     psf_real *scratch; /* [ws_scratch_reals]                                                                */
+    int *iscratch;     /* [PSF_MAX_DETS * PSF_MAX_ELEC] pivots                                               */
     psf_real *dx;      /* [3N] adjoint w.r.t. coordinates from the last backward pass                       */
     int sign;          /* sign of psi from the last evaluation (0: psi = 0)                                 */
     int n_dim;         /* blocks currently valid: 0 after forward, D after jet                              */
-    void *kfac;        /* optional: statistics collector used by the KFAC optimizer (internal)              */
+    psf_linear_observer observe; /* optional (NULL): reports of the LINEAR backward rule                   */
+    void *observe_ctx;
 } psf_workspace;
 
-/* Builds the Psiformer graph for sys/cfg and initialises its parameters from seed (weights N(0,1)/sqrt(fan_in),
- * biases N(0,1), LayerNorm scale 1 / offset 0, envelope pi = sigma = 1, Jastrow a = 1; von Glehn et al. 2023
- * and the FermiNet reference initialisation). Returns PSF_ERR_ARG for an invalid configuration, PSF_ERR_NOMEM. */
-int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed);
-void psf_model_free(psf_model *m);
+/* Builds the graph for sys/cfg (trunk, orbital head, Jastrow) and initialises its parameters from seed (the
+ * PSF_PBLOCK_KINDS initialisations). Errors: PSF_ERR_ARG for an invalid system or configuration (the message
+ * names the field), PSF_ERR_NOMEM. */
+PSFDEF int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed);
+PSFDEF void psf_model_free(psf_model *m);
 
-int psf_workspace_init(psf_workspace *ws, const psf_model *m);
-void psf_workspace_free(psf_workspace *ws);
+/* Errors: PSF_ERR_NOMEM. */
+PSFDEF int psf_workspace_init(psf_workspace *ws, const psf_model *m);
+PSFDEF void psf_workspace_free(psf_workspace *ws);
 
-/* log|psi(x)| for one walker, x: [N*3] bohr. *sign receives sign(psi) in {-1, 0, +1}. psi = 0 gives -INFINITY. */
-double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x, int *sign);
+/* log|psi(x)| for one walker, x: [N*3] bohr. *sign receives sign(psi) in {-1, 0, +1}. psi = 0 gives -INFINITY.
+ * Cannot fail. */
+PSFDEF double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x, int *sign);
 
 /* Jet pass: log|psi|, grad[3N] = d log|psi| / dx (1/bohr), *lap = sum_d d^2 log|psi| / dx_d^2 (1/bohr^2).
- * grad may be NULL. Returns log|psi|. */
-double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad, psf_real *lap,
-                     int *sign);
+ * grad and lap may be NULL. Returns log|psi| (-INFINITY where psi = 0). Cannot fail. */
+PSFDEF double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad,
+                            psf_real *lap, int *sign);
 
 /* Backward pass after psf_model_logpsi on the same x: dparams[p] += seed * d log|psi| / d theta_p, and
- * ws->dx[3N] = seed * d log|psi| / dx. dparams may be NULL (then only ws->dx). */
-void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_real *dparams);
+ * ws->dx[3N] = seed * d log|psi| / dx. dparams may be NULL (then only ws->dx). Cannot fail. */
+PSFDEF void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_real *dparams);
 
-/* Evaluate a single node with all three rules (used by the op tests): the model's graph is run up to and
- * including node k. mode 0 = forward, 1 = jet. Returns a pointer to the node's jet block in ws. */
-const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const psf_real *x, int k, int mode);
+/* Evaluate the graph up to and including node k (used by the op tests and by pretraining). mode 0 = forward,
+ * 1 = jet. Returns a pointer to the node's jet block in ws. Cannot fail. */
+PSFDEF const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const psf_real *x, int k,
+                                           int mode);
 
 /* Backward pass from node k (after psf_model_eval_node(..., k, 0)) with adjoint adj [rows * cols] on its value:
- * dparams += adj . d y_k / d theta, ws->dx = adj . d y_k / d x. Used by the op tests. */
-void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj, psf_real *dparams);
+ * dparams += adj . d y_k / d theta, ws->dx = adj . d y_k / d x. Cannot fail. */
+PSFDEF void psf_model_backward_node(const psf_model *m, psf_workspace *ws, int k, const psf_real *adj,
+                                    psf_real *dparams);
 
 /* ---- Wavefunction interface (what the Hamiltonian and sampler see) ------------------------------------ */
 
@@ -239,14 +314,21 @@ typedef struct psf_wavefunction {
     void (*ws_free)(void *ctx, void *ws);
 } psf_wavefunction;
 
-/* The Psiformer as a psf_wavefunction (ctx = the model). */
-psf_wavefunction psf_model_wavefunction(psf_model *m);
+/* The Psiformer as a psf_wavefunction (ctx = the model). Cannot fail. */
+PSFDEF psf_wavefunction psf_model_wavefunction(psf_model *m);
 
 /* Analytic product of hydrogenic 1s orbitals, psi = exp(-zeta sum_i |r_i - R_0|) (nucleus 0). For one electron
  * with zeta = Z it is the exact hydrogen-like ground state; for He with zeta = 27/16 the variational optimum
- * of that form, E = -(27/16)^2 = -2.84765625 Ha (e.g. Szabo & Ostlund; Griffiths §7.2). */
+ * of that form, E = -(27/16)^2 = -2.84765625 Ha (e.g. Szabo & Ostlund; Griffiths §7.2). Cannot fail. */
 typedef struct { int n_elec; double zeta; double R0[3]; } psf_hydrogenic;
-psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h);
+PSFDEF psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h);
+
+/* ---- Linear algebra -------------------------------------------------------------------------------------- */
+
+/* log|det M| of an n x n row-major matrix by LU with partial pivoting; *sign in {-1, 0, +1}; an exactly singular
+ * matrix gives sign 0 and -INFINITY (never NaN). Scratch from the caller: lu [n*n] reals, piv [n] ints.
+ * Cannot fail. */
+PSFDEF double psf_logdet(int n, const psf_real *M, psf_real *lu, int *piv, int *sign);
 
 /* ---- Hamiltonian ---------------------------------------------------------------------------------------- */
 
@@ -256,22 +338,23 @@ typedef struct {
     double v_en, v_ee, v_nn;
 } psf_eloc;
 
-/* Potential energy V(x) of the Born–Oppenheimer Hamiltonian (hartree); parts optional (may be NULL). */
-double psf_potential(const psf_system *sys, const psf_real *x, double *v_en, double *v_ee, double *v_nn);
+/* Potential energy V(x) of the Born–Oppenheimer Hamiltonian (hartree); parts optional (may be NULL).
+ * Cannot fail. */
+PSFDEF double psf_potential(const psf_system *sys, const psf_real *x, double *v_en, double *v_ee, double *v_nn);
 
 /* Local energy E_L = -1/2 nabla^2 psi / psi + V = -1/2 (nabla^2 log|psi| + |nabla log|psi||^2) + V (hartree).
- * grad is scratch [3N]. Returns E_L in out->total (NaN-free unless psi = 0 at x). */
-void psf_local_energy(const psf_system *sys, const psf_wavefunction *wf, void *ws, const psf_real *x,
-                      psf_real *grad, psf_eloc *out);
+ * grad is scratch [3N]. out->total is NaN where psi = 0 at x (the only failure; no error message is set). */
+PSFDEF void psf_local_energy(const psf_system *sys, const psf_wavefunction *wf, void *ws, const psf_real *x,
+                             psf_real *grad, psf_eloc *out);
 
 /* ---- Random numbers ------------------------------------------------------------------------------------- */
 
-/* xoshiro256** stream; one per walker so that results do not depend on the number of threads. */
+/* xoshiro256** stream; one per walker so that results do not depend on the number of threads. Cannot fail. */
 typedef struct { uint64_t s[4]; } psf_rng;
-void psf_rng_seed(psf_rng *r, uint64_t seed, uint64_t stream);
-uint64_t psf_rng_next(psf_rng *r);
-double psf_rng_uniform(psf_rng *r); /* (0, 1) */
-double psf_rng_normal(psf_rng *r);  /* N(0, 1) */
+PSFDEF void psf_rng_seed(psf_rng *r, uint64_t seed, uint64_t stream);
+PSFDEF uint64_t psf_rng_next(psf_rng *r);
+PSFDEF double psf_rng_uniform(psf_rng *r); /* (0, 1) */
+PSFDEF double psf_rng_normal(psf_rng *r);  /* N(0, 1) */
 
 /* ---- Sampler -------------------------------------------------------------------------------------------- */
 
@@ -287,29 +370,37 @@ typedef struct {
 } psf_walkers;
 
 /* Allocates walkers and places electrons around the nuclei (Gaussian of width 1 bohr around the nucleus each
- * electron is assigned to; electrons are assigned to atoms in proportion to their charges). */
-int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed);
-void psf_walkers_free(psf_walkers *w);
+ * electron is assigned to; electrons are assigned to atoms in proportion to their charges).
+ * Errors: PSF_ERR_ARG (n_walkers < 1), PSF_ERR_NOMEM. */
+PSFDEF int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed);
+PSFDEF void psf_walkers_free(psf_walkers *w);
 
-/* Re-evaluates log|psi| of every walker (after a parameter change). ws: one per thread (n_ws of them). */
-void psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws);
+/* Re-evaluates log|psi| of every walker (after a parameter change). ws: one per OpenMP thread (n_ws of them).
+ * Errors: PSF_ERR_ARG if n_ws is smaller than the number of OpenMP threads. */
+PSFDEF int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws);
 
-/* n_steps Metropolis–Hastings sweeps; returns the acceptance fraction (pmove) of these sweeps. */
-double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps);
+/* n_steps Metropolis–Hastings sweeps; returns the acceptance fraction (pmove) of these sweeps, or -1 with
+ * PSF_ERR_ARG in psf_last_error() if n_ws is smaller than the number of OpenMP threads. */
+PSFDEF double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps);
 
-/* Adapts the width toward acceptance in [0.50, 0.55] (multiplies/divides by 1.1), kept within [1e-3, 2] bohr. */
-void psf_mcmc_adapt(psf_walkers *w, double pmove);
+/* Adapts the width toward acceptance in [0.50, 0.55] (multiplies/divides by 1.1), kept within [1e-3, 2] bohr.
+ * Cannot fail. */
+PSFDEF void psf_mcmc_adapt(psf_walkers *w, double pmove);
 
 /* ---- Statistics ----------------------------------------------------------------------------------------- */
 
 /* Flyvbjerg–Petersen reblocking (J. Chem. Phys. 91, 461 (1989)) of a correlated series x[n]: mean and its
  * standard error at the optimal block size (criterion B^3 > 2 n (s_B / s_0)^4: Lee, Conduit, Nemec, Lopez Rios,
- * Drummond, PRE 83, 066706 (2011)). *block_size may be NULL. Returns PSF_ERR_ARG if n < 2. */
-int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size);
+ * Drummond, PRE 83, 066706 (2011)). *block_size may be NULL. Errors: PSF_ERR_ARG if n < 2, PSF_ERR_NOMEM. */
+PSFDEF int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size);
 
 /* ---- Optimizers and driver ------------------------------------------------------------------------------ */
 
-typedef enum { PSF_OPT_ADAM = 0, PSF_OPT_KFAC = 1 } psf_optimizer;
+/* The optimizers behind the one interface of [IMPL: OPTIMIZERS]. */
+typedef enum { PSF_OPT_ADAM = 0, PSF_OPT_KFAC = 1, PSF_OPT_COUNT } psf_optimizer;
+
+/* The optimizer's name ("adam", "kfac"), or "?" outside the enum. */
+PSFDEF const char *psf_optimizer_name(int opt);
 
 typedef struct {
     int batch;            /* walkers (default 256)                                                */
@@ -329,7 +420,8 @@ typedef struct {
     int threads;          /* 0: OpenMP default                                                     */
 } psf_vmc_config;
 
-void psf_vmc_config_default(psf_vmc_config *c);
+/* Fills *c with the defaults above. Cannot fail. */
+PSFDEF void psf_vmc_config_default(psf_vmc_config *c);
 
 /* Per-iteration statistics. */
 typedef struct {
@@ -344,49 +436,91 @@ typedef struct {
     double t_sample, t_jet, t_backward, t_optimizer; /* seconds  */
 } psf_step_stats;
 
-typedef struct psf_kfac psf_kfac;
-
-typedef struct {
+typedef struct psf_vmc psf_vmc;
+struct psf_vmc {
     psf_model *model;
     psf_vmc_config cfg;
     psf_wavefunction wf;
     psf_walkers walkers;
     int n_ws;
-    psf_workspace *ws;   /* [n_ws]                         */
-    void **wsp;          /* [n_ws] pointers into ws         */
-    double *eloc;        /* [batch]                         */
-    psf_real *grad;      /* [n_params] energy gradient      */
-    psf_real *chunks;    /* [n_chunks * n_params]           */
+    psf_workspace *ws;   /* [n_ws]                                                    */
+    void **wsp;          /* [n_ws] pointers into ws                                    */
+    double *eloc;        /* [batch]                                                    */
+    double *weight;      /* [batch] 2 (E~_b - <E~>) / B of the last gradient            */
+    psf_real *grad;      /* [n_params] energy gradient                                 */
+    psf_real *chunks;    /* [n_chunks * n_params]                                      */
+    psf_real *gwalker;   /* [n_ws * n_params] per-walker grad log|psi| (per_walker optimizers) */
     int n_chunks;
-    psf_real *adam_m, *adam_v; /* [n_params]                */
-    psf_kfac *kfac;
+    const void *opt;     /* the optimizer's rules (internal)                           */
+    void *opt_state;     /* the optimizer's state (internal)                           */
     long step;
-} psf_vmc;
+};
 
-/* Allocates the driver for model m (which it does not own) and burns the walkers in. */
-int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg);
-void psf_vmc_free(psf_vmc *v);
+/* Allocates the driver for model m (which it does not own) and burns the walkers in. With cfg->threads > 0 it
+ * calls omp_set_num_threads (a process-wide setting); with OpenBLAS it sets OpenBLAS to one thread (parallelism
+ * is over walkers). Errors: PSF_ERR_ARG (the message names the field), PSF_ERR_NOMEM. */
+PSFDEF int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg);
+PSFDEF void psf_vmc_free(psf_vmc *v);
 
 /* One training iteration: MCMC, local energies, gradient 2 E[(E_L - <E_L>) grad_theta log|psi|] with clipped
- * E_L (FermiNet, Pfau et al. PRR 2, 033429 (2020), Eq. 4 and §"Optimization"), optimizer update. */
-int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st);
+ * E_L (FermiNet, Pfau et al. PRR 2, 033429 (2020), Eq. 4 and §"Optimization"), optimizer update.
+ * Errors: PSF_ERR_NUMERIC (no finite local energy, or a parameter became non-finite), PSF_ERR_ARG. */
+PSFDEF int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st);
 
-/* One evaluation iteration with frozen parameters: MCMC and local energies; st->energy is the batch mean. */
-int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st);
+/* One evaluation iteration with frozen parameters: MCMC and local energies; st->energy is the batch mean.
+ * Errors: PSF_ERR_NUMERIC (no finite local energy), PSF_ERR_ARG. */
+PSFDEF int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st);
 
-/* Binary checkpoint (magic "PSFCKPT1"): system, config, parameters, walkers, optimizer state, step. */
-int psf_vmc_save(const psf_vmc *v, const char *path);
-/* Restores a checkpoint into an initialised driver with the same system and network shape.
- * Returns PSF_ERR_IO / PSF_ERR_FORMAT naming the file and the field that does not match. */
-int psf_vmc_load(psf_vmc *v, const char *path);
+/* Binary checkpoint, format version 2 (magic "PSFCKPT2"): system, ansatz kind and its hyper-parameters,
+ * parameters, walkers, optimizer name and state, step. The file is written to PATH.tmp and renamed into place.
+ * Errors: PSF_ERR_IO. */
+PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
+/* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer.
+ * Errors: PSF_ERR_IO (cannot open), PSF_ERR_FORMAT naming the file and the field that does not match (a
+ * version-1 file: "written by an older version"). */
+PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
 
 /* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
- * psf_load_npy fills shape[2] (shape[1] = 1 for 1-D) and allocates *data with PSF_MALLOC. */
-int psf_save_npy(const char *path, const double *data, int rows, int cols);
-int psf_load_npy(const char *path, double **data, int shape[2]);
+ * psf_load_npy fills shape[2] (shape[1] = 1 for 1-D) and allocates *data with PSF_MALLOC.
+ * Errors: PSF_ERR_IO, PSF_ERR_FORMAT (naming the header field), PSF_ERR_NOMEM. */
+PSFDEF int psf_save_npy(const char *path, const double *data, int rows, int cols);
+PSFDEF int psf_load_npy(const char *path, double **data, int shape[2]);
 
-/* Wall-clock seconds (monotonic). */
-double psf_time(void);
+/* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
+PSFDEF double psf_time(void);
+
+#ifdef PSF_INTERNAL_TESTS
+/* ---- The internal test API (tests/ and bench/ only; not a stable interface) ----------------------------- */
+/* MCMC sweeps and local energies of all walkers, as the first half of psf_vmc_train_step. */
+PSFDEF void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st);
+/* The energy gradient into v->grad (and the optimizer's per-walker statistics). Returns 0 on success. */
+PSFDEF int psf_test_energy_gradient(psf_vmc *v, double mean);
+/* The optimizer's update from v->grad; *step_size receives the step used. Returns PSF_OK or an error code. */
+PSFDEF int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size);
+/* In-place LU with partial pivoting (returns the sign, *logabs = log|det|) and the inverse from its factors. */
+PSFDEF int psf_test_lu(int n, psf_real *a, int *piv, double *logabs);
+PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv);
+/* KFAC internals: the dense blocks and their running factors, the last step, the preconditioned gradient. */
+typedef struct psf__kfac_dense psf_test_kfac_block; /* fields: see [IMPL: OPTIMIZERS] */
+typedef struct {
+    int n_dense;
+    const psf_test_kfac_block *dense;  /* [n_dense]                                          */
+    const double *ema;                 /* [stat_reals] running factors, then P diagonal terms */
+    const unsigned char *is_dense;     /* [P]                                                 */
+    size_t stat_reals, diag_off;
+    double last_eta, last_q;           /* step size and <Delta, grad> of the last update      */
+    const psf_real *delta;             /* [P] the last preconditioned gradient                */
+} psf_test_kfac_info;
+/* Fills *out for a KFAC driver; returns 0 (and fills nothing) for another optimizer. */
+PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
+/* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
+PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
+                                         const psf_real *G, psf_real *Delta, double *work);
+/* A model whose graph is a small example of op `op` (the op's own psf__<name>_example), for its FD test: the
+ * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
+PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
+PSFDEF int psf_test_max_threads(void);
+#endif
 
 #ifdef __cplusplus
 }
@@ -422,7 +556,25 @@ double psf_time(void);
  *  [IMPL: BASICS] errors, time, random numbers, matrix products
  * ============================================================================================================ */
 
-static char psf__errbuf[512];
+#ifdef __cplusplus
+#define PSF__STATIC_ASSERT(c, msg) static_assert(c, msg)
+#else
+#define PSF__STATIC_ASSERT(c, msg) _Static_assert(c, msg)
+#endif
+PSF__STATIC_ASSERT(sizeof(psf_real) == sizeof(double), "psiformer.h supports PSF_REAL double only (see [API])");
+
+/* The error message is thread-local (C11 _Thread_local, C++ thread_local, GNU __thread); a compiler with none of
+ * these gets one process-global buffer. */
+#if defined(__cplusplus)
+#define PSF__TLS thread_local
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#define PSF__TLS _Thread_local
+#elif defined(__GNUC__)
+#define PSF__TLS __thread
+#else
+#define PSF__TLS
+#endif
+static PSF__TLS char psf__errbuf[512];
 
 const char *psf_last_error(void) { return psf__errbuf; }
 
@@ -555,7 +707,7 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
 }
 
 /* ============================================================================================================
- *  [IMPL: LINALG] LU log-determinant and inverse; symmetric eigensolver
+ *  [IMPL: LINALG] LU log-determinant and inverse (the Cholesky solver lives with its user, KFAC)
  * ============================================================================================================ */
 
 /* In-place LU with partial pivoting of the n x n row-major matrix a; piv[n] records row swaps.
@@ -612,59 +764,11 @@ static void psf__lu_inverse(int n, const psf_real *lu, const int *piv, psf_real 
     }
 }
 
-/* log|det M| of an n x n row-major matrix; *sign in {-1,0,1}. scratch: n*n reals + n ints (allocated here). */
-double psf_logdet(int n, const psf_real *M, int *sign);
-double psf_logdet(int n, const psf_real *M, int *sign) {
-    psf_real *a = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (size_t)n * n);
-    int *piv = (int *)PSF_MALLOC(sizeof(int) * (size_t)(n > 0 ? n : 1));
+double psf_logdet(int n, const psf_real *M, psf_real *lu, int *piv, int *sign) {
     double la = -INFINITY;
-    if (!a || !piv) { PSF_FREE(a); PSF_FREE(piv); *sign = 0; return NAN; }
-    memcpy(a, M, sizeof(psf_real) * (size_t)n * n);
-    *sign = psf__lu(n, a, piv, &la);
-    PSF_FREE(a); PSF_FREE(piv);
+    memcpy(lu, M, sizeof(psf_real) * (size_t)n * n);
+    *sign = psf__lu(n, lu, piv, &la);
     return la;
-}
-
-/* Eigen-decomposition of a symmetric n x n matrix by cyclic Jacobi rotations: A = V diag(w) V^T.
- * a is overwritten; v[n*n] receives eigenvectors in columns. Used by KFAC without LAPACK. */
-#if defined(__GNUC__)
-__attribute__((unused))
-#endif
-static void psf__sym_eig(int n, double *a, double *w, double *v) {
-    for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) v[(size_t)i * n + j] = (i == j);
-    for (int sweep = 0; sweep < 60; sweep++) {
-        double off = 0, tot = 0;
-        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) {
-            double x = a[(size_t)i * n + j] * a[(size_t)i * n + j];
-            tot += x; if (i != j) off += x;
-        }
-        if (off <= 1e-30 * tot || off == 0) break;
-        for (int p = 0; p < n - 1; p++)
-            for (int q = p + 1; q < n; q++) {
-                double apq = a[(size_t)p * n + q];
-                if (fabs(apq) < 1e-300) continue;
-                double app = a[(size_t)p * n + p], aqq = a[(size_t)q * n + q];
-                double theta = (aqq - app) / (2 * apq);
-                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
-                double c = 1 / sqrt(t * t + 1), s = t * c;
-                for (int k = 0; k < n; k++) { /* columns p, q */
-                    double akp = a[(size_t)k * n + p], akq = a[(size_t)k * n + q];
-                    a[(size_t)k * n + p] = c * akp - s * akq;
-                    a[(size_t)k * n + q] = s * akp + c * akq;
-                }
-                for (int k = 0; k < n; k++) { /* rows p, q */
-                    double apk = a[(size_t)p * n + k], aqk = a[(size_t)q * n + k];
-                    a[(size_t)p * n + k] = c * apk - s * aqk;
-                    a[(size_t)q * n + k] = s * apk + c * aqk;
-                }
-                for (int k = 0; k < n; k++) {
-                    double vkp = v[(size_t)k * n + p], vkq = v[(size_t)k * n + q];
-                    v[(size_t)k * n + p] = c * vkp - s * vkq;
-                    v[(size_t)k * n + q] = s * vkp + c * vkq;
-                }
-            }
-    }
-    for (int i = 0; i < n; i++) w[i] = a[(size_t)i * n + i];
 }
 
 /* ============================================================================================================
@@ -675,26 +779,49 @@ static void psf__sym_eig(int n, double *a, double *w, double *v) {
  *  derivative along coordinate d, slice D + 1 the Laplacian. In forward mode only slice 0 is computed.
  * ============================================================================================================ */
 
-const char *const psf_op_names[PSF_OP_COUNT] = {
-    "input", "features", "linear", "add", "tanh", "layernorm", "attn_scores", "softmax", "attn_mix", "envelope",
-    "logdet", "jastrow"};
-
-typedef struct psf__kfac_collector psf__kfac_collector;
-static void psf__kfac_collect_linear(const psf_model *m, const psf_node *nd, psf__kfac_collector *col,
-                                     const psf_real *X, const psf_real *dY);
 #define PSF__N(nd) ((size_t)(nd)->rows * (size_t)(nd)->cols)
 #define PSF__J(ws, nd) ((ws)->jet + (nd)->off)
 #define PSF__A(ws, nd) ((ws)->adj + (nd)->adj_off)
 #define PSF_LN_EPS 1e-5
 
+/* What an op's rules see: the graph's nodes, the parameters, the nuclei and spins, one walker's coordinates and
+ * its workspace; never the model. */
 typedef struct {
-    const psf_model *m;
+    const psf_node *nodes;
+    const psf_real *params;
+    const psf_system *sys; /* nuclei (R, Z) and n_up                       */
     psf_workspace *ws;
-    const psf_real *x;   /* coordinates [3N]                       */
-    int D;               /* 3N                                     */
-    int nb;              /* slices computed: 1 (forward) or D + 2  */
-    psf_real *dparams;   /* backward: parameter adjoint (or NULL)  */
+    const psf_real *x;     /* coordinates [3N]                             */
+    int N, D;              /* electrons, 3N                                */
+    int nb;                /* slices computed: 1 (forward) or D + 2        */
+    psf_real *dparams;     /* backward: parameter adjoint (or NULL)        */
 } psf__ctx;
+
+/* Sparsity and scratch rules shared by several ops (an op's own rules call these or compute their own). */
+static int psf__sparse_none(const psf_node *nodes, const psf_node *nd) { (void)nodes; (void)nd; return 0; }
+static int psf__sparse_rowwise(const psf_node *nodes, const psf_node *nd) { return nodes[nd->in0].sparse; }
+static size_t psf__scratch_none(const psf_node *nodes, const psf_node *nd, int D) { (void)nodes; (void)nd; (void)D; return 0; }
+
+/* ---- Graph building: a node and a parameter block (used by each op's constructor) ---------------------- */
+static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int cols) {
+    PSF_ASSERT(m->n_nodes < PSF_MAX_NODES);
+    psf_node *nd = &m->nodes[m->n_nodes];
+    memset(nd, 0, sizeof *nd);
+    nd->op = op; nd->in0 = in0; nd->in1 = in1; nd->rows = rows; nd->cols = cols;
+    nd->p_off = -1; nd->ic = 1;
+    return m->n_nodes++;
+}
+
+static void psf__pblock(psf_model *m, int node, const char *name, int rows, int cols, psf_pblock_kind kind) {
+    PSF_ASSERT(m->n_pblocks < PSF_MAX_PBLOCKS);
+    psf_pblock *b = &m->pblocks[m->n_pblocks++];
+    snprintf(b->name, sizeof b->name, "%s", name);
+    b->off = (int)m->n_params; b->rows = rows; b->cols = cols; b->kind = kind; b->node = node;
+    if (m->nodes[node].p_off < 0) m->nodes[node].p_off = (int)m->n_params;
+    m->nodes[node].p_len += rows * cols;
+    m->n_params += (size_t)rows * cols;
+}
+
 
 /* Electron-nucleus geometry for electron i and atom I: r = x_i - R_I and rho = |r| (floored to avoid 0/0). */
 static double psf__dist(const double *R, const psf_real *xi, double r[3]) {
@@ -717,6 +844,11 @@ static void psf__input_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *a = PSF__A(c->ws, nd);
     for (int d = 0; d < c->D; d++) c->ws->dx[d] += a[d];
 }
+static int psf__input_sparse(const psf_node *nodes, const psf_node *nd) { (void)nodes; (void)nd; return 1; }
+#define psf__input_scratch psf__scratch_none
+#ifdef PSF_INTERNAL_TESTS
+static int psf__input_example(psf_model *m, int x) { (void)m; return x; }
+#endif
 
 /* ---- FEATURES: per electron i, per nucleus I: [l, r_x g, r_y g, r_z g], l = log(1+rho), g = l/rho;
  *      then the spin (+1 up, -1 down). Rescaled FermiNet inputs (von Glehn et al. 2023, §3; FermiNet
@@ -746,7 +878,7 @@ static void psf__logratio(double rho, double *g, double *g1, double *g2) {
 }
 
 static void psf__features_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_system *sys = &c->m->sys;
+    const psf_system *sys = c->sys;
     const int N = nd->rows, F = nd->cols, A = sys->n_atoms;
     psf_real *y = PSF__J(c->ws, nd);
     const size_t n = PSF__N(nd);
@@ -773,7 +905,7 @@ static void psf__features_fwd(psf__ctx *c, const psf_node *nd) {
     }
 }
 static void psf__features_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_system *sys = &c->m->sys;
+    const psf_system *sys = c->sys;
     const int N = nd->rows, F = nd->cols, A = sys->n_atoms;
     const psf_real *a = PSF__A(c->ws, nd);
     for (int i = 0; i < N; i++)
@@ -788,6 +920,14 @@ static void psf__features_bwd(psf__ctx *c, const psf_node *nd) {
             }
         }
 }
+#define psf__features_sparse psf__input_sparse
+#define psf__features_scratch psf__scratch_none
+static int psf__features_node(psf_model *m, int x) {
+    return psf__node(m, PSF_OP_FEATURES, x, -1, m->n_elec, 4 * m->sys.n_atoms + 1);
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__features_example(psf_model *m, int x) { return psf__features_node(m, x); }
+#endif
 
 /* ---- LINEAR: Y[t] = X[t] W_g + b_g for rows t of group g (group 0: t < split; group 1: t >= split, e.g. the
  *      spin channels of the orbital projection). Params per group: W [a x b] then b [b] if has_bias.
@@ -800,7 +940,7 @@ static void psf__linear_groups(const psf_node *nd, int g, int *r0, int *r1, size
     *poff = (size_t)nd->p_off + (size_t)g * ((size_t)a * b + (nd->ib ? (size_t)b : 0));
 }
 static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int T = nd->rows, a = in->cols, b = nd->cols;
     const psf_real *X = PSF__J(c->ws, in);
     psf_real *Y = PSF__J(c->ws, nd);
@@ -809,7 +949,7 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
         int r0, r1; size_t po;
         psf__linear_groups(nd, g, &r0, &r1, &po, a);
         if (r1 <= r0) continue;
-        const psf_real *W = c->m->params + po;
+        const psf_real *W = c->params + po;
         if (nd->ic == 1 && c->nb > 1 && in->sparse) {
             /* per-electron input (the first layers): derivative slice d has one nonzero row, d / 3, so the D
              * derivative rows form one D x a product instead of D T x a (Li et al. 2024's sparsity) */
@@ -833,7 +973,7 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
     }
 }
 static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int a = in->cols, b = nd->cols;
     const psf_real *X = PSF__J(c->ws, in), *dY = PSF__A(c->ws, nd);
     psf_real *dX = PSF__A(c->ws, in);
@@ -841,7 +981,7 @@ static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
         int r0, r1; size_t po;
         psf__linear_groups(nd, g, &r0, &r1, &po, a);
         if (r1 <= r0) continue;
-        const psf_real *W = c->m->params + po;
+        const psf_real *W = c->params + po;
         if (c->dparams) {
             psf__gemm(1, 0, a, b, r1 - r0, 1.0, X + (size_t)r0 * a, a, dY + (size_t)r0 * b, b, 1.0, c->dparams + po, b);
             if (nd->ib) {
@@ -851,26 +991,65 @@ static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
         }
         psf__gemm(0, 1, r1 - r0, a, b, 1.0, dY + (size_t)r0 * b, b, W, b, 1.0, dX + (size_t)r0 * a, a);
     }
-    if (c->ws->kfac) psf__kfac_collect_linear(c->m, nd, (psf__kfac_collector *)c->ws->kfac, X, dY);
+    if (c->ws->observe) c->ws->observe(c->ws->observe_ctx, (int)(nd - c->nodes), nd, X, dY);
 }
+#define psf__linear_sparse psf__sparse_rowwise
+static size_t psf__linear_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* the sparse path's G, R */
+    return (size_t)D * (size_t)(nodes[nd->in0].cols + nd->cols);
+}
+/* LINEAR node with groups (split rows) and optional bias; registers parameter blocks name.w / name.b. */
+static int psf__linear(psf_model *m, int in, int out_cols, int bias, int split, const char *name) {
+    const int T = m->nodes[in].rows, a = m->nodes[in].cols;
+    const int k = psf__node(m, PSF_OP_LINEAR, in, -1, T, out_cols);
+    const int groups = split < T ? 2 : 1;
+    char nm[40];
+    m->nodes[k].ia = split; m->nodes[k].ib = bias; m->nodes[k].ic = groups;
+    for (int g = 0; g < groups; g++) {
+        snprintf(nm, sizeof nm, groups > 1 ? "%s%d.w" : "%s.w", name, g);
+        psf__pblock(m, k, nm, a, out_cols, PSF_PB_WEIGHT);
+        if (bias) {
+            snprintf(nm, sizeof nm, groups > 1 ? "%s%d.b" : "%s.b", name, g);
+            psf__pblock(m, k, nm, 1, out_cols, PSF_PB_BIAS);
+        }
+    }
+    return k;
+}
+
+#ifdef PSF_INTERNAL_TESTS
+static int psf__linear_example(psf_model *m, int x) { /* the sparse path, then two spin groups with biases */
+    const int h = psf__linear(m, psf__features_node(m, x), 5, 0, m->n_elec, "ex.a");
+    return psf__linear(m, h, 4, 1, m->sys.n_up, "ex.b");
+}
+#endif
 
 /* ---- ADD: Y = A + B in every slice; backward passes the adjoint to both. ---------------------------------- */
 static void psf__add_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_real *A = PSF__J(c->ws, &c->m->nodes[nd->in0]), *B = PSF__J(c->ws, &c->m->nodes[nd->in1]);
+    const psf_real *A = PSF__J(c->ws, &c->nodes[nd->in0]), *B = PSF__J(c->ws, &c->nodes[nd->in1]);
     psf_real *Y = PSF__J(c->ws, nd);
     const size_t tot = PSF__N(nd) * (size_t)c->nb;
     for (size_t i = 0; i < tot; i++) Y[i] = A[i] + B[i];
 }
 static void psf__add_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *a = PSF__A(c->ws, nd);
-    psf_real *dA = PSF__A(c->ws, &c->m->nodes[nd->in0]), *dB = PSF__A(c->ws, &c->m->nodes[nd->in1]);
+    psf_real *dA = PSF__A(c->ws, &c->nodes[nd->in0]), *dB = PSF__A(c->ws, &c->nodes[nd->in1]);
     const size_t n = PSF__N(nd);
     for (size_t i = 0; i < n; i++) { dA[i] += a[i]; dB[i] += a[i]; }
 }
+static int psf__add_sparse(const psf_node *nodes, const psf_node *nd) {
+    return nodes[nd->in0].sparse && nodes[nd->in1].sparse;
+}
+#define psf__add_scratch psf__scratch_none
+#ifdef PSF_INTERNAL_TESTS
+static int psf__add_example(psf_model *m, int x) { /* a sparse and a dense summand */
+    const int f = psf__features_node(m, x), a = psf__linear(m, f, 4, 0, m->n_elec, "ex.a");
+    const int b = psf__linear(m, psf__linear(m, f, 4, 1, m->sys.n_up, "ex.b"), 4, 0, m->n_elec, "ex.c");
+    return psf__node(m, PSF_OP_ADD, a, b, m->n_elec, 4);
+}
+#endif
 
 /* ---- TANH: y = tanh x; y_d = (1-y^2) x_d; lap y = (1-y^2) lap x - 2 y (1-y^2) sum_d x_d^2. ---------------- */
 static void psf__tanh_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_real *X = PSF__J(c->ws, &c->m->nodes[nd->in0]);
+    const psf_real *X = PSF__J(c->ws, &c->nodes[nd->in0]);
     psf_real *Y = PSF__J(c->ws, nd);
     const size_t n = PSF__N(nd);
     for (size_t i = 0; i < n; i++) Y[i] = tanh(X[i]);
@@ -890,10 +1069,18 @@ static void psf__tanh_fwd(psf__ctx *c, const psf_node *nd) {
 }
 static void psf__tanh_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *Y = PSF__J(c->ws, nd), *a = PSF__A(c->ws, nd);
-    psf_real *dX = PSF__A(c->ws, &c->m->nodes[nd->in0]);
+    psf_real *dX = PSF__A(c->ws, &c->nodes[nd->in0]);
     const size_t n = PSF__N(nd);
     for (size_t i = 0; i < n; i++) dX[i] += a[i] * (1 - Y[i] * Y[i]);
 }
+#define psf__tanh_sparse psf__sparse_rowwise
+#define psf__tanh_scratch psf__scratch_none
+#ifdef PSF_INTERNAL_TESTS
+static int psf__tanh_example(psf_model *m, int x) {
+    const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
+    return psf__node(m, PSF_OP_TANH, h, -1, m->n_elec, 5);
+}
+#endif
 
 /* ---- LAYERNORM over each row of F features: y = gamma (x - mu) s + beta, s = (var + eps)^{-1/2}, eps = 1e-5
  *      (Ba, Kiros, Hinton 2016; population variance as in the Psiformer reference). Jet with C = x - mu:
@@ -901,10 +1088,10 @@ static void psf__tanh_bwd(psf__ctx *c, const psf_node *nd) {
  *        Lv = 2 mean(C0 C_L) + 2 sum_d mean(C_d^2); Ls = -s^3 Lv / 2 + 3 s^5 sum_d dv_d^2 / 4
  *        n_d = C_d s + C0 ds_d;  n_L = C_L s + C0 Ls + 2 sum_d C_d ds_d.  Params: gamma [F], beta [F].     */
 static void psf__layernorm_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int T = nd->rows, F = nd->cols, D = c->D;
     const size_t n = PSF__N(nd);
-    const psf_real *X = PSF__J(c->ws, in), *gam = c->m->params + nd->p_off, *bet = gam + F;
+    const psf_real *X = PSF__J(c->ws, in), *gam = c->params + nd->p_off, *bet = gam + F;
     psf_real *Y = PSF__J(c->ws, nd), *ds = c->ws->scratch;
     for (int t = 0; t < T; t++) {
         for (int s = 0; s < c->nb; s++) { /* C_s = X_s - mean(X_s), written into Y */
@@ -951,9 +1138,9 @@ static void psf__layernorm_fwd(psf__ctx *c, const psf_node *nd) {
     }
 }
 static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int T = nd->rows, F = nd->cols;
-    const psf_real *X = PSF__J(c->ws, in), *a = PSF__A(c->ws, nd), *gam = c->m->params + nd->p_off;
+    const psf_real *X = PSF__J(c->ws, in), *a = PSF__A(c->ws, nd), *gam = c->params + nd->p_off;
     psf_real *dX = PSF__A(c->ws, in), *nh = c->ws->scratch;
     for (int t = 0; t < T; t++) {
         const psf_real *x = X + (size_t)t * F, *at = a + (size_t)t * F;
@@ -977,12 +1164,32 @@ static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
         for (int f = 0; f < F; f++) dX[(size_t)t * F + f] += sc * (at[f] * gam[f] - m1 - nh[f] * m2);
     }
 }
+#define psf__layernorm_sparse psf__sparse_rowwise
+static size_t psf__layernorm_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* ds [D], acc [F] */
+    (void)nodes;
+    return (size_t)D + (size_t)nd->cols;
+}
+static int psf__layernorm(psf_model *m, int in, const char *name) {
+    const int k = psf__node(m, PSF_OP_LAYERNORM, in, -1, m->nodes[in].rows, m->nodes[in].cols);
+    char nm[40];
+    snprintf(nm, sizeof nm, "%s.scale", name);
+    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_SCALE);
+    snprintf(nm, sizeof nm, "%s.offset", name);
+    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_OFFSET);
+    return k;
+}
+
+#ifdef PSF_INTERNAL_TESTS
+static int psf__layernorm_example(psf_model *m, int x) {
+    return psf__layernorm(m, psf__linear(m, psf__features_node(m, x), 6, 1, m->sys.n_up, "ex.a"), "ex.ln");
+}
+#endif
 
 /* ---- ATTN_SCORES: S_h = Q_h K_h^T / sqrt(d_head) per head h (Vaswani et al. 2017, Eq. 1). Bilinear:
  *      S_d = k (Q_d K_0^T + Q_0 K_d^T),  S_L = k (Q_L K_0^T + Q_0 K_L^T + 2 sum_d Q_d K_d^T).
  *      ia = heads H, ib = d_head; Q, K are T x (H d_head); S is (H T) x T.                                 */
-static void psf__scores_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *nq = &c->m->nodes[nd->in0], *nk = &c->m->nodes[nd->in1];
+static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nq = &c->nodes[nd->in0], *nk = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D, S1 = (D + 1) * T;
     const size_t nin = PSF__N(nq), n = PSF__N(nd);
     const double kap = 1 / sqrt((double)dh);
@@ -1015,8 +1222,8 @@ static void psf__scores_fwd(psf__ctx *c, const psf_node *nd) {
         }
     }
 }
-static void psf__scores_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *nq = &c->m->nodes[nd->in0], *nk = &c->m->nodes[nd->in1];
+static void psf__attn_scores_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nq = &c->nodes[nd->in0], *nk = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh;
     const double kap = 1 / sqrt((double)dh);
     const psf_real *Q = PSF__J(c->ws, nq), *K = PSF__J(c->ws, nk), *dS = PSF__A(c->ws, nd);
@@ -1027,11 +1234,30 @@ static void psf__scores_bwd(psf__ctx *c, const psf_node *nd) {
         psf__gemm(1, 0, T, dh, T, kap, dSh, T, Q + h * dh, W, 1.0, dK + h * dh, W);
     }
 }
+#define psf__attn_scores_sparse psf__sparse_none
+static size_t psf__attn_scores_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* tA, tB, Qc, Kc, tL */
+    const size_t N = (size_t)nd->cols, dh = (size_t)nd->ib;
+    (void)nodes;
+    return 2 * ((size_t)D + 1) * N * N + 2 * N * (size_t)D * dh + N * N;
+}
+/* S = attention scores of queries q and keys k (nodes N x (H d_head)), (H N) x N. */
+static int psf__attn_scores_node(psf_model *m, int q, int k, int heads, int head_dim) {
+    const int s = psf__node(m, PSF_OP_ATTN_SCORES, q, k, heads * m->n_elec, m->n_elec);
+    m->nodes[s].ia = heads; m->nodes[s].ib = head_dim;
+    return s;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__attn_scores_example(psf_model *m, int x) { /* 2 heads of width 3 */
+    const int f = psf__features_node(m, x);
+    const int q = psf__linear(m, f, 6, 0, m->n_elec, "ex.q"), k = psf__linear(m, f, 6, 0, m->n_elec, "ex.k");
+    return psf__attn_scores_node(m, q, k, 2, 3);
+}
+#endif
 
 /* ---- SOFTMAX over each row: p = exp(s) / sum exp(s). With u_d = s_d - <s_d>_p:
  *      p_d = p u_d;  lap p = p (sum_d u_d^2 + L s - <L s>_p - sum_d <u_d s_d>_p).                          */
 static void psf__softmax_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_real *X = PSF__J(c->ws, &c->m->nodes[nd->in0]);
+    const psf_real *X = PSF__J(c->ws, &c->nodes[nd->in0]);
     psf_real *Y = PSF__J(c->ws, nd);
     const int R = nd->rows, C = nd->cols, D = c->D;
     const size_t n = PSF__N(nd);
@@ -1063,7 +1289,7 @@ static void psf__softmax_fwd(psf__ctx *c, const psf_node *nd) {
 }
 static void psf__softmax_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *P = PSF__J(c->ws, nd), *a = PSF__A(c->ws, nd);
-    psf_real *dX = PSF__A(c->ws, &c->m->nodes[nd->in0]);
+    psf_real *dX = PSF__A(c->ws, &c->nodes[nd->in0]);
     const int R = nd->rows, C = nd->cols;
     for (int r = 0; r < R; r++) {
         const psf_real *p = P + (size_t)r * C, *ar = a + (size_t)r * C;
@@ -1072,11 +1298,19 @@ static void psf__softmax_bwd(psf__ctx *c, const psf_node *nd) {
         for (int j = 0; j < C; j++) dX[(size_t)r * C + j] += p[j] * (ar[j] - dot);
     }
 }
+#define psf__softmax_sparse psf__sparse_none
+#define psf__softmax_scratch psf__scratch_none
+#ifdef PSF_INTERNAL_TESTS
+static int psf__softmax_example(psf_model *m, int x) {
+    const int s = psf__attn_scores_example(m, x);
+    return psf__node(m, PSF_OP_SOFTMAX, s, -1, m->nodes[s].rows, m->nodes[s].cols);
+}
+#endif
 
 /* ---- ATTN_MIX: O_h = P_h V_h per head. Bilinear: O_d = P_d V_0 + P_0 V_d; O_L = P_L V_0 + P_0 V_L +
  *      2 sum_d P_d V_d. in0 = P ((H T) x T), in1 = V (T x H d_head); ia = H, ib = d_head.                   */
-static void psf__mix_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *np = &c->m->nodes[nd->in0], *nv = &c->m->nodes[nd->in1];
+static void psf__attn_mix_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *np = &c->nodes[nd->in0], *nv = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D, S1 = (D + 1) * T;
     const size_t npn = PSF__N(np), n = PSF__N(nd);
     const psf_real *P = PSF__J(c->ws, np), *V = PSF__J(c->ws, nv);
@@ -1111,8 +1345,8 @@ static void psf__mix_fwd(psf__ctx *c, const psf_node *nd) {
         psf__gemm(0, 0, T, dh, D * T, 2.0, Pc, D * T, V + n + h * dh, W, 1.0, O + (size_t)(D + 1) * n + h * dh, W);
     }
 }
-static void psf__mix_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *np = &c->m->nodes[nd->in0], *nv = &c->m->nodes[nd->in1];
+static void psf__attn_mix_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *np = &c->nodes[nd->in0], *nv = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh;
     const psf_real *P = PSF__J(c->ws, np), *V = PSF__J(c->ws, nv), *dO = PSF__A(c->ws, nd);
     psf_real *dP = PSF__A(c->ws, np), *dV = PSF__A(c->ws, nv);
@@ -1121,6 +1355,24 @@ static void psf__mix_bwd(psf__ctx *c, const psf_node *nd) {
         psf__gemm(1, 0, T, dh, T, 1.0, P + (size_t)h * T * T, T, dO + h * dh, W, 1.0, dV + h * dh, W);
     }
 }
+#define psf__attn_mix_sparse psf__sparse_none
+static size_t psf__attn_mix_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* Ps, Vc, tB, Pc */
+    const size_t N = (size_t)nd->rows, dh = (size_t)nd->ib;
+    (void)nodes;
+    return ((size_t)D + 1) * N * N + 2 * N * ((size_t)D + 1) * dh + (size_t)D * N * N;
+}
+/* O = attention weights p ((H N) x N) applied to values v (N x (H d_head)), N x (H d_head). */
+static int psf__attn_mix_node(psf_model *m, int p, int v, int heads, int head_dim) {
+    const int o = psf__node(m, PSF_OP_ATTN_MIX, p, v, m->n_elec, heads * head_dim);
+    m->nodes[o].ia = heads; m->nodes[o].ib = head_dim;
+    return o;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__attn_mix_example(psf_model *m, int x) { /* values from the features the queries read */
+    const int p = psf__softmax_example(m, x), q = m->nodes[m->nodes[p].in0].in0, f = m->nodes[q].in0;
+    return psf__attn_mix_node(m, p, psf__linear(m, f, 6, 0, m->n_elec, "ex.v"), 2, 3);
+}
+#endif
 
 /* ---- ENVELOPE: M[k,i,j] = Phi[i, kN+j] e_{s(i)}[i, kN+j], e[i,o] = sum_I pi_{I,o} exp(-sigma_{I,o} |r_iI|)
  *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel).
@@ -1128,16 +1380,16 @@ static void psf__mix_bwd(psf__ctx *c, const psf_node *nd) {
  *      lap e = sum_I pi exp(-sigma rho) (sigma^2 - 2 sigma/rho). Params: [pi_0, sigma_0, pi_1, sigma_1], each
  *      A x (K N). ia = K. in0 = Phi (N x K N).                                                           */
 static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_system *sys = &c->m->sys;
-    const psf_node *nphi = &c->m->nodes[nd->in0];
-    const int K = nd->ia, N = c->m->n_elec, KN = K * N, A = sys->n_atoms, D = c->D;
+    const psf_system *sys = c->sys;
+    const psf_node *nphi = &c->nodes[nd->in0];
+    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms, D = c->D;
     const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KN;
     const psf_real *Phi = PSF__J(c->ws, nphi);
     psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KN, *le = ge + 3 * (size_t)KN;
     if (c->nb > 1) memset(M + n, 0, sizeof(psf_real) * n * (size_t)(D + 1));
     for (int i = 0; i < N; i++) {
         const int sp = i < sys->n_up ? 0 : 1;
-        const psf_real *pi = c->m->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
+        const psf_real *pi = c->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
         for (int o = 0; o < KN; o++) { e[o] = 0; ge[o] = ge[KN + o] = ge[2 * KN + o] = 0; le[o] = 0; }
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
@@ -1166,16 +1418,16 @@ static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
     }
 }
 static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_system *sys = &c->m->sys;
-    const psf_node *nphi = &c->m->nodes[nd->in0];
-    const int K = nd->ia, N = c->m->n_elec, KN = K * N, A = sys->n_atoms;
+    const psf_system *sys = c->sys;
+    const psf_node *nphi = &c->nodes[nd->in0];
+    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms;
     const size_t blk = (size_t)A * KN;
     const psf_real *Phi = PSF__J(c->ws, nphi), *aM = PSF__A(c->ws, nd);
     psf_real *dPhi = PSF__A(c->ws, nphi);
     for (int i = 0; i < N; i++) {
         const int sp = i < sys->n_up ? 0 : 1;
         const size_t po = (size_t)nd->p_off + 2 * sp * blk;
-        const psf_real *pi = c->m->params + po, *sg = pi + blk;
+        const psf_real *pi = c->params + po, *sg = pi + blk;
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
             for (int o = 0; o < KN; o++) {
@@ -1192,6 +1444,28 @@ static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
         }
     }
 }
+#define psf__envelope_sparse psf__sparse_none
+static size_t psf__envelope_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* e, grad e [3], lap e */
+    (void)nodes; (void)D;
+    return 5 * (size_t)nd->ia * (size_t)nd->cols;
+}
+/* Envelopes on the orbital projection phi (N x K N): K x N x N orbital matrices, parameters per spin channel. */
+static int psf__envelope_node(psf_model *m, int phi, int K) {
+    const int N = m->n_elec, A = m->sys.n_atoms;
+    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, N);
+    m->nodes[env].ia = K;
+    psf__pblock(m, env, "env_up.pi", A, K * N, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_up.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_down.pi", A, K * N, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_down.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    return env;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__envelope_example(psf_model *m, int x) { /* 2 determinants */
+    const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
+    return psf__envelope_node(m, psf__linear(m, h, 2 * m->n_elec, 0, m->sys.n_up, "ex.orb"), 2);
+}
+#endif
 
 /* ---- LOGDET: log|psi_det| = log|sum_k det M_k| with sign (signed log-sum-exp). Per determinant, A = M^{-1}:
  *      d ld = tr(A M_d);  lap ld = tr(A M_L) - sum_d tr(A M_d A M_d)  (Jacobi's formula and its derivative).
@@ -1209,16 +1483,16 @@ static double psf__logdet_combine(int K, const double *ld, const int *sg, double
     return mx + log(fabs(S));
 }
 static void psf__logdet_fwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int K = nd->ia, N = in->cols, D = c->D;
     const size_t nN = (size_t)N * N, nin = PSF__N(in);
     const psf_real *M = PSF__J(c->ws, in);
     psf_real *y = PSF__J(c->ws, nd);
     /* scratch: lu [N^2], inv [N^2], B [N^2], per-determinant jets [K (D+1)] */
     psf_real *lu = c->ws->scratch, *inv = lu + nN, *B = inv + nN, *jk = B + nN;
-    double ld[64], w[64];
-    int sg[64], piv[PSF_MAX_ELEC];
-    PSF_ASSERT(K <= 64 && N <= PSF_MAX_ELEC);
+    double ld[PSF_MAX_DETS], w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS], piv[PSF_MAX_ELEC];
+    PSF_ASSERT(K <= PSF_MAX_DETS && N <= PSF_MAX_ELEC);
     for (int k = 0; k < K; k++) {
         memcpy(lu, M + (size_t)k * nN, sizeof(psf_real) * nN);
         sg[k] = psf__lu(N, lu, piv, &ld[k]);
@@ -1257,28 +1531,42 @@ static void psf__logdet_fwd(psf__ctx *c, const psf_node *nd) {
     y[1 + D] -= g2;
 }
 static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_node *in = &c->m->nodes[nd->in0];
+    const psf_node *in = &c->nodes[nd->in0];
     const int K = nd->ia, N = in->cols;
     const size_t nN = (size_t)N * N;
     const psf_real *M = PSF__J(c->ws, in);
     /* scratch: inv [N^2], then the K LU factorisations (kept from the weights to the inverses) */
     psf_real *dM = PSF__A(c->ws, in), *inv = c->ws->scratch, *lus = inv + nN;
     const double a = PSF__A(c->ws, nd)[0];
-    double ld[64] = {0}, w[64];
-    int sg[64] = {0}, sign;
-    static _Thread_local int piv[64][PSF_MAX_ELEC];
+    double ld[PSF_MAX_DETS] = {0}, w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS] = {0}, sign;
+    int *piv = c->ws->iscratch; /* [K N] */
     for (int k = 0; k < K; k++) {
         memcpy(lus + (size_t)k * nN, M + (size_t)k * nN, sizeof(psf_real) * nN);
-        sg[k] = psf__lu(N, lus + (size_t)k * nN, piv[k], &ld[k]);
+        sg[k] = psf__lu(N, lus + (size_t)k * nN, piv + (size_t)k * N, &ld[k]);
     }
     psf__logdet_combine(K, ld, sg, w, &sign);
     for (int k = 0; k < K; k++) {
         if (w[k] == 0) continue;
-        psf__lu_inverse(N, lus + (size_t)k * nN, piv[k], inv);
+        psf__lu_inverse(N, lus + (size_t)k * nN, piv + (size_t)k * N, inv);
         for (int i = 0; i < N; i++) for (int j = 0; j < N; j++)
             dM[(size_t)k * nN + (size_t)i * N + j] += a * w[k] * inv[(size_t)j * N + i];
     }
 }
+#define psf__logdet_sparse psf__sparse_none
+static size_t psf__logdet_scratch(const psf_node *nodes, const psf_node *nd, int D) {
+    /* forward: lu, inv, B, per-determinant jets; backward: inv and K LU factors */
+    const size_t N = (size_t)nodes[nd->in0].cols, K = (size_t)nd->ia, fwd = 3 * N * N + K * ((size_t)D + 1);
+    return (K + 1) * N * N > fwd ? (K + 1) * N * N : fwd;
+}
+static int psf__logdet_node(psf_model *m, int orbitals) {
+    const int ld = psf__node(m, PSF_OP_LOGDET, orbitals, -1, 1, 1);
+    m->nodes[ld].ia = m->nodes[orbitals].ia;
+    return ld;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__logdet_example(psf_model *m, int x) { return psf__logdet_node(m, psf__envelope_example(m, x)); }
+#endif
 
 /* ---- JASTROW: J = sum_{i<j} f(r_ij), f(r) = -c a^2 / (a + r), c = 1/4 (same spin, a = a_par) or 1/2
  *      (opposite, a = a_anti): f'(0) = c is the Kato cusp (FermiNet simple_ee Jastrow; von Glehn et al. 2023).
@@ -1286,11 +1574,11 @@ static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
  *      Optional e-n term (ib = 1; an extension): + sum_{i,I} u(rho_iI), u(rho) = -Z_I b_I rho / (b_I + rho),
  *      u'(0) = -Z_I (Kato's nuclear cusp), u -> -Z_I b_I far away; lap_i u = u'' + 2 u'/rho.
  *      ia = 1 if the e-e part is on. Params: [a_par, a_anti] then [b_0 .. b_{A-1}] if ib.                    */
-static double psf__en_cusp(const psf_model *m, const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
+static double psf__en_cusp(const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
                            psf_real *dx, double a0, psf_real *dpar) {
-    const psf_system *sys = &m->sys;
+    const psf_system *sys = c->sys;
     double J = 0;
-    for (int i = 0; i < m->n_elec; i++)
+    for (int i = 0; i < c->N; i++)
         for (int at = 0; at < sys->n_atoms; at++) {
             double r[3];
             const double rho = psf__dist(sys->R[at], c->x + 3 * i, r), b = par[2 + at], Z = sys->Z[at];
@@ -1302,20 +1590,20 @@ static double psf__en_cusp(const psf_model *m, const psf__ctx *c, const psf_real
         }
     return J;
 }
-static int psf__jastrow_pair(const psf_model *m, int i, int j, double *cusp) { /* returns the parameter index */
-    const int same = (i < m->sys.n_up) == (j < m->sys.n_up);
+static int psf__jastrow_pair(const psf__ctx *c, int i, int j, double *cusp) { /* returns the parameter index */
+    const int same = (i < c->sys->n_up) == (j < c->sys->n_up);
     *cusp = same ? 0.25 : 0.5;
     return same ? 0 : 1;
 }
 /* The e-e part over all pairs: value; if grad, adds the gradient [D] and the Laplacian into *lap; if dx, adds
  * a0 times the gradient into dx and, if dpar, a0 d J / d a into dpar[0..1]. */
-static double psf__ee_jastrow(const psf_model *m, const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
+static double psf__ee_jastrow(const psf__ctx *c, const psf_real *par, psf_real *grad, double *lap,
                               psf_real *dx, double a0, psf_real *dpar) {
     double J = 0;
-    for (int i = 0; i < m->n_elec; i++)
-        for (int j = i + 1; j < m->n_elec; j++) {
+    for (int i = 0; i < c->N; i++)
+        for (int j = i + 1; j < c->N; j++) {
             double cu, r[3];
-            const int ai = psf__jastrow_pair(m, i, j, &cu);
+            const int ai = psf__jastrow_pair(c, i, j, &cu);
             const double a = par[ai];
             for (int k = 0; k < 3; k++) r[k] = c->x[3 * i + k] - c->x[3 * j + k];
             double rr = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
@@ -1333,36 +1621,58 @@ static double psf__ee_jastrow(const psf_model *m, const psf__ctx *c, const psf_r
 }
 static void psf__jastrow_fwd(psf__ctx *c, const psf_node *nd) {
     const int D = c->D;
-    const psf_real *par = c->m->params + nd->p_off;
+    const psf_real *par = c->params + nd->p_off;
     psf_real *y = PSF__J(c->ws, nd);
     double J = 0, lap = 0;
     if (c->nb > 1) for (int d = 0; d <= D; d++) y[1 + d] = 0;
-    if (nd->ib) J += psf__en_cusp(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
-    if (nd->ia) J += psf__ee_jastrow(c->m, c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
+    if (nd->ib) J += psf__en_cusp(c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
+    if (nd->ia) J += psf__ee_jastrow(c, par, c->nb > 1 ? y + 1 : NULL, &lap, NULL, 0, NULL);
     y[0] = J;
     if (c->nb > 1) y[1 + D] = lap;
 }
 static void psf__jastrow_bwd(psf__ctx *c, const psf_node *nd) {
-    const psf_real *par = c->m->params + nd->p_off;
+    const psf_real *par = c->params + nd->p_off;
     const double a0 = PSF__A(c->ws, nd)[0];
     psf_real *dpar = c->dparams ? c->dparams + nd->p_off : NULL;
-    if (nd->ib) psf__en_cusp(c->m, c, par, NULL, NULL, c->ws->dx, a0, dpar);
-    if (nd->ia) psf__ee_jastrow(c->m, c, par, NULL, NULL, c->ws->dx, a0, dpar);
+    if (nd->ib) psf__en_cusp(c, par, NULL, NULL, c->ws->dx, a0, dpar);
+    if (nd->ia) psf__ee_jastrow(c, par, NULL, NULL, c->ws->dx, a0, dpar);
 }
+#define psf__jastrow_sparse psf__sparse_none
+#define psf__jastrow_scratch psf__scratch_none
+/* The Jastrow on the coordinates x: the e-e part if ee, the e-n cusp term if en. */
+static int psf__jastrow_node(psf_model *m, int x, int ee, int en) {
+    const int j = psf__node(m, PSF_OP_JASTROW, x, -1, 1, 1);
+    m->nodes[j].ia = ee; m->nodes[j].ib = en;
+    psf__pblock(m, j, "jastrow.alpha", 1, 2, PSF_PB_JASTROW);
+    if (en) psf__pblock(m, j, "jastrow.en_b", 1, m->sys.n_atoms, PSF_PB_JASTROW);
+    return j;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__jastrow_example(psf_model *m, int x) { return psf__jastrow_node(m, x, 1, 1); }
+#endif
 
-/* The op table: forward and jet share one function per op (slices 1.. are computed when nb > 1). */
-typedef void (*psf__rule)(psf__ctx *, const psf_node *);
-static const psf__rule psf__fwd_rules[PSF_OP_COUNT] = {
-    psf__input_fwd, psf__features_fwd, psf__linear_fwd, psf__add_fwd, psf__tanh_fwd, psf__layernorm_fwd,
-    psf__scores_fwd, psf__softmax_fwd, psf__mix_fwd, psf__envelope_fwd, psf__logdet_fwd, psf__jastrow_fwd};
-static const psf__rule psf__bwd_rules[PSF_OP_COUNT] = {
-    psf__input_bwd, psf__features_bwd, psf__linear_bwd, psf__add_bwd, psf__tanh_bwd, psf__layernorm_bwd,
-    psf__scores_bwd, psf__softmax_bwd, psf__mix_bwd, psf__envelope_bwd, psf__logdet_bwd, psf__jastrow_bwd};
+/* ---- The rule table, generated from the registry PSF_OPS in the enum's order (so a row cannot land under the
+ *      wrong op). Forward and jet share one function per op (slices 1.. are computed when nb > 1).           */
+typedef struct {
+    const char *name;
+    void (*fwd)(psf__ctx *, const psf_node *);                           /* forward; the jet when nb > 1    */
+    void (*bwd)(psf__ctx *, const psf_node *);                           /* vector-Jacobian product         */
+    size_t (*scratch)(const psf_node *nodes, const psf_node *nd, int D); /* reals of ws->scratch it needs   */
+    int (*sparse)(const psf_node *nodes, const psf_node *nd);            /* 1: per-electron jet (psf_node)  */
+} psf__op_rules;
+static const psf__op_rules psf__ops[] = {
+#define PSF__OP_ROW(ID, name) {#name, psf__##name##_fwd, psf__##name##_bwd, psf__##name##_scratch, psf__##name##_sparse},
+    PSF_OPS(PSF__OP_ROW)
+#undef PSF__OP_ROW
+};
+PSF__STATIC_ASSERT(sizeof psf__ops / sizeof psf__ops[0] == PSF_OP_COUNT, "one rule row per registry row");
+
+const char *psf_op_name(int op) { return op >= 0 && op < PSF_OP_COUNT ? psf__ops[op].name : "?"; }
 
 static void psf__run(const psf_model *m, psf_workspace *ws, const psf_real *x, int upto, int jet) {
-    psf__ctx c = {m, ws, x, m->n_dim, jet ? m->n_dim + 2 : 1, NULL};
+    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, jet ? m->n_dim + 2 : 1, NULL};
     ws->sign = 1;
-    for (int k = 0; k <= upto; k++) psf__fwd_rules[m->nodes[k].op](&c, &m->nodes[k]);
+    for (int k = 0; k <= upto; k++) psf__ops[m->nodes[k].op].fwd(&c, &m->nodes[k]);
     ws->n_dim = jet ? m->n_dim : 0;
 }
 
@@ -1390,12 +1700,12 @@ const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const
 /* Backward from node `from` with adjoint seed on its slice 0 (all n entries set to seed_vec or seed). */
 static void psf__backward_from(const psf_model *m, psf_workspace *ws, const psf_real *x, int from,
                                const psf_real *seed_vec, double seed, psf_real *dparams) {
-    psf__ctx c = {m, ws, x, m->n_dim, 1, dparams};
+    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, 1, dparams};
     memset(ws->adj, 0, sizeof(psf_real) * m->ws_adj_reals);
     memset(ws->dx, 0, sizeof(psf_real) * (size_t)m->n_dim);
     psf_real *a = PSF__A(ws, &m->nodes[from]);
     for (size_t i = 0; i < PSF__N(&m->nodes[from]); i++) a[i] = seed_vec ? seed_vec[i] : seed;
-    for (int k = from; k >= 0; k--) psf__bwd_rules[m->nodes[k].op](&c, &m->nodes[k]);
+    for (int k = from; k >= 0; k--) psf__ops[m->nodes[k].op].bwd(&c, &m->nodes[k]);
 }
 
 static const psf_real *psf__ws_x(const psf_model *m, psf_workspace *ws) { return PSF__J(ws, &m->nodes[0]); }
@@ -1460,125 +1770,71 @@ double psf_nuclear_repulsion(const psf_system *sys) {
 }
 
 void psf_config_default(psf_config *cfg) {
-    cfg->n_layers = 2;
-    cfg->n_heads = 4;
-    cfg->head_dim = 16;
-    cfg->mlp_hidden = 64;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->ansatz = PSF_ANSATZ_PSIFORMER;
+    cfg->psiformer.n_layers = 2;
+    cfg->psiformer.n_heads = 4;
+    cfg->psiformer.head_dim = 16;
+    cfg->psiformer.mlp_hidden = 64;
+    cfg->psiformer.use_layernorm = 1;
+    cfg->orbitals = PSF_ORBITALS_DET;
     cfg->n_dets = 4;
-    cfg->use_layernorm = 1;
     cfg->use_jastrow = 1;
     cfg->use_en_cusp = 0;
 }
 
-static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int cols) {
-    PSF_ASSERT(m->n_nodes < PSF_MAX_NODES);
-    psf_node *nd = &m->nodes[m->n_nodes];
-    memset(nd, 0, sizeof *nd);
-    nd->op = op; nd->in0 = in0; nd->in1 = in1; nd->rows = rows; nd->cols = cols;
-    nd->p_off = -1; nd->ic = 1;
-    return m->n_nodes++;
-}
+/* ---- Trunks: per-electron features h (N x W) from the coordinates node x --------------------------------- */
 
-static void psf__pblock(psf_model *m, int node, const char *name, int rows, int cols, psf_pblock_kind kind) {
-    PSF_ASSERT(m->n_pblocks < PSF_MAX_PBLOCKS);
-    psf_pblock *b = &m->pblocks[m->n_pblocks++];
-    snprintf(b->name, sizeof b->name, "%s", name);
-    b->off = (int)m->n_params; b->rows = rows; b->cols = cols; b->kind = kind; b->node = node;
-    if (m->nodes[node].p_off < 0) m->nodes[node].p_off = (int)m->n_params;
-    m->nodes[node].p_len += rows * cols;
-    m->n_params += (size_t)rows * cols;
-}
-
-/* LINEAR node with groups (split rows) and optional bias; registers parameter blocks name.w / name.b. */
-static int psf__linear(psf_model *m, int in, int out_cols, int bias, int split, const char *name) {
-    const int T = m->nodes[in].rows, a = m->nodes[in].cols;
-    const int k = psf__node(m, PSF_OP_LINEAR, in, -1, T, out_cols);
-    const int groups = split < T ? 2 : 1;
+/* The Psiformer (von Glehn et al. 2023, Fig. 1 / §3): features, embedding, L layers of multi-head self-attention
+ * and a tanh MLP, each in a residual with an optional LayerNorm. Returns the last node (N x H d_head). */
+static int psf__build_psiformer(psf_model *m, int x, const psf_psiformer_config *pc) {
+    const int N = m->n_elec, W = pc->n_heads * pc->head_dim;
     char nm[40];
-    m->nodes[k].ia = split; m->nodes[k].ib = bias; m->nodes[k].ic = groups;
-    for (int g = 0; g < groups; g++) {
-        snprintf(nm, sizeof nm, groups > 1 ? "%s%d.w" : "%s.w", name, g);
-        psf__pblock(m, k, nm, a, out_cols, PSF_PB_WEIGHT);
-        if (bias) {
-            snprintf(nm, sizeof nm, groups > 1 ? "%s%d.b" : "%s.b", name, g);
-            psf__pblock(m, k, nm, 1, out_cols, PSF_PB_BIAS);
-        }
-    }
-    return k;
-}
-
-static int psf__layernorm(psf_model *m, int in, const char *name) {
-    const int k = psf__node(m, PSF_OP_LAYERNORM, in, -1, m->nodes[in].rows, m->nodes[in].cols);
-    char nm[40];
-    snprintf(nm, sizeof nm, "%s.scale", name);
-    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_SCALE);
-    snprintf(nm, sizeof nm, "%s.offset", name);
-    psf__pblock(m, k, nm, 1, m->nodes[in].cols, PSF_PB_LN_OFFSET);
-    return k;
-}
-
-int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed) {
-    memset(m, 0, sizeof *m);
-    const int N = sys->n_up + sys->n_down, A = sys->n_atoms;
-    if (N < 1 || N > PSF_MAX_ELEC || sys->n_up < 0 || sys->n_down < 0)
-        return psf__fail(PSF_ERR_ARG, "psf_model_init: electron count %d out of range 1..%d", N, PSF_MAX_ELEC);
-    if (A < 1 || A > PSF_MAX_ATOMS) return psf__fail(PSF_ERR_ARG, "psf_model_init: atom count %d out of range 1..%d", A, PSF_MAX_ATOMS);
-    if (cfg->n_layers < 0 || cfg->n_heads < 1 || cfg->head_dim < 1 || cfg->mlp_hidden < 1 || cfg->n_dets < 1 || cfg->n_dets > 64)
-        return psf__fail(PSF_ERR_ARG, "psf_model_init: invalid network shape (layers %d, heads %d, head_dim %d, mlp %d, dets %d)",
-                         cfg->n_layers, cfg->n_heads, cfg->head_dim, cfg->mlp_hidden, cfg->n_dets);
-    m->sys = *sys;
-    m->cfg = *cfg;
-    m->n_elec = N;
-    m->n_dim = 3 * N;
-    const int W = cfg->n_heads * cfg->head_dim, K = cfg->n_dets;
-    char nm[40];
-
-    const int x = psf__node(m, PSF_OP_INPUT, -1, -1, N, 3);
-    const int f = psf__node(m, PSF_OP_FEATURES, x, -1, N, 4 * A + 1);
-    int h = psf__linear(m, f, W, 0, N, "embed");
-    for (int l = 0; l < cfg->n_layers; l++) {
+    int h = psf__linear(m, psf__features_node(m, x), W, 0, N, "embed");
+    for (int l = 0; l < pc->n_layers; l++) {
         snprintf(nm, sizeof nm, "l%d.q", l); const int q = psf__linear(m, h, W, 0, N, nm);
         snprintf(nm, sizeof nm, "l%d.k", l); const int kk = psf__linear(m, h, W, 0, N, nm);
         snprintf(nm, sizeof nm, "l%d.v", l); const int v = psf__linear(m, h, W, 0, N, nm);
-        const int s = psf__node(m, PSF_OP_ATTN_SCORES, q, kk, cfg->n_heads * N, N);
-        m->nodes[s].ia = cfg->n_heads; m->nodes[s].ib = cfg->head_dim;
-        const int p = psf__node(m, PSF_OP_SOFTMAX, s, -1, cfg->n_heads * N, N);
-        const int o = psf__node(m, PSF_OP_ATTN_MIX, p, v, N, W);
-        m->nodes[o].ia = cfg->n_heads; m->nodes[o].ib = cfg->head_dim;
+        const int s = psf__attn_scores_node(m, q, kk, pc->n_heads, pc->head_dim);
+        const int p = psf__node(m, PSF_OP_SOFTMAX, s, -1, pc->n_heads * N, N);
+        const int o = psf__attn_mix_node(m, p, v, pc->n_heads, pc->head_dim);
         snprintf(nm, sizeof nm, "l%d.o", l); const int ao = psf__linear(m, o, W, 0, N, nm);
         h = psf__node(m, PSF_OP_ADD, h, ao, N, W);
-        if (cfg->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln1", l); h = psf__layernorm(m, h, nm); }
-        snprintf(nm, sizeof nm, "l%d.mlp1", l); int u = psf__linear(m, h, cfg->mlp_hidden, 1, N, nm);
-        u = psf__node(m, PSF_OP_TANH, u, -1, N, cfg->mlp_hidden);
+        if (pc->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln1", l); h = psf__layernorm(m, h, nm); }
+        snprintf(nm, sizeof nm, "l%d.mlp1", l); int u = psf__linear(m, h, pc->mlp_hidden, 1, N, nm);
+        u = psf__node(m, PSF_OP_TANH, u, -1, N, pc->mlp_hidden);
         snprintf(nm, sizeof nm, "l%d.mlp2", l); u = psf__linear(m, u, W, 1, N, nm);
         u = psf__node(m, PSF_OP_TANH, u, -1, N, W);
         h = psf__node(m, PSF_OP_ADD, h, u, N, W);
-        if (cfg->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln2", l); h = psf__layernorm(m, h, nm); }
+        if (pc->use_layernorm) { snprintf(nm, sizeof nm, "l%d.ln2", l); h = psf__layernorm(m, h, nm); }
     }
-    /* orbitals: always two spin groups (group 1 empty when n_down = 0) */
+    return h;
+}
+
+static int psf__check_psiformer(const psf_psiformer_config *pc) {
+    if (pc->n_layers < 0 || pc->n_heads < 1 || pc->head_dim < 1 || pc->mlp_hidden < 1)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: invalid Psiformer shape (layers %d, heads %d, head_dim %d, mlp %d)",
+                         pc->n_layers, pc->n_heads, pc->head_dim, pc->mlp_hidden);
+    return PSF_OK;
+}
+
+/* ---- Orbital heads: from features h to log|sum_k det| (sets m->orbital_node) ------------------------------ */
+
+/* K full determinants (FermiNet full_det): a linear projection per spin channel to K N orbitals (group 1 empty
+ * when n_down = 0), envelopes, the signed log-sum-exp of the K determinants. */
+static int psf__build_det_head(psf_model *m, int h, int K) {
+    const int N = m->n_elec, W = m->nodes[h].cols;
     const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * N);
-    m->nodes[phi].ia = sys->n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
     psf__pblock(m, phi, "orb_up.w", W, K * N, PSF_PB_WEIGHT);
     psf__pblock(m, phi, "orb_down.w", W, K * N, PSF_PB_WEIGHT);
-    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, N);
-    m->nodes[env].ia = K;
-    psf__pblock(m, env, "env_up.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_up.sigma", A, K * N, PSF_PB_ENV_SIGMA);
-    psf__pblock(m, env, "env_down.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_down.sigma", A, K * N, PSF_PB_ENV_SIGMA);
-    const int ld = psf__node(m, PSF_OP_LOGDET, env, -1, 1, 1);
-    m->nodes[ld].ia = K;
-    m->logdet_node = ld;
-    m->out_node = ld;
-    if (cfg->use_jastrow || cfg->use_en_cusp) {
-        const int j = psf__node(m, PSF_OP_JASTROW, x, -1, 1, 1);
-        m->nodes[j].ia = cfg->use_jastrow; m->nodes[j].ib = cfg->use_en_cusp;
-        psf__pblock(m, j, "jastrow.alpha", 1, 2, PSF_PB_JASTROW);
-        if (cfg->use_en_cusp) psf__pblock(m, j, "jastrow.en_b", 1, A, PSF_PB_JASTROW);
-        m->out_node = psf__node(m, PSF_OP_ADD, ld, j, 1, 1);
-    }
+    m->orbital_node = psf__envelope_node(m, phi, K);
+    return psf__logdet_node(m, m->orbital_node);
+}
 
-    /* workspace layout */
+/* ---- Layout and initialisation (generic: every op's scratch and sparsity come from its own rules) ----------- */
+
+static void psf__layout(psf_model *m) {
     const size_t D = (size_t)m->n_dim;
     size_t scratch = 0;
     for (int k = 0; k < m->n_nodes; k++) {
@@ -1587,33 +1843,24 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         nd->adj_off = m->ws_adj_reals;
         m->ws_jet_reals += (D + 2) * PSF__N(nd);
         m->ws_adj_reals += PSF__N(nd);
-        /* electron sparsity of the jet: per-electron inputs, kept by per-row ops and sums of sparse nodes */
-        switch (nd->op) {
-        case PSF_OP_INPUT: case PSF_OP_FEATURES: nd->sparse = 1; break;
-        case PSF_OP_LINEAR: case PSF_OP_TANH: case PSF_OP_LAYERNORM: nd->sparse = m->nodes[nd->in0].sparse; break;
-        case PSF_OP_ADD: nd->sparse = m->nodes[nd->in0].sparse && m->nodes[nd->in1].sparse; break;
-        default: nd->sparse = 0; break;
-        }
-        size_t need = 0;
-        switch (nd->op) {
-        case PSF_OP_LINEAR: need = D * (size_t)(m->nodes[nd->in0].cols + nd->cols); break;
-        case PSF_OP_LAYERNORM: need = D + (size_t)nd->cols; break;
-        case PSF_OP_ENVELOPE: need = 5 * (size_t)K * N; break;
-        case PSF_OP_LOGDET: /* forward: lu, inv, B, per-determinant jets; backward: inv and K LU factors */
-            need = 3 * (size_t)N * N + (size_t)K * (D + 1);
-            if ((size_t)(K + 1) * N * N > need) need = (size_t)(K + 1) * N * N;
-            break;
-        case PSF_OP_ATTN_SCORES: /* tA, tB, Qc, Kc, tL */
-            need = 2 * (D + 1) * (size_t)N * N + 2 * (size_t)N * D * cfg->head_dim + (size_t)N * N; break;
-        case PSF_OP_ATTN_MIX: /* Ps, Vc, tB, Pc */
-            need = (D + 1) * (size_t)N * N + 2 * (size_t)N * (D + 1) * cfg->head_dim + D * (size_t)N * N; break;
-        default: break;
-        }
+        nd->sparse = psf__ops[nd->op].sparse(m->nodes, nd);
+        const size_t need = psf__ops[nd->op].scratch(m->nodes, nd, m->n_dim);
         if (need > scratch) scratch = need;
     }
     m->ws_scratch_reals = scratch;
+}
 
-    /* initialisation */
+static double psf__init_fanin(psf_rng *r, int rows) { return psf_rng_normal(r) / sqrt((double)rows); }
+static double psf__init_normal(psf_rng *r, int rows) { (void)rows; return psf_rng_normal(r); }
+static double psf__init_zero(psf_rng *r, int rows) { (void)r; (void)rows; return 0.0; }
+static double psf__init_one(psf_rng *r, int rows) { (void)r; (void)rows; return 1.0; }
+static double (*const psf__pblock_init[PSF_PB_COUNT])(psf_rng *, int) = {
+#define PSF__PB_INIT(ID, init) psf__init_##init,
+    PSF_PBLOCK_KINDS(PSF__PB_INIT)
+#undef PSF__PB_INIT
+};
+
+static int psf__init_params(psf_model *m, uint64_t seed) {
     m->params = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
     if (!m->params) return psf__fail(PSF_ERR_NOMEM, "psf_model_init: cannot allocate %zu parameters", m->n_params);
     psf_rng rng;
@@ -1621,17 +1868,53 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     for (int b = 0; b < m->n_pblocks; b++) {
         const psf_pblock *pb = &m->pblocks[b];
         psf_real *p = m->params + pb->off;
-        const size_t n = (size_t)pb->rows * pb->cols;
-        for (size_t i = 0; i < n; i++) {
-            switch (pb->kind) {
-            case PSF_PB_WEIGHT: p[i] = psf_rng_normal(&rng) / sqrt((double)pb->rows); break;
-            case PSF_PB_BIAS: p[i] = psf_rng_normal(&rng); break;
-            case PSF_PB_LN_OFFSET: p[i] = 0; break;
-            default: p[i] = 1; break; /* LN scale, pi, sigma, Jastrow alpha */
-            }
-        }
+        for (size_t i = 0; i < (size_t)pb->rows * pb->cols; i++) p[i] = psf__pblock_init[pb->kind](&rng, pb->rows);
     }
     return PSF_OK;
+}
+
+static int psf__model_begin(psf_model *m, const psf_system *sys) {
+    memset(m, 0, sizeof *m);
+    const int N = sys->n_up + sys->n_down, A = sys->n_atoms;
+    if (N < 1 || N > PSF_MAX_ELEC || sys->n_up < 0 || sys->n_down < 0)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: electron count %d out of range 1..%d", N, PSF_MAX_ELEC);
+    if (A < 1 || A > PSF_MAX_ATOMS) return psf__fail(PSF_ERR_ARG, "psf_model_init: atom count %d out of range 1..%d", A, PSF_MAX_ATOMS);
+    m->sys = *sys;
+    m->n_elec = N;
+    m->n_dim = 3 * N;
+    return PSF_OK;
+}
+
+int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, uint64_t seed) {
+    int rc = psf__model_begin(m, sys);
+    if (rc) return rc;
+    if (cfg->n_dets < 1 || cfg->n_dets > PSF_MAX_DETS)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: n_dets = %d out of range 1..%d", cfg->n_dets, PSF_MAX_DETS);
+    if ((int)cfg->ansatz < 0 || cfg->ansatz >= PSF_ANSATZ_COUNT)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown ansatz %d", (int)cfg->ansatz);
+    if ((int)cfg->orbitals < 0 || cfg->orbitals >= PSF_ORBITALS_COUNT)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
+    m->cfg = *cfg;
+    const int x = psf__node(m, PSF_OP_INPUT, -1, -1, m->n_elec, 3);
+    int h = -1;
+    switch (cfg->ansatz) { /* the one place that knows every trunk */
+    case PSF_ANSATZ_PSIFORMER:
+        if ((rc = psf__check_psiformer(&cfg->psiformer))) return rc;
+        h = psf__build_psiformer(m, x, &cfg->psiformer);
+        break;
+    default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown ansatz %d", (int)cfg->ansatz);
+    }
+    switch (cfg->orbitals) { /* the one place that knows every orbital head */
+    case PSF_ORBITALS_DET: m->logdet_node = psf__build_det_head(m, h, cfg->n_dets); break;
+    default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
+    }
+    m->out_node = m->logdet_node;
+    if (cfg->use_jastrow || cfg->use_en_cusp) {
+        const int j = psf__jastrow_node(m, x, cfg->use_jastrow, cfg->use_en_cusp);
+        m->out_node = psf__node(m, PSF_OP_ADD, m->logdet_node, j, 1, 1);
+    }
+    psf__layout(m);
+    return psf__init_params(m, seed);
 }
 
 void psf_model_free(psf_model *m) {
@@ -1644,8 +1927,9 @@ int psf_workspace_init(psf_workspace *ws, const psf_model *m) {
     ws->jet = (psf_real *)psf__calloc(m->ws_jet_reals, sizeof(psf_real));
     ws->adj = (psf_real *)psf__calloc(m->ws_adj_reals, sizeof(psf_real));
     ws->scratch = (psf_real *)psf__calloc(m->ws_scratch_reals + 1, sizeof(psf_real));
+    ws->iscratch = (int *)psf__calloc((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int));
     ws->dx = (psf_real *)psf__calloc((size_t)m->n_dim, sizeof(psf_real));
-    if (!ws->jet || !ws->adj || !ws->scratch || !ws->dx) {
+    if (!ws->jet || !ws->adj || !ws->scratch || !ws->iscratch || !ws->dx) {
         psf_workspace_free(ws);
         return psf__fail(PSF_ERR_NOMEM, "psf_workspace_init: out of memory (%zu reals)", m->ws_jet_reals);
     }
@@ -1653,7 +1937,7 @@ int psf_workspace_init(psf_workspace *ws, const psf_model *m) {
 }
 
 void psf_workspace_free(psf_workspace *ws) {
-    PSF_FREE(ws->jet); PSF_FREE(ws->adj); PSF_FREE(ws->scratch); PSF_FREE(ws->dx);
+    PSF_FREE(ws->jet); PSF_FREE(ws->adj); PSF_FREE(ws->scratch); PSF_FREE(ws->iscratch); PSF_FREE(ws->dx);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -1783,19 +2067,28 @@ void psf_walkers_free(psf_walkers *w) {
     memset(w, 0, sizeof *w);
 }
 
-void psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws) {
+/* One workspace per OpenMP thread: the parallel loops below index ws by the thread number. */
+static int psf__check_ws(const char *fn, int n_ws) {
+    if (n_ws < psf__max_threads())
+        return psf__fail(PSF_ERR_ARG, "%s: %d workspaces for %d OpenMP threads (one per thread is needed)", fn, n_ws, psf__max_threads());
+    return PSF_OK;
+}
+
+int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws) {
     const int D = 3 * w->n_elec;
-    (void)n_ws;
+    const int rc = psf__check_ws("psf_walkers_refresh", n_ws);
+    if (rc) return rc;
 #pragma omp parallel for schedule(dynamic, 4)
     for (int b = 0; b < w->n_walkers; b++)
         w->logpsi[b] = wf->logpsi(wf->ctx, ws[psf__thread_id()], w->x + (size_t)b * D, &w->sign[b]);
+    return PSF_OK;
 }
 
 double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps) {
     const int D = 3 * w->n_elec, B = w->n_walkers;
     long acc = 0;
     const double width = w->width;
-    (void)n_ws;
+    if (psf__check_ws("psf_mcmc", n_ws)) return -1.0;
 #pragma omp parallel for schedule(dynamic, 4) reduction(+ : acc)
     for (int b = 0; b < B; b++) {
         psf_real prop[3 * PSF_MAX_ELEC];
@@ -1886,18 +2179,77 @@ void psf_vmc_config_default(psf_vmc_config *c) {
     c->threads = 0;
 }
 
-static void psf__adam_update(psf_vmc *v, const psf_real *g) {
+/* ---- The optimizer interface. An optimizer is one row of rules; the driver calls them in this order in every
+ *      training step (docs/architecture.md, "adding an optimizer"):
+ *        chunk_begin(st, c, ws)  before the walkers of reduction chunk c, on the thread that runs the chunk
+ *        walker(st, c, b, g)     with walker b's g = grad_theta log|psi(x_b)| [P]          (per_walker only)
+ *        chunk_end(st, c, ws)    after the chunk
+ *        update(v, st, n, &eta)  once v->grad (the energy gradient, [P]) is complete: changes the parameters
+ *      A per_walker optimizer gets every walker's gradient of log|psi| (seed 1) and the LINEAR observer of the
+ *      workspace may be set in chunk_begin; otherwise the driver back-propagates the weights 2 (E~_b - <E~>)/B
+ *      directly. save/load write and read the state in checkpoints (1 on success).                              */
+typedef struct {
+    const char *name;
+    int per_walker;
+    double default_lr;
+    void *(*init)(const psf_vmc *v); /* NULL with the error set on failure */
+    void (*chunk_begin)(void *st, int chunk, psf_workspace *ws);
+    void (*walker)(void *st, int chunk, int b, const psf_real *g);
+    void (*chunk_end)(void *st, int chunk, psf_workspace *ws);
+    int (*update)(psf_vmc *v, void *st, int n_walkers, double *step_size);
+    int (*save)(const void *st, FILE *f);
+    int (*load)(void *st, FILE *f);
+    void (*free)(void *st);
+} psf__optimizer_rules;
+
+static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
+static int psf__rd(FILE *f, void *p, size_t sz, size_t n) { return fread(p, sz, n, f) == n; }
+static void psf__chunk_nothing(void *st, int chunk, psf_workspace *ws) { (void)st; (void)chunk; (void)ws; }
+static double psf__lr_at(const psf_vmc *v) { return v->cfg.lr / (1.0 + (double)v->step / v->cfg.lr_delay); }
+
+/* ---- Adam (Kingma & Ba, ICLR 2015) on the energy gradient, lr_t = lr / (1 + t / delay) ------------------ */
+typedef struct { size_t P; psf_real *m, *v; } psf__adam;
+
+static void psf__adam_free(void *st) {
+    psf__adam *a = (psf__adam *)st;
+    if (a) { PSF_FREE(a->m); PSF_FREE(a->v); PSF_FREE(a); }
+}
+static void *psf__adam_init(const psf_vmc *v) {
+    psf__adam *a = (psf__adam *)psf__calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->P = v->model->n_params;
+    a->m = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
+    a->v = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
+    if (!a->m || !a->v) { psf__adam_free(a); psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for Adam"); return NULL; }
+    return a;
+}
+static int psf__adam_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
+    psf__adam *a = (psf__adam *)st;
     const psf_vmc_config *c = &v->cfg;
-    const double t = (double)(v->step + 1);
-    const double lr = c->lr / (1.0 + (double)v->step / c->lr_delay);
+    const psf_real *g = v->grad;
+    const double t = (double)(v->step + 1), lr = psf__lr_at(v);
     const double bc1 = 1 - pow(c->adam_b1, t), bc2 = 1 - pow(c->adam_b2, t);
     psf_real *p = v->model->params;
-    for (size_t i = 0; i < v->model->n_params; i++) {
-        v->adam_m[i] = c->adam_b1 * v->adam_m[i] + (1 - c->adam_b1) * g[i];
-        v->adam_v[i] = c->adam_b2 * v->adam_v[i] + (1 - c->adam_b2) * g[i] * g[i];
-        p[i] -= lr * (v->adam_m[i] / bc1) / (sqrt(v->adam_v[i] / bc2) + c->adam_eps);
+    (void)n_walkers;
+    for (size_t i = 0; i < a->P; i++) {
+        a->m[i] = c->adam_b1 * a->m[i] + (1 - c->adam_b1) * g[i];
+        a->v[i] = c->adam_b2 * a->v[i] + (1 - c->adam_b2) * g[i] * g[i];
+        p[i] -= lr * (a->m[i] / bc1) / (sqrt(a->v[i] / bc2) + c->adam_eps);
     }
+    *step_size = lr;
+    return PSF_OK;
 }
+static int psf__adam_save(const void *st, FILE *f) {
+    const psf__adam *a = (const psf__adam *)st;
+    return psf__wr(f, a->m, sizeof(psf_real), a->P) && psf__wr(f, a->v, sizeof(psf_real), a->P);
+}
+static int psf__adam_load(void *st, FILE *f) {
+    psf__adam *a = (psf__adam *)st;
+    return psf__rd(f, a->m, sizeof(psf_real), a->P) && psf__rd(f, a->v, sizeof(psf_real), a->P);
+}
+static const psf__optimizer_rules psf__adam_rules = {
+    "adam", 0, 3e-3, psf__adam_init, psf__chunk_nothing, NULL, psf__chunk_nothing, psf__adam_update,
+    psf__adam_save, psf__adam_load, psf__adam_free};
 
 
 /* ---- KFAC (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
@@ -1915,12 +2267,14 @@ static void psf__adam_update(psf_vmc *v, const psf_real *g) {
  *  solved by Cholesky factorisation; diagonal blocks use g_p / (F_pp + lambda). The step is theta -= eta Delta
  *  with eta = lr_t, reduced so that eta^2 <Delta, grad> <= norm_constraint (the KFAC norm constraint of
  *  Ba, Grosse, Martens, ICLR 2017, as in FermiNet).                                                          */
-typedef struct {
+typedef struct psf__kfac_dense {
     int node, group, r0, r1, rows, cols; /* A is rows x rows (rows = a + has_bias), S is cols x cols */
     size_t poff, a_off, s_off;            /* parameter block; factor offsets in a statistics vector   */
+    int in_cols;                          /* a, the layer's input width                               */
 } psf__kfac_dense;
 
-struct psf_kfac {
+typedef struct psf__kfac_collector psf__kfac_collector;
+typedef struct psf_kfac {
     int n_dense;
     psf__kfac_dense *dense;
     int node_dense[PSF_MAX_NODES]; /* index of the first dense block of a LINEAR node, -1 otherwise */
@@ -1928,13 +2282,13 @@ struct psf_kfac {
     size_t stat_reals, diag_off;   /* factors of all dense blocks, then P diagonal entries         */
     double *ema;                   /* [stat_reals]                                                 */
     double *chunk_stats;           /* [n_chunks * stat_reals]                                      */
-    psf_real *gbuf;                /* [n_threads * P] per-walker gradient of log|psi|              */
+    psf__kfac_collector *col;      /* [n_chunks] the LINEAR observer's context per chunk            */
     psf_real *delta;               /* [P] preconditioned gradient                                  */
     double *work;                  /* solver scratch, work_stride reals per thread                  */
     size_t work_stride;
     long n_updates;
     double last_eta, last_q;       /* step size used and <Delta, grad> of the last update          */
-};
+} psf_kfac;
 
 struct psf__kfac_collector { const psf_kfac *k; double *stats; };
 
@@ -1992,20 +2346,23 @@ static double psf__kfac_precondition_dense(int rows, int cols, const double *A, 
     return pi;
 }
 
-static void psf__kfac_free(psf_kfac *k) {
+static void psf__kfac_free(void *st) {
+    psf_kfac *k = (psf_kfac *)st;
     if (!k) return;
     PSF_FREE(k->dense); PSF_FREE(k->is_dense); PSF_FREE(k->ema); PSF_FREE(k->chunk_stats);
-    PSF_FREE(k->gbuf); PSF_FREE(k->delta); PSF_FREE(k->work);
+    PSF_FREE(k->col); PSF_FREE(k->delta); PSF_FREE(k->work);
     PSF_FREE(k);
 }
 
-static psf_kfac *psf__kfac_new(const psf_model *m, int n_chunks, int n_threads) {
+static void *psf__kfac_init(const psf_vmc *v) {
+    const psf_model *m = v->model;
+    const int n_chunks = v->n_chunks, n_threads = v->n_ws;
     psf_kfac *k = (psf_kfac *)psf__calloc(1, sizeof(psf_kfac));
-    if (!k) return NULL;
+    if (!k) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC"); return NULL; }
     const size_t P = m->n_params;
     k->dense = (psf__kfac_dense *)psf__calloc(2 * (size_t)m->n_nodes, sizeof(psf__kfac_dense));
     k->is_dense = (unsigned char *)psf__calloc(P, 1);
-    if (!k->dense || !k->is_dense) { psf__kfac_free(k); return NULL; }
+    if (!k->dense || !k->is_dense) { psf__kfac_free(k); psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC"); return NULL; }
     size_t off = 0, maxw = 0;
     for (int n = 0; n < m->n_nodes; n++) {
         const psf_node *nd = &m->nodes[n];
@@ -2018,6 +2375,7 @@ static psf_kfac *psf__kfac_new(const psf_model *m, int n_chunks, int n_threads) 
             d->node = n; d->group = g;
             psf__linear_groups(nd, g, &d->r0, &d->r1, &d->poff, a);
             d->rows = a + (nd->ib ? 1 : 0);
+            d->in_cols = a;
             d->cols = nd->cols;
             d->a_off = off; off += (size_t)d->rows * d->rows;
             d->s_off = off; off += (size_t)d->cols * d->cols;
@@ -2030,22 +2388,28 @@ static psf_kfac *psf__kfac_new(const psf_model *m, int n_chunks, int n_threads) 
     k->stat_reals = off + P;
     k->ema = (double *)psf__calloc(k->stat_reals, sizeof(double));
     k->chunk_stats = (double *)psf__calloc(k->stat_reals * (size_t)n_chunks, sizeof(double));
-    k->gbuf = (psf_real *)psf__calloc(P * (size_t)n_threads, sizeof(psf_real));
+    k->col = (psf__kfac_collector *)psf__calloc((size_t)n_chunks, sizeof(psf__kfac_collector));
     k->delta = (psf_real *)psf__calloc(P, sizeof(psf_real));
     k->work_stride = maxw + 1;
     k->work = (double *)psf__calloc(k->work_stride * (size_t)n_threads, sizeof(double));
-    if (!k->ema || !k->chunk_stats || !k->gbuf || !k->delta || !k->work) { psf__kfac_free(k); return NULL; }
+    if (!k->ema || !k->chunk_stats || !k->col || !k->delta || !k->work) {
+        psf__kfac_free(k);
+        psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC");
+        return NULL;
+    }
+    for (int c = 0; c < n_chunks; c++) { k->col[c].k = k; k->col[c].stats = k->chunk_stats + (size_t)c * k->stat_reals; }
     return k;
 }
 
-/* Called from the LINEAR backward rule during a KFAC statistics pass (seed 1): adds abar abar^T and e e^T of
- * this walker's tokens to the collector's statistics. */
-static void psf__kfac_collect_linear(const psf_model *m, const psf_node *nd, psf__kfac_collector *col,
-                                     const psf_real *X, const psf_real *dY) {
+/* The LINEAR observer during a KFAC statistics pass (seed 1): adds abar abar^T and e e^T of this walker's tokens
+ * to the chunk's statistics. */
+static void psf__kfac_observe(void *ctx, int n, const psf_node *nd, const psf_real *X, const psf_real *dY) {
+    psf__kfac_collector *col = (psf__kfac_collector *)ctx;
     const psf_kfac *k = col->k;
-    const int n = (int)(nd - m->nodes), a = m->nodes[nd->in0].cols, b = nd->cols;
+    const int b = nd->cols;
     for (int g = 0; g < nd->ic; g++) {
         const psf__kfac_dense *d = &k->dense[k->node_dense[n] + g];
+        const int a = d->in_cols;
         const int T = d->r1 - d->r0;
         if (T <= 0) continue;
         double *A = col->stats + d->a_off, *S = col->stats + d->s_off;
@@ -2064,9 +2428,30 @@ static void psf__kfac_collect_linear(const psf_model *m, const psf_node *nd, psf
     }
 }
 
+/* The chunk's statistics start at zero; the LINEAR observer collects the Kronecker factors, walker() the
+ * diagonal blocks E[g_p^2]. */
+static void psf__kfac_chunk_begin(void *st, int chunk, psf_workspace *ws) {
+    psf_kfac *k = (psf_kfac *)st;
+    memset(k->col[chunk].stats, 0, sizeof(double) * k->stat_reals);
+    ws->observe = psf__kfac_observe;
+    ws->observe_ctx = &k->col[chunk];
+}
+static void psf__kfac_walker(void *st, int chunk, int b, const psf_real *g) {
+    psf_kfac *k = (psf_kfac *)st;
+    double *diag = k->col[chunk].stats + k->diag_off;
+    const size_t P = k->stat_reals - k->diag_off;
+    (void)b;
+    for (size_t p = 0; p < P; p++) diag[p] += g[p] * g[p];
+}
+static void psf__kfac_chunk_end(void *st, int chunk, psf_workspace *ws) {
+    (void)st; (void)chunk;
+    ws->observe = NULL;
+    ws->observe_ctx = NULL;
+}
+
 /* From the batch statistics (sums over B walkers) to the running factors, then Delta and the step. */
-static void psf__kfac_update(psf_vmc *v, int n_walkers) {
-    psf_kfac *k = v->kfac;
+static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
+    psf_kfac *k = (psf_kfac *)st;
     const psf_model *m = v->model;
     const psf_vmc_config *c = &v->cfg;
     const size_t P = m->n_params, S = k->stat_reals;
@@ -2113,7 +2498,31 @@ static void psf__kfac_update(psf_vmc *v, int n_walkers) {
     k->last_eta = eta;
     k->last_q = q;
     for (size_t p = 0; p < P; p++) m->params[p] -= eta * k->delta[p];
+    *step_size = eta;
+    return PSF_OK;
 }
+static int psf__kfac_save(const void *st, FILE *f) {
+    const psf_kfac *k = (const psf_kfac *)st;
+    const int64_t nu = k->n_updates, ns = (int64_t)k->stat_reals;
+    return psf__wr(f, &nu, 8, 1) && psf__wr(f, &ns, 8, 1) && psf__wr(f, k->ema, sizeof(double), k->stat_reals);
+}
+static int psf__kfac_load(void *st, FILE *f) {
+    psf_kfac *k = (psf_kfac *)st;
+    int64_t nu, ns;
+    const int ok = psf__rd(f, &nu, 8, 1) && psf__rd(f, &ns, 8, 1) && ns == (int64_t)k->stat_reals &&
+                   psf__rd(f, k->ema, sizeof(double), k->stat_reals);
+    if (ok) k->n_updates = nu;
+    return ok;
+}
+static const psf__optimizer_rules psf__kfac_rules = {
+    "kfac", 1, 0.05, psf__kfac_init, psf__kfac_chunk_begin, psf__kfac_walker, psf__kfac_chunk_end,
+    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free};
+
+/* ---- The optimizer table: the one place that knows every optimizer -------------------------------------- */
+static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules};
+
+const char *psf_optimizer_name(int opt) { return opt >= 0 && opt < PSF_OPT_COUNT ? psf__optimizers[opt]->name : "?"; }
+
 
 /* ============================================================================================================
  *  [IMPL: DRIVER] VMC training and evaluation, checkpoints, .npy I/O
@@ -2121,11 +2530,13 @@ static void psf__kfac_update(psf_vmc *v, int n_walkers) {
 
 #define PSF__CHUNKS 32 /* fixed reduction tree: results do not depend on the thread count */
 
+static const psf__optimizer_rules *psf__opt(const psf_vmc *v) { return (const psf__optimizer_rules *)v->opt; }
+
 void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
-    PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->grad); PSF_FREE(v->chunks);
-    PSF_FREE(v->adam_m); PSF_FREE(v->adam_v);
-    psf__kfac_free(v->kfac);
+    PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->weight); PSF_FREE(v->grad); PSF_FREE(v->chunks);
+    PSF_FREE(v->gwalker);
+    if (v->opt && v->opt_state) psf__opt(v)->free(v->opt_state);
     psf_walkers_free(&v->walkers);
     memset(v, 0, sizeof *v);
 }
@@ -2135,6 +2546,8 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     if (cfg->batch < 2) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: batch = %d must be at least 2", cfg->batch);
     if (cfg->mcmc_steps < 1) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: mcmc_steps = %d must be at least 1", cfg->mcmc_steps);
     if (!(cfg->lr >= 0) || !(cfg->lr_delay > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: lr must be >= 0 and lr_delay > 0");
+    if ((int)cfg->optimizer < 0 || cfg->optimizer >= PSF_OPT_COUNT)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_init: unknown optimizer %d", (int)cfg->optimizer);
     if (cfg->optimizer == PSF_OPT_KFAC && (!(cfg->kfac_damping > 0) || !(cfg->kfac_decay >= 0 && cfg->kfac_decay < 1) ||
                                            !(cfg->kfac_norm_constraint > 0)))
         return psf__fail(PSF_ERR_ARG, "psf_vmc_init: KFAC needs damping > 0, 0 <= decay < 1, norm_constraint > 0");
@@ -2144,27 +2557,27 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
 #if defined(PSF_USE_CBLAS) && defined(OPENBLAS_VERSION)
     openblas_set_num_threads(1); /* parallelism is over walkers; each matrix product is small */
 #endif
+    const psf__optimizer_rules *opt = psf__optimizers[cfg->optimizer];
+    const size_t P = m->n_params;
     v->model = m;
     v->cfg = *cfg;
-    if (v->cfg.lr == 0) v->cfg.lr = cfg->optimizer == PSF_OPT_KFAC ? 0.05 : 3e-3;
+    v->opt = opt;
+    if (v->cfg.lr == 0) v->cfg.lr = opt->default_lr;
     v->wf = psf_model_wavefunction(m);
     v->n_ws = psf__max_threads();
     v->n_chunks = cfg->batch < PSF__CHUNKS ? cfg->batch : PSF__CHUNKS;
     v->ws = (psf_workspace *)psf__calloc((size_t)v->n_ws, sizeof(psf_workspace));
     v->wsp = (void **)psf__calloc((size_t)v->n_ws, sizeof(void *));
     v->eloc = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
-    v->grad = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
-    v->chunks = (psf_real *)psf__calloc(m->n_params * (size_t)v->n_chunks, sizeof(psf_real));
-    v->adam_m = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
-    v->adam_v = (psf_real *)psf__calloc(m->n_params, sizeof(psf_real));
-    if (!v->ws || !v->wsp || !v->eloc || !v->grad || !v->chunks || !v->adam_m || !v->adam_v) {
+    v->weight = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
+    v->grad = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    v->chunks = (psf_real *)psf__calloc(P * (size_t)v->n_chunks, sizeof(psf_real));
+    if (opt->per_walker) v->gwalker = (psf_real *)psf__calloc(P * (size_t)v->n_ws, sizeof(psf_real));
+    if (!v->ws || !v->wsp || !v->eloc || !v->weight || !v->grad || !v->chunks || (opt->per_walker && !v->gwalker)) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
-    if (cfg->optimizer == PSF_OPT_KFAC && !(v->kfac = psf__kfac_new(m, v->n_chunks, v->n_ws))) {
-        psf_vmc_free(v);
-        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC");
-    }
+    if (!(v->opt_state = opt->init(v))) { psf_vmc_free(v); return PSF_ERR_NOMEM; }
     for (int t = 0; t < v->n_ws; t++) {
         int rc = psf_workspace_init(&v->ws[t], m);
         if (rc) { psf_vmc_free(v); return rc; }
@@ -2215,13 +2628,12 @@ static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st) {
 static int psf__energy_gradient(psf_vmc *v, double mean) {
     const int B = v->cfg.batch, D = v->model->n_dim, C = v->n_chunks;
     const size_t P = v->model->n_params;
-    double tv = 0, cm = 0;
+    const psf__optimizer_rules *opt = psf__opt(v);
+    double tv = 0, cm = 0, *w = v->weight;
     int nf = 0;
     for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { tv += fabs(v->eloc[b] - mean); nf++; }
     if (nf == 0) return 1;
     tv /= nf;
-    double *w = (double *)PSF_MALLOC(sizeof(double) * (size_t)B);
-    if (!w) return 2;
     for (int b = 0; b < B; b++) {
         if (!isfinite(v->eloc[b])) { w[b] = NAN; continue; }
         double e = v->eloc[b];
@@ -2231,7 +2643,6 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
     }
     cm /= nf;
     for (int b = 0; b < B; b++) w[b] = isfinite(w[b]) ? 2.0 * (w[b] - cm) / nf : 0.0;
-    psf_kfac *k = v->kfac;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int c = 0; c < C; c++) {
         psf_real *acc = v->chunks + (size_t)c * P;
@@ -2239,7 +2650,7 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
         psf_workspace *ws = &v->ws[tid];
         memset(acc, 0, sizeof(psf_real) * P);
         const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
-        if (!k) {
+        if (!opt->per_walker) { /* the weights go straight into the backward pass */
             for (int b = b0; b < b1; b++) {
                 if (w[b] == 0.0) continue;
                 int sg;
@@ -2249,25 +2660,20 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
             }
             continue;
         }
-        /* KFAC: per-walker gradient of log|psi| (seed 1) feeds both the Fisher statistics and the gradient */
-        psf__kfac_collector col = {k, k->chunk_stats + (size_t)c * k->stat_reals};
-        psf_real *g = k->gbuf + (size_t)tid * P;
-        memset(col.stats, 0, sizeof(double) * k->stat_reals);
+        /* per-walker gradient of log|psi| (seed 1): the optimizer sees it, the energy gradient sums it */
+        psf_real *g = v->gwalker + (size_t)tid * P;
+        opt->chunk_begin(v->opt_state, c, ws);
         for (int b = b0; b < b1; b++) {
             if (!isfinite(v->eloc[b])) continue;
             int sg;
             psf_model_logpsi(v->model, ws, v->walkers.x + (size_t)b * D, &sg);
             if (!sg) continue;
             memset(g, 0, sizeof(psf_real) * P);
-            ws->kfac = &col;
             psf_model_backward(v->model, ws, 1.0, g);
-            ws->kfac = NULL;
-            double *diag = col.stats + k->diag_off;
-            for (size_t p = 0; p < P; p++) {
-                acc[p] += w[b] * g[p];
-                diag[p] += g[p] * g[p];
-            }
+            for (size_t p = 0; p < P; p++) acc[p] += w[b] * g[p];
+            opt->walker(v->opt_state, c, b, g);
         }
+        opt->chunk_end(v->opt_state, c, ws);
     }
 #pragma omp parallel for schedule(static)
     for (long p = 0; p < (long)P; p++) {
@@ -2275,7 +2681,6 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
         for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + (size_t)p];
         v->grad[p] = s;
     }
-    PSF_FREE(w);
     return 0;
 }
 
@@ -2292,15 +2697,9 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     double g2 = 0;
     for (size_t p = 0; p < v->model->n_params; p++) g2 += v->grad[p] * v->grad[p];
     st->grad_norm = sqrt(g2);
-    if (v->kfac) {
-        int nf = 0;
-        for (int b = 0; b < v->cfg.batch; b++) nf += isfinite(v->eloc[b]) ? 1 : 0;
-        psf__kfac_update(v, nf);
-        st->step_size = v->kfac->last_eta;
-    } else {
-        psf__adam_update(v, v->grad);
-        st->step_size = v->cfg.lr / (1.0 + (double)v->step / v->cfg.lr_delay);
-    }
+    int nf = 0, rc;
+    for (int b = 0; b < v->cfg.batch; b++) nf += isfinite(v->eloc[b]) ? 1 : 0;
+    if ((rc = psf__opt(v)->update(v, v->opt_state, nf, &st->step_size))) return rc;
     for (size_t p = 0; p < v->model->n_params; p++)
         if (!isfinite(v->model->params[p]))
             return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu became non-finite", v->step, p);
@@ -2321,34 +2720,49 @@ int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st) {
     return PSF_OK;
 }
 
-/* ---- checkpoints ---------------------------------------------------------------------------------------- */
-#define PSF__CKPT_MAGIC "PSFCKPT1"
-#define PSF__CKPT_VERSION 1
+/* ---- checkpoints (format 2) ------------------------------------------------------------------------------
+ *  "PSFCKPT2", then PSF__CKPT_NFIELDS int32 header fields (below; a mismatch on load names the field), int64
+ *  n_params, int64 step, R and Z of the nuclei, the parameters, the walkers (width, x, RNG states), the
+ *  optimizer's name (16 bytes) and its state (its own save rule). Format 1 ("PSFCKPT1") had no ansatz kind. */
+#define PSF__CKPT_MAGIC "PSFCKPT2"
+#define PSF__CKPT_NFIELDS 24
+#define PSF__CKPT_FIELDS(X, m, v)                                                                              \
+    X("real size", (int32_t)sizeof(psf_real)) X("n_atoms", (m)->sys.n_atoms) X("n_up", (m)->sys.n_up)         \
+    X("n_down", (m)->sys.n_down) X("ansatz", (int32_t)(m)->cfg.ansatz)                                        \
+    X("layers", (m)->cfg.psiformer.n_layers) X("heads", (m)->cfg.psiformer.n_heads)                            \
+    X("head_dim", (m)->cfg.psiformer.head_dim) X("mlp_hidden", (m)->cfg.psiformer.mlp_hidden)                 \
+    X("layernorm", (m)->cfg.psiformer.use_layernorm) X("orbitals", (int32_t)(m)->cfg.orbitals)                 \
+    X("dets", (m)->cfg.n_dets) X("jastrow", (m)->cfg.use_jastrow) X("en_cusp", (m)->cfg.use_en_cusp)          \
+    X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)
 
-static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
-static int psf__rd(FILE *f, void *p, size_t sz, size_t n) { return fread(p, sz, n, f) == n; }
+/* This run's header fields and their names; returns their count. */
+static int psf__ckpt_header(const psf_vmc *v, int32_t *val, const char **name) {
+    const psf_model *m = v->model;
+    int n = 0;
+#define PSF__CKPT_FIELD(nm, x) name[n] = nm; val[n++] = (int32_t)(x);
+    PSF__CKPT_FIELDS(PSF__CKPT_FIELD, m, v)
+#undef PSF__CKPT_FIELD
+    for (int i = n; i < PSF__CKPT_NFIELDS; i++) { name[i] = "reserved"; val[i] = 0; }
+    return n;
+}
 
 int psf_vmc_save(const psf_vmc *v, const char *path) {
-    char tmp[1024];
+    char tmp[1024], opt_name[16] = {0};
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open for writing", tmp);
     const psf_model *m = v->model;
-    int32_t hdr[16] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
-                       m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
-                       m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer, m->cfg.use_en_cusp, 0};
-    int64_t n_params = (int64_t)m->n_params, step = v->step;
+    int32_t hdr[PSF__CKPT_NFIELDS];
+    const char *names[PSF__CKPT_NFIELDS];
+    psf__ckpt_header(v, hdr, names);
+    snprintf(opt_name, sizeof opt_name, "%s", psf__opt(v)->name);
+    const int64_t n_params = (int64_t)m->n_params, step = v->step;
     int ok = psf__wr(f, PSF__CKPT_MAGIC, 1, 8) && psf__wr(f, hdr, sizeof hdr, 1) && psf__wr(f, &n_params, 8, 1) &&
              psf__wr(f, &step, 8, 1) && psf__wr(f, m->sys.R, sizeof m->sys.R, 1) && psf__wr(f, m->sys.Z, sizeof m->sys.Z, 1) &&
-             psf__wr(f, m->params, sizeof(psf_real), m->n_params) &&
-             psf__wr(f, v->adam_m, sizeof(psf_real), m->n_params) && psf__wr(f, v->adam_v, sizeof(psf_real), m->n_params) &&
-             psf__wr(f, &v->walkers.width, sizeof(double), 1) &&
+             psf__wr(f, m->params, sizeof(psf_real), m->n_params) && psf__wr(f, &v->walkers.width, sizeof(double), 1) &&
              psf__wr(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
-             psf__wr(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
-    if (v->kfac) {
-        int64_t nu = v->kfac->n_updates, ns = (int64_t)v->kfac->stat_reals;
-        ok = ok && psf__wr(f, &nu, 8, 1) && psf__wr(f, &ns, 8, 1) && psf__wr(f, v->kfac->ema, sizeof(double), v->kfac->stat_reals);
-    }
+             psf__wr(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch) && psf__wr(f, opt_name, 1, sizeof opt_name) &&
+             psf__opt(v)->save(v->opt_state, f);
     if (fclose(f) != 0) ok = 0;
     if (!ok) { remove(tmp); return psf__fail(PSF_ERR_IO, "%s: write failed", tmp); }
     if (rename(tmp, path) != 0) return psf__fail(PSF_ERR_IO, "%s: cannot rename %s into place", path, tmp);
@@ -2359,24 +2773,25 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open checkpoint", path);
     psf_model *m = v->model;
-    char magic[8];
-    int32_t hdr[16];
+    char magic[8], opt_name[16];
+    int32_t hdr[PSF__CKPT_NFIELDS], want[PSF__CKPT_NFIELDS];
+    const char *names[PSF__CKPT_NFIELDS];
     int64_t n_params, step;
-    if (!psf__rd(f, magic, 1, 8) || memcmp(magic, PSF__CKPT_MAGIC, 8) != 0) {
+    if (!psf__rd(f, magic, 1, 8) || memcmp(magic, "PSFCKPT", 7) != 0) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: not a psiformer.h checkpoint (magic bytes differ from %s)", path, PSF__CKPT_MAGIC);
+    }
+    if (magic[7] != PSF__CKPT_MAGIC[7]) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: written by %s version of psiformer.h (checkpoint format %c; this version reads format %c)",
+                         path, magic[7] < PSF__CKPT_MAGIC[7] ? "an older" : "a newer", magic[7], PSF__CKPT_MAGIC[7]);
     }
     if (!psf__rd(f, hdr, sizeof hdr, 1) || !psf__rd(f, &n_params, 8, 1) || !psf__rd(f, &step, 8, 1)) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: truncated header", path);
     }
-    const char *names[15] = {"version", "real size", "n_atoms", "n_up", "n_down", "layers", "heads", "head_dim",
-                             "mlp_hidden", "dets", "layernorm", "jastrow", "batch", "optimizer", "en_cusp"};
-    const int32_t want[15] = {PSF__CKPT_VERSION, (int32_t)sizeof(psf_real), m->sys.n_atoms, m->sys.n_up, m->sys.n_down,
-                              m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
-                              m->cfg.use_layernorm, m->cfg.use_jastrow, v->cfg.batch, (int32_t)v->cfg.optimizer,
-                              m->cfg.use_en_cusp};
-    for (int i = 0; i < 15; i++)
+    psf__ckpt_header(v, want, names);
+    for (int i = 0; i < PSF__CKPT_NFIELDS; i++)
         if (hdr[i] != want[i]) {
             fclose(f);
             return psf__fail(PSF_ERR_FORMAT, "%s: header field '%s' is %d in the file but %d in this run", path, names[i], hdr[i], want[i]);
@@ -2391,22 +2806,18 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: field 'nuclei' (positions or charges) differs from this run's system", path);
     }
-    ok = ok && psf__rd(f, m->params, sizeof(psf_real), m->n_params) &&
-         psf__rd(f, v->adam_m, sizeof(psf_real), m->n_params) && psf__rd(f, v->adam_v, sizeof(psf_real), m->n_params) &&
-         psf__rd(f, &v->walkers.width, sizeof(double), 1) &&
+    ok = ok && psf__rd(f, m->params, sizeof(psf_real), m->n_params) && psf__rd(f, &v->walkers.width, sizeof(double), 1) &&
          psf__rd(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
-         psf__rd(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch);
-    if (ok && v->kfac) {
-        int64_t nu, ns;
-        ok = psf__rd(f, &nu, 8, 1) && psf__rd(f, &ns, 8, 1) && ns == (int64_t)v->kfac->stat_reals &&
-             psf__rd(f, v->kfac->ema, sizeof(double), v->kfac->stat_reals);
-        if (ok) v->kfac->n_updates = nu;
+         psf__rd(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch) && psf__rd(f, opt_name, 1, sizeof opt_name);
+    if (ok && strncmp(opt_name, psf__opt(v)->name, sizeof opt_name) != 0) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: field 'optimizer state' is for '%.15s', this run uses '%s'", path, opt_name, psf__opt(v)->name);
     }
+    ok = ok && psf__opt(v)->load(v->opt_state, f);
     fclose(f);
     if (!ok) return psf__fail(PSF_ERR_FORMAT, "%s: truncated body (parameters, walkers or optimizer state)", path);
     v->step = step;
-    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
-    return PSF_OK;
+    return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
 }
 
 /* ---- NumPy .npy ----------------------------------------------------------------------------------------- */
@@ -2457,5 +2868,47 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
     shape[0] = r; shape[1] = c;
     return PSF_OK;
 }
+
+/* ============================================================================================================
+ *  [IMPL: TESTS] the internal test API (PSF_INTERNAL_TESTS): named entry points into the implementation for
+ *  tests/ and bench/, so that they call no psf__ function directly.
+ * ============================================================================================================ */
+#ifdef PSF_INTERNAL_TESTS
+void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st) { psf__sample_and_measure(v, st); }
+int psf_test_energy_gradient(psf_vmc *v, double mean) { return psf__energy_gradient(v, mean); }
+int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size) {
+    return psf__opt(v)->update(v, v->opt_state, n_walkers, step_size);
+}
+int psf_test_lu(int n, psf_real *a, int *piv, double *logabs) { return psf__lu(n, a, piv, logabs); }
+void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv) { psf__lu_inverse(n, lu, piv, inv); }
+int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
+    const psf_kfac *k = v->cfg.optimizer == PSF_OPT_KFAC ? (const psf_kfac *)v->opt_state : NULL;
+    if (!k) return 0;
+    out->n_dense = k->n_dense; out->dense = k->dense; out->ema = k->ema; out->is_dense = k->is_dense;
+    out->stat_reals = k->stat_reals; out->diag_off = k->diag_off;
+    out->last_eta = k->last_eta; out->last_q = k->last_q; out->delta = k->delta;
+    return 1;
+}
+double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
+                                  const psf_real *G, psf_real *Delta, double *work) {
+    return psf__kfac_precondition_dense(rows, cols, A, S, lambda, G, Delta, work);
+}
+int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed) {
+    static int (*const examples[PSF_OP_COUNT])(psf_model *, int) = {
+#define PSF__OP_EXAMPLE(ID, name) psf__##name##_example,
+        PSF_OPS(PSF__OP_EXAMPLE)
+#undef PSF__OP_EXAMPLE
+    };
+    int rc = psf__model_begin(m, sys);
+    if (rc) return rc;
+    if (op < 0 || op >= PSF_OP_COUNT) return psf__fail(PSF_ERR_ARG, "psf_test_op_model: op %d outside the registry", op);
+    psf_config_default(&m->cfg);
+    const int x = psf__node(m, PSF_OP_INPUT, -1, -1, m->n_elec, 3);
+    m->out_node = m->logdet_node = m->orbital_node = examples[op](m, x);
+    psf__layout(m);
+    return psf__init_params(m, seed);
+}
+int psf_test_max_threads(void) { return psf__max_threads(); }
+#endif
 
 #endif /* PSIFORMER_IMPLEMENTATION */

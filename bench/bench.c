@@ -190,14 +190,14 @@ static void emit(FILE *csv, const char *tag, int threads, const char *atom, cons
     const double gf = flops > 0 ? wps * flops * 1e-9 : 0;
     char name[40];
     snprintf(name, sizeof name, "%s%s%s%s", metric, opt[0] ? " (" : "", opt, opt[0] ? ")" : "");
-    printf("  %-3s d=%-3d B=%-5d T=%d %-8s %-13s %11.1f walkers/s %10.1f us/walker", atom, m->cfg.head_dim, batch,
+    printf("  %-3s d=%-3d B=%-5d T=%d %-8s %-13s %11.1f walkers/s %10.1f us/walker", atom, m->cfg.psiformer.head_dim, batch,
            threads, BUILD_NAME, name, wps, us);
     if (flops > 0) printf(" %7.2f GFLOP/s", gf);
     printf("  (%d rep%s)\n", reps, reps > 1 ? ", best" : "");
     fflush(stdout);
     if (csv) {
         fprintf(csv, "%s,%s,%d,%s,%d,%d,%d,%d,%d,%d,%zu,%d,%s,%s,%.6g,%.6g,%d,%.6g,%.6g\n", BUILD_NAME, tag, threads,
-                atom, m->n_elec, m->cfg.n_layers, m->cfg.n_heads, m->cfg.head_dim, m->cfg.mlp_hidden, m->cfg.n_dets,
+                atom, m->n_elec, m->cfg.psiformer.n_layers, m->cfg.psiformer.n_heads, m->cfg.psiformer.head_dim, m->cfg.psiformer.mlp_hidden, m->cfg.n_dets,
                 m->n_params, batch, metric, opt, wps, us, reps, flops * 1e-6, gf);
         fflush(csv);
     }
@@ -210,7 +210,7 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
     if (psf_system_atom(&sys, atom, -1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     psf_config cfg;
     psf_config_default(&cfg);
-    cfg.head_dim = head_dim;
+    cfg.psiformer.head_dim = head_dim;
     psf_model m;
     if (psf_model_init(&m, &sys, &cfg, 1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     const double fl_fwd = model_flops(&m, 0), fl_eloc = model_flops(&m, 1) + potential_flops(&m);
@@ -279,7 +279,7 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
             if (csv)
                 for (int p = 0; p < 4; p++)
                     fprintf(csv, "%s,%s,%d,%s,%d,%d,%d,%d,%d,%d,%zu,%d,%s,%s,,%.6g,%d,,\n", BUILD_NAME, tag, T, atom,
-                            m.n_elec, cfg.n_layers, cfg.n_heads, head_dim, cfg.mlp_hidden, cfg.n_dets, m.n_params,
+                            m.n_elec, cfg.psiformer.n_layers, cfg.psiformer.n_heads, head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets, m.n_params,
                             batch, names[p], opt_name(vc.optimizer), 1e6 * parts[p] / batch, n);
             psf_vmc_free(&v);
             psf_model_free(&mt);
@@ -300,7 +300,7 @@ static void bench_ops(const char *atom, int head_dim, int reps, FILE *csv) {
     if (psf_system_atom(&sys, atom, -1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     psf_config cfg;
     psf_config_default(&cfg);
-    cfg.head_dim = head_dim;
+    cfg.psiformer.head_dim = head_dim;
     psf_model m;
     psf_workspace ws;
     psf_walkers w;
@@ -335,21 +335,21 @@ static void bench_ops(const char *atom, int head_dim, int reps, FILE *csv) {
         tot_f += f;
         char shape[32];
         snprintf(shape, sizeof shape, "%dx%d", nd->rows, nd->cols);
-        printf("  %-4d %-12s %-14s %10.1f %10.3f %9.2f\n", k, psf_op_names[nd->op], shape, 1e6 * t, 1e-6 * f,
+        printf("  %-4d %-12s %-14s %10.1f %10.3f %9.2f\n", k, psf_op_name(nd->op), shape, 1e6 * t, 1e-6 * f,
                t > 0 ? 1e-9 * f / t : 0.0);
         if (csv)
-            fprintf(csv, "%s,%s,%d,node,%d,%s,%dx%d,%.6g,%.6g\n", BUILD_NAME, atom, head_dim, k, psf_op_names[nd->op],
+            fprintf(csv, "%s,%s,%d,node,%d,%s,%dx%d,%.6g,%.6g\n", BUILD_NAME, atom, head_dim, k, psf_op_name(nd->op),
                     nd->rows, nd->cols, 1e6 * t, 1e-6 * f);
     }
     printf("  by op type:\n  %-12s %5s %10s %7s %10s %7s %9s\n", "op", "nodes", "us", "%time", "MFLOP", "%flop",
            "GFLOP/s");
     for (int o = 0; o < PSF_OP_COUNT; o++) {
         if (!by_op_n[o]) continue;
-        printf("  %-12s %5d %10.1f %6.1f%% %10.3f %6.1f%% %9.2f\n", psf_op_names[o], by_op_n[o], 1e6 * by_op_t[o],
+        printf("  %-12s %5d %10.1f %6.1f%% %10.3f %6.1f%% %9.2f\n", psf_op_name(o), by_op_n[o], 1e6 * by_op_t[o],
                100 * by_op_t[o] / tot_t, 1e-6 * by_op_f[o], 100 * by_op_f[o] / tot_f,
                by_op_t[o] > 0 ? 1e-9 * by_op_f[o] / by_op_t[o] : 0.0);
         if (csv)
-            fprintf(csv, "%s,%s,%d,op,%d,%s,,%.6g,%.6g\n", BUILD_NAME, atom, head_dim, by_op_n[o], psf_op_names[o],
+            fprintf(csv, "%s,%s,%d,op,%d,%s,,%.6g,%.6g\n", BUILD_NAME, atom, head_dim, by_op_n[o], psf_op_name(o),
                     1e6 * by_op_t[o], 1e-6 * by_op_f[o]);
     }
     printf("  %-12s %5d %10.1f %6.1f%% %10.3f %6.1f%% %9.2f\n", "total", n, 1e6 * tot_t, 100.0, 1e-6 * tot_f, 100.0,
@@ -370,7 +370,7 @@ static void jet_loop(const char *atom, int head_dim, int n) {
     psf_walkers w;
     if (psf_system_atom(&sys, atom, -1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     psf_config_default(&cfg);
-    cfg.head_dim = head_dim;
+    cfg.psiformer.head_dim = head_dim;
     if (psf_model_init(&m, &sys, &cfg, 1) != PSF_OK || psf_workspace_init(&ws, &m) != PSF_OK ||
         psf_walkers_init(&w, &sys, n, 7) != PSF_OK) {
         fprintf(stderr, "bench: %s\n", psf_last_error());
@@ -401,7 +401,7 @@ static void print_flops(void) {
             psf_model m;
             psf_system_atom(&sys, atoms[a], -1);
             psf_config_default(&cfg);
-            cfg.head_dim = hds[h];
+            cfg.psiformer.head_dim = hds[h];
             if (psf_model_init(&m, &sys, &cfg, 1) != PSF_OK) continue;
             printf("  %-3s N=%-2d d=%-3d params %7zu  forward %8.3f  jet %9.3f  eloc %9.3f\n", atoms[a], m.n_elec,
                    hds[h], m.n_params, 1e-6 * model_flops(&m, 0), 1e-6 * model_flops(&m, 1),

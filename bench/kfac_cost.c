@@ -6,6 +6,7 @@
  * Cholesky solves, step). Prints seconds and ratios to the jet pass; asserts nothing.
  *   make bench/kfac_cost   or   build/kfac_cost [reps] */
 #define PSIFORMER_IMPLEMENTATION
+#define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
 #include <stdlib.h>
 
@@ -14,8 +15,8 @@ static double time_config(int head_dim, int reps, double out[4], size_t *params)
     psf_system_atom(&sys, "C", -1);
     psf_config net;
     psf_config_default(&net);
-    net.head_dim = head_dim;
-    net.mlp_hidden = 4 * head_dim;
+    net.psiformer.head_dim = head_dim;
+    net.psiformer.mlp_hidden = 4 * head_dim;
     psf_vmc_config c;
     psf_vmc_config_default(&c);
     c.burn_in = 20;
@@ -31,16 +32,17 @@ static double time_config(int head_dim, int reps, double out[4], size_t *params)
     psf_step_stats st;
     for (int i = 0; i < 4; i++) out[i] = 0;
     for (int r = 0; r < reps; r++) {
-        psf__sample_and_measure(&va, &st);
+        psf_test_sample_and_measure(&va, &st);
         out[0] += st.t_jet;
         double t0 = psf_time();
-        psf__energy_gradient(&va, st.energy);
+        psf_test_energy_gradient(&va, st.energy);
         out[1] += psf_time() - t0;
-        psf__sample_and_measure(&vk, &st);
+        psf_test_sample_and_measure(&vk, &st);
         t0 = psf_time();
-        psf__energy_gradient(&vk, st.energy);
+        psf_test_energy_gradient(&vk, st.energy);
         double t1 = psf_time();
-        psf__kfac_update(&vk, c.batch);
+        double eta;
+        psf_test_optimizer_update(&vk, c.batch, &eta);
         out[2] += t1 - t0;
         out[3] += psf_time() - t1;
         psf_walkers_refresh(&vk.walkers, &vk.wf, vk.wsp, vk.n_ws);
@@ -53,7 +55,7 @@ static double time_config(int head_dim, int reps, double out[4], size_t *params)
 
 int main(int argc, char **argv) {
     const int reps = argc > 1 ? atoi(argv[1]) : 5;
-    printf("carbon, batch 256, %d threads, %d iterations each (seconds per iteration)\n", psf__max_threads(), reps);
+    printf("carbon, batch 256, %d threads, %d iterations each (seconds per iteration)\n", psf_test_max_threads(), reps);
     printf("%6s %8s %10s %12s %14s %12s %10s %10s\n", "width", "params", "jet", "bwd (adam)", "bwd+stats", "kfac update",
            "stats/jet", "update/jet");
     const int hd[3] = {8, 16, 32};

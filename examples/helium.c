@@ -9,7 +9,7 @@ int main(void) {
 
     psf_config net;                              /* a small Psiformer: 1 attention layer, 2 heads of width 8 */
     psf_config_default(&net);
-    net.n_layers = 1; net.n_heads = 2; net.head_dim = 8; net.mlp_hidden = 16; net.n_dets = 1;
+    net.psiformer.n_layers = 1; net.psiformer.n_heads = 2; net.psiformer.head_dim = 8; net.psiformer.mlp_hidden = 16; net.n_dets = 1;
     psf_model model;
     if (psf_model_init(&model, &he, &net, 42) != PSF_OK) { printf("error: %s\n", psf_last_error()); return 1; }
 

@@ -94,10 +94,10 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--mcmc-steps")) rc = parse_int(a, v, 1, &o->vmc.mcmc_steps);
         else if (!strcmp(a, "--seed")) { rc = parse_int(a, v, 0, &iv); o->vmc.seed = (uint64_t)iv; }
         else if (!strcmp(a, "--threads")) rc = parse_int(a, v, 1, &o->vmc.threads);
-        else if (!strcmp(a, "--layers")) rc = parse_int(a, v, 0, &o->net.n_layers);
-        else if (!strcmp(a, "--heads")) rc = parse_int(a, v, 1, &o->net.n_heads);
-        else if (!strcmp(a, "--head-dim")) rc = parse_int(a, v, 1, &o->net.head_dim);
-        else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.mlp_hidden);
+        else if (!strcmp(a, "--layers")) rc = parse_int(a, v, 0, &o->net.psiformer.n_layers);
+        else if (!strcmp(a, "--heads")) rc = parse_int(a, v, 1, &o->net.psiformer.n_heads);
+        else if (!strcmp(a, "--head-dim")) rc = parse_int(a, v, 1, &o->net.psiformer.head_dim);
+        else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.psiformer.mlp_hidden);
         else if (!strcmp(a, "--dets")) rc = parse_int(a, v, 1, &o->net.n_dets);
         else if (!strcmp(a, "--en-cusp")) rc = parse_int(a, v, 0, &o->net.use_en_cusp);
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
@@ -172,8 +172,8 @@ int main(int argc, char **argv) {
     const char *opt_name = o.vmc.optimizer == PSF_OPT_KFAC ? "kfac" : "adam";
     printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
            info->exact, ground ? "" : " (ground state; this run uses another spin)");
-    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", o.net.n_layers,
-           o.net.n_heads, o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "",
+    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", o.net.psiformer.n_layers,
+           o.net.psiformer.n_heads, o.net.psiformer.head_dim, o.net.psiformer.mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "",
            m.n_params);
     printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %d train + %d eval steps, seed %llu, %d threads%s%s\n",
            opt_name, v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps, (unsigned long long)o.vmc.seed,
@@ -275,8 +275,8 @@ int main(int argc, char **argv) {
                     "  \"seconds_sampling\": %.2f,\n  \"seconds_jet\": %.2f,\n  \"seconds_backward\": %.2f,\n  \"seconds_optimizer\": %.2f\n}\n",
                 o.atom, sys.n_up, sys.n_down, jnum(energy, b1, 40), jnum(err, b2, 40), jnum(variance, b3, 40), info->exact,
                 info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), (int)done,
-                o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.n_layers, o.net.n_heads,
-                o.net.head_dim, o.net.mlp_hidden, o.net.n_dets, o.net.use_en_cusp, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
+                o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.psiformer.n_layers, o.net.psiformer.n_heads,
+                o.net.psiformer.head_dim, o.net.psiformer.mlp_hidden, o.net.n_dets, o.net.use_en_cusp, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
                 tsum[1], tsum[2], tsum[3]);
         fclose(js);
     } else fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno));

@@ -2,6 +2,7 @@
  * permutation expansion, analytic energies, the sampler, reproducibility, checkpoints.
  * Run: make test   (or build/test_psiformer -v -s SUITE -t TEST) */
 #define PSIFORMER_IMPLEMENTATION
+#define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
 #include "psf_harness.h"
 #include <stdlib.h>
@@ -21,14 +22,26 @@ typedef struct {
 } fixture;
 
 static int fixture_en_cusp = 0; /* tests that set it cover the optional e-n cusp term of the Jastrow */
+static int fixture_finish(fixture *f, uint64_t seed);
 
 static int fixture_init(fixture *f, const char *atom, int layers, int heads, int head_dim, int dets, uint64_t seed) {
     psf_config c;
     psf_config_default(&c);
     c.use_en_cusp = fixture_en_cusp;
-    c.n_layers = layers; c.n_heads = heads; c.head_dim = head_dim; c.mlp_hidden = 12; c.n_dets = dets;
+    c.psiformer.n_layers = layers; c.psiformer.n_heads = heads; c.psiformer.head_dim = head_dim; c.psiformer.mlp_hidden = 12; c.n_dets = dets;
     if (psf_system_atom(&f->sys, atom, -1)) return 1;
     if (psf_model_init(&f->m, &f->sys, &c, seed)) return 1;
+    return fixture_finish(f, seed);
+}
+
+/* A model whose graph is op's own small example (psf__<name>_example), on carbon. */
+static int fixture_op(fixture *f, int op, uint64_t seed) {
+    if (psf_system_atom(&f->sys, "C", -1)) return 1;
+    if (psf_test_op_model(&f->m, &f->sys, op, seed)) return 1;
+    return fixture_finish(f, seed);
+}
+
+static int fixture_finish(fixture *f, uint64_t seed) {
     if (psf_workspace_init(&f->ws, &f->m)) return 1;
     psf_rng r;
     psf_rng_seed(&r, seed, 77);
@@ -145,19 +158,36 @@ static double node_backward_error(fixture *f, int k, uint64_t seed) {
     return worst;
 }
 
+/* Each op in the registry, on its own small example graph (built by the op's section): the jet and backward rules
+ * of every node of that graph against central differences. An op added to PSF_OPS is covered here by its
+ * example alone. */
+TEST every_registered_op_on_its_example_graph(void) {
+    for (int op = 0; op < PSF_OP_COUNT; op++) {
+        fixture f;
+        ASSERT_EQm(psf_op_name(op), 0, fixture_op(&f, op, 21 + op));
+        ASSERT_EQm(psf_op_name(op), op, (int)f.m.nodes[f.m.out_node].op);
+        double worst = 0;
+        for (int k = 0; k < f.m.n_nodes; k++) {
+            worst = fmax(worst, node_jet_error(&f, k));
+            worst = fmax(worst, node_backward_error(&f, k, 9));
+        }
+        if (greatest_info.verbose) printf("    %-12s %2d nodes, worst rel. error %.2e\n", psf_op_name(op), f.m.n_nodes, worst);
+        ASSERT_IN_RANGEm(psf_op_name(op), 0.0, worst, 1e-6);
+        fixture_free(&f);
+    }
+    PASS();
+}
+
 TEST every_op_jet_matches_finite_differences(void) {
     fixture f;
     fixture_en_cusp = 1;
     ASSERT_EQ(0, fixture_init(&f, "C", 2, 2, 4, 3, 11));
     fixture_en_cusp = 0;
-    int seen[PSF_OP_COUNT] = {0};
     for (int k = 0; k < f.m.n_nodes; k++) {
         const double e = node_jet_error(&f, k);
-        seen[f.m.nodes[k].op] = 1;
-        if (greatest_info.verbose) printf("    jet  node %2d %-12s rel. error %.2e\n", k, psf_op_names[f.m.nodes[k].op], e);
-        ASSERT_IN_RANGEm(psf_op_names[f.m.nodes[k].op], 0.0, e, 1e-6);
+        if (greatest_info.verbose) printf("    jet  node %2d %-12s rel. error %.2e\n", k, psf_op_name(f.m.nodes[k].op), e);
+        ASSERT_IN_RANGEm(psf_op_name(f.m.nodes[k].op), 0.0, e, 1e-6);
     }
-    for (int op = 0; op < PSF_OP_COUNT; op++) ASSERTm(psf_op_names[op], seen[op]);
     fixture_free(&f);
     PASS();
 }
@@ -169,8 +199,8 @@ TEST every_op_backward_matches_finite_differences(void) {
     fixture_en_cusp = 0;
     for (int k = 0; k < f.m.n_nodes; k++) {
         const double e = node_backward_error(&f, k, 5);
-        if (greatest_info.verbose) printf("    bwd  node %2d %-12s rel. error %.2e\n", k, psf_op_names[f.m.nodes[k].op], e);
-        ASSERT_IN_RANGEm(psf_op_names[f.m.nodes[k].op], 0.0, e, 1e-6);
+        if (greatest_info.verbose) printf("    bwd  node %2d %-12s rel. error %.2e\n", k, psf_op_name(f.m.nodes[k].op), e);
+        ASSERT_IN_RANGEm(psf_op_name(f.m.nodes[k].op), 0.0, e, 1e-6);
     }
     fixture_free(&f);
     PASS();
@@ -227,6 +257,7 @@ TEST network_derivatives_match_finite_differences(void) {
 }
 
 SUITE(derivatives) {
+    RUN_TEST(every_registered_op_on_its_example_graph);
     RUN_TEST(every_op_jet_matches_finite_differences);
     RUN_TEST(every_op_backward_matches_finite_differences);
     RUN_TEST(network_derivatives_match_finite_differences);
@@ -293,14 +324,14 @@ TEST logdet_matches_permutation_expansion(void) {
         for (int i = 0; i < n * n; i++) a[i] = psf_rng_normal(&r);
         const double det = leibniz(n, a);
         int sg;
-        const double ld = psf_logdet(n, a, &sg);
+        const double ld = psf_logdet(n, a, lu, piv, &sg);
         ASSERT_EQm("sign", det > 0 ? 1 : -1, sg);
         ASSERT_IN_RANGEm("log|det|", log(fabs(det)), ld, 1e-12 * fmax(1, fabs(ld)));
         /* derivative: d log|det| / d a_ij = (A^{-1})_ji, against brute-force d det / d a_ij / det */
         memcpy(lu, a, sizeof(double) * n * n);
         double la;
-        psf__lu(n, lu, piv, &la);
-        psf__lu_inverse(n, lu, piv, inv);
+        psf_test_lu(n, lu, piv, &la);
+        psf_test_lu_inverse(n, lu, piv, inv);
         for (int i = 0; i < n; i++)
             for (int j = 0; j < n; j++) {
                 double b[36];
@@ -311,9 +342,9 @@ TEST logdet_matches_permutation_expansion(void) {
             }
     }
     /* a singular matrix gives sign 0 and -inf, never NaN */
-    double s[9] = {1, 2, 3, 2, 4, 6, 0, 1, 5};
-    int sg;
-    const double ld = psf_logdet(3, s, &sg);
+    double s[9] = {1, 2, 3, 2, 4, 6, 0, 1, 5}, lu[9];
+    int sg, piv[3];
+    const double ld = psf_logdet(3, s, lu, piv, &sg);
     ASSERT_EQ(0, sg);
     ASSERT(isinf(ld) && ld < 0);
     PASS();
@@ -512,7 +543,7 @@ static double train_helium(int threads, int steps, int eval_steps, double *err, 
     psf_system_atom(&he, "He", -1);
     psf_config c;
     psf_config_default(&c);
-    c.n_layers = 1; c.n_heads = 2; c.head_dim = 8; c.mlp_hidden = 16; c.n_dets = 1;
+    c.psiformer.n_layers = 1; c.psiformer.n_heads = 2; c.psiformer.head_dim = 8; c.psiformer.mlp_hidden = 16; c.n_dets = 1;
     psf_model m;
     psf_model_init(&m, &he, &c, 3);
     psf_vmc_config vc;
@@ -568,7 +599,7 @@ TEST checkpoint_roundtrip_and_errors(void) {
     psf_system_atom(&he, "He", -1);
     psf_config c;
     psf_config_default(&c);
-    c.n_layers = 1; c.n_heads = 1; c.head_dim = 4; c.mlp_hidden = 4; c.n_dets = 1;
+    c.psiformer.n_layers = 1; c.psiformer.n_heads = 1; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 4; c.n_dets = 1;
     psf_model m, m2;
     psf_model_init(&m, &he, &c, 3);
     psf_model_init(&m2, &he, &c, 4);
@@ -628,7 +659,7 @@ TEST bad_input_is_refused_with_a_message(void) {
     psf_system_atom(&s, "He", -1);
     psf_config c;
     psf_config_default(&c);
-    c.n_heads = 0;
+    c.psiformer.n_heads = 0;
     psf_model m;
     ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
     ASSERT(strstr(psf_last_error(), "heads") != NULL);
@@ -652,7 +683,7 @@ static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer 
     psf_system_atom(&sys, atom, -1);
     psf_config c;
     psf_config_default(&c);
-    c.n_layers = 1; c.n_heads = 2; c.head_dim = 4; c.mlp_hidden = 6; c.n_dets = 2;
+    c.psiformer.n_layers = 1; c.psiformer.n_heads = 2; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 6; c.n_dets = 2;
     psf_model_init(m, &sys, &c, seed);
     psf_vmc_config vc;
     psf_vmc_config_default(&vc);
@@ -665,8 +696,8 @@ static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer 
 static psf_real *kfac_before_first_update(psf_model *m, psf_vmc *v, const char *atom, uint64_t seed) {
     small_vmc(m, v, atom, PSF_OPT_KFAC, 16, seed);
     psf_step_stats st;
-    psf__sample_and_measure(v, &st);
-    if (psf__energy_gradient(v, st.energy)) return NULL;
+    psf_test_sample_and_measure(v, &st);
+    if (psf_test_energy_gradient(v, st.energy)) return NULL;
     psf_real *theta = malloc(sizeof(psf_real) * m->n_params);
     memcpy(theta, m->params, sizeof(psf_real) * m->n_params);
     return theta;
@@ -679,9 +710,11 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
     psf_vmc v;
     psf_real *theta = kfac_before_first_update(&m, &v, "Li", 5);
     ASSERT(theta != NULL);
-    psf__kfac_update(&v, 16); /* first update: decay 0, so the running factors are this batch's */
+    double eta;
+    ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta)); /* first update: decay 0, so the running factors are this batch's */
     memcpy(m.params, theta, sizeof(psf_real) * m.n_params); /* brute force at the parameters the factors saw */
-    const psf_kfac *k = v.kfac;
+    psf_test_kfac_info ki, *k = &ki;
+    ASSERT(psf_test_kfac(&v, k));
     double *ref = calloc(k->stat_reals, sizeof(double)), *g = calloc(m.n_params, sizeof(double));
     psf_workspace *ws = &v.ws[0];
     for (int b = 0; b < 16; b++) {
@@ -690,7 +723,7 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
         memset(g, 0, sizeof(double) * m.n_params);
         psf_model_backward(&m, ws, 1.0, g);
         for (int di = 0; di < k->n_dense; di++) {
-            const psf__kfac_dense *d = &k->dense[di];
+            const psf_test_kfac_block *d = &k->dense[di];
             const psf_node *nd = &m.nodes[d->node];
             const int a = m.nodes[nd->in0].cols, bo = nd->cols, T = d->r1 - d->r0;
             const psf_real *X = ws->jet + m.nodes[nd->in0].off, *E = ws->adj + nd->adj_off;
@@ -725,7 +758,7 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
 static void dense_solve(int n, double *a, double *b) {
     int piv[64];
     double la;
-    psf__lu(n, a, piv, &la);
+    psf_test_lu(n, a, piv, &la);
     for (int k = 0; k < n; k++) if (piv[k] != k) { double t = b[k]; b[k] = b[piv[k]]; b[piv[k]] = t; }
     for (int i = 0; i < n; i++) for (int k = 0; k < i; k++) b[i] -= a[i * n + k] * b[k];
     for (int i = n - 1; i >= 0; i--) { for (int k = i + 1; k < n; k++) b[i] -= a[i * n + k] * b[k]; b[i] /= a[i * n + i]; }
@@ -751,7 +784,7 @@ TEST kfac_direction_equals_dense_natural_gradient(void) {
     const double lambdas[2] = {1e-2, 1e-14};
     for (int t = 0; t < 2; t++) {
         const double lam = lambdas[t];
-        const double pi = psf__kfac_precondition_dense(R, C, A, S, lam, g, delta, work);
+        const double pi = psf_test_kfac_precondition(R, C, A, S, lam, g, delta, work);
         double trA = 0, trS = 0;
         for (int x = 0; x < R; x++) trA += A[x * R + x];
         for (int y = 0; y < C; y++) trS += S[y * C + y];
@@ -777,27 +810,32 @@ TEST kfac_norm_constraint_and_large_damping(void) {
     psf_vmc v;
     psf_real *theta = kfac_before_first_update(&m, &v, "Be", 6);
     ASSERT(theta != NULL);
+    psf_test_kfac_info k;
+    double eta;
     v.cfg.lr = 1e3; /* far beyond the constraint */
-    psf__kfac_update(&v, 16);
-    ASSERT(v.kfac->last_q > 0);
-    ASSERT_IN_RANGE(v.cfg.kfac_norm_constraint, v.kfac->last_eta * v.kfac->last_eta * v.kfac->last_q, 1e-12);
+    ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
+    ASSERT(psf_test_kfac(&v, &k));
+    ASSERT(k.last_q > 0);
+    ASSERT_IN_RANGE(v.cfg.kfac_norm_constraint, k.last_eta * k.last_eta * k.last_q, 1e-12);
     double step2 = 0;
     for (size_t p = 0; p < m.n_params; p++) step2 += (m.params[p] - theta[p]) * (m.params[p] - theta[p]);
     ASSERT(step2 > 0);
     memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
     v.cfg.lr = 1e-9; /* well inside: the step uses the learning rate itself */
-    psf__kfac_update(&v, 16);
-    ASSERT_IN_RANGE(1e-9 / (1 + v.step / v.cfg.lr_delay), v.kfac->last_eta, 1e-22);
-    ASSERT(v.kfac->last_eta * v.kfac->last_eta * v.kfac->last_q <= v.cfg.kfac_norm_constraint);
+    ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
+    psf_test_kfac(&v, &k);
+    ASSERT_IN_RANGE(1e-9 / (1 + v.step / v.cfg.lr_delay), k.last_eta, 1e-22);
+    ASSERT(k.last_eta * k.last_eta * k.last_q <= v.cfg.kfac_norm_constraint);
     memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
     v.cfg.kfac_damping = 1e12;
     v.cfg.lr = 1.0;
     v.cfg.kfac_norm_constraint = 1e300;
-    psf__kfac_update(&v, 16);
+    ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
+    psf_test_kfac(&v, &k);
     double worst = 0, gmax = 0;
     for (size_t p = 0; p < m.n_params; p++) {
         const double want = v.grad[p] / 1e12;
-        worst = fmax(worst, fabs(v.kfac->delta[p] - want));
+        worst = fmax(worst, fabs(k.delta[p] - want));
         gmax = fmax(gmax, fabs(want));
     }
     if (greatest_info.verbose) printf("    |Delta - g/lambda| %.2e of |g/lambda| %.2e\n", worst, gmax);

@@ -55,12 +55,12 @@ int main(int argc, char **argv) {
         const char *v = argv[++a];
         if (!strcmp(k, "--atom")) atom = v;
         else if (!strcmp(k, "--out")) out = v;
-        else if (!strcmp(k, "--layers")) cfg.n_layers = atoi(v);
-        else if (!strcmp(k, "--heads")) cfg.n_heads = atoi(v);
-        else if (!strcmp(k, "--head-dim")) cfg.head_dim = atoi(v);
-        else if (!strcmp(k, "--mlp")) cfg.mlp_hidden = atoi(v);
+        else if (!strcmp(k, "--layers")) cfg.psiformer.n_layers = atoi(v);
+        else if (!strcmp(k, "--heads")) cfg.psiformer.n_heads = atoi(v);
+        else if (!strcmp(k, "--head-dim")) cfg.psiformer.head_dim = atoi(v);
+        else if (!strcmp(k, "--mlp")) cfg.psiformer.mlp_hidden = atoi(v);
         else if (!strcmp(k, "--dets")) cfg.n_dets = atoi(v);
-        else if (!strcmp(k, "--layernorm")) cfg.use_layernorm = atoi(v);
+        else if (!strcmp(k, "--layernorm")) cfg.psiformer.use_layernorm = atoi(v);
         else if (!strcmp(k, "--jastrow")) cfg.use_jastrow = atoi(v);
         else if (!strcmp(k, "--seed")) seed = atoll(v);
         else if (!strcmp(k, "--walkers")) walkers = atoi(v);
@@ -110,9 +110,9 @@ int main(int argc, char **argv) {
     fprintf(f, "{\n  \"atom\": \"%s\",\n  \"Z\": %.17g,\n  \"R\": [%.17g, %.17g, %.17g],\n", atom, sys.Z[0], sys.R[0][0],
             sys.R[0][1], sys.R[0][2]);
     fprintf(f, "  \"n_up\": %d,\n  \"n_down\": %d,\n", sys.n_up, sys.n_down);
-    fprintf(f, "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n", cfg.n_layers,
-            cfg.n_heads, cfg.head_dim, cfg.mlp_hidden, cfg.n_dets);
-    fprintf(f, "  \"layernorm\": %d,\n  \"jastrow\": %d,\n  \"seed\": %lld,\n  \"walkers\": %d,\n", cfg.use_layernorm,
+    fprintf(f, "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n", cfg.psiformer.n_layers,
+            cfg.psiformer.n_heads, cfg.psiformer.head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets);
+    fprintf(f, "  \"layernorm\": %d,\n  \"jastrow\": %d,\n  \"seed\": %lld,\n  \"walkers\": %d,\n", cfg.psiformer.use_layernorm,
             cfg.use_jastrow, seed, walkers);
     fprintf(f, "  \"blocks\": [");
     for (int b = 0; b < m.n_pblocks; b++)
@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
     psf_model_free(&m);
     if (rc) return 1;
     printf("export: %s N=%d (%d up) L=%d H=%d d=%d M=%d K=%d ln=%d jas=%d, %zu params, %d walkers -> %s\n", atom, N,
-           sys.n_up, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_hidden, cfg.n_dets, cfg.use_layernorm,
+           sys.n_up, cfg.psiformer.n_layers, cfg.psiformer.n_heads, cfg.psiformer.head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets, cfg.psiformer.use_layernorm,
            cfg.use_jastrow, m.n_params, walkers, out);
     return 0;
 }
