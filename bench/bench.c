@@ -182,8 +182,6 @@ static FILE *open_csv(const char *path, const char *header) {
 #define TABLE_HEADER "build,tag,threads,atom,n_elec,n_layers,n_heads,head_dim,mlp,n_dets,n_params,batch,metric," \
                      "optimizer,walkers_per_s,us_per_walker,reps,mflop_per_walker,gflops"
 
-static const char *opt_name(int opt) { return opt == PSF_OPT_KFAC ? "kfac" : opt == PSF_OPT_ADAM ? "adam" : "?"; }
-
 static void emit(FILE *csv, const char *tag, int threads, const char *atom, const psf_model *m, int batch,
                  const char *metric, const char *opt, double seconds, int walkers, int reps, double flops) {
     const double wps = walkers / seconds, us = 1e6 * seconds / walkers;
@@ -204,15 +202,22 @@ static void emit(FILE *csv, const char *tag, int threads, const char *atom, cons
 }
 
 /* ---- the throughput table ----------------------------------------------------------------------------------- */
+/* The default network with head_dim on atom (exits with the message on failure). */
+static void bench_model(const char *atom, int head_dim, psf_system *sys, psf_config *cfg, psf_model *m) {
+    psf_config_default(cfg);
+    cfg->psiformer.head_dim = head_dim;
+    if (psf_system_atom(sys, atom, -1) != PSF_OK || psf_model_init(m, sys, cfg, 1) != PSF_OK) {
+        fprintf(stderr, "bench: %s\n", psf_last_error());
+        exit(1);
+    }
+}
+
 static void bench_config(const char *atom, int head_dim, int batch, const int *threads, int n_threads,
                          const char *metrics, int optimizer, double budget, int max_reps, const char *tag, FILE *csv) {
     psf_system sys;
-    if (psf_system_atom(&sys, atom, -1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     psf_config cfg;
-    psf_config_default(&cfg);
-    cfg.psiformer.head_dim = head_dim;
     psf_model m;
-    if (psf_model_init(&m, &sys, &cfg, 1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
+    bench_model(atom, head_dim, &sys, &cfg, &m);
     const double fl_fwd = model_flops(&m, 0), fl_eloc = model_flops(&m, 1) + potential_flops(&m);
 
     int tmax = 1;
@@ -271,16 +276,16 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
             if (!ok) printf("  %-3s d=%-3d B=%-5d T=%d train step failed: %s\n", atom, head_dim, batch, T, psf_last_error());
             /* one iteration: mcmc_steps forward passes per walker, the jet pass, a forward + backward pass, Adam,
              * and the refresh (one forward pass) */
-            emit(csv, tag, T, atom, &m, batch, "train", opt_name(vc.optimizer), best, batch, n, 0);
+            emit(csv, tag, T, atom, &m, batch, "train", psf_optimizer_name(vc.optimizer), best, batch, n, 0);
             const double parts[4] = {best_st.t_sample, best_st.t_jet, best_st.t_backward, best_st.t_optimizer};
             const char *names[4] = {"train.sample", "train.eloc", "train.backward", "train.optimizer"};
             printf("  %-3s d=%-3d B=%-5d T=%d    iteration %.3f s = sample %.3f + E_L %.3f + gradient %.3f + %s & refresh %.3f\n",
-                   atom, head_dim, batch, T, best, parts[0], parts[1], parts[2], opt_name(vc.optimizer), parts[3]);
+                   atom, head_dim, batch, T, best, parts[0], parts[1], parts[2], psf_optimizer_name(vc.optimizer), parts[3]);
             if (csv)
                 for (int p = 0; p < 4; p++)
                     fprintf(csv, "%s,%s,%d,%s,%d,%d,%d,%d,%d,%d,%zu,%d,%s,%s,,%.6g,%d,,\n", BUILD_NAME, tag, T, atom,
                             m.n_elec, cfg.psiformer.n_layers, cfg.psiformer.n_heads, head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets, m.n_params,
-                            batch, names[p], opt_name(vc.optimizer), 1e6 * parts[p] / batch, n);
+                            batch, names[p], psf_optimizer_name(vc.optimizer), 1e6 * parts[p] / batch, n);
             psf_vmc_free(&v);
             psf_model_free(&mt);
         }
@@ -297,16 +302,13 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
  * one thread (psf_model_eval_node runs the graph up to a node). */
 static void bench_ops(const char *atom, int head_dim, int reps, FILE *csv) {
     psf_system sys;
-    if (psf_system_atom(&sys, atom, -1) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     psf_config cfg;
-    psf_config_default(&cfg);
-    cfg.psiformer.head_dim = head_dim;
     psf_model m;
     psf_workspace ws;
     psf_walkers w;
     const int nw = 8;
-    if (psf_model_init(&m, &sys, &cfg, 1) != PSF_OK || psf_workspace_init(&ws, &m) != PSF_OK ||
-        psf_walkers_init(&w, &sys, nw, 7) != PSF_OK) {
+    bench_model(atom, head_dim, &sys, &cfg, &m);
+    if (psf_workspace_init(&ws, &m) != PSF_OK || psf_walkers_init(&w, &sys, nw, 7) != PSF_OK) {
         fprintf(stderr, "bench: %s\n", psf_last_error());
         exit(1);
     }

@@ -3,11 +3,16 @@
  *   build/psiformer --atom C --out runs/carbon
  *   build/psiformer --help
  *
+ * The program is four steps, each a function below: parse the options, train (Metropolis sampling, local energies,
+ * gradient, optimizer update; a checkpoint every few steps), evaluate with the parameters frozen (reblocked error
+ * bar), and write summary.json.
+ *
  * Outputs in --out DIR: train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin (restart with --restore). */
 #define PSIFORMER_IMPLEMENTATION
 #include "../psiformer.h"
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,8 +24,16 @@ typedef struct {
     double train_minutes;
     psf_config net;
     psf_vmc_config vmc;
-    int lr_given;
 } options;
+
+/* What training and evaluation measured, for the summary. */
+typedef struct {
+    long first, done;              /* training steps: restored from, reached     */
+    double seconds[4];             /* sampling, jet, backward, optimizer         */
+    double train_seconds, eval_seconds;
+    double energy, error, variance; /* evaluated (hartree), reblocked error bar  */
+    int block;
+} results;
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -57,6 +70,8 @@ static void usage(FILE *f) {
             "Units: bohr and hartree (Ha). Exit status: 0 success, 1 run failure, 2 bad arguments.\n");
 }
 
+/* ---- 1. Options ------------------------------------------------------------------------------------------ */
+
 static int parse_int(const char *flag, const char *s, int lo, int *out) {
     char *end;
     errno = 0;
@@ -69,6 +84,18 @@ static int parse_int(const char *flag, const char *s, int lo, int *out) {
     return 0;
 }
 
+static int parse_positive(const char *flag, const char *s, double *out) {
+    char *end;
+    const double x = strtod(s, &end);
+    if (*end || !(x > 0) || !isfinite(x)) {
+        fprintf(stderr, "psiformer: %s expects a positive number, got '%s'\n", flag, s);
+        return 1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* Returns 0 to run, 1 for bad arguments, -1 after --help. */
 static int parse_args(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->atom = "C";
@@ -82,7 +109,7 @@ static int parse_args(int argc, char **argv, options *o) {
     o->vmc.batch = 512;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); exit(0); }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return -1; }
         if (i + 1 >= argc) { fprintf(stderr, "psiformer: unknown option or missing value: %s (see --help)\n", a); return 1; }
         const char *v = argv[++i];
         int rc = 0, iv;
@@ -103,30 +130,19 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--damping") || !strcmp(a, "--norm-constraint")) {
-            char *end;
-            const double x = strtod(v, &end);
-            if (*end || !(x > 0)) { fprintf(stderr, "psiformer: %s expects a positive number, got '%s'\n", a, v); return 1; }
-            if (!strcmp(a, "--damping")) o->vmc.kfac_damping = x; else o->vmc.kfac_norm_constraint = x;
-        } else if (!strcmp(a, "--train-minutes")) {
-            char *end;
-            o->train_minutes = strtod(v, &end);
-            if (*end || !(o->train_minutes > 0)) { fprintf(stderr, "psiformer: --train-minutes expects a positive number, got '%s'\n", v); return 1; }
-        }
         else if (!strcmp(a, "--restore")) o->restore = v;
-        else if (!strcmp(a, "--lr")) {
-            char *end;
-            o->vmc.lr = strtod(v, &end);
-            o->lr_given = 1;
-            if (*end || !(o->vmc.lr > 0)) { fprintf(stderr, "psiformer: --lr expects a positive number, got '%s'\n", v); return 1; }
-        } else if (!strcmp(a, "--optimizer")) {
-            if (!strcmp(v, "kfac")) o->vmc.optimizer = PSF_OPT_KFAC;
-            else if (!strcmp(v, "adam")) o->vmc.optimizer = PSF_OPT_ADAM;
-            else { fprintf(stderr, "psiformer: --optimizer expects kfac or adam, got '%s'\n", v); return 1; }
+        else if (!strcmp(a, "--damping")) rc = parse_positive(a, v, &o->vmc.kfac_damping);
+        else if (!strcmp(a, "--norm-constraint")) rc = parse_positive(a, v, &o->vmc.kfac_norm_constraint);
+        else if (!strcmp(a, "--train-minutes")) rc = parse_positive(a, v, &o->train_minutes);
+        else if (!strcmp(a, "--lr")) rc = parse_positive(a, v, &o->vmc.lr);
+        else if (!strcmp(a, "--optimizer")) {
+            int k = 0;
+            while (k < PSF_OPT_COUNT && strcmp(v, psf_optimizer_name(k))) k++;
+            if (k == PSF_OPT_COUNT) { fprintf(stderr, "psiformer: --optimizer expects kfac or adam, got '%s'\n", v); return 1; }
+            o->vmc.optimizer = (psf_optimizer)k;
         } else { fprintf(stderr, "psiformer: unknown option %s (see --help)\n", a); return 1; }
         if (rc) return 1;
     }
-    if (!o->lr_given) o->vmc.lr = 0; /* the optimizer's default */
     return 0;
 }
 
@@ -139,21 +155,175 @@ static int mkdir_p(const char *path) {
     return 0;
 }
 
-/* A JSON number, or null when not finite (JSON has no NaN). */
-static const char *jnum(double x, char *buf, size_t n) {
-    if (isfinite(x)) snprintf(buf, n, "%.8f", x); else snprintf(buf, n, "null");
-    return buf;
-}
-
 static void fmt_time(double s, char *buf, size_t n) {
     if (!(s >= 0) || s > 1e7) snprintf(buf, n, "--:--");
     else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(fmod(s, 3600) / 60));
     else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
+/* ---- 2. Training ------------------------------------------------------------------------------------------ */
+
+/* Trains from v->step to o->steps (or the wall-time budget), one CSV row per step, a checkpoint every
+ * checkpoint_every steps and at the end. Returns 0, or 1 if a step failed (the last good state is on disk). */
+static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
+    FILE *csv = fopen(path, o->restore ? "a" : "w");
+    if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
+    if (!o->restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm\n");
+    const int tty = isatty(fileno(stdout));
+    const double t_train = psf_time();
+    psf_step_stats st;
+    int rc = 0;
+    double ema = NAN;
+    r->first = r->done = v->step;
+    for (long s = r->first; s < o->steps; s++) {
+        if (o->train_minutes > 0 && psf_time() - t_train > 60.0 * o->train_minutes) {
+            printf("%sstopping training at step %ld: --train-minutes %.1f reached\n", tty ? "\n" : "", s, o->train_minutes);
+            break;
+        }
+        if ((rc = psf_vmc_train_step(v, &st))) break;
+        r->done = s + 1;
+        r->seconds[0] += st.t_sample; r->seconds[1] += st.t_jet; r->seconds[2] += st.t_backward; r->seconds[3] += st.t_optimizer;
+        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g\n", st.step, st.energy, st.variance, st.pmove,
+                psf_time() - t_train, st.step_size, st.grad_norm);
+        ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
+        const double per = (psf_time() - t_train) / (double)(s - r->first + 1);
+        double eta = per * (double)(o->steps - s - 1);
+        if (o->train_minutes > 0 && eta > 60.0 * o->train_minutes - (psf_time() - t_train))
+            eta = 60.0 * o->train_minutes - (psf_time() - t_train);
+        eta += per * 0.5 * o->eval_steps;
+        char etas[32];
+        fmt_time(eta, etas, sizeof etas);
+        if (tty)
+            printf("\rstep %5ld/%d  E %12.6f Ha  (avg %12.6f)  var %9.4f  pmove %.2f  %.2fs/step  ETA %s   ",
+                   s + 1, o->steps, st.energy, ema, st.variance, st.pmove, per, etas);
+        else if ((s + 1) % o->print_every == 0 || s + 1 == o->steps)
+            printf("step %5ld/%d  E %12.6f Ha  avg %12.6f  var %9.4f  pmove %.2f  %.2fs/step  ETA %s\n", s + 1, o->steps,
+                   st.energy, ema, st.variance, st.pmove, per, etas);
+        fflush(stdout);
+        if ((s + 1) % o->checkpoint_every == 0) {
+            fflush(csv);
+            snprintf(path, sizeof path, "%s/checkpoint.bin", outdir);
+            if (psf_vmc_save(v, path)) fprintf(stderr, "\npsiformer: warning: %s\n", psf_last_error());
+        }
+    }
+    if (tty) printf("\n");
+    fclose(csv);
+    snprintf(path, sizeof path, "%s/checkpoint.bin", outdir);
+    if (psf_vmc_save(v, path)) fprintf(stderr, "psiformer: warning: %s\n", psf_last_error());
+    r->train_seconds = psf_time() - t_train;
+    if (rc) {
+        fprintf(stderr, "psiformer: training stopped: %s (checkpoint of the last good state in %s)\n", psf_last_error(), path);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- 3. Evaluation ---------------------------------------------------------------------------------------- */
+
+/* eval_steps iterations with frozen parameters; the mean energy with its reblocked error bar. Returns 0 or 1. */
+static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r) {
+    char path[1024];
+    const int n = o->eval_steps, tty = isatty(fileno(stdout));
+    double *series = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)), var_sum = 0;
+    if (!series) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
+    const double t_eval = psf_time();
+    snprintf(path, sizeof path, "%s/eval_stats.csv", outdir);
+    FILE *csv = fopen(path, "w");
+    if (csv) fprintf(csv, "step,energy,variance,pmove\n");
+    psf_step_stats st;
+    for (int s = 0; s < n; s++) {
+        if (psf_vmc_eval_step(v, &st)) {
+            fprintf(stderr, "psiformer: evaluation failed: %s\n", psf_last_error());
+            free(series);
+            if (csv) fclose(csv);
+            return 1;
+        }
+        series[s] = st.energy;
+        var_sum += st.variance;
+        if (csv) fprintf(csv, "%d,%.10f,%.8f,%.4f\n", s, st.energy, st.variance, st.pmove);
+        if (tty) { printf("\reval %4d/%d  E %12.6f Ha  pmove %.2f   ", s + 1, n, st.energy, st.pmove); fflush(stdout); }
+    }
+    if (csv) fclose(csv);
+    if (tty) printf("\n");
+    r->energy = r->error = NAN;
+    r->block = 0;
+    if (n >= 2) psf_reblock(series, n, &r->energy, &r->error, &r->block);
+    else if (n == 1) r->energy = series[0];
+    r->variance = n > 0 ? var_sum / n : NAN;
+    r->eval_seconds = psf_time() - t_eval;
+    free(series);
+    return 0;
+}
+
+/* ---- 4. The summary: a small JSON writer (numbers that are not finite are written as null) ---------------- */
+
+typedef struct { FILE *f; int n; } json;
+static void json_key(json *j, const char *key) { fprintf(j->f, "%s\n  \"%s\": ", j->n++ ? "," : "{", key); }
+static void json_num(json *j, const char *key, double x) {
+    json_key(j, key);
+    if (isfinite(x)) fprintf(j->f, "%.8f", x); else fprintf(j->f, "null");
+}
+static void json_fmt(json *j, const char *key, const char *fmt, ...) {
+    va_list ap;
+    json_key(j, key);
+    va_start(ap, fmt);
+    vfprintf(j->f, fmt, ap);
+    va_end(ap);
+}
+static void json_str(json *j, const char *key, const char *s) { json_fmt(j, key, "\"%s\"", s); }
+static void json_int(json *j, const char *key, long x) { json_fmt(j, key, "%ld", x); }
+static int json_end(json *j) { fprintf(j->f, "\n}\n"); return fclose(j->f); }
+
+static void write_summary(const char *path, const options *o, const psf_model *m, const psf_vmc *v,
+                          const psf_atom_info *info, int ground, const results *r, double wall) {
+    json j = {fopen(path, "w"), 0};
+    if (!j.f) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return; }
+    const double error_mha = (r->energy - info->exact) * 1e3;
+    const double corr = (info->hf_limit - r->energy) / (info->hf_limit - info->exact);
+    const psf_psiformer_config *pc = &m->cfg.psiformer;
+    json_str(&j, "system", o->atom);
+    json_int(&j, "n_up", m->sys.n_up);
+    json_int(&j, "n_down", m->sys.n_down);
+    json_num(&j, "energy", r->energy);
+    json_num(&j, "energy_error", r->error);
+    json_num(&j, "variance", r->variance);
+    json_fmt(&j, "exact", "%.6f", info->exact);
+    json_fmt(&j, "hf_limit", "%.6f", info->hf_limit);
+    json_num(&j, "error_mha", ground ? error_mha : NAN);
+    json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
+    json_str(&j, "units", "hartree");
+    json_int(&j, "train_steps", r->done);
+    json_int(&j, "eval_steps", o->eval_steps);
+    json_int(&j, "batch", o->vmc.batch);
+    json_int(&j, "mcmc_steps", o->vmc.mcmc_steps);
+    json_str(&j, "optimizer", psf_optimizer_name(o->vmc.optimizer));
+    json_fmt(&j, "lr", "%g", v->cfg.lr);
+    json_int(&j, "params", (long)m->n_params);
+    json_int(&j, "layers", pc->n_layers);
+    json_int(&j, "heads", pc->n_heads);
+    json_int(&j, "head_dim", pc->head_dim);
+    json_int(&j, "mlp", pc->mlp_hidden);
+    json_int(&j, "dets", m->cfg.n_dets);
+    json_int(&j, "en_cusp", m->cfg.use_en_cusp);
+    json_fmt(&j, "seed", "%llu", (unsigned long long)o->vmc.seed);
+    json_int(&j, "threads", v->n_ws);
+    json_int(&j, "reblock_size", r->block);
+    json_fmt(&j, "wall_seconds", "%.2f", wall);
+    json_fmt(&j, "seconds_sampling", "%.2f", r->seconds[0]);
+    json_fmt(&j, "seconds_jet", "%.2f", r->seconds[1]);
+    json_fmt(&j, "seconds_backward", "%.2f", r->seconds[2]);
+    json_fmt(&j, "seconds_optimizer", "%.2f", r->seconds[3]);
+    if (json_end(&j)) fprintf(stderr, "psiformer: cannot write %s\n", path);
+}
+
+/* ---- The program -------------------------------------------------------------------------------------------- */
+
 int main(int argc, char **argv) {
     options o;
-    if (parse_args(argc, argv, &o)) return 2;
+    const int pa = parse_args(argc, argv, &o);
+    if (pa) return pa < 0 ? 0 : 2;
     psf_system sys;
     if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
     const psf_atom_info *info = psf_atom_lookup(o.atom);
@@ -168,126 +338,35 @@ int main(int argc, char **argv) {
     psf_vmc v;
     if (psf_vmc_init(&v, &m, &o.vmc)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
     if (o.restore && psf_vmc_load(&v, o.restore)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
-    const int tty = isatty(fileno(stdout));
-    const char *opt_name = o.vmc.optimizer == PSF_OPT_KFAC ? "kfac" : "adam";
+    const psf_psiformer_config *pc = &o.net.psiformer;
     printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
            info->exact, ground ? "" : " (ground state; this run uses another spin)");
-    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", o.net.psiformer.n_layers,
-           o.net.psiformer.n_heads, o.net.psiformer.head_dim, o.net.psiformer.mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "",
-           m.n_params);
+    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", pc->n_layers, pc->n_heads,
+           pc->head_dim, pc->mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params);
     printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %d train + %d eval steps, seed %llu, %d threads%s%s\n",
-           opt_name, v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps, (unsigned long long)o.vmc.seed,
-           v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
+           psf_optimizer_name(o.vmc.optimizer), v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps,
+           (unsigned long long)o.vmc.seed, v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
     fflush(stdout);
 
-    snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
-    FILE *csv = fopen(path, o.restore ? "a" : "w");
-    if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
-    if (!o.restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm\n");
-    double tsum[4] = {0, 0, 0, 0};
-    const long first = v.step;
-    const double t_train = psf_time();
-    psf_step_stats st;
-    int rc = 0;
-    double ema = NAN;
-    long done = first;
-    for (long s = first; s < o.steps; s++) {
-        if (o.train_minutes > 0 && psf_time() - t_train > 60.0 * o.train_minutes) {
-            printf("%sstopping training at step %ld: --train-minutes %.1f reached\n", tty ? "\n" : "", s, o.train_minutes);
-            break;
-        }
-        if ((rc = psf_vmc_train_step(&v, &st))) break;
-        done = s + 1;
-        tsum[0] += st.t_sample; tsum[1] += st.t_jet; tsum[2] += st.t_backward; tsum[3] += st.t_optimizer;
-        const double el = psf_time() - t_start;
-        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g\n", st.step, st.energy, st.variance, st.pmove, el, st.step_size,
-                st.grad_norm);
-        ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
-        const double per = (psf_time() - t_train) / (double)(s - first + 1);
-        double eta = per * (double)(o.steps - s - 1);
-        if (o.train_minutes > 0 && eta > 60.0 * o.train_minutes - (psf_time() - t_train))
-            eta = 60.0 * o.train_minutes - (psf_time() - t_train);
-        eta += per * 0.5 * o.eval_steps;
-        char etas[32];
-        fmt_time(eta, etas, sizeof etas);
-        if (tty)
-            printf("\rstep %5ld/%d  E %12.6f Ha  (avg %12.6f)  var %9.4f  pmove %.2f  %.2fs/step  ETA %s   ",
-                   s + 1, o.steps, st.energy, ema, st.variance, st.pmove, per, etas);
-        else if ((s + 1) % o.print_every == 0 || s + 1 == o.steps)
-            printf("step %5ld/%d  E %12.6f Ha  avg %12.6f  var %9.4f  pmove %.2f  %.2fs/step  ETA %s\n", s + 1, o.steps,
-                   st.energy, ema, st.variance, st.pmove, per, etas);
-        fflush(stdout);
-        if ((s + 1) % o.checkpoint_every == 0) {
-            fflush(csv);
-            snprintf(path, sizeof path, "%s/checkpoint.bin", outdir);
-            if (psf_vmc_save(&v, path)) fprintf(stderr, "\npsiformer: warning: %s\n", psf_last_error());
-        }
-    }
-    if (tty) printf("\n");
-    fclose(csv);
-    snprintf(path, sizeof path, "%s/checkpoint.bin", outdir);
-    if (psf_vmc_save(&v, path)) fprintf(stderr, "psiformer: warning: %s\n", psf_last_error());
-    if (rc) { fprintf(stderr, "psiformer: training stopped: %s (checkpoint of the last good state in %s)\n", psf_last_error(), path); return 1; }
-    const double train_seconds = psf_time() - t_train;
-
-    /* evaluation with frozen parameters */
-    double *series = (double *)malloc(sizeof(double) * (size_t)(o.eval_steps > 0 ? o.eval_steps : 1));
-    double var_sum = 0;
-    const double t_eval = psf_time();
-    snprintf(path, sizeof path, "%s/eval_stats.csv", outdir);
-    FILE *ecsv = fopen(path, "w");
-    if (ecsv) fprintf(ecsv, "step,energy,variance,pmove\n");
-    for (int s = 0; s < o.eval_steps; s++) {
-        if ((rc = psf_vmc_eval_step(&v, &st))) { fprintf(stderr, "psiformer: evaluation failed: %s\n", psf_last_error()); return 1; }
-        series[s] = st.energy;
-        var_sum += st.variance;
-        if (ecsv) fprintf(ecsv, "%d,%.10f,%.8f,%.4f\n", s, st.energy, st.variance, st.pmove);
-        if (tty) { printf("\reval %4d/%d  E %12.6f Ha  pmove %.2f   ", s + 1, o.eval_steps, st.energy, st.pmove); fflush(stdout); }
-    }
-    if (ecsv) fclose(ecsv);
-    if (tty) printf("\n");
-    double energy = NAN, err = NAN;
-    int block = 0;
-    if (o.eval_steps >= 2) psf_reblock(series, o.eval_steps, &energy, &err, &block);
-    else if (o.eval_steps == 1) energy = series[0];
-    const double variance = o.eval_steps > 0 ? var_sum / o.eval_steps : NAN;
-    const double wall = psf_time() - t_start;
-    const double error_mha = (energy - info->exact) * 1e3;
-    const double corr = (info->hf_limit - info->exact) != 0 ? 100.0 * (info->hf_limit - energy) / (info->hf_limit - info->exact) : NAN;
-    const double tot = tsum[0] + tsum[1] + tsum[2] + tsum[3];
+    results r;
+    memset(&r, 0, sizeof r);
+    if (train(&v, &o, outdir, &r) || evaluate(&v, &o, outdir, &r)) return 1;
+    const double wall = psf_time() - t_start, tot = r.seconds[0] + r.seconds[1] + r.seconds[2] + r.seconds[3];
     if (tot > 0)
         printf("time per training step: %.3f s = sampling %.0f%% + local energy (jet) %.0f%% + gradient (backward) %.0f%% + optimizer %.0f%%\n",
-               tot / (done - first > 0 ? done - first : 1), 100 * tsum[0] / tot, 100 * tsum[1] / tot,
-               100 * tsum[2] / tot, 100 * tsum[3] / tot);
+               tot / (r.done - r.first > 0 ? r.done - r.first : 1), 100 * r.seconds[0] / tot, 100 * r.seconds[1] / tot,
+               100 * r.seconds[2] / tot, 100 * r.seconds[3] / tot);
     printf("training %.0f s, evaluation %.0f s (%d steps x %d walkers, reblocked with block %d), wall %.0f s\n",
-           train_seconds, psf_time() - t_eval, o.eval_steps, o.vmc.batch, block, wall);
-
+           r.train_seconds, r.eval_seconds, o.eval_steps, o.vmc.batch, r.block, wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
-    FILE *js = fopen(path, "w");
-    if (js) {
-        char b1[40], b2[40], b3[40], b4[40], b5[40];
-        fprintf(js, "{\n  \"system\": \"%s\",\n  \"n_up\": %d,\n  \"n_down\": %d,\n  \"energy\": %s,\n  \"energy_error\": %s,\n"
-                    "  \"variance\": %s,\n  \"exact\": %.6f,\n  \"hf_limit\": %.6f,\n  \"error_mha\": %s,\n"
-                    "  \"correlation_fraction\": %s,\n  \"units\": \"hartree\",\n  \"train_steps\": %d,\n  \"eval_steps\": %d,\n"
-                    "  \"batch\": %d,\n  \"mcmc_steps\": %d,\n  \"optimizer\": \"%s\",\n  \"lr\": %g,\n  \"params\": %zu,\n"
-                    "  \"layers\": %d,\n  \"heads\": %d,\n  \"head_dim\": %d,\n  \"mlp\": %d,\n  \"dets\": %d,\n  \"en_cusp\": %d,\n"
-                    "  \"seed\": %llu,\n  \"threads\": %d,\n  \"reblock_size\": %d,\n  \"wall_seconds\": %.2f,\n"
-                    "  \"seconds_sampling\": %.2f,\n  \"seconds_jet\": %.2f,\n  \"seconds_backward\": %.2f,\n  \"seconds_optimizer\": %.2f\n}\n",
-                o.atom, sys.n_up, sys.n_down, jnum(energy, b1, 40), jnum(err, b2, 40), jnum(variance, b3, 40), info->exact,
-                info->hf_limit, jnum(ground ? error_mha : NAN, b4, 40), jnum(ground ? corr / 100.0 : NAN, b5, 40), (int)done,
-                o.eval_steps, o.vmc.batch, o.vmc.mcmc_steps, opt_name, v.cfg.lr, m.n_params, o.net.psiformer.n_layers, o.net.psiformer.n_heads,
-                o.net.psiformer.head_dim, o.net.psiformer.mlp_hidden, o.net.n_dets, o.net.use_en_cusp, (unsigned long long)o.vmc.seed, v.n_ws, block, wall, tsum[0],
-                tsum[1], tsum[2], tsum[3]);
-        fclose(js);
-    } else fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno));
+    write_summary(path, &o, &m, &v, info, ground, &r, wall);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin)\n", outdir);
     if (ground)
-        printf("E = %.6f +/- %.6f Ha  (exact %.6f, error %.1f mHa, %.1f%% of correlation energy)\n", energy, err,
-               info->exact, error_mha, corr);
+        printf("E = %.6f +/- %.6f Ha  (exact %.6f, error %.1f mHa, %.1f%% of correlation energy)\n", r.energy, r.error,
+               info->exact, (r.energy - info->exact) * 1e3, 100.0 * (info->hf_limit - r.energy) / (info->hf_limit - info->exact));
     else
-        printf("E = %.6f +/- %.6f Ha  (spin %d; the exact value %.6f is for the ground state)\n", energy, err,
+        printf("E = %.6f +/- %.6f Ha  (spin %d; the exact value %.6f is for the ground state)\n", r.energy, r.error,
                sys.n_up - sys.n_down, info->exact);
-    free(series);
     psf_vmc_free(&v);
     psf_model_free(&m);
     return 0;

@@ -178,33 +178,24 @@ TEST every_registered_op_on_its_example_graph(void) {
     PASS();
 }
 
-TEST every_op_jet_matches_finite_differences(void) {
+/* Every node of a small Psiformer (2 layers, 2 heads, 3 determinants, e-n cusp on) against central differences:
+ * the jet rule (backward = 0) or the backward rule (backward = 1). */
+static greatest_test_res psiformer_nodes_match_finite_differences(int backward, uint64_t seed) {
     fixture f;
     fixture_en_cusp = 1;
-    ASSERT_EQ(0, fixture_init(&f, "C", 2, 2, 4, 3, 11));
+    ASSERT_EQ(0, fixture_init(&f, "C", 2, 2, 4, 3, seed));
     fixture_en_cusp = 0;
     for (int k = 0; k < f.m.n_nodes; k++) {
-        const double e = node_jet_error(&f, k);
-        if (greatest_info.verbose) printf("    jet  node %2d %-12s rel. error %.2e\n", k, psf_op_name(f.m.nodes[k].op), e);
+        const double e = backward ? node_backward_error(&f, k, 5) : node_jet_error(&f, k);
+        if (greatest_info.verbose)
+            printf("    %s node %2d %-12s rel. error %.2e\n", backward ? "bwd" : "jet", k, psf_op_name(f.m.nodes[k].op), e);
         ASSERT_IN_RANGEm(psf_op_name(f.m.nodes[k].op), 0.0, e, 1e-6);
     }
     fixture_free(&f);
     PASS();
 }
-
-TEST every_op_backward_matches_finite_differences(void) {
-    fixture f;
-    fixture_en_cusp = 1;
-    ASSERT_EQ(0, fixture_init(&f, "C", 2, 2, 4, 3, 12));
-    fixture_en_cusp = 0;
-    for (int k = 0; k < f.m.n_nodes; k++) {
-        const double e = node_backward_error(&f, k, 5);
-        if (greatest_info.verbose) printf("    bwd  node %2d %-12s rel. error %.2e\n", k, psf_op_name(f.m.nodes[k].op), e);
-        ASSERT_IN_RANGEm(psf_op_name(f.m.nodes[k].op), 0.0, e, 1e-6);
-    }
-    fixture_free(&f);
-    PASS();
-}
+TEST every_op_jet_matches_finite_differences(void) { return psiformer_nodes_match_finite_differences(0, 11); }
+TEST every_op_backward_matches_finite_differences(void) { return psiformer_nodes_match_finite_differences(1, 12); }
 
 /* Whole network: grad_theta log|psi| (every parameter), grad_x log|psi| and lap log|psi|, on two systems. */
 TEST network_derivatives_match_finite_differences(void) {
@@ -633,6 +624,25 @@ TEST checkpoint_roundtrip_and_errors(void) {
     ASSERT(strstr(psf_last_error(), "dets") != NULL);
     ASSERT_EQ(PSF_ERR_IO, psf_vmc_load(&v3, "build/no_such_checkpoint.bin"));
     ASSERT(strstr(psf_last_error(), "no_such_checkpoint") != NULL);
+    /* a format-1 file (written before the ansatz kind was recorded) is refused as such */
+    FILE *old = fopen("build/test_checkpoint_v1.bin", "wb");
+    ASSERT(old != NULL);
+    fwrite("PSFCKPT1", 1, 8, old);
+    fclose(old);
+    ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v, "build/test_checkpoint_v1.bin"));
+    ASSERT(strstr(psf_last_error(), "written by an older version") != NULL);
+    /* a checkpoint of another optimizer is refused, naming the field */
+    psf_vmc_config va = vc;
+    va.optimizer = PSF_OPT_ADAM;
+    psf_vmc v4;
+    ASSERT_EQ(0, psf_vmc_init(&v4, &m2, &va));
+    ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v4, path));
+    ASSERT(strstr(psf_last_error(), "optimizer") != NULL);
+    psf_vmc_free(&v4);
+    /* the sampler needs one workspace per OpenMP thread */
+    ASSERT(psf_mcmc(&v.walkers, &v.wf, v.wsp, 0, 1) < 0);
+    ASSERT(strstr(psf_last_error(), "workspaces") != NULL);
+    ASSERT_EQ(PSF_ERR_ARG, psf_walkers_refresh(&v.walkers, &v.wf, v.wsp, 0));
     psf_vmc_free(&v); psf_vmc_free(&v2); psf_vmc_free(&v3);
     psf_model_free(&m); psf_model_free(&m2); psf_model_free(&m3);
     PASS();
@@ -808,10 +818,10 @@ TEST kfac_direction_equals_dense_natural_gradient(void) {
 TEST kfac_norm_constraint_and_large_damping(void) {
     psf_model m;
     psf_vmc v;
-    psf_real *theta = kfac_before_first_update(&m, &v, "Be", 6);
-    ASSERT(theta != NULL);
     psf_test_kfac_info k;
     double eta;
+    psf_real *theta = kfac_before_first_update(&m, &v, "Be", 6);
+    ASSERT(theta != NULL);
     v.cfg.lr = 1e3; /* far beyond the constraint */
     ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
     ASSERT(psf_test_kfac(&v, &k));
