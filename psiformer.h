@@ -41,6 +41,7 @@
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
  *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant head, Jastrow), initialisation
  *   [IMPL: HAMILTONIAN] potential and local energy
+ *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
  *   [IMPL: STATISTICS] reblocking
  *   [IMPL: OPTIMIZERS] the optimizer interface; Adam, KFAC
@@ -358,14 +359,19 @@ PSFDEF double psf_rng_normal(psf_rng *r);  /* N(0, 1) */
 
 /* ---- Sampler -------------------------------------------------------------------------------------------- */
 
-/* A batch of walkers sampling |psi|^2 by Metropolis–Hastings with all-electron Gaussian moves. */
+/* A batch of walkers sampling |psi|^2 by Metropolis–Hastings with all-electron Gaussian moves. With scale_moves,
+ * electron i's move has standard deviation width * h_i(x), h_i = min(d_i, 2 bohr) + 0.5 / Z_max, d_i the harmonic
+ * mean of its distances to the nuclei (FermiNet's scale_by_nuclear_distance, bounded: an electron at a nucleus
+ * still moves), with the asymmetric-proposal correction in the acceptance ratio; width is then dimensionless. */
 typedef struct {
     int n_walkers, n_elec;
     psf_real *x;        /* [n_walkers * 3N] bohr                */
     double *logpsi;     /* [n_walkers]                          */
     int *sign;          /* [n_walkers]                          */
     psf_rng *rng;       /* [n_walkers]                          */
-    double width;       /* proposal standard deviation (bohr)   */
+    double width;       /* proposal standard deviation (bohr), or its scale factor with scale_moves */
+    int scale_moves;    /* 1: moves scaled by the distance to the nuclei (psf_walkers_init: 0)     */
+    psf_system nuclei;  /* the nuclei the moves are scaled by (copied by psf_walkers_init)           */
     long n_accepted, n_proposed;
 } psf_walkers;
 
@@ -397,9 +403,9 @@ PSFDEF int psf_reblock(const double *x, int n, double *mean, double *err, int *b
 /* ---- Optimizers and driver ------------------------------------------------------------------------------ */
 
 /* The optimizers behind the one interface of [IMPL: OPTIMIZERS]. */
-typedef enum { PSF_OPT_ADAM = 0, PSF_OPT_KFAC = 1, PSF_OPT_COUNT } psf_optimizer;
+typedef enum { PSF_OPT_ADAM = 0, PSF_OPT_KFAC = 1, PSF_OPT_SPRING = 2, PSF_OPT_COUNT } psf_optimizer;
 
-/* The optimizer's name ("adam", "kfac"), or "?" outside the enum. */
+/* The optimizer's name ("adam", "kfac", "spring"), or "?" outside the enum. */
 PSFDEF const char *psf_optimizer_name(int opt);
 
 typedef struct {
@@ -408,7 +414,8 @@ typedef struct {
     int burn_in;          /* sweeps before training (default 200)                                  */
     double mcmc_width;    /* initial proposal width, bohr (default 0.2)                            */
     psf_optimizer optimizer; /* default PSF_OPT_KFAC                                                  */
-    double lr;            /* learning rate at t = 0; 0 (default) = the optimizer's: KFAC 0.05, Adam 3e-3 */
+    double lr;            /* learning rate at t = 0; 0 (default) = the optimizer's: KFAC and SPRING 0.05,
+                             Adam 3e-3                                                              */
     double lr_delay;      /* lr_t = lr / (1 + t / lr_delay) (default 1e4)                           */
     double adam_b1, adam_b2, adam_eps;  /* 0.9, 0.999, 1e-8                                           */
     double clip_scale;    /* E_L clipped at mean +- clip_scale * mean|E_L - mean| (default 5)     */
@@ -416,6 +423,11 @@ typedef struct {
     double kfac_decay;    /* EMA decay of the Kronecker factors (default 0.95)                     */
     double kfac_damping;  /* Tikhonov damping lambda (default 1e-3)                                */
     double kfac_norm_constraint; /* bound on lr^2 * <update, gradient> (default 1e-3)              */
+    /* SPRING (Goldshlager, Abrahamsen, Lin, J. Comput. Phys. 2024, arXiv:2401.10190; defaults of its reference
+     * code vmcnet) */
+    double spring_mu;     /* decay of the previous direction mu (default 0.99)                     */
+    double spring_damping; /* lambda of the B x B kernel (default 1e-3)                            */
+    double spring_norm_constraint; /* bound on |step|^2 = |lr phi|^2 (default 1e-3)                */
     uint64_t seed;
     int threads;          /* 0: OpenMP default                                                     */
 } psf_vmc_config;
@@ -486,6 +498,46 @@ PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
 PSFDEF int psf_save_npy(const char *path, const double *data, int rows, int cols);
 PSFDEF int psf_load_npy(const char *path, double **data, int shape[2]);
 
+/* ---- Reference orbitals and Hartree–Fock pretraining ------------------------------------------------------ */
+
+/* The occupied orbitals of a reference determinant psi_ref = det[phi^up_j(x_i)] det[phi^down_j(x_i)] ("occupied
+ * orbitals at points"): the pretraining target of the orbital head. A source of orbitals fills `orbitals`; the
+ * built-in one is psf_reference_hf_atom. */
+typedef struct psf_reference {
+    int n_up, n_down;
+    /* Orbitals 0..n-1 of spin channel `spin` (0 up, 1 down) at one electron position x[3] (bohr): val[n] and, when
+     * not NULL, grad[3 n] (1/bohr, d/dx_c of orbital o at 3 o + c) and lap[n] (1/bohr^2). Returns PSF_OK or an
+     * error code. */
+    int (*orbitals)(const struct psf_reference *ref, int spin, const psf_real *x, int n, double *val, double *grad,
+                    double *lap);
+    void *ctx;         /* for a user's source                                   */
+    int Z;             /* built-in atoms: the element and where its nucleus is  */
+    double center[3];
+} psf_reference;
+
+/* The analytic restricted Hartree–Fock orbitals of a neutral first-row atom in its ground state (1s, 2s, 2p_x,
+ * 2p_y, 2p_z filled in that order by spin-up, then spin-down electrons; for every atom H..Ne this determinant is a
+ * pure state of the ground term). Near-HF-limit, nuclear-cusp-constrained Slater-type bases of T. Koga,
+ * K. Kanayama, S. Watanabe, A. J. Thakkar, Int. J. Quantum Chem. 71, 491 (1999) (H: the exact 1s). *e_hf (may be
+ * NULL) receives their tabulated total energy (hartree). Errors: PSF_ERR_ARG unless sys is one atom of H..Ne with
+ * its ground-state spin. */
+PSFDEF int psf_reference_hf_atom(psf_reference *ref, const psf_system *sys, double *e_hf);
+
+/* psi_ref as a psf_wavefunction: log|psi_ref|, its gradient and Laplacian (Jacobi's formula per spin block), for
+ * sampling |psi_ref|^2 and measuring its energy with psf_local_energy. ws_new returns NULL when out of memory. */
+PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
+
+/* Hartree–Fock pretraining (FermiNet: Pfau et al., PRR 2, 033429 (2020), "Pretraining"; ferminet/pretrain.py).
+ * `steps` Adam steps (learning rate lr, the Adam moments of cfg) on the loss
+ *     L = mean over walkers, determinants k and matrix entries (i, j) of (M_k[i,j] - Phi_ref[i,j])^2,
+ * with M_k the orbital head's N x N matrices (envelopes included) and Phi_ref block diagonal: the up block
+ * phi^up_j(x_i), the down block phi^down_j(x_i), the off-spin blocks 0 (full determinants). Walkers sample
+ * |psi_ref|^2 (FermiNet's default), cfg.mcmc_steps sweeps per step; afterwards they are re-equilibrated under the
+ * network (cfg.burn_in sweeps). losses[steps] (may be NULL) receives L per step. The result is bitwise
+ * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head),
+ * PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite loss). */
+PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
+
 /* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
 PSFDEF double psf_time(void);
 
@@ -513,6 +565,10 @@ typedef struct {
 } psf_test_kfac_info;
 /* Fills *out for a KFAC driver; returns 0 (and fills nothing) for another optimizer. */
 PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
+/* SPRING internals after a gradient pass / an update: the per-walker gradients G [B x P] (row b valid when
+ * valid[b]) and the last direction phi [P]. Returns 0 for another optimizer. */
+typedef struct { int B; size_t P; const psf_real *G; const unsigned char *valid; const psf_real *phi; } psf_test_spring_info;
+PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
 PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                          const psf_real *G, psf_real *Delta, double *work);
@@ -520,6 +576,7 @@ PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, co
  * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
 PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
 PSFDEF int psf_test_max_threads(void);
+PSFDEF int psf_test_thread_id(void);
 #endif
 
 #ifdef __cplusplus
@@ -602,6 +659,8 @@ double psf_time(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 #endif
 }
+
+#define PSF__CHUNKS 32 /* fixed reduction tree over walkers: results do not depend on the thread count */
 
 static int psf__thread_id(void) {
 #ifdef _OPENMP
@@ -2028,6 +2087,492 @@ void psf_local_energy(const psf_system *sys, const psf_wavefunction *wf, void *w
 }
 
 /* ============================================================================================================
+ *  [IMPL: REFERENCE] reference determinants: the built-in Hartree–Fock orbitals of H..Ne and psi_ref as a
+ *  wavefunction (the pretraining target; the HF energy test of the Hamiltonian)
+ * ============================================================================================================ */
+
+/* hf_sto.inc -- analytic Roothaan-Hartree-Fock orbitals of the atoms H..Ne
+ * in Slater-type-orbital (STO) bases, for use as pretraining targets.
+ * C99 fragment: needs only <math.h>. Atomic units (bohr, hartree).
+ *
+ * SOURCE OF THE NUMBERS (exponents, principal quantum numbers, coefficients,
+ * total energies), He..Ne:
+ *   T. Koga, K. Kanayama, S. Watanabe, A. J. Thakkar, "Analytical Hartree-Fock
+ *   wave functions subject to cusp and asymptotic constraints: He to Xe,
+ *   Li+ to Cs+, H-", Int. J. Quantum Chem. 71, 491-497 (1999).
+ *   Numbers read from the machine-readable copy in the BFit repository
+ *   (github.com/theochem/BFit, commit 4ab9a11e8f4103ff5b1f7304ed7a628ac37b3c65,
+ *   files bfit/data/neutral/<el>.slater and bfit/data/data.tar:neutral/<el>.slater).
+ *   H: exact hydrogen 1s, zeta = 1, E = -1/2 (same file set, h.slater).
+ * These are near-Hartree-Fock-limit RHF functions for the ground TERM
+ * (e.g. Ne -128.547098079 vs the numerical-HF limit -128.547098109, Be
+ * -14.573023167 vs -14.573023168) and are cusp-constrained: the source's
+ * "CUSP" ratios are 0.9992..1.0002 (for s orbitals this is -R'(0)/(Z R(0)),
+ * checked),
+ * which keeps the VMC local energy well behaved near the nucleus.
+ * The coefficients are given to 7 decimals, so the orbitals are normalised
+ * and orthogonal only to |S - 1| <= 2.6e-7 (measured; see README).
+ * (Clementi & Roetti 1974 tables were also found -- Tonto repository,
+ * basis_sets/Clementi-Roetti -- but with 5-digit coefficients, no energies and
+ * a non-HF H entry, so the Koga set was preferred.)
+ * Only the numbers are taken; the code is original.
+ *
+ * CONVENTIONS
+ *   STO:  chi_{n,zeta}(r) = N r^(n-1) exp(-zeta r),
+ *         N = (2 zeta)^(n+1/2) / sqrt((2n)!)    (normalised: int chi^2 r^2 dr = 1).
+ *   The tabulated coefficients multiply the NORMALISED STOs (checked: the
+ *   radial overlaps reproduce the identity to < 3e-7 with this N).
+ *   Radial function R_o(r) = sum_k c_{k,o} chi_k(r); int R_o^2 r^2 dr = 1.
+ *   Orbitals (each normalised to 1 over R^3), fixed order o = 0..4:
+ *     o=0  1s   = R_1s(r) / sqrt(4 pi)
+ *     o=1  2s   = R_2s(r) / sqrt(4 pi)
+ *     o=2  2p_x = sqrt(3/(4 pi)) R_2p(r) x / r     (o=3: y, o=4: z)
+ *   Overall signs are those of the source table (e.g. Li 1s is negative near
+ *   the nucleus, Be 1s positive); any orbital's sign is arbitrary.
+ *
+ * GROUND-STATE DETERMINANT.  Spin-up electrons fill orbitals 0,1,2,.. (n_up of
+ * them), spin-down electrons likewise (n_down of them):
+ *     H (1,0) He (1,1) Li (2,1) Be (2,2) B (3,2) C (4,2) N (5,2) O (5,3)
+ *     F (5,4) Ne (5,5)                                     (n_up, n_down)
+ *   i.e. up: 1s 2s px py pz; down: 1s 2s px py pz, truncated.
+ * Why D_up*D_down is a pure state of the ground term, so that its energy
+ * expectation with these RHF orbitals equals the tabulated RHF term energy:
+ *   H, Li  (2S): one unpaired s electron outside closed shells: 2S, M_S=1/2.
+ *   He, Be, Ne (1S): all shells closed, 1S.
+ *   B  (2P): closed 1s2 2s2 plus one p electron (p_x up): 2P, any p component.
+ *   C  (3P): p^2 with both p electrons spin-up (M_S = 1 = S_max). The spatial
+ *       part p_x p_y - p_y p_x is antisymmetric; in p x p = S+P+D only L=1 is
+ *       antisymmetric, so the state is pure 3P (it is the M_L=0 component,
+ *       up to a phase, since p_x^p_y ~ p_{+1}^p_{-1}).
+ *   N  (4S): p^3 all spin-up, M_S = 3/2 = S_max is only possible in 4S.
+ *   O  (3P): p^4 = p^6 minus two holes; the two holes (p_y down, p_z down)
+ *       have parallel spin, so by the C argument the state is pure 3P (M_S=1).
+ *   F  (2P): p^5 = one hole (p_z down): pure 2P.
+ *   In every case the determinant lies inside the ground term built from the
+ *   same (term-optimised, spin-restricted) orbitals; H is a scalar, so every
+ *   normalised state of the term has the same energy -- the RHF term energy
+ *   e_hf tabulated below.  (check_hf.c verifies this exactly by radial
+ *   quadrature with the Slater-Condon rules, and statistically by VMC.)
+ *   NOT valid for other (n_up, n_down) choices with the same Z, e.g. C with
+ *   (3,3) = p_x up, p_x down is a mixture of 1D and 1S, not 3P.
+ *
+ * AVAILABLE ORBITALS (n_orb max): H 1, He 1, Li 2, Be 2, B..Ne 5.  The p
+ * radial function of B..F is the RHF 2p shell function; all three p_c share it.
+ */
+
+typedef struct {
+    int    n;      /* principal quantum number of the STO               */
+    double zeta;   /* exponent, bohr^-1                                  */
+    double c[2];   /* s block: {c_1s, c_2s}; p block: {c_2p, unused=0}  */
+} psf__hf_sto_fn;
+
+typedef struct {
+    const char *sym;
+    int    Z, n_up, n_down;
+    int    n_orb;          /* occupied spatial orbitals available (order 1s,2s,2px,2py,2pz) */
+    double e_hf;           /* tabulated RHF total energy of the ground term, hartree */
+    int    ns;             /* number of s STOs */
+    psf__hf_sto_fn s[8];
+    int    np;             /* number of p STOs */
+    psf__hf_sto_fn p[7];
+} psf__hf_sto_atom;
+
+/* Z = 1..10 at index Z-1.  Columns: { n, zeta, { c_1s, c_2s } } for s STOs,
+ * { n, zeta, { c_2p, 0 } } for p STOs (n = 2 or 3 for the p STOs). */
+static const psf__hf_sto_atom psf__hf_sto_atoms[10] = {
+    { /* H 2S: exact hydrogen 1s (zeta = 1); file h.slater */
+        "H", 1, 1, 0, 1,
+        -0.500000000,
+        1, {
+            { 1,   1.000000, {  1.0000000,  0.0000000 } },
+        },
+        0, {{0, 0.0, {0.0, 0.0}}}
+    },
+    { /* He 1S: Koga et al. 1999; file he.slater */
+        "He", 2, 1, 1, 1,
+        -2.861679996,
+        5, {
+            { 2,   6.437494, {  0.0008103,  0.0000000 } },
+            { 1,   3.384356, {  0.0798826,  0.0000000 } },
+            { 1,   2.177906, {  0.1801610,  0.0000000 } },
+            { 1,   1.455077, {  0.7407925,  0.0000000 } },
+            { 2,   1.354958, {  0.0272015,  0.0000000 } },
+        },
+        0, {{0, 0.0, {0.0, 0.0}}}
+    },
+    { /* Li 2S: Koga et al. 1999; file li.slater */
+        "Li", 3, 2, 1, 2,
+        -7.432726929,
+        8, {
+            { 1,  10.335672, {  0.0014270,  0.0002728 } },
+            { 1,   5.553473, { -0.0514718, -0.0059858 } },
+            { 1,   3.453336, { -0.1471640, -0.0400549 } },
+            { 1,   2.416445, { -0.8105589, -0.0273618 } },
+            { 1,   1.555772, { -0.0077788, -0.1448297 } },
+            { 1,   0.889955, {  0.0004098, -0.6053390 } },
+            { 2,   0.637402, { -0.0005029,  0.5955827 } },
+            { 1,   0.626614, { -0.0002691,  0.9979831 } },
+        },
+        0, {{0, 0.0, {0.0, 0.0}}}
+    },
+    { /* Be 1S: Koga et al. 1999; file be.slater */
+        "Be", 4, 2, 2, 2,
+        -14.573023167,
+        8, {
+            { 1,  12.683501, { -0.0024917,  0.0004442 } },
+            { 1,   8.105927, {  0.0314015, -0.0030990 } },
+            { 1,   5.152556, {  0.0849694, -0.0367056 } },
+            { 1,   3.472467, {  0.8685562,  0.0138910 } },
+            { 1,   2.349757, {  0.0315855, -0.3598016 } },
+            { 1,   1.406429, { -0.0035284, -0.2563459 } },
+            { 2,   0.821620, { -0.0004149,  0.2434108 } },
+            { 1,   0.786473, {  0.0012299,  1.1150995 } },
+        },
+        0, {{0, 0.0, {0.0, 0.0}}}
+    },
+    { /* B 2P: Koga et al. 1999; file b.slater */
+        "B", 5, 3, 2, 5,
+        -24.529060725,
+        8, {
+            { 2,  16.109305, { -0.0005529, -0.0001239 } },
+            { 1,   7.628062, { -0.2350117,  0.0122241 } },
+            { 2,   6.135799, { -0.1508924,  0.0355967 } },
+            { 1,   4.167618, { -0.6421165, -0.1987214 } },
+            { 1,   2.488602, { -0.0011507, -0.5378967 } },
+            { 2,   1.642523, { -0.0008611, -0.1199728 } },
+            { 1,   0.991698, {  0.0004712,  1.4382402 } },
+            { 1,   0.787218, { -0.0002323,  0.0299258 } },
+        },
+        7, {
+            { 3,  12.135370, {  0.0000599,  0.0000000 } },
+            { 2,   5.508493, {  0.0113751,  0.0000000 } },
+            { 3,   3.930298, {  0.0095096,  0.0000000 } },
+            { 2,   2.034395, {  0.1647518,  0.0000000 } },
+            { 2,   1.301082, {  0.3367860,  0.0000000 } },
+            { 2,   0.919434, {  0.4099162,  0.0000000 } },
+            { 2,   0.787218, {  0.1329396,  0.0000000 } },
+        },
+    },
+    { /* C 3P: Koga et al. 1999; file c.slater */
+        "C", 6, 4, 2, 5,
+        -37.688618960,
+        8, {
+            { 2,  18.890445, { -0.0005490, -0.0001371 } },
+            { 1,   9.238787, { -0.2240196,  0.0125129 } },
+            { 2,   7.517513, { -0.1458182,  0.0314257 } },
+            { 1,   5.100368, { -0.6531614, -0.1900434 } },
+            { 1,   3.276630, { -0.0040799, -0.4731413 } },
+            { 2,   2.270243, { -0.0011082, -0.0222123 } },
+            { 1,   1.192963, { -0.0002033,  1.2890026 } },
+            { 1,   0.930957, { -0.0000658,  0.0176521 } },
+        },
+        7, {
+            { 3,  15.083626, {  0.0000552,  0.0000000 } },
+            { 2,   6.565676, {  0.0137471,  0.0000000 } },
+            { 3,   4.729110, {  0.0162926,  0.0000000 } },
+            { 2,   2.494494, {  0.2011747,  0.0000000 } },
+            { 2,   1.601933, {  0.3651183,  0.0000000 } },
+            { 2,   1.123315, {  0.3811596,  0.0000000 } },
+            { 2,   0.930957, {  0.0951923,  0.0000000 } },
+        },
+    },
+    { /* N 4S: Koga et al. 1999; file n.slater */
+        "N", 7, 5, 2, 5,
+        -54.400934199,
+        8, {
+            { 2,  21.666277, { -0.0005456, -0.0001302 } },
+            { 1,  10.957976, { -0.1970483,  0.0186923 } },
+            { 2,   8.981511, { -0.1281924,  0.0337130 } },
+            { 1,   6.085323, { -0.6885659, -0.2066322 } },
+            { 1,   3.948957, { -0.0102852, -0.4498099 } },
+            { 2,   2.648617, { -0.0012032,  0.0126996 } },
+            { 1,   1.406521, { -0.0003913,  1.2313602 } },
+            { 1,   1.065447, { -0.0000291,  0.0261302 } },
+        },
+        7, {
+            { 3,  17.587523, {  0.0000533,  0.0000000 } },
+            { 2,   7.584576, {  0.0160353,  0.0000000 } },
+            { 3,   5.559658, {  0.0221910,  0.0000000 } },
+            { 2,   2.932934, {  0.2314394,  0.0000000 } },
+            { 2,   1.874157, {  0.3844061,  0.0000000 } },
+            { 2,   1.306305, {  0.3515842,  0.0000000 } },
+            { 2,   1.065447, {  0.0723077,  0.0000000 } },
+        },
+    },
+    { /* O 3P: Koga et al. 1999; file o.slater */
+        "O", 8, 5, 3, 5,
+        -74.809398459,
+        8, {
+            { 2,  24.975698, { -0.0004756, -0.0001236 } },
+            { 1,  12.554759, { -0.1852813,  0.0164417 } },
+            { 2,  10.357096, { -0.1195096,  0.0288443 } },
+            { 1,   7.071190, { -0.6980503, -0.1793400 } },
+            { 1,   4.804646, { -0.0198704, -0.4384450 } },
+            { 2,   2.785958, { -0.0014337,  0.0752410 } },
+            { 1,   1.606267, { -0.0000556,  1.1524847 } },
+            { 1,   1.124194, { -0.0001180,  0.0142550 } },
+        },
+        7, {
+            { 3,  20.797000, {  0.0000481,  0.0000000 } },
+            { 2,   8.661006, {  0.0171803,  0.0000000 } },
+            { 3,   6.427925, {  0.0268010,  0.0000000 } },
+            { 2,   3.402194, {  0.2528558,  0.0000000 } },
+            { 2,   2.135366, {  0.3853260,  0.0000000 } },
+            { 2,   1.425500, {  0.3433520,  0.0000000 } },
+            { 2,   1.124194, {  0.0652167,  0.0000000 } },
+        },
+    },
+    { /* F 2P: Koga et al. 1999; file f.slater */
+        "F", 9, 5, 4, 5,
+        -99.409349369,
+        8, {
+            { 2,  27.647598, { -0.0004697, -0.0001318 } },
+            { 1,  14.291092, { -0.1659861,  0.0120793 } },
+            { 2,  11.832995, { -0.1073798,  0.0223256 } },
+            { 1,   8.080680, { -0.7181088, -0.1484346 } },
+            { 1,   5.633450, { -0.0291976, -0.4452401 } },
+            { 2,   3.182099, { -0.0015668,  0.1053716 } },
+            { 1,   1.812284, { -0.0001671,  1.1104016 } },
+            { 1,   1.208319, { -0.0001024,  0.0133407 } },
+        },
+        7, {
+            { 3,  22.939589, {  0.0000474,  0.0000000 } },
+            { 2,   9.684811, {  0.0187577,  0.0000000 } },
+            { 3,   7.284146, {  0.0309393,  0.0000000 } },
+            { 2,   3.846095, {  0.2700273,  0.0000000 } },
+            { 2,   2.385087, {  0.3918133,  0.0000000 } },
+            { 2,   1.560088, {  0.3293205,  0.0000000 } },
+            { 2,   1.208319, {  0.0568617,  0.0000000 } },
+        },
+    },
+    { /* Ne 1S: Koga et al. 1999; file ne.slater */
+        "Ne", 10, 5, 5, 5,
+        -128.547098079,
+        8, {
+            { 2,  29.214419, { -0.0005654, -0.0001682 } },
+            { 1,  16.354484, { -0.1341233,  0.0046073 } },
+            { 2,  13.516489, { -0.0891954,  0.0131200 } },
+            { 1,   9.144899, { -0.7527202, -0.1044881 } },
+            { 1,   6.491668, { -0.0417988, -0.4632619 } },
+            { 2,   3.574219, { -0.0017244,  0.1258193 } },
+            { 1,   2.016153, { -0.0002064,  1.0809135 } },
+            { 1,   1.304155, { -0.0001014,  0.0127644 } },
+        },
+        7, {
+            { 3,  25.731219, {  0.0000409,  0.0000000 } },
+            { 2,  10.674843, {  0.0203038,  0.0000000 } },
+            { 3,   8.124569, {  0.0340866,  0.0000000 } },
+            { 2,   4.295590, {  0.2801866,  0.0000000 } },
+            { 2,   2.648660, {  0.3958489,  0.0000000 } },
+            { 2,   1.710436, {  0.3203928,  0.0000000 } },
+            { 2,   1.304155, {  0.0510413,  0.0000000 } },
+        },
+    },
+};
+
+/* Evaluate the first n_orb orbitals (order 1s, 2s, 2p_x, 2p_y, 2p_z) of atom Z
+ * at electron position r (bohr, nucleus at the origin).
+ *   val[o], grad[3*o+c] = d phi_o / d x_c, lap[o] = nabla^2 phi_o.
+ * grad and lap may be NULL.  Returns 0, or -1 if Z is not 1..10 or n_orb is
+ * not in 1..n_orb_max(Z) (H, He: 1; Li, Be: 2; B..Ne: 5).
+ *
+ * Formulas.  Write every orbital as phi = K * P(r_vec) * g(r) with
+ *   s:  P = 1,    l = 0, K = 1/sqrt(4 pi),   g = R(r)
+ *   p:  P = x_c,  l = 1, K = sqrt(3/(4 pi)), g = R(r)/r
+ * so that g(r) = sum_k c_k N_k h_k(r),  h_k = r^m exp(-zeta_k r),  m = n_k-1-l >= 0.
+ * Per STO term:
+ *   h'  = (m/r - zeta) h
+ *   h'' + 2 h'/r + 2l h'/r = [ (n(n-1) - l(l+1))/r^2 - 2 n zeta/r + zeta^2 ] h
+ *   (the bracket is the familiar  nabla^2 [r^(n-1) e^(-zeta r) Y_lm] / [r^(n-1) e^(-zeta r) Y_lm]).
+ * Then, with rhat = r_vec/r and the P(r_vec) homogeneous of degree l:
+ *   grad phi = K [ g'(r) rhat P + g grad P ]           (grad x_c = e_c)
+ *   lap  phi = K P [ g'' + 2 g'/r + 2 l g'/r ]         (since P harmonic and
+ *              r_vec . grad P = l P)
+ * r is floored at 1e-12, so r -> 0 gives finite numbers (the true Laplacian
+ * of an n=1 s STO has a -2 zeta/r singularity at the nucleus, cancelled in
+ * E_L by -Z/r to the extent the cusp condition holds); no NaN is produced. */
+static int psf__hf_sto_eval(int Z, int n_orb, const double r[3],
+                            double *val, double *grad, double *lap)
+{
+    const double inv_sqrt_4pi = 0.28209479177387814347; /* 1/sqrt(4 pi) */
+    const double sqrt_3_4pi   = 0.48860251190291992159; /* sqrt(3/(4 pi)) */
+    static const double fact2n[4] = { 1.0, 2.0, 24.0, 720.0 }; /* (2n)!, n=0..3 */
+    const psf__hf_sto_atom *A;
+    double x, y, z, rr, ir;
+    double g[2] = { 0.0, 0.0 }, dg[2] = { 0.0, 0.0 }, lg[2] = { 0.0, 0.0 };
+    int k, o, ns_orb;
+
+    if (Z < 1 || Z > 10) return -1;
+    A = &psf__hf_sto_atoms[Z - 1];
+    if (n_orb < 1 || n_orb > A->n_orb) return -1;
+
+    x = r[0]; y = r[1]; z = r[2];
+    rr = sqrt(x * x + y * y + z * z);
+    if (rr < 1e-12) rr = 1e-12;
+    ir = 1.0 / rr;
+
+    /* ---- s block (l = 0, m = n-1) ---- */
+    ns_orb = n_orb < 2 ? n_orb : 2;
+    for (k = 0; k < A->ns; ++k) {
+        const psf__hf_sto_fn *f = &A->s[k];
+        const int n = f->n;
+        const double ze = f->zeta, tz = 2.0 * ze;
+        double nrm = sqrt(tz / fact2n[n]), h;
+        int i;
+        for (i = 0; i < n; ++i) nrm *= tz;            /* (2 zeta)^n sqrt(2 zeta/(2n)!) */
+        h = nrm * exp(-ze * rr);
+        for (i = 1; i < n; ++i) h *= rr;              /* r^(n-1) */
+        {
+            const double a = (double)(n - 1) * ir - ze;
+            const double L = (double)(n * (n - 1)) * ir * ir - 2.0 * n * ze * ir + ze * ze;
+            for (o = 0; o < ns_orb; ++o) {
+                const double ch = f->c[o] * h;
+                g[o] += ch; dg[o] += ch * a; lg[o] += ch * L;
+            }
+        }
+    }
+    for (o = 0; o < ns_orb; ++o) {
+        val[o] = inv_sqrt_4pi * g[o];
+        if (grad) {
+            const double d = inv_sqrt_4pi * dg[o] * ir;
+            grad[3 * o + 0] = d * x; grad[3 * o + 1] = d * y; grad[3 * o + 2] = d * z;
+        }
+        if (lap) lap[o] = inv_sqrt_4pi * lg[o];
+    }
+
+    /* ---- p block (l = 1, m = n-2) ---- */
+    if (n_orb > 2) {
+        double gp = 0.0, dgp = 0.0, lgp = 0.0;
+        const double xc[3] = { x, y, z };
+        int c;
+        for (k = 0; k < A->np; ++k) {
+            const psf__hf_sto_fn *f = &A->p[k];
+            const int n = f->n;
+            const double ze = f->zeta, tz = 2.0 * ze;
+            double nrm = sqrt(tz / fact2n[n]), h;
+            int i;
+            for (i = 0; i < n; ++i) nrm *= tz;
+            h = f->c[0] * nrm * exp(-ze * rr);
+            for (i = 2; i < n; ++i) h *= rr;          /* r^(n-2) */
+            gp  += h;
+            dgp += h * ((double)(n - 2) * ir - ze);
+            lgp += h * ((double)(n * (n - 1) - 2) * ir * ir - 2.0 * n * ze * ir + ze * ze);
+        }
+        gp *= sqrt_3_4pi; dgp *= sqrt_3_4pi; lgp *= sqrt_3_4pi;
+        for (c = 0; c < n_orb - 2; ++c) {
+            o = 2 + c;
+            val[o] = gp * xc[c];
+            if (grad) {
+                const double d = dgp * ir * xc[c];
+                grad[3 * o + 0] = d * x; grad[3 * o + 1] = d * y; grad[3 * o + 2] = d * z;
+                grad[3 * o + c] += gp;
+            }
+            if (lap) lap[o] = lgp * xc[c];
+        }
+    }
+    return 0;
+}
+
+static int psf__hf_atom_orbitals(const psf_reference *ref, int spin, const psf_real *x, int n, double *val,
+                                 double *grad, double *lap) {
+    const double r[3] = {x[0] - ref->center[0], x[1] - ref->center[1], x[2] - ref->center[2]};
+    (void)spin; /* restricted HF: both spins share the orbitals */
+    if (psf__hf_sto_eval(ref->Z, n, r, val, grad, lap))
+        return psf__fail(PSF_ERR_ARG, "psf_reference_hf_atom: Z = %d has no %d occupied orbitals in the table", ref->Z, n);
+    return PSF_OK;
+}
+
+int psf_reference_hf_atom(psf_reference *ref, const psf_system *sys, double *e_hf) {
+    memset(ref, 0, sizeof *ref);
+    const int Z = sys->n_atoms == 1 ? (int)sys->Z[0] : 0;
+    if (sys->n_atoms != 1 || Z < 1 || Z > 10 || (double)Z != sys->Z[0])
+        return psf__fail(PSF_ERR_ARG, "psf_reference_hf_atom: the built-in Hartree-Fock orbitals are for one atom H..Ne");
+    const psf__hf_sto_atom *a = &psf__hf_sto_atoms[Z - 1];
+    if (sys->n_up != a->n_up || sys->n_down != a->n_down)
+        return psf__fail(PSF_ERR_ARG, "psf_reference_hf_atom: %s needs its ground-state spins (%d up, %d down), not %d, %d",
+                         a->sym, a->n_up, a->n_down, sys->n_up, sys->n_down);
+    ref->n_up = sys->n_up;
+    ref->n_down = sys->n_down;
+    ref->orbitals = psf__hf_atom_orbitals;
+    ref->Z = Z;
+    for (int k = 0; k < 3; k++) ref->center[k] = sys->R[0][k];
+    if (e_hf) *e_hf = a->e_hf;
+    return PSF_OK;
+}
+
+/* psi_ref per spin block s (electrons i0..i0+n-1): A_io = phi_o(x_i), log|det A|; with grad, Jacobi's formula:
+ * d log|det A| / d x_i = sum_o (A^{-1})_oi grad phi_o(x_i), and (lap det A)/det A = sum_i sum_o (A^{-1})_oi
+ * lap phi_o(x_i), so lap log|det A| = that minus |grad log|det A||^2.                                        */
+typedef struct { psf_real *A, *lu, *inv; double *val, *grad, *lap; int *piv; } psf__ref_ws;
+
+static double psf__ref_eval(psf_reference *ref, psf__ref_ws *w, const psf_real *x, psf_real *g, psf_real *lap, int *sign) {
+    double la = 0, L = 0;
+    *sign = 1;
+    for (int s = 0; s < 2; s++) {
+        const int n = s ? ref->n_down : ref->n_up, i0 = s ? ref->n_up : 0;
+        if (n == 0) continue;
+        for (int i = 0; i < n; i++) {
+            double *gi = w->grad + (size_t)i * 3 * n, *li = w->lap + (size_t)i * n;
+            if (ref->orbitals(ref, s, x + 3 * (i0 + i), n, w->val, g ? gi : NULL, g ? li : NULL)) { *sign = 0; return -INFINITY; }
+            for (int o = 0; o < n; o++) w->A[(size_t)i * n + o] = w->val[o];
+        }
+        memcpy(w->lu, w->A, sizeof(psf_real) * (size_t)n * n);
+        double l;
+        const int sg = psf__lu(n, w->lu, w->piv, &l);
+        if (!sg) { *sign = 0; return -INFINITY; }
+        *sign *= sg;
+        la += l;
+        if (!g) continue;
+        psf__lu_inverse(n, w->lu, w->piv, w->inv);
+        for (int i = 0; i < n; i++) {
+            const double *gi = w->grad + (size_t)i * 3 * n, *li = w->lap + (size_t)i * n;
+            double gg[3] = {0, 0, 0}, ll = 0;
+            for (int o = 0; o < n; o++) {
+                const double a = w->inv[(size_t)o * n + i];
+                for (int c = 0; c < 3; c++) gg[c] += a * gi[3 * o + c];
+                ll += a * li[o];
+            }
+            for (int c = 0; c < 3; c++) g[3 * (i0 + i) + c] = gg[c];
+            L += ll - (gg[0] * gg[0] + gg[1] * gg[1] + gg[2] * gg[2]);
+        }
+    }
+    if (lap) *lap = L;
+    return la;
+}
+static double psf__ref_logpsi(void *ctx, void *ws, const psf_real *x, int *sign) {
+    return psf__ref_eval((psf_reference *)ctx, (psf__ref_ws *)ws, x, NULL, NULL, sign);
+}
+static double psf__ref_jet(void *ctx, void *ws, const psf_real *x, psf_real *g, psf_real *lap, int *sign) {
+    return psf__ref_eval((psf_reference *)ctx, (psf__ref_ws *)ws, x, g, lap, sign);
+}
+static void psf__ref_ws_free(void *ctx, void *ws) {
+    psf__ref_ws *w = (psf__ref_ws *)ws;
+    (void)ctx;
+    if (!w) return;
+    PSF_FREE(w->A); PSF_FREE(w->lu); PSF_FREE(w->inv); PSF_FREE(w->val); PSF_FREE(w->grad); PSF_FREE(w->lap); PSF_FREE(w->piv);
+    PSF_FREE(w);
+}
+static void *psf__ref_ws_new(void *ctx) {
+    const psf_reference *ref = (const psf_reference *)ctx;
+    const size_t n = (size_t)(ref->n_up > ref->n_down ? ref->n_up : ref->n_down) + 1;
+    psf__ref_ws *w = (psf__ref_ws *)psf__calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->A = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
+    w->lu = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
+    w->inv = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
+    w->val = (double *)psf__calloc(n, sizeof(double));
+    w->grad = (double *)psf__calloc(3 * n * n, sizeof(double));
+    w->lap = (double *)psf__calloc(n * n, sizeof(double));
+    w->piv = (int *)psf__calloc(n, sizeof(int));
+    if (!w->A || !w->lu || !w->inv || !w->val || !w->grad || !w->lap || !w->piv) { psf__ref_ws_free(ctx, w); return NULL; }
+    return w;
+}
+psf_wavefunction psf_reference_wavefunction(psf_reference *ref) {
+    psf_wavefunction wf = {ref->n_up + ref->n_down, ref, psf__ref_logpsi, psf__ref_jet, psf__ref_ws_new, psf__ref_ws_free};
+    return wf;
+}
+
+/* ============================================================================================================
  *  [IMPL: SAMPLER] Metropolis–Hastings on |psi|^2 (Metropolis et al. 1953), all-electron Gaussian proposals,
  *  one RNG stream per walker so that the chain does not depend on how walkers are shared among threads.
  * ============================================================================================================ */
@@ -2044,6 +2589,7 @@ int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint6
     w->rng = (psf_rng *)psf__calloc((size_t)n_walkers, sizeof(psf_rng));
     if (!w->x || !w->logpsi || !w->sign || !w->rng) { psf_walkers_free(w); return psf__fail(PSF_ERR_NOMEM, "psf_walkers_init: out of memory"); }
     w->width = 0.2;
+    w->nuclei = *sys;
     /* assign electrons to atoms: up electrons first, then down, filling atoms in order of remaining charge */
     int owner[PSF_MAX_ELEC];
     double left[PSF_MAX_ATOMS];
@@ -2084,6 +2630,17 @@ int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, i
     return PSF_OK;
 }
 
+/* h_i of the scaled moves: min(harmonic mean of the distances to the nuclei, 2) + 0.5 / Z_max (bohr). */
+static double psf__move_scale(const psf_system *sys, const psf_real *xi) {
+    double inv = 0, zmax = 1, r[3];
+    for (int at = 0; at < sys->n_atoms; at++) {
+        inv += 1.0 / psf__dist(sys->R[at], xi, r);
+        if (sys->Z[at] > zmax) zmax = sys->Z[at];
+    }
+    const double d = sys->n_atoms / inv;
+    return (d < 2.0 ? d : 2.0) + 0.5 / zmax;
+}
+
 double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps) {
     const int D = 3 * w->n_elec, B = w->n_walkers;
     long acc = 0;
@@ -2095,12 +2652,26 @@ double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws,
         psf_real *xb = w->x + (size_t)b * D;
         void *wsp = ws[psf__thread_id()];
         for (int s = 0; s < n_steps; s++) {
-            for (int d = 0; d < D; d++) prop[d] = xb[d] + width * psf_rng_normal(&w->rng[b]);
+            double lq = 0; /* log q(x | x') - log q(x' | x) for scaled moves */
+            if (!w->scale_moves)
+                for (int d = 0; d < D; d++) prop[d] = xb[d] + width * psf_rng_normal(&w->rng[b]);
+            else
+                for (int i = 0; i < w->n_elec; i++) {
+                    const double sf = width * psf__move_scale(&w->nuclei, xb + 3 * i);
+                    double d2 = 0;
+                    for (int k = 0; k < 3; k++) {
+                        const double dk = sf * psf_rng_normal(&w->rng[b]);
+                        prop[3 * i + k] = xb[3 * i + k] + dk;
+                        d2 += dk * dk;
+                    }
+                    const double sr = width * psf__move_scale(&w->nuclei, prop + 3 * i);
+                    lq += -d2 / (2 * sr * sr) - 3 * log(sr) + d2 / (2 * sf * sf) + 3 * log(sf);
+                }
             int sg;
             const double lp = wf->logpsi(wf->ctx, wsp, prop, &sg);
             const double u = psf_rng_uniform(&w->rng[b]);
-            /* accept with probability min(1, |psi'|^2 / |psi|^2); psi = 0 (log = -inf) is never accepted */
-            if (sg != 0 && (w->sign[b] == 0 || log(u) < 2.0 * (lp - w->logpsi[b]))) {
+            /* accept with probability min(1, |psi'|^2 q(x|x') / (|psi|^2 q(x'|x))); psi = 0 is never accepted */
+            if (sg != 0 && (w->sign[b] == 0 || log(u) < 2.0 * (lp - w->logpsi[b]) + lq)) {
                 memcpy(xb, prop, sizeof(psf_real) * D);
                 w->logpsi[b] = lp;
                 w->sign[b] = sg;
@@ -2175,6 +2746,9 @@ void psf_vmc_config_default(psf_vmc_config *c) {
     c->kfac_decay = 0.95;
     c->kfac_damping = 1e-3;
     c->kfac_norm_constraint = 1e-3;
+    c->spring_mu = 0.99;
+    c->spring_damping = 1e-3;
+    c->spring_norm_constraint = 1e-3;
     c->seed = 1;
     c->threads = 0;
 }
@@ -2518,8 +3092,180 @@ static const psf__optimizer_rules psf__kfac_rules = {
     "kfac", 1, 0.05, psf__kfac_init, psf__kfac_chunk_begin, psf__kfac_walker, psf__kfac_chunk_end,
     psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free};
 
+/* ---- SPRING (Goldshlager, Abrahamsen, Lin, "A Kaczmarz-inspired approach to accelerate the optimization of
+ *      neural network wavefunctions", J. Comput. Phys. 516, 113351 (2024), arXiv:2401.10190), as in its
+ *      reference code (vmcnet, updates/spring.py). With n walkers of finite E_L,
+ *          O_b  = (grad_theta log|psi(x_b)| - mean_b) / sqrt(n)        (the B x P matrix Ō; rows of other walkers 0)
+ *          e_b  = (E~_b - <E~>) / sqrt(n)                               (ε, E~ the clipped local energy)
+ *          T    = Ō Ō^T + (1/B) 1 1^T + lambda I                        (B x B; the 1 1^T term only lifts the zero
+ *                                                                         eigenvalue that centring forces)
+ *          phi  = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev           (the minimiser of |Ō phi - e|^2 +
+ *                                                                         lambda |phi - mu phi_prev|^2)
+ *          theta -= s phi,  s = lr_t min(1, sqrt(C / |lr_t phi|^2))      (norm constraint on the step itself)
+ *      and the raw phi (before lr and constraint) is kept as phi_prev. With mu = 0 this is the damped
+ *      stochastic-reconfiguration step (Ō^T Ō + lambda I)^{-1} Ō^T e by the Woodbury identity; phi approximates
+ *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. The kernel is one product (Ō stored transposed, P x B, so
+ *      that the built-in loops run vectorised axpy rows), in 32 fixed row blocks: the bits do not depend on the
+ *      thread count. Memory: 2 B P reals (the rows and their transpose).                                      */
+typedef struct {
+    int B;
+    size_t P;
+    psf_real *G;           /* [B x P] per-walker grad log|psi|, as the driver hands them over       */
+    psf_real *Ot;          /* [P x B] Ō transposed                                                     */
+    unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
+    psf_real *phi, *phi_prev; /* [P]                                                                   */
+    double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
+    int n_steps;
+} psf__spring;
+
+static void psf__spring_free(void *st) {
+    psf__spring *s = (psf__spring *)st;
+    if (!s) return;
+    PSF_FREE(s->G); PSF_FREE(s->Ot); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
+    PSF_FREE(s->T); PSF_FREE(s->r); PSF_FREE(s->u);
+    PSF_FREE(s);
+}
+static void *psf__spring_init(const psf_vmc *v) {
+    const int B = v->cfg.batch;
+    const size_t P = v->model->n_params;
+    if (!(v->cfg.spring_mu >= 0 && v->cfg.spring_mu < 1) || !(v->cfg.spring_damping > 0) || !(v->cfg.spring_norm_constraint > 0)) {
+        psf__fail(PSF_ERR_ARG, "psf_vmc_init: SPRING needs 0 <= mu < 1, damping > 0, norm_constraint > 0");
+        return NULL;
+    }
+    if ((double)P * B > 2e9) {
+        psf__fail(PSF_ERR_ARG, "psf_vmc_init: SPRING stores the %d x %zu per-walker gradients (%.1f GB twice): too large",
+                  B, P, 8e-9 * (double)P * B);
+        return NULL;
+    }
+    psf__spring *s = (psf__spring *)psf__calloc(1, sizeof *s);
+    if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
+    s->B = B; s->P = P;
+    s->G = (psf_real *)psf__calloc(P * (size_t)B, sizeof(psf_real));
+    s->Ot = (psf_real *)psf__calloc(P * (size_t)B, sizeof(psf_real));
+    s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
+    s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    s->T = (double *)psf__calloc((size_t)B * B, sizeof(double));
+    s->r = (double *)psf__calloc((size_t)B, sizeof(double));
+    s->u = (double *)psf__calloc((size_t)B, sizeof(double));
+    if (!s->G || !s->Ot || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->r || !s->u) {
+        psf__spring_free(s);
+        psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)", 16e-6 * (double)P * B);
+        return NULL;
+    }
+    return s;
+}
+static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
+    psf__spring *s = (psf__spring *)st;
+    (void)chunk;
+    memcpy(s->G + (size_t)b * s->P, g, sizeof(psf_real) * s->P);
+    s->valid[b] = 1;
+}
+
+/* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->Ot (Ō^T, P x B) and e [B] (overwritten).
+ * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
+static int psf__spring_direction(psf__spring *s, double *e, double mu, double lambda) {
+    const int B = s->B, P = (int)s->P, NB = B < PSF__CHUNKS ? B : PSF__CHUNKS;
+    double *T = s->T, *v = s->u;
+    /* T = Ō Ō^T in NB fixed row blocks */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < NB; blk++) {
+        const int i0 = (int)((long)B * blk / NB), i1 = (int)((long)B * (blk + 1) / NB);
+        psf__gemm(1, 0, i1 - i0, B, P, 1.0, s->Ot + i0, B, s->Ot, B, 0.0, T + (size_t)i0 * B, B);
+    }
+    double trace = 0;
+    for (int i = 0; i < B; i++) {
+        for (int j = 0; j < B; j++) T[(size_t)i * B + j] += 1.0 / B;
+        T[(size_t)i * B + i] += lambda;
+        trace += T[(size_t)i * B + i];
+    }
+    /* e~ = e - mu Ō phi_prev */
+    if (mu != 0) {
+        psf__gemm(1, 0, B, 1, P, 1.0, s->Ot, B, s->phi_prev, 1, 0.0, v, 1);
+        for (int i = 0; i < B; i++) e[i] -= mu * v[i];
+    }
+    if (psf__cholesky(B, T)) return 1;
+    /* lambda_min(T) by three steps of inverse iteration: an unpivoted Cholesky can pass a kernel that is singular
+     * to rounding (possible only if lambda is at the rounding level of T) */
+    double nv = 0, nu = 0;
+    for (int i = 0; i < B; i++) { v[i] = sin(2.399963229728653 * i + 1.0); nv += v[i] * v[i]; }
+    for (int i = 0; i < B; i++) v[i] /= sqrt(nv);
+    for (int it = 0; it < 3; it++) {
+        psf__chol_solve(B, T, v, 1);
+        nu = 0;
+        for (int i = 0; i < B; i++) nu += v[i] * v[i];
+        nu = sqrt(nu);
+        if (!(nu > 0) || !(nu < 1e300)) return 1;
+        for (int i = 0; i < B; i++) v[i] /= nu;
+    }
+    if (!(1.0 / nu > (double)((size_t)B + s->P) * 2.220446049250313e-16 * trace)) return 1;
+    psf__chol_solve(B, T, e, 1); /* zeta = T^{-1} e~ */
+    double zbar = 0;             /* remove the rounding along 1 (an exact no-op: Ō^T 1 = 0) */
+    for (int i = 0; i < B; i++) zbar += e[i];
+    zbar /= B;
+    for (int i = 0; i < B; i++) e[i] -= zbar;
+    for (size_t p = 0; p < s->P; p++) s->phi[p] = mu * s->phi_prev[p];
+    psf__gemm(0, 0, P, 1, B, 1.0, s->Ot, B, e, 1, 1.0, s->phi, 1); /* phi += Ō^T zeta */
+    return 0;
+}
+
+static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
+    psf__spring *s = (psf__spring *)st;
+    const psf_vmc_config *c = &v->cfg;
+    const int B = s->B;
+    const size_t P = s->P;
+    int n = 0;
+    for (int b = 0; b < B; b++) n += s->valid[b];
+    (void)n_walkers;
+    if (n < 2) return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: SPRING needs at least 2 walkers with a finite local energy");
+    const double rn = 1.0 / sqrt((double)n);
+    /* Ō^T: centre each parameter's column over the valid walkers, scale by 1/sqrt(n), transpose (zero elsewhere) */
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < (long)P; p++) {
+        double mean = 0;
+        for (int b = 0; b < B; b++) if (s->valid[b]) mean += s->G[(size_t)b * P + (size_t)p];
+        mean /= n;
+        psf_real *o = s->Ot + (size_t)p * B;
+        for (int b = 0; b < B; b++) o[b] = s->valid[b] ? (s->G[(size_t)b * P + (size_t)p] - mean) * rn : 0.0;
+    }
+    /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
+    for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
+    const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
+    if (psf__spring_direction(s, s->r, mu, c->spring_damping))
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: the SPRING kernel is not positive definite (damping %g)",
+                         v->step, c->spring_damping);
+    const double lr = psf__lr_at(v);
+    double phi2 = 0;
+    for (size_t p = 0; p < P; p++) phi2 += s->phi[p] * s->phi[p];
+    double eta = lr;
+    if (lr * lr * phi2 > c->spring_norm_constraint) eta = sqrt(c->spring_norm_constraint / phi2);
+    psf_real *theta = v->model->params;
+    for (size_t p = 0; p < P; p++) theta[p] -= eta * s->phi[p];
+    memcpy(s->phi_prev, s->phi, sizeof(psf_real) * P);
+    memset(s->valid, 0, (size_t)B);
+    s->n_steps++;
+    *step_size = eta;
+    return PSF_OK;
+}
+static int psf__spring_save(const void *st, FILE *f) {
+    const psf__spring *s = (const psf__spring *)st;
+    const int32_t n = s->n_steps;
+    return psf__wr(f, &n, 4, 1) && psf__wr(f, s->phi_prev, sizeof(psf_real), s->P);
+}
+static int psf__spring_load(void *st, FILE *f) {
+    psf__spring *s = (psf__spring *)st;
+    int32_t n;
+    const int ok = psf__rd(f, &n, 4, 1) && psf__rd(f, s->phi_prev, sizeof(psf_real), s->P);
+    if (ok) s->n_steps = n;
+    return ok;
+}
+static const psf__optimizer_rules psf__spring_rules = {
+    "spring", 1, 0.05, psf__spring_init, psf__chunk_nothing, psf__spring_walker, psf__chunk_nothing,
+    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free};
+
 /* ---- The optimizer table: the one place that knows every optimizer -------------------------------------- */
-static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules};
+static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules,
+                                                                             &psf__spring_rules};
 
 const char *psf_optimizer_name(int opt) { return opt >= 0 && opt < PSF_OPT_COUNT ? psf__optimizers[opt]->name : "?"; }
 
@@ -2528,7 +3274,6 @@ const char *psf_optimizer_name(int opt) { return opt >= 0 && opt < PSF_OPT_COUNT
  *  [IMPL: DRIVER] VMC training and evaluation, checkpoints, .npy I/O
  * ============================================================================================================ */
 
-#define PSF__CHUNKS 32 /* fixed reduction tree: results do not depend on the thread count */
 
 static const psf__optimizer_rules *psf__opt(const psf_vmc *v) { return (const psf__optimizer_rules *)v->opt; }
 
@@ -2720,6 +3465,91 @@ int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st) {
     return PSF_OK;
 }
 
+/* ---- Hartree–Fock pretraining (psf_vmc_pretrain; the loss and sampling are in its [API] comment) ---------- */
+
+/* The reference matrix Phi_ref (N x N, block diagonal by spin) at one walker's coordinates. */
+static int psf__reference_matrix(const psf_reference *ref, const psf_real *x, double *phi, double *val) {
+    const int N = ref->n_up + ref->n_down;
+    memset(phi, 0, sizeof(double) * (size_t)N * N);
+    for (int i = 0; i < N; i++) {
+        const int up = i < ref->n_up, n = up ? ref->n_up : ref->n_down, j0 = up ? 0 : ref->n_up;
+        const int rc = ref->orbitals(ref, up ? 0 : 1, x + 3 * i, n, val, NULL, NULL);
+        if (rc) return rc;
+        for (int o = 0; o < n; o++) phi[(size_t)i * N + j0 + o] = val[o];
+    }
+    return PSF_OK;
+}
+
+int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses) {
+    psf_model *m = v->model;
+    const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, on = m->orbital_node;
+    const size_t P = m->n_params, NN = (size_t)N * N, nM = PSF__N(&m->nodes[on]);
+    if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
+                         ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
+    if (on <= 0 || nM % NN != 0) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no N x N orbital matrices");
+    if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
+    const int K = (int)(nM / NN);
+    const double scale = 1.0 / ((double)B * K * NN);
+    psf_reference rc_ref = *ref;
+    psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
+    psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    double *buf = (double *)psf__calloc((size_t)T * (nM + NN + (size_t)N), sizeof(double));
+    double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
+    void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
+    int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
+    for (int t = 0; t < T && !rc; t++)
+        if (!(rws[t] = rwf.ws_new(rwf.ctx))) rc = psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory");
+    if (!rc) rc = psf_walkers_refresh(&v->walkers, &rwf, rws, T);
+    for (int s = 0; s < steps && !rc; s++) {
+        psf_mcmc_adapt(&v->walkers, psf_mcmc(&v->walkers, &rwf, rws, T, v->cfg.mcmc_steps));
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int c = 0; c < C; c++) {
+            const int tid = psf__thread_id();
+            psf_workspace *ws = &v->ws[tid];
+            double *adj = buf + (size_t)tid * (nM + NN + (size_t)N), *phi = adj + nM, *val = phi + NN, l = 0;
+            psf_real *acc = v->chunks + (size_t)c * P;
+            memset(acc, 0, sizeof(psf_real) * P);
+            const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
+            for (int b = b0; b < b1; b++) {
+                const psf_real *x = v->walkers.x + (size_t)b * D;
+                const psf_real *M = psf_model_eval_node(m, ws, x, on, 0);
+                if (psf__reference_matrix(&rc_ref, x, phi, val)) { l = NAN; continue; }
+                for (size_t q = 0; q < nM; q++) {
+                    const double d = M[q] - phi[q % NN];
+                    l += d * d * scale;
+                    adj[q] = 2.0 * d * scale;
+                }
+                psf_model_backward_node(m, ws, on, adj, acc);
+            }
+            closs[c] = l;
+        }
+        double loss = 0;
+        for (int c = 0; c < C; c++) loss += closs[c];
+        if (losses) losses[s] = loss;
+        if (!isfinite(loss)) { rc = psf__fail(PSF_ERR_NUMERIC, "psf_vmc_pretrain: step %d: the loss is not finite", s); break; }
+        /* Adam (Kingma & Ba 2015) on the summed chunks */
+        const psf_vmc_config *cf = &v->cfg;
+        const double bc1 = 1 - pow(cf->adam_b1, s + 1.0), bc2 = 1 - pow(cf->adam_b2, s + 1.0);
+#pragma omp parallel for schedule(static)
+        for (long p = 0; p < (long)P; p++) {
+            psf_real g = 0;
+            for (int c = 0; c < C; c++) g += v->chunks[(size_t)c * P + (size_t)p];
+            am[p] = cf->adam_b1 * am[p] + (1 - cf->adam_b1) * g;
+            av[p] = cf->adam_b2 * av[p] + (1 - cf->adam_b2) * g * g;
+            m->params[p] -= lr * (am[p] / bc1) / (sqrt(av[p] / bc2) + cf->adam_eps);
+        }
+    }
+    for (int t = 0; t < T; t++) if (rws && rws[t]) rwf.ws_free(rwf.ctx, rws[t]);
+    PSF_FREE(am); PSF_FREE(av); PSF_FREE(buf); PSF_FREE(closs); PSF_FREE(rws);
+    if (rc) return rc;
+    /* back to |psi_net|^2: the walkers start from the reference's distribution */
+    v->walkers.width = v->cfg.mcmc_width;
+    if ((rc = psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws))) return rc;
+    for (int s = 0; s < v->cfg.burn_in; s++) psf_mcmc_adapt(&v->walkers, psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, 1));
+    return PSF_OK;
+}
+
 /* ---- checkpoints (format 2) ------------------------------------------------------------------------------
  *  "PSFCKPT2", then PSF__CKPT_NFIELDS int32 header fields (below; a mismatch on load names the field), int64
  *  n_params, int64 step, R and Z of the nuclei, the parameters, the walkers (width, x, RNG states), the
@@ -2889,6 +3719,12 @@ int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
     out->last_eta = k->last_eta; out->last_q = k->last_q; out->delta = k->delta;
     return 1;
 }
+int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
+    const psf__spring *s = v->cfg.optimizer == PSF_OPT_SPRING ? (const psf__spring *)v->opt_state : NULL;
+    if (!s) return 0;
+    out->B = s->B; out->P = s->P; out->G = s->G; out->valid = s->valid; out->phi = s->phi;
+    return 1;
+}
 double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                   const psf_real *G, psf_real *Delta, double *work) {
     return psf__kfac_precondition_dense(rows, cols, A, S, lambda, G, Delta, work);
@@ -2909,6 +3745,7 @@ int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed
     return psf__init_params(m, seed);
 }
 int psf_test_max_threads(void) { return psf__max_threads(); }
+int psf_test_thread_id(void) { return psf__thread_id(); }
 #endif
 
 #endif /* PSIFORMER_IMPLEMENTATION */

@@ -50,7 +50,7 @@ static void usage(FILE *f) {
             "  --dets K             determinants (default 4)\n"
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
-            "  --optimizer NAME     kfac | adam (default kfac)\n"
+            "  --optimizer NAME     kfac | spring | adam (default kfac)\n"
             "  --steps N            training iterations (default 2200)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
@@ -138,7 +138,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--optimizer")) {
             int k = 0;
             while (k < PSF_OPT_COUNT && strcmp(v, psf_optimizer_name(k))) k++;
-            if (k == PSF_OPT_COUNT) { fprintf(stderr, "psiformer: --optimizer expects kfac or adam, got '%s'\n", v); return 1; }
+            if (k == PSF_OPT_COUNT) { fprintf(stderr, "psiformer: --optimizer expects kfac, spring or adam, got '%s'\n", v); return 1; }
             o->vmc.optimizer = (psf_optimizer)k;
         } else { fprintf(stderr, "psiformer: unknown option %s (see --help)\n", a); return 1; }
         if (rc) return 1;
