@@ -397,7 +397,10 @@ PSFDEF void psf_mcmc_adapt(psf_walkers *w, double pmove);
 
 /* Flyvbjerg–Petersen reblocking (J. Chem. Phys. 91, 461 (1989)) of a correlated series x[n]: mean and its
  * standard error at the optimal block size (criterion B^3 > 2 n (s_B / s_0)^4: Lee, Conduit, Nemec, Lopez Rios,
- * Drummond, PRE 83, 066706 (2011)). *block_size may be NULL. Errors: PSF_ERR_ARG if n < 2, PSF_ERR_NOMEM. */
+ * Drummond, PRE 83, 066706 (2011)), among the blockings with at least 4 blocks. When no block size meets it
+ * (the series is too short for its correlation time) the error bar is the largest over those blockings and
+ * *block_size is negative (-B of that blocking): the error bar is then unreliable and callers should say so.
+ * *block_size may be NULL. Errors: PSF_ERR_ARG if n < 2, PSF_ERR_NOMEM. */
 PSFDEF int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size);
 
 /* ---- Optimizers and driver ------------------------------------------------------------------------------ */
@@ -423,6 +426,9 @@ typedef struct {
     double kfac_decay;    /* EMA decay of the Kronecker factors (default 0.95)                     */
     double kfac_damping;  /* Tikhonov damping lambda (default 1e-3)                                */
     double kfac_norm_constraint; /* bound on lr^2 * <update, gradient> (default 1e-3)              */
+    int kfac_ferminet_scale; /* 1: FermiNet's conventions, Fisher 2 E[g g^T] and gradient E[(E_L - <E_L>) g]
+                                (1/4 of the step before the constraint, 1/sqrt 2 when it binds); 0: Fisher
+                                E[g g^T], gradient 2 E[(E_L - <E_L>) g] (default 0)             */
     /* SPRING (Goldshlager, Abrahamsen, Lin, J. Comput. Phys. 2024, arXiv:2401.10190; defaults of its reference
      * code vmcnet) */
     double spring_mu;     /* decay of the previous direction mu (default 0.99)                     */
@@ -479,9 +485,17 @@ PSFDEF void psf_vmc_free(psf_vmc *v);
  * Errors: PSF_ERR_NUMERIC (no finite local energy, or a parameter became non-finite), PSF_ERR_ARG. */
 PSFDEF int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st);
 
-/* One evaluation iteration with frozen parameters: MCMC and local energies; st->energy is the batch mean.
+/* One evaluation iteration with frozen parameters and a frozen proposal width: MCMC and local energies;
+ * st->energy is the batch mean.
  * Errors: PSF_ERR_NUMERIC (no finite local energy), PSF_ERR_ARG. */
 PSFDEF int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st);
+
+/* The train/evaluation gap diagnostic: at the current parameters, the mean local energy of the walkers as they
+ * are (*e_walkers) and of a copy of them after `sweeps` further Metropolis sweeps (*e_decorrelated), hartree.
+ * The training walkers are not changed. A gap e_walkers - e_decorrelated well below 0 means the training walkers
+ * sit where the optimizer has pushed the energy down (the bias a too-large step causes). Errors: PSF_ERR_NOMEM,
+ * PSF_ERR_NUMERIC (no finite local energy). */
+PSFDEF int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelated);
 
 /* Binary checkpoint, format version 2 (magic "PSFCKPT2"): system, ansatz kind and its hyper-parameters,
  * parameters, walkers, optimizer name and state, step. The file is written to PATH.tmp and renamed into place.
@@ -2703,8 +2717,8 @@ int psf_reblock(const double *x, int n, double *mean, double *err, int *block_si
     double mu = 0;
     for (int i = 0; i < n; i++) mu += x[i];
     mu /= n;
-    int m = n, B = 1, best_B = -1;
-    double e0 = -1, best_e = 0, last_e = 0;
+    int m = n, B = 1, best_B = -1, max_B = 1;
+    double e0 = -1, best_e = 0, max_e = 0;
     while (m >= 2) {
         double v = 0, bm = 0;
         for (int i = 0; i < m; i++) bm += y[i];
@@ -2713,15 +2727,16 @@ int psf_reblock(const double *x, int n, double *mean, double *err, int *block_si
         v /= (m - 1);
         const double e = sqrt(v / m);
         if (e0 < 0) e0 = e;
-        last_e = e;
+        if ((m >= 4 || B == 1) && e >= max_e) { max_e = e; max_B = B; }
         const double ratio = e0 > 0 ? e / e0 : 1.0;
-        if (best_B < 0 && (double)B * B * B > 2.0 * n * ratio * ratio * ratio * ratio) { best_B = B; best_e = e; }
+        /* a blocking of 2 or 3 blocks meets the criterion by its own noise: at least 4 blocks */
+        if (best_B < 0 && m >= 4 && (double)B * B * B > 2.0 * n * ratio * ratio * ratio * ratio) { best_B = B; best_e = e; }
         for (int i = 0; i < m / 2; i++) y[i] = 0.5 * (y[2 * i] + y[2 * i + 1]);
         m /= 2;
         B *= 2;
     }
     PSF_FREE(y);
-    if (best_B < 0) { best_B = B / 2; best_e = last_e; } /* no plateau: the coarsest blocking (conservative) */
+    if (best_B < 0) { best_B = -max_B; best_e = max_e; } /* no plateau: the largest estimate, flagged */
     *mean = mu;
     *err = best_e;
     if (block_size) *block_size = best_B;
@@ -3038,19 +3053,22 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
         for (int ch = 1; ch < nch; ch++) acc += k->chunk_stats[(size_t)ch * S + (size_t)i];
         batch[i] = acc;
     }
+    /* FermiNet's scaling: log|psi| registered as a normal predictive distribution of variance 1/2 makes the Fisher
+     * 2 E[g g^T], and its gradient E[(E_L - <E_L>) g] is half of ours (ferminet/loss.py, kfac_jax) */
+    const double fs = c->kfac_ferminet_scale ? 2.0 : 1.0, gs = c->kfac_ferminet_scale ? 0.5 : 1.0;
     const double decay = k->n_updates == 0 ? 0.0 : (c->kfac_decay < (double)k->n_updates / (k->n_updates + 1.0)
                                                      ? c->kfac_decay : (double)k->n_updates / (k->n_updates + 1.0));
     for (int di = 0; di < k->n_dense; di++) {
         const psf__kfac_dense *d = &k->dense[di];
         const double T = (double)(d->r1 - d->r0) > 0 ? (double)(d->r1 - d->r0) : 1.0;
-        const double sa = 1.0 / ((double)n_walkers * T), ss = 1.0 / (double)n_walkers;
+        const double sa = 1.0 / ((double)n_walkers * T), ss = fs / (double)n_walkers;
         for (size_t i = 0; i < (size_t)d->rows * d->rows; i++)
             k->ema[d->a_off + i] = decay * k->ema[d->a_off + i] + (1 - decay) * sa * batch[d->a_off + i];
         for (size_t i = 0; i < (size_t)d->cols * d->cols; i++)
             k->ema[d->s_off + i] = decay * k->ema[d->s_off + i] + (1 - decay) * ss * batch[d->s_off + i];
     }
     for (size_t p = 0; p < P; p++)
-        if (!k->is_dense[p]) k->ema[k->diag_off + p] = decay * k->ema[k->diag_off + p] + (1 - decay) * batch[k->diag_off + p] / n_walkers;
+        if (!k->is_dense[p]) k->ema[k->diag_off + p] = decay * k->ema[k->diag_off + p] + (1 - decay) * fs * batch[k->diag_off + p] / n_walkers;
     k->n_updates++;
     /* precondition: blocks are independent (thread t uses its own slice of the scratch) */
 #pragma omp parallel for schedule(dynamic, 1)
@@ -3065,8 +3083,10 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
     for (size_t p = 0; p < P; p++)
         if (!k->is_dense[p]) k->delta[p] = v->grad[p] / (k->ema[k->diag_off + p] + c->kfac_damping);
     /* norm constraint and step */
+    if (gs != 1.0) for (size_t p = 0; p < P; p++) k->delta[p] *= gs;
     double q = 0;
     for (size_t p = 0; p < P; p++) q += k->delta[p] * v->grad[p];
+    q *= gs;
     double eta = c->lr / (1.0 + (double)v->step / c->lr_delay);
     if (q > 0 && eta * eta * q > c->kfac_norm_constraint) eta = sqrt(c->kfac_norm_constraint / q);
     k->last_eta = eta;
@@ -3339,12 +3359,13 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     return PSF_OK;
 }
 
-/* MCMC sweeps and local energies of all walkers; fills st (energy, variance, pmove, timings). */
-static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st) {
+/* MCMC sweeps and local energies of all walkers; fills st (energy, variance, pmove, timings). The proposal width
+ * adapts during training only: evaluation samples with a fixed width (a fixed Metropolis kernel). */
+static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
     const int B = v->cfg.batch, D = v->model->n_dim;
     double t0 = psf_time();
     st->pmove = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.mcmc_steps);
-    psf_mcmc_adapt(&v->walkers, st->pmove);
+    if (adapt) psf_mcmc_adapt(&v->walkers, st->pmove);
     st->width = v->walkers.width;
     double t1 = psf_time();
 #pragma omp parallel for schedule(dynamic, 2)
@@ -3431,7 +3452,7 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
 
 int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     memset(st, 0, sizeof *st);
-    psf__sample_and_measure(v, st);
+    psf__sample_and_measure(v, st, 1);
     st->step = v->step;
     if (!isfinite(st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: no walker has a finite local energy", v->step);
@@ -3456,9 +3477,50 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     return PSF_OK;
 }
 
+/* The mean finite local energy of walkers w (uses v->eloc as scratch). */
+static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w) {
+    const int B = w->n_walkers, D = v->model->n_dim;
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int b = 0; b < B; b++) {
+        psf_real g[3 * PSF_MAX_ELEC];
+        psf_eloc el;
+        psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], w->x + (size_t)b * D, g, &el);
+        v->eloc[b] = el.total;
+    }
+    double s = 0;
+    int n = 0;
+    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { s += v->eloc[b]; n++; }
+    return n ? s / n : NAN;
+}
+
+int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelated) {
+    const psf_walkers *w = &v->walkers;
+    const int B = w->n_walkers, D = v->model->n_dim;
+    psf_walkers c = *w;
+    c.x = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (size_t)B * D);
+    c.logpsi = (double *)PSF_MALLOC(sizeof(double) * (size_t)B);
+    c.sign = (int *)PSF_MALLOC(sizeof(int) * (size_t)B);
+    c.rng = (psf_rng *)PSF_MALLOC(sizeof(psf_rng) * (size_t)B);
+    int rc = PSF_OK;
+    if (!c.x || !c.logpsi || !c.sign || !c.rng) rc = psf__fail(PSF_ERR_NOMEM, "psf_vmc_gap: out of memory");
+    else {
+        memcpy(c.x, w->x, sizeof(psf_real) * (size_t)B * D);
+        memcpy(c.logpsi, w->logpsi, sizeof(double) * (size_t)B);
+        memcpy(c.sign, w->sign, sizeof(int) * (size_t)B);
+        for (int b = 0; b < B; b++) psf_rng_seed(&c.rng[b], v->cfg.seed + 0x9E37ULL * (uint64_t)v->step, 0x2000000ULL + (uint64_t)b);
+        *e_walkers = psf__mean_eloc(v, w);
+        if (psf_mcmc(&c, &v->wf, v->wsp, v->n_ws, sweeps) < 0) rc = PSF_ERR_ARG;
+        else *e_decorrelated = psf__mean_eloc(v, &c);
+        if (!rc && (!isfinite(*e_walkers) || !isfinite(*e_decorrelated)))
+            rc = psf__fail(PSF_ERR_NUMERIC, "psf_vmc_gap: no finite local energy");
+    }
+    PSF_FREE(c.x); PSF_FREE(c.logpsi); PSF_FREE(c.sign); PSF_FREE(c.rng);
+    return rc;
+}
+
 int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st) {
     memset(st, 0, sizeof *st);
-    psf__sample_and_measure(v, st);
+    psf__sample_and_measure(v, st, 0);
     st->step = v->step;
     if (!isfinite(st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_eval_step: no walker has a finite local energy");
@@ -3704,7 +3766,7 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
  *  tests/ and bench/, so that they call no psf__ function directly.
  * ============================================================================================================ */
 #ifdef PSF_INTERNAL_TESTS
-void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st) { psf__sample_and_measure(v, st); }
+void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st) { psf__sample_and_measure(v, st, 1); }
 int psf_test_energy_gradient(psf_vmc *v, double mean) { return psf__energy_gradient(v, mean); }
 int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size) {
     return psf__opt(v)->update(v, v->opt_state, n_walkers, step_size);

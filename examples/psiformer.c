@@ -11,6 +11,7 @@
 #define PSIFORMER_IMPLEMENTATION
 #include "../psiformer.h"
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -20,8 +21,9 @@
 
 typedef struct {
     const char *atom, *out, *restore;
-    int spin, steps, eval_steps, checkpoint_every, print_every;
-    double train_minutes;
+    int scale_moves;
+    int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
+    double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
     psf_config net;
     psf_vmc_config vmc;
 } options;
@@ -30,7 +32,7 @@ typedef struct {
 typedef struct {
     long first, done;              /* training steps: restored from, reached     */
     double seconds[4];             /* sampling, jet, backward, optimizer         */
-    double train_seconds, eval_seconds;
+    double train_seconds, eval_seconds, pretrain_seconds;
     double energy, error, variance; /* evaluated (hartree), reblocked error bar  */
     int block;
 } results;
@@ -51,14 +53,19 @@ static void usage(FILE *f) {
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     kfac | spring | adam (default kfac)\n"
-            "  --steps N            training iterations (default 2200)\n"
+            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 0)\n"
+            "  --pretrain-lr X      Adam learning rate of the pretraining (default 3e-3)\n"
+            "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
             "  --batch B            walkers (default 512)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
             "  --lr X               learning rate at step 0 (default: kfac 0.05, adam 3e-3), decays as 1/(1+t/1e4)\n"
-            "  --damping X          KFAC Tikhonov damping (default 1e-3)\n"
-            "  --norm-constraint X  KFAC bound on lr^2 <update, gradient> (default 1e-3)\n"
+            "  --damping X          KFAC Tikhonov damping / SPRING kernel damping (default 1e-3 for both)\n"
+            "  --norm-constraint X  KFAC: bound on lr^2 <update, gradient>; SPRING: on |step|^2 (default 1e-3)\n"
+            "  --kfac-ferminet 0|1  KFAC with FermiNet's Fisher (2 E[g g^T]) and gradient scaling (default 0)\n"
+            "  --spring-mu X        SPRING's decay of the previous direction (default 0.99)\n"
+            "  --scale-moves 0|1    Metropolis moves scaled by the distance to the nuclei (default 0)\n"
             "  --seed S             random seed (default 1)\n"
             "  --threads T          OpenMP threads (default: all cores)\n"
             "output\n"
@@ -66,6 +73,8 @@ static void usage(FILE *f) {
             "  --restore FILE       continue from a checkpoint written by an earlier run with the same network\n"
             "  --checkpoint-every N write DIR/checkpoint.bin every N steps (default 100)\n"
             "  --print-every N      one line every N steps when stdout is not a terminal (default 25)\n"
+            "  --gap-every N        every N steps, the train/evaluation gap column of train_stats.csv: E_L of the\n"
+            "                       walkers minus E_L after 50 more sweeps of a copy (default 100; 0: off)\n"
             "  --help               this text\n"
             "Units: bohr and hartree (Ha). Exit status: 0 success, 1 run failure, 2 bad arguments.\n");
 }
@@ -104,6 +113,8 @@ static int parse_args(int argc, char **argv, options *o) {
     o->eval_steps = 300;
     o->checkpoint_every = 100;
     o->print_every = 25;
+    o->gap_every = 100;
+    o->pretrain_lr = 3e-3;
     psf_config_default(&o->net);
     psf_vmc_config_default(&o->vmc);
     o->vmc.batch = 512;
@@ -131,8 +142,17 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
         else if (!strcmp(a, "--restore")) o->restore = v;
-        else if (!strcmp(a, "--damping")) rc = parse_positive(a, v, &o->vmc.kfac_damping);
-        else if (!strcmp(a, "--norm-constraint")) rc = parse_positive(a, v, &o->vmc.kfac_norm_constraint);
+        else if (!strcmp(a, "--damping")) rc = parse_positive(a, v, &o->damping);
+        else if (!strcmp(a, "--norm-constraint")) rc = parse_positive(a, v, &o->norm_constraint);
+        else if (!strcmp(a, "--pretrain-steps")) rc = parse_int(a, v, 0, &o->pretrain_steps);
+        else if (!strcmp(a, "--pretrain-lr")) rc = parse_positive(a, v, &o->pretrain_lr);
+        else if (!strcmp(a, "--gap-every")) rc = parse_int(a, v, 0, &o->gap_every);
+        else if (!strcmp(a, "--kfac-ferminet")) rc = parse_int(a, v, 0, &o->vmc.kfac_ferminet_scale);
+        else if (!strcmp(a, "--scale-moves")) rc = parse_int(a, v, 0, &o->scale_moves);
+        else if (!strcmp(a, "--spring-mu")) {
+            rc = parse_positive(a, v, &o->vmc.spring_mu);
+            if (!rc && o->vmc.spring_mu >= 1) { fprintf(stderr, "psiformer: --spring-mu expects a number in (0, 1), got '%s'\n", v); rc = 1; }
+        }
         else if (!strcmp(a, "--train-minutes")) rc = parse_positive(a, v, &o->train_minutes);
         else if (!strcmp(a, "--lr")) rc = parse_positive(a, v, &o->vmc.lr);
         else if (!strcmp(a, "--optimizer")) {
@@ -143,6 +163,13 @@ static int parse_args(int argc, char **argv, options *o) {
         } else { fprintf(stderr, "psiformer: unknown option %s (see --help)\n", a); return 1; }
         if (rc) return 1;
     }
+    /* --damping and --norm-constraint belong to the chosen optimizer */
+    if (o->steps == 0 && !(o->train_minutes > 0)) {
+        fprintf(stderr, "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too\n");
+        return 1;
+    }
+    if (o->damping > 0) { o->vmc.kfac_damping = o->damping; o->vmc.spring_damping = o->damping; }
+    if (o->norm_constraint > 0) { o->vmc.kfac_norm_constraint = o->norm_constraint; o->vmc.spring_norm_constraint = o->norm_constraint; }
     return 0;
 }
 
@@ -170,36 +197,42 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
     FILE *csv = fopen(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
-    if (!o->restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm\n");
+    if (!o->restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n");
     const int tty = isatty(fileno(stdout));
     const double t_train = psf_time();
     psf_step_stats st;
     int rc = 0;
     double ema = NAN;
     r->first = r->done = v->step;
-    for (long s = r->first; s < o->steps; s++) {
+    const long last = o->steps > 0 ? o->steps : LONG_MAX; /* --steps 0: until the --train-minutes budget */
+    char total[32];
+    if (o->steps > 0) snprintf(total, sizeof total, "/%d", o->steps); else snprintf(total, sizeof total, " (%.0f min)", o->train_minutes);
+    for (long s = r->first; s < last; s++) {
         if (o->train_minutes > 0 && psf_time() - t_train > 60.0 * o->train_minutes) {
-            printf("%sstopping training at step %ld: --train-minutes %.1f reached\n", tty ? "\n" : "", s, o->train_minutes);
+            printf("%sstopping training at step %ld: --train-minutes %g reached\n", tty ? "\n" : "", s, o->train_minutes);
             break;
         }
         if ((rc = psf_vmc_train_step(v, &st))) break;
         r->done = s + 1;
         r->seconds[0] += st.t_sample; r->seconds[1] += st.t_jet; r->seconds[2] += st.t_backward; r->seconds[3] += st.t_optimizer;
-        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g\n", st.step, st.energy, st.variance, st.pmove,
+        double gap = NAN, e_w, e_d;
+        if (o->gap_every > 0 && (s + 1) % o->gap_every == 0 && psf_vmc_gap(v, 50, &e_w, &e_d) == PSF_OK) gap = e_w - e_d;
+        fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g,", st.step, st.energy, st.variance, st.pmove,
                 psf_time() - t_train, st.step_size, st.grad_norm);
+        if (isfinite(gap)) fprintf(csv, "%.6f\n", gap); else fprintf(csv, "\n");
         ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
         const double per = (psf_time() - t_train) / (double)(s - r->first + 1);
-        double eta = per * (double)(o->steps - s - 1);
+        double eta = o->steps > 0 ? per * (double)(o->steps - s - 1) : 1e30;
         if (o->train_minutes > 0 && eta > 60.0 * o->train_minutes - (psf_time() - t_train))
             eta = 60.0 * o->train_minutes - (psf_time() - t_train);
         eta += per * 0.5 * o->eval_steps;
         char etas[32];
         fmt_time(eta, etas, sizeof etas);
         if (tty)
-            printf("\rstep %5ld/%d  E %12.6f Ha  (avg %12.6f)  var %9.4f  pmove %.2f  %.2fs/step  ETA %s   ",
-                   s + 1, o->steps, st.energy, ema, st.variance, st.pmove, per, etas);
-        else if ((s + 1) % o->print_every == 0 || s + 1 == o->steps)
-            printf("step %5ld/%d  E %12.6f Ha  avg %12.6f  var %9.4f  pmove %.2f  %.2fs/step  ETA %s\n", s + 1, o->steps,
+            printf("\rstep %5ld%s  E %12.6f Ha  (avg %12.6f)  var %9.4f  pmove %.2f  %.2fs/step  ETA %s   ",
+                   s + 1, total, st.energy, ema, st.variance, st.pmove, per, etas);
+        else if ((s + 1) % o->print_every == 0 || s + 1 == last)
+            printf("step %5ld%s  E %12.6f Ha  avg %12.6f  var %9.4f  pmove %.2f  %.2fs/step  ETA %s\n", s + 1, total,
                    st.energy, ema, st.variance, st.pmove, per, etas);
         fflush(stdout);
         if ((s + 1) % o->checkpoint_every == 0) {
@@ -217,6 +250,34 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
         fprintf(stderr, "psiformer: training stopped: %s (checkpoint of the last good state in %s)\n", psf_last_error(), path);
         return 1;
     }
+    return 0;
+}
+
+/* ---- 2a. Hartree–Fock pretraining (before the first VMC step of a new run) ------------------------------ */
+
+static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_system *sys, results *r) {
+    psf_reference ref;
+    double e_hf;
+    if (psf_reference_hf_atom(&ref, sys, &e_hf)) { fprintf(stderr, "psiformer: --pretrain-steps: %s\n", psf_last_error()); return 1; }
+    double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
+    if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
+    const double t0 = psf_time();
+    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock orbitals (E_HF = %.6f Ha)\n",
+           o->pretrain_steps, o->pretrain_lr, e_hf);
+    fflush(stdout);
+    const int rc = psf_vmc_pretrain(v, &ref, o->pretrain_steps, o->pretrain_lr, loss);
+    r->pretrain_seconds = psf_time() - t0;
+    if (rc) { fprintf(stderr, "psiformer: pretraining failed: %s\n", psf_last_error()); free(loss); return 1; }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/pretrain_stats.csv", outdir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "step,loss\n");
+        for (int s = 0; s < o->pretrain_steps; s++) fprintf(f, "%d,%.8g\n", s, loss[s]);
+        fclose(f);
+    }
+    printf("pretraining: loss %.4g -> %.4g in %.0f s\n", loss[0], loss[o->pretrain_steps - 1], r->pretrain_seconds);
+    free(loss);
     return 0;
 }
 
@@ -250,6 +311,9 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
     r->energy = r->error = NAN;
     r->block = 0;
     if (n >= 2) psf_reblock(series, n, &r->energy, &r->error, &r->block);
+    if (r->block < 0)
+        fprintf(stderr, "psiformer: warning: no reblocking plateau in %d evaluation steps; the error bar (the largest "
+                        "blocking estimate) is unreliable: evaluate longer (--eval-steps)\n", n);
     else if (n == 1) r->energy = series[0];
     r->variance = n > 0 ? var_sum / n : NAN;
     r->eval_seconds = psf_time() - t_eval;
@@ -295,6 +359,11 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
     json_str(&j, "units", "hartree");
     json_int(&j, "train_steps", r->done);
+    json_int(&j, "pretrain_steps", o->restore ? 0 : o->pretrain_steps);
+    json_fmt(&j, "pretrain_seconds", "%.2f", r->pretrain_seconds);
+    json_fmt(&j, "train_minutes_budget", "%g", o->train_minutes);
+    json_int(&j, "kfac_ferminet_scale", o->vmc.kfac_ferminet_scale);
+    json_int(&j, "scale_moves", o->scale_moves);
     json_int(&j, "eval_steps", o->eval_steps);
     json_int(&j, "batch", o->vmc.batch);
     json_int(&j, "mcmc_steps", o->vmc.mcmc_steps);
@@ -309,7 +378,8 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "en_cusp", m->cfg.use_en_cusp);
     json_fmt(&j, "seed", "%llu", (unsigned long long)o->vmc.seed);
     json_int(&j, "threads", v->n_ws);
-    json_int(&j, "reblock_size", r->block);
+    json_int(&j, "reblock_size", r->block < 0 ? -r->block : r->block);
+    json_fmt(&j, "error_bar_reliable", "%s", r->block > 0 ? "true" : "false");
     json_fmt(&j, "wall_seconds", "%.2f", wall);
     json_fmt(&j, "seconds_sampling", "%.2f", r->seconds[0]);
     json_fmt(&j, "seconds_jet", "%.2f", r->seconds[1]);
@@ -337,27 +407,34 @@ int main(int argc, char **argv) {
     const double t_start = psf_time();
     psf_vmc v;
     if (psf_vmc_init(&v, &m, &o.vmc)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
+    v.walkers.scale_moves = o.scale_moves;
     if (o.restore && psf_vmc_load(&v, o.restore)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
     const psf_psiformer_config *pc = &o.net.psiformer;
     printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
            info->exact, ground ? "" : " (ground state; this run uses another spin)");
     printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", pc->n_layers, pc->n_heads,
            pc->head_dim, pc->mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params);
-    printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %d train + %d eval steps, seed %llu, %d threads%s%s\n",
-           psf_optimizer_name(o.vmc.optimizer), v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, o.steps, o.eval_steps,
+    char budget[96];
+    if (o.steps > 0 && o.train_minutes > 0) snprintf(budget, sizeof budget, "%d train steps (at most %.1f min)", o.steps, o.train_minutes);
+    else if (o.steps > 0) snprintf(budget, sizeof budget, "%d train steps", o.steps);
+    else snprintf(budget, sizeof budget, "%.1f min of training", o.train_minutes);
+    printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %s + %d eval steps, seed %llu, %d threads%s%s\n",
+           psf_optimizer_name(o.vmc.optimizer), v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, budget, o.eval_steps,
            (unsigned long long)o.vmc.seed, v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
     fflush(stdout);
 
     results r;
     memset(&r, 0, sizeof r);
+    if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, &r)) return 1;
     if (train(&v, &o, outdir, &r) || evaluate(&v, &o, outdir, &r)) return 1;
     const double wall = psf_time() - t_start, tot = r.seconds[0] + r.seconds[1] + r.seconds[2] + r.seconds[3];
     if (tot > 0)
         printf("time per training step: %.3f s = sampling %.0f%% + local energy (jet) %.0f%% + gradient (backward) %.0f%% + optimizer %.0f%%\n",
                tot / (r.done - r.first > 0 ? r.done - r.first : 1), 100 * r.seconds[0] / tot, 100 * r.seconds[1] / tot,
                100 * r.seconds[2] / tot, 100 * r.seconds[3] / tot);
-    printf("training %.0f s, evaluation %.0f s (%d steps x %d walkers, reblocked with block %d), wall %.0f s\n",
-           r.train_seconds, r.eval_seconds, o.eval_steps, o.vmc.batch, r.block, wall);
+    printf("training %.0f s, evaluation %.0f s (%d steps x %d walkers, reblocked with block %d%s), wall %.0f s\n",
+           r.train_seconds, r.eval_seconds, o.eval_steps, o.vmc.batch, r.block < 0 ? -r.block : r.block,
+           r.block < 0 ? ", no plateau: error bar unreliable" : "", wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
     write_summary(path, &o, &m, &v, info, ground, &r, wall);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin)\n", outdir);

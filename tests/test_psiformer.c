@@ -515,7 +515,33 @@ TEST reblocking_recovers_correlated_error(void) {
     PASS();
 }
 
+/* A series far shorter than its correlation time (AR(1) with phi = 0.999, 256 samples) has no reblocking plateau:
+ * the block size comes back negative (flagged) and the error bar is the largest of the blockings, at least the
+ * naive one and the one of every blocking with 4 or more blocks. */
+TEST reblocking_without_plateau_is_flagged_and_conservative(void) {
+    enum { N = 256 };
+    double x[N], y[N];
+    psf_rng r;
+    psf_rng_seed(&r, 2, 2);
+    x[0] = 0;
+    for (int i = 1; i < N; i++) x[i] = 0.999 * x[i - 1] + psf_rng_normal(&r);
+    double mean, err;
+    int bs = 0;
+    ASSERT_EQ(0, psf_reblock(x, N, &mean, &err, &bs));
+    ASSERT(bs < 0);
+    memcpy(y, x, sizeof x);
+    for (int m = N; m >= 4; m /= 2) { /* every blocking's naive error */
+        double mu = 0, v = 0;
+        for (int i = 0; i < m; i++) mu += y[i] / m;
+        for (int i = 0; i < m; i++) v += (y[i] - mu) * (y[i] - mu) / (m - 1);
+        ASSERT(err >= sqrt(v / m) * (1 - 1e-12));
+        for (int i = 0; i < m / 2; i++) y[i] = 0.5 * (y[2 * i] + y[2 * i + 1]);
+    }
+    PASS();
+}
+
 SUITE(hamiltonian_and_sampler) {
+    RUN_TEST(reblocking_without_plateau_is_flagged_and_conservative);
     RUN_TEST(hydrogen_exact_local_energy_is_constant);
     RUN_TEST(electron_electron_cusp);
     RUN_TEST(sampler_reproduces_hydrogen_mean_radius);
@@ -842,17 +868,24 @@ TEST kfac_norm_constraint_and_large_damping(void) {
     v.cfg.kfac_damping = 1e12;
     v.cfg.lr = 1.0;
     v.cfg.kfac_norm_constraint = 1e300;
-    ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
-    psf_test_kfac(&v, &k);
-    double worst = 0, gmax = 0;
-    for (size_t p = 0; p < m.n_params; p++) {
-        const double want = v.grad[p] / 1e12;
-        worst = fmax(worst, fabs(k.delta[p] - want));
-        gmax = fmax(gmax, fabs(want));
+    for (int fermi = 0; fermi < 2; fermi++) { /* FermiNet's scaling: (2F + lambda)^{-1} (g / 2) -> g / (2 lambda) */
+        memcpy(m.params, theta, sizeof(psf_real) * m.n_params);
+        v.cfg.kfac_ferminet_scale = fermi;
+        ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v, 16, &eta));
+        psf_test_kfac(&v, &k);
+        double worst = 0, gmax = 0;
+        for (size_t p = 0; p < m.n_params; p++) {
+            const double want = (fermi ? 0.5 : 1.0) * v.grad[p] / 1e12;
+            worst = fmax(worst, fabs(k.delta[p] - want));
+            gmax = fmax(gmax, fabs(want));
+        }
+        if (greatest_info.verbose) printf("    ferminet %d: |Delta - g/lambda| %.2e of |g/lambda| %.2e\n", fermi, worst, gmax);
+        ASSERT(gmax > 0);
+        ASSERT_IN_RANGE(0.0, worst, 1e-4 * gmax);
+        double step2 = 0; /* and the step is eta Delta */
+        for (size_t p = 0; p < m.n_params; p++) step2 += (m.params[p] - theta[p] + eta * k.delta[p]) * (m.params[p] - theta[p] + eta * k.delta[p]);
+        ASSERT(sqrt(step2) <= 1e-12 * (1 + fabs(eta) * gmax * sqrt((double)m.n_params)));
     }
-    if (greatest_info.verbose) printf("    |Delta - g/lambda| %.2e of |g/lambda| %.2e\n", worst, gmax);
-    ASSERT(gmax > 0);
-    ASSERT_IN_RANGE(0.0, worst, 1e-4 * gmax);
     free(theta);
     psf_vmc_free(&v);
     psf_model_free(&m);
