@@ -154,7 +154,8 @@ PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
     X(ATTN_MIX, attn_mix)       /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                      */ \
     X(ENVELOPE, envelope)       /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N        */ \
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
-    X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */
+    X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
+    X(PAIR, pair)               /* skew pair matrix H (W - W^T) H^T of features H (N x F), N x N            */
 
 typedef enum {
 #define PSF__OP_ENUM(ID, name) PSF_OP_##ID,
@@ -1722,6 +1723,72 @@ static int psf__jastrow_node(psf_model *m, int x, int ee, int en) {
 }
 #ifdef PSF_INTERNAL_TESTS
 static int psf__jastrow_example(psf_model *m, int x) { return psf__jastrow_node(m, x, 1, 1); }
+#endif
+
+/* ---- PAIR: the skew-symmetric pair matrix Y = H (W - W^T) H^T of per-electron features H (N x F), N x N: the
+ *      orbital pairing of a neural Pfaffian, Pf(Phi A Phi^T) with a learned skew A (Gao & Günnemann, "Neural
+ *      Pfaffians", NeurIPS 2024, arXiv:2405.14762). With A = W - W^T and G_s = H_s A for every slice s:
+ *        Y_0 = G_0 H_0^T,  Y_d = Z_d - Z_d^T with Z_d = G_d H_0^T (H_0 A H_d^T = -(H_d A H_0^T)^T, A skew),
+ *        Y_L = Z_L - Z_L^T + 2 sum_d G_d H_d^T                               (the product rule twice).
+ *      Backward: H-bar = (Ybar^T - Ybar) H A,  W-bar = A-bar - A-bar^T with A-bar = H^T Ybar H.
+ *      Params: W [F x F]. in0 = H.                                                                         */
+static void psf__pair_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nh = &c->nodes[nd->in0];
+    const int N = nh->rows, F = nh->cols, D = c->D;
+    const size_t nin = PSF__N(nh), n = PSF__N(nd);
+    const psf_real *H = PSF__J(c->ws, nh), *W = c->params + nd->p_off;
+    psf_real *Y = PSF__J(c->ws, nd), *A = c->ws->scratch, *G = A + (size_t)F * F, *Z = G + (size_t)c->nb * nin;
+    for (int i = 0; i < F; i++)
+        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+    psf__gemm(0, 0, c->nb * N, F, F, 1.0, H, F, A, F, 0.0, G, F);    /* G_s = H_s A, all slices at once */
+    psf__gemm(0, 1, N, N, F, 1.0, G, F, H, F, 0.0, Y, N);             /* Y_0 = G_0 H_0^T               */
+    if (c->nb == 1) return;
+    for (int s = 1; s <= D + 1; s++) {
+        psf__gemm(0, 1, N, N, F, 1.0, G + (size_t)s * nin, F, H, F, 0.0, Z, N); /* Z_s = G_s H_0^T */
+        psf_real *Ys = Y + (size_t)s * n;
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) Ys[(size_t)i * N + j] = Z[(size_t)i * N + j] - Z[(size_t)j * N + i];
+    }
+    for (int d = 1; d <= D; d++) /* Y_L += 2 G_d H_d^T */
+        psf__gemm(0, 1, N, N, F, 2.0, G + (size_t)d * nin, F, H + (size_t)d * nin, F, 1.0, Y + (size_t)(D + 1) * n, N);
+}
+static void psf__pair_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nh = &c->nodes[nd->in0];
+    const int N = nh->rows, F = nh->cols;
+    const psf_real *H = PSF__J(c->ws, nh), *Yb = PSF__A(c->ws, nd), *W = c->params + nd->p_off;
+    psf_real *Hb = PSF__A(c->ws, nh), *A = c->ws->scratch, *S = A + (size_t)F * F, *T = S + (size_t)N * N;
+    for (int i = 0; i < F; i++)
+        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) S[(size_t)i * N + j] = Yb[(size_t)j * N + i] - Yb[(size_t)i * N + j];
+    psf__gemm(0, 0, N, F, F, 1.0, H, F, A, F, 0.0, T, F);  /* T = H A          */
+    psf__gemm(0, 0, N, F, N, 1.0, S, N, T, F, 1.0, Hb, F); /* H-bar += S H A   */
+    if (!c->dparams) return;
+    psf__gemm(0, 0, N, F, N, 1.0, Yb, N, H, F, 0.0, T, F); /* T = Ybar H       */
+    psf__gemm(1, 0, F, F, N, 1.0, H, F, T, F, 0.0, A, F);  /* A-bar = H^T Ybar H */
+    psf_real *Wb = c->dparams + nd->p_off;
+    for (int i = 0; i < F; i++)
+        for (int j = 0; j < F; j++) Wb[(size_t)i * F + j] += A[(size_t)i * F + j] - A[(size_t)j * F + i];
+}
+#define psf__pair_sparse psf__sparse_none
+static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D) {
+    const size_t N = (size_t)nodes[nd->in0].rows, F = (size_t)nodes[nd->in0].cols;
+    const size_t fwd = F * F + ((size_t)D + 2) * N * F + N * N, bwd = F * F + N * N + N * F;
+    (void)nd;
+    return fwd > bwd ? fwd : bwd;
+}
+/* The pair matrix of features h (N x F); registers W [F x F] (name.w). */
+static int psf__pair_node(psf_model *m, int h, const char *name) {
+    const int F = m->nodes[h].cols, k = psf__node(m, PSF_OP_PAIR, h, -1, m->n_elec, m->n_elec);
+    char nm[40];
+    snprintf(nm, sizeof nm, "%s.w", name);
+    psf__pblock(m, k, nm, F, F, PSF_PB_WEIGHT);
+    return k;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__pair_example(psf_model *m, int x) {
+    return psf__pair_node(m, psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a"), "ex.pair");
+}
 #endif
 
 /* ---- The rule table, generated from the registry PSF_OPS in the enum's order (so a row cannot land under the
