@@ -429,7 +429,8 @@ typedef struct {
     double kfac_norm_constraint; /* bound on lr^2 * <update, gradient> (default 1e-3)              */
     int kfac_ferminet_scale; /* 1: FermiNet's conventions, Fisher 2 E[g g^T] and gradient E[(E_L - <E_L>) g]
                                 (1/4 of the step before the constraint, 1/sqrt 2 when it binds); 0: Fisher
-                                E[g g^T], gradient 2 E[(E_L - <E_L>) g] (default 0)             */
+                                E[g g^T], gradient 2 E[(E_L - <E_L>) g] (default 1: measured better,
+                                docs/results.md)                                                 */
     /* SPRING (Goldshlager, Abrahamsen, Lin, J. Comput. Phys. 2024, arXiv:2401.10190; defaults of its reference
      * code vmcnet) */
     double spring_mu;     /* decay of the previous direction mu (default 0.99)                     */
@@ -2828,6 +2829,7 @@ void psf_vmc_config_default(psf_vmc_config *c) {
     c->kfac_decay = 0.95;
     c->kfac_damping = 1e-3;
     c->kfac_norm_constraint = 1e-3;
+    c->kfac_ferminet_scale = 1;
     c->spring_mu = 0.99;
     c->spring_damping = 1e-3;
     c->spring_norm_constraint = 1e-3;
@@ -3252,14 +3254,20 @@ static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->Ot (Ō^T, P x B) and e [B] (overwritten).
  * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
 static int psf__spring_direction(psf__spring *s, double *e, double mu, double lambda) {
-    const int B = s->B, P = (int)s->P, NB = B < PSF__CHUNKS ? B : PSF__CHUNKS;
+    enum { NB = 4 }; /* T = Ō Ō^T by tiles of a fixed 4 x 4 grid: the upper ones computed, the lower mirrored */
+    const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
-    /* T = Ō Ō^T in NB fixed row blocks */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int blk = 0; blk < NB; blk++) {
-        const int i0 = (int)((long)B * blk / NB), i1 = (int)((long)B * (blk + 1) / NB);
-        psf__gemm(1, 0, i1 - i0, B, P, 1.0, s->Ot + i0, B, s->Ot, B, 0.0, T + (size_t)i0 * B, B);
+    for (int t = 0; t < NB * NB; t++) {
+        const int bi = t / NB, bj = t % NB;
+        if (bj < bi) continue;
+        const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
+        if (i1 > i0 && j1 > j0)
+            psf__gemm(1, 0, i1 - i0, j1 - j0, P, 1.0, s->Ot + i0, B, s->Ot + j0, B, 0.0, T + (size_t)i0 * B + j0, B);
     }
+    for (int bi = 1; bi < NB; bi++) /* mirror the tiles left of the diagonal tile of each tile row */
+        for (int i = B * bi / NB; i < B * (bi + 1) / NB; i++)
+            for (int j = 0; j < B * bi / NB; j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
     double trace = 0;
     for (int i = 0; i < B; i++) {
         for (int j = 0; j < B; j++) T[(size_t)i * B + j] += 1.0 / B;

@@ -741,7 +741,8 @@ static psf_real *kfac_before_first_update(psf_model *m, psf_vmc *v, const char *
 }
 
 /* The running factors after the first update equal E[abar abar^T] (per token) and sum_t E[e e^T], recomputed
- * here by brute force from every walker's layer inputs and output sensitivities; and the diagonal blocks E[g^2]. */
+ * here by brute force from every walker's layer inputs and output sensitivities; and the diagonal blocks E[g^2]
+ * (S and the diagonal blocks times 2 with FermiNet's scaling, the default). */
 TEST kfac_factors_equal_brute_force_expectations(void) {
     psf_model m;
     psf_vmc v;
@@ -752,6 +753,7 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
     memcpy(m.params, theta, sizeof(psf_real) * m.n_params); /* brute force at the parameters the factors saw */
     psf_test_kfac_info ki, *k = &ki;
     ASSERT(psf_test_kfac(&v, k));
+    const double fs = v.cfg.kfac_ferminet_scale ? 2.0 : 1.0; /* FermiNet's Fisher is 2 E[g g^T] */
     double *ref = calloc(k->stat_reals, sizeof(double)), *g = calloc(m.n_params, sizeof(double));
     psf_workspace *ws = &v.ws[0];
     for (int b = 0; b < 16; b++) {
@@ -771,10 +773,10 @@ TEST kfac_factors_equal_brute_force_expectations(void) {
                         ref[d->a_off + i * d->rows + j] += ai * aj / (16.0 * T);
                     }
                 for (int i = 0; i < bo; i++)
-                    for (int j = 0; j < bo; j++) ref[d->s_off + i * bo + j] += E[t * bo + i] * E[t * bo + j] / 16.0;
+                    for (int j = 0; j < bo; j++) ref[d->s_off + i * bo + j] += fs * E[t * bo + i] * E[t * bo + j] / 16.0;
             }
         }
-        for (size_t p = 0; p < m.n_params; p++) if (!k->is_dense[p]) ref[k->diag_off + p] += g[p] * g[p] / 16.0;
+        for (size_t p = 0; p < m.n_params; p++) if (!k->is_dense[p]) ref[k->diag_off + p] += fs * g[p] * g[p] / 16.0;
     }
     double worst = 0;
     for (size_t i = 0; i < k->stat_reals; i++) {
