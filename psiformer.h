@@ -3709,6 +3709,10 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     X("dets", (m)->cfg.n_dets) X("jastrow", (m)->cfg.use_jastrow) X("en_cusp", (m)->cfg.use_en_cusp)          \
     X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)
 
+#define PSF__CKPT_ONE(nm, x) +1
+PSF__STATIC_ASSERT(0 PSF__CKPT_FIELDS(PSF__CKPT_ONE, m, v) <= PSF__CKPT_NFIELDS, "checkpoint header: too many fields");
+#undef PSF__CKPT_ONE
+
 /* This run's header fields and their names; returns their count. */
 static int psf__ckpt_header(const psf_vmc *v, int32_t *val, const char **name) {
     const psf_model *m = v->model;
