@@ -3321,14 +3321,27 @@ static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_
     (void)n_walkers;
     if (n < 2) return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: SPRING needs at least 2 walkers with a finite local energy");
     const double rn = 1.0 / sqrt((double)n);
-    /* Ō^T: centre each parameter's column over the valid walkers, scale by 1/sqrt(n), transpose (zero elsewhere) */
+    /* Ō^T: centre each parameter's column over the valid walkers, scale by 1/sqrt(n), transpose (zero elsewhere).
+     * The means run along the rows of G and the transpose by 64 x 64 tiles, so that memory is read in order. */
+    psf_real *mean = s->phi; /* free until the direction is formed */
+    memset(mean, 0, sizeof(psf_real) * P);
+    for (int b = 0; b < B; b++)
+        if (s->valid[b]) {
+            const psf_real *g = s->G + (size_t)b * P;
+            for (size_t p = 0; p < P; p++) mean[p] += g[p];
+        }
+    for (size_t p = 0; p < P; p++) mean[p] /= n;
+    const long n_pt = ((long)P + 63) / 64;
 #pragma omp parallel for schedule(static)
-    for (long p = 0; p < (long)P; p++) {
-        double mean = 0;
-        for (int b = 0; b < B; b++) if (s->valid[b]) mean += s->G[(size_t)b * P + (size_t)p];
-        mean /= n;
-        psf_real *o = s->Ot + (size_t)p * B;
-        for (int b = 0; b < B; b++) o[b] = s->valid[b] ? (s->G[(size_t)b * P + (size_t)p] - mean) * rn : 0.0;
+    for (long pt = 0; pt < n_pt; pt++) {
+        const size_t p0 = (size_t)pt * 64, p1 = p0 + 64 < P ? p0 + 64 : P;
+        for (int b0 = 0; b0 < B; b0 += 64) {
+            const int b1 = b0 + 64 < B ? b0 + 64 : B;
+            for (size_t p = p0; p < p1; p++) {
+                psf_real *o = s->Ot + p * B;
+                for (int b = b0; b < b1; b++) o[b] = s->valid[b] ? (s->G[(size_t)b * P + p] - mean[p]) * rn : 0.0;
+            }
+        }
     }
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
