@@ -24,6 +24,7 @@ typedef struct {
     int scale_moves;
     int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
     double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
+    double exact; /* the exact energy of the system (NAN if unknown), for the sub-variational warning */
     psf_config net;
     psf_vmc_config vmc;
 } options;
@@ -203,7 +204,8 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     const double t_train = psf_time();
     psf_step_stats st;
     int rc = 0;
-    double ema = NAN;
+    double ema = NAN, avg100 = 0;
+    int warned = 0;
     r->first = r->done = v->step;
     const long last = o->steps > 0 ? o->steps : LONG_MAX; /* --steps 0: until the --train-minutes budget */
     char total[32];
@@ -222,6 +224,14 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
                 psf_time() - t_train, st.step_size, st.grad_norm);
         if (isfinite(gap)) fprintf(csv, "%.6f\n", gap); else fprintf(csv, "\n");
         ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
+        avg100 += st.energy / 100;
+        if ((s + 1 - r->first) % 100 == 0) { /* a 100-step mean below the exact energy: the walkers are being fitted */
+            if (!warned && avg100 < o->exact)
+                fprintf(stderr, "%spsiformer: warning: steps %ld-%ld: mean training energy %.4f Ha is below the exact %.4f Ha; "
+                                "the optimizer is fitting its own walkers (see the gap column; a smaller --norm-constraint "
+                                "or --lr helps)\n", tty ? "\n" : "", s - 98, s + 1, avg100, o->exact), warned = 1;
+            avg100 = 0;
+        }
         const double per = (psf_time() - t_train) / (double)(s - r->first + 1);
         double eta = o->steps > 0 ? per * (double)(o->steps - s - 1) : 1e30;
         if (o->train_minutes > 0 && eta > 60.0 * o->train_minutes - (psf_time() - t_train))
@@ -399,6 +409,7 @@ int main(int argc, char **argv) {
     if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
     const psf_atom_info *info = psf_atom_lookup(o.atom);
     const int ground = (o.spin < 0 || o.spin == info->n_up - info->n_down);
+    o.exact = ground ? info->exact : NAN;
     char outdir[512], path[1024];
     if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.atom);
     if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
