@@ -3456,25 +3456,33 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
 
 /* MCMC sweeps and local energies of all walkers; fills st (energy, variance, pmove, timings). The proposal width
  * adapts during training only: evaluation samples with a fixed width (a fixed Metropolis kernel). */
+/* Local energies of the walkers w into v->eloc [B] (the jet pass); returns their finite mean, *n_finite their count. */
+static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w, int *n_finite) {
+    const int B = w->n_walkers, D = v->model->n_dim;
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int b = 0; b < B; b++) {
+        psf_real g[3 * PSF_MAX_ELEC];
+        psf_eloc el;
+        psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], w->x + (size_t)b * D, g, &el);
+        v->eloc[b] = el.total;
+    }
+    double s = 0;
+    int n = 0;
+    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { s += v->eloc[b]; n++; }
+    if (n_finite) *n_finite = n;
+    return n ? s / n : NAN;
+}
+
 static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
-    const int B = v->cfg.batch, D = v->model->n_dim;
+    const int B = v->cfg.batch;
     double t0 = psf_time();
     st->pmove = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.mcmc_steps);
     if (adapt) psf_mcmc_adapt(&v->walkers, st->pmove);
     st->width = v->walkers.width;
     double t1 = psf_time();
-#pragma omp parallel for schedule(dynamic, 2)
-    for (int b = 0; b < B; b++) {
-        psf_real g[3 * PSF_MAX_ELEC];
-        psf_eloc el;
-        psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], v->walkers.x + (size_t)b * D, g, &el);
-        v->eloc[b] = el.total;
-    }
-    double t2 = psf_time();
-    double s = 0, s2 = 0;
-    int nf = 0;
-    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { s += v->eloc[b]; nf++; }
-    const double mean = nf ? s / nf : NAN;
+    int nf;
+    const double mean = psf__mean_eloc(v, &v->walkers, &nf);
+    double t2 = psf_time(), s2 = 0;
     for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) s2 += (v->eloc[b] - mean) * (v->eloc[b] - mean);
     st->energy = mean;
     st->variance = nf > 1 ? s2 / (nf - 1) : NAN;
@@ -3572,22 +3580,6 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     return PSF_OK;
 }
 
-/* The mean finite local energy of walkers w (uses v->eloc as scratch). */
-static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w) {
-    const int B = w->n_walkers, D = v->model->n_dim;
-#pragma omp parallel for schedule(dynamic, 2)
-    for (int b = 0; b < B; b++) {
-        psf_real g[3 * PSF_MAX_ELEC];
-        psf_eloc el;
-        psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], w->x + (size_t)b * D, g, &el);
-        v->eloc[b] = el.total;
-    }
-    double s = 0;
-    int n = 0;
-    for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) { s += v->eloc[b]; n++; }
-    return n ? s / n : NAN;
-}
-
 int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelated) {
     const psf_walkers *w = &v->walkers;
     const int B = w->n_walkers, D = v->model->n_dim;
@@ -3603,9 +3595,9 @@ int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelate
         memcpy(c.logpsi, w->logpsi, sizeof(double) * (size_t)B);
         memcpy(c.sign, w->sign, sizeof(int) * (size_t)B);
         for (int b = 0; b < B; b++) psf_rng_seed(&c.rng[b], v->cfg.seed + 0x9E37ULL * (uint64_t)v->step, 0x2000000ULL + (uint64_t)b);
-        *e_walkers = psf__mean_eloc(v, w);
+        *e_walkers = psf__mean_eloc(v, w, NULL);
         if (psf_mcmc(&c, &v->wf, v->wsp, v->n_ws, sweeps) < 0) rc = PSF_ERR_ARG;
-        else *e_decorrelated = psf__mean_eloc(v, &c);
+        else *e_decorrelated = psf__mean_eloc(v, &c, NULL);
         if (!rc && (!isfinite(*e_walkers) || !isfinite(*e_decorrelated)))
             rc = psf__fail(PSF_ERR_NUMERIC, "psf_vmc_gap: no finite local energy");
     }
