@@ -2888,19 +2888,21 @@ static void *psf__adam_init(const psf_vmc *v) {
     if (!a->m || !a->v) { psf__adam_free(a); psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for Adam"); return NULL; }
     return a;
 }
+/* One Adam step t (1, 2, ...) with learning rate lr on theta [P] from the gradient g and the moments m, v. */
+static void psf__adam_apply(const psf_vmc_config *c, double t, double lr, size_t P, const psf_real *g, psf_real *m,
+                            psf_real *v, psf_real *theta) {
+    const double bc1 = 1 - pow(c->adam_b1, t), bc2 = 1 - pow(c->adam_b2, t);
+    for (size_t i = 0; i < P; i++) {
+        m[i] = c->adam_b1 * m[i] + (1 - c->adam_b1) * g[i];
+        v[i] = c->adam_b2 * v[i] + (1 - c->adam_b2) * g[i] * g[i];
+        theta[i] -= lr * (m[i] / bc1) / (sqrt(v[i] / bc2) + c->adam_eps);
+    }
+}
 static int psf__adam_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
     psf__adam *a = (psf__adam *)st;
-    const psf_vmc_config *c = &v->cfg;
-    const psf_real *g = v->grad;
-    const double t = (double)(v->step + 1), lr = psf__lr_at(v);
-    const double bc1 = 1 - pow(c->adam_b1, t), bc2 = 1 - pow(c->adam_b2, t);
-    psf_real *p = v->model->params;
+    const double lr = psf__lr_at(v);
     (void)n_walkers;
-    for (size_t i = 0; i < a->P; i++) {
-        a->m[i] = c->adam_b1 * a->m[i] + (1 - c->adam_b1) * g[i];
-        a->v[i] = c->adam_b2 * a->v[i] + (1 - c->adam_b2) * g[i] * g[i];
-        p[i] -= lr * (a->m[i] / bc1) / (sqrt(a->v[i] / bc2) + c->adam_eps);
-    }
+    psf__adam_apply(&v->cfg, (double)(v->step + 1), lr, a->P, v->grad, a->m, a->v, v->model->params);
     *step_size = lr;
     return PSF_OK;
 }
@@ -3494,6 +3496,18 @@ static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
 /* Gradient of the energy: g = 2/B sum_b (E~_b - <E~>) grad_theta log|psi(x_b)|, with E~ the local energy clipped
  * to <E_L> +- clip_scale * <|E_L - <E_L>|> (FermiNet: Pfau et al. 2020, §"Optimization"; clipping is used for the
  * gradient only). Walkers with a non-finite E_L get weight 0. Returns non-zero if no walker is usable. */
+/* v->grad = the sum of the chunks' partial gradients, in chunk order (the fixed reduction tree). */
+static void psf__sum_chunks(psf_vmc *v) {
+    const size_t P = v->model->n_params;
+    const int C = v->n_chunks;
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < (long)P; p++) {
+        psf_real s = 0;
+        for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + (size_t)p];
+        v->grad[p] = s;
+    }
+}
+
 static int psf__energy_gradient(psf_vmc *v, double mean) {
     const int B = v->cfg.batch, D = v->model->n_dim, C = v->n_chunks;
     const size_t P = v->model->n_params;
@@ -3544,12 +3558,7 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
         }
         opt->chunk_end(v->opt_state, c, ws);
     }
-#pragma omp parallel for schedule(static)
-    for (long p = 0; p < (long)P; p++) {
-        psf_real s = 0;
-        for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + (size_t)p];
-        v->grad[p] = s;
-    }
+    psf__sum_chunks(v);
     return 0;
 }
 
@@ -3677,17 +3686,8 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
         for (int c = 0; c < C; c++) loss += closs[c];
         if (losses) losses[s] = loss;
         if (!isfinite(loss)) { rc = psf__fail(PSF_ERR_NUMERIC, "psf_vmc_pretrain: step %d: the loss is not finite", s); break; }
-        /* Adam (Kingma & Ba 2015) on the summed chunks */
-        const psf_vmc_config *cf = &v->cfg;
-        const double bc1 = 1 - pow(cf->adam_b1, s + 1.0), bc2 = 1 - pow(cf->adam_b2, s + 1.0);
-#pragma omp parallel for schedule(static)
-        for (long p = 0; p < (long)P; p++) {
-            psf_real g = 0;
-            for (int c = 0; c < C; c++) g += v->chunks[(size_t)c * P + (size_t)p];
-            am[p] = cf->adam_b1 * am[p] + (1 - cf->adam_b1) * g;
-            av[p] = cf->adam_b2 * av[p] + (1 - cf->adam_b2) * g * g;
-            m->params[p] -= lr * (am[p] / bc1) / (sqrt(av[p] / bc2) + cf->adam_eps);
-        }
+        psf__sum_chunks(v);
+        psf__adam_apply(&v->cfg, s + 1.0, lr, P, v->grad, am, av, m->params);
     }
     for (int t = 0; t < T; t++) if (rws && rws[t]) rwf.ws_free(rwf.ctx, rws[t]);
     PSF_FREE(am); PSF_FREE(av); PSF_FREE(buf); PSF_FREE(closs); PSF_FREE(rws);
