@@ -568,6 +568,9 @@ PSFDEF int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_siz
 /* In-place LU with partial pivoting (returns the sign, *logabs = log|det|) and the inverse from its factors. */
 PSFDEF int psf_test_lu(int n, psf_real *a, int *piv, double *logabs);
 PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv);
+/* The matrix product C = alpha op(A) op(B) + beta C (cblas_dgemm semantics, row-major), as the tape uses it. */
+PSFDEF void psf_test_gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
+                          const psf_real *B, int ldb, double beta, psf_real *C, int ldc);
 /* KFAC internals: the dense blocks and their running factors, the last step, the preconditioned gradient. */
 typedef struct psf__kfac_dense psf_test_kfac_block; /* fields: see [IMPL: OPTIMIZERS] */
 typedef struct {
@@ -730,6 +733,70 @@ double psf_rng_normal(psf_rng *r) { /* Box–Muller; one value per call keeps st
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+/* The built-in matrix product: a register-blocked micro-kernel (PSF__MR x PSF__NR of C kept in registers while
+ * PSF__KC terms of the inner dimension stream through), fed by packed slivers of A (PSF__MC x PSF__KC, in L1/L2)
+ * and by rows of B read in place (or packed when B is transposed or at a ragged edge), in the manner of
+ * Goto & van de Geijn, ACM TOMS 34, 12 (2008). The micro-kernel is written with x86 intrinsics for AVX-512 and
+ * AVX2+FMA and in plain C otherwise; which one is compiled follows the compiler's target flags (-march=native).
+ * Every element of C is summed over k in the same order whatever the thread count (the product itself is
+ * serial: callers parallelise over walkers or tiles), so results are bitwise reproducible across thread counts;
+ * they differ between instruction sets by rounding (FMA or not). */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define PSF__MR 6
+#define PSF__NR 16
+static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
+    __m512d c[PSF__MR][2];
+    for (int i = 0; i < PSF__MR; i++) c[i][0] = c[i][1] = _mm512_setzero_pd();
+    for (int k = 0; k < kc; k++) {
+        const __m512d b0 = _mm512_loadu_pd(b + (size_t)k * ldb), b1 = _mm512_loadu_pd(b + (size_t)k * ldb + 8);
+        for (int i = 0; i < PSF__MR; i++) {
+            const __m512d a = _mm512_set1_pd(ap[k * PSF__MR + i]);
+            c[i][0] = _mm512_fmadd_pd(a, b0, c[i][0]);
+            c[i][1] = _mm512_fmadd_pd(a, b1, c[i][1]);
+        }
+    }
+    for (int i = 0; i < PSF__MR; i++) {
+        _mm512_storeu_pd(out + i * PSF__NR, c[i][0]);
+        _mm512_storeu_pd(out + i * PSF__NR + 8, c[i][1]);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PSF__MR 6
+#define PSF__NR 8
+static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
+    __m256d c[PSF__MR][2];
+    for (int i = 0; i < PSF__MR; i++) c[i][0] = c[i][1] = _mm256_setzero_pd();
+    for (int k = 0; k < kc; k++) {
+        const __m256d b0 = _mm256_loadu_pd(b + (size_t)k * ldb), b1 = _mm256_loadu_pd(b + (size_t)k * ldb + 4);
+        for (int i = 0; i < PSF__MR; i++) {
+            const __m256d a = _mm256_broadcast_sd(ap + k * PSF__MR + i);
+            c[i][0] = _mm256_fmadd_pd(a, b0, c[i][0]);
+            c[i][1] = _mm256_fmadd_pd(a, b1, c[i][1]);
+        }
+    }
+    for (int i = 0; i < PSF__MR; i++) {
+        _mm256_storeu_pd(out + i * PSF__NR, c[i][0]);
+        _mm256_storeu_pd(out + i * PSF__NR + 4, c[i][1]);
+    }
+}
+#else
+#define PSF__MR 4
+#define PSF__NR 4
+static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
+    psf_real c[PSF__MR][PSF__NR];
+    for (int i = 0; i < PSF__MR; i++)
+        for (int j = 0; j < PSF__NR; j++) c[i][j] = 0;
+    for (int k = 0; k < kc; k++)
+        for (int i = 0; i < PSF__MR; i++)
+            for (int j = 0; j < PSF__NR; j++) c[i][j] += ap[k * PSF__MR + i] * b[(size_t)k * ldb + j];
+    for (int i = 0; i < PSF__MR; i++)
+        for (int j = 0; j < PSF__NR; j++) out[i * PSF__NR + j] = c[i][j];
+}
+#endif
+enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A: PSF__MC x PSF__KC reals (36-48 KB on the stack) */
+
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
 static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
                       const psf_real *B, int ldb, double beta, psf_real *C, int ldc) {
@@ -747,43 +814,73 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
         else if (beta != 1.0) for (int j = 0; j < N; j++) c[j] *= beta;
     }
     if (K <= 0) return;
-    if (!ta && !tb) {
-        for (int i = 0; i < M; i++) {
-            psf_real *c = C + (size_t)i * ldc;
-            const psf_real *a = A + (size_t)i * lda;
+    if (N == 1) { /* matrix-vector: rows of A are dot products (or axpys when A is transposed) */
+        const size_t sb = tb ? 1 : (size_t)ldb; /* the stride of B's one column */
+        if (ta) {
             for (int k = 0; k < K; k++) {
-                const psf_real aik = alpha * a[k];
-                const psf_real *b = B + (size_t)k * ldb;
-                for (int j = 0; j < N; j++) c[j] += aik * b[j];
+                const psf_real bk = alpha * B[(size_t)k * sb], *a = A + (size_t)k * lda;
+                if (ldc == 1) for (int i = 0; i < M; i++) C[i] += a[i] * bk;
+                else for (int i = 0; i < M; i++) C[(size_t)i * ldc] += a[i] * bk;
+            }
+        } else {
+            for (int i = 0; i < M; i++) { /* eight partial sums in a fixed order: vectorised, and the same bits */
+                const psf_real *a = A + (size_t)i * lda;
+                psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+                int k = 0;
+                if (sb == 1)
+                    for (; k + 8 <= K; k += 8)
+                        for (int l = 0; l < 8; l++) s8[l] += a[k + l] * B[k + l];
+                for (; k < K; k++) s += a[k] * B[(size_t)k * sb];
+                s += ((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7]));
+                C[(size_t)i * ldc] += alpha * s;
             }
         }
-    } else if (ta && !tb) {
-        for (int k = 0; k < K; k++) {
-            const psf_real *a = A + (size_t)k * lda, *b = B + (size_t)k * ldb;
-            for (int i = 0; i < M; i++) {
-                const psf_real aki = alpha * a[i];
-                psf_real *c = C + (size_t)i * ldc;
-                for (int j = 0; j < N; j++) c[j] += aki * b[j];
+        return;
+    }
+    psf_real ap[PSF__MC * PSF__KC], bp[PSF__KC * PSF__NR], out[PSF__MR * PSF__NR];
+    for (int k0 = 0; k0 < K; k0 += PSF__KC) {
+        const int kc = K - k0 < PSF__KC ? K - k0 : PSF__KC;
+        for (int m0 = 0; m0 < M; m0 += PSF__MC) {
+            const int mc = M - m0 < PSF__MC ? M - m0 : PSF__MC;
+            for (int ir = 0; ir < mc; ir += PSF__MR) { /* A[m0.., k0..] as PSF__MR-row slivers, k outer, zero padded */
+                psf_real *d = ap + (size_t)ir * kc;
+                const int mr = mc - ir < PSF__MR ? mc - ir : PSF__MR;
+                if (ta)
+                    for (int k = 0; k < kc; k++) {
+                        const psf_real *a = A + (size_t)(k0 + k) * lda + m0 + ir;
+                        for (int i = 0; i < PSF__MR; i++) d[k * PSF__MR + i] = i < mr ? a[i] : 0.0;
+                    }
+                else
+                    for (int i = 0; i < PSF__MR; i++) {
+                        const psf_real *a = A + (size_t)(m0 + ir + i) * lda + k0;
+                        for (int k = 0; k < kc; k++) d[k * PSF__MR + i] = i < mr ? a[k] : 0.0;
+                    }
+            }
+            for (int j0 = 0; j0 < N; j0 += PSF__NR) {
+                const int nr = N - j0 < PSF__NR ? N - j0 : PSF__NR;
+                const psf_real *bs = bp;
+                size_t bld = PSF__NR;
+                if (!tb && nr == PSF__NR) { bs = B + (size_t)k0 * ldb + j0; bld = (size_t)ldb; }
+                else if (tb)
+                    for (int j = 0; j < PSF__NR; j++) {
+                        const psf_real *b = B + (size_t)(j0 + j) * ldb + k0;
+                        for (int k = 0; k < kc; k++) bp[k * PSF__NR + j] = j < nr ? b[k] : 0.0;
+                    }
+                else
+                    for (int k = 0; k < kc; k++) {
+                        const psf_real *b = B + (size_t)(k0 + k) * ldb + j0;
+                        for (int j = 0; j < PSF__NR; j++) bp[k * PSF__NR + j] = j < nr ? b[j] : 0.0;
+                    }
+                for (int ir = 0; ir < mc; ir += PSF__MR) {
+                    const int mr = mc - ir < PSF__MR ? mc - ir : PSF__MR;
+                    psf__gemm_kernel(kc, ap + (size_t)ir * kc, bs, bld, out);
+                    for (int i = 0; i < mr; i++) {
+                        psf_real *c = C + (size_t)(m0 + ir + i) * ldc + j0;
+                        for (int j = 0; j < nr; j++) c[j] += alpha * out[i * PSF__NR + j];
+                    }
+                }
             }
         }
-    } else if (!ta && tb) {
-        for (int i = 0; i < M; i++) {
-            const psf_real *a = A + (size_t)i * lda;
-            psf_real *c = C + (size_t)i * ldc;
-            for (int j = 0; j < N; j++) {
-                const psf_real *b = B + (size_t)j * ldb;
-                psf_real s = 0;
-                for (int k = 0; k < K; k++) s += a[k] * b[k];
-                c[j] += alpha * s;
-            }
-        }
-    } else {
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) {
-                psf_real s = 0;
-                for (int k = 0; k < K; k++) s += A[(size_t)k * lda + i] * B[(size_t)j * ldb + k];
-                C[(size_t)i * ldc + j] += alpha * s;
-            }
     }
 }
 
@@ -3202,14 +3299,14 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *          theta -= s phi,  s = lr_t min(1, sqrt(C / |lr_t phi|^2))      (norm constraint on the step itself)
  *      and the raw phi (before lr and constraint) is kept as phi_prev. With mu = 0 this is the damped
  *      stochastic-reconfiguration step (Ō^T Ō + lambda I)^{-1} Ō^T e by the Woodbury identity; phi approximates
- *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. The kernel is one product (Ō stored transposed, P x B, so
- *      that the built-in loops run vectorised axpy rows), in 32 fixed row blocks: the bits do not depend on the
- *      thread count. Memory: 2 B P reals (the rows and their transpose).                                      */
+ *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō is formed in place of the per-walker gradients (one row
+ *      per walker); the kernel Ō Ō^T is computed by the tiles of a fixed 4 x 4 grid on or above the diagonal,
+ *      and the two matrix-vector products are split into fixed row ranges: the bits do not depend on the thread
+ *      count. Memory: B P reals (the rows).                                                                   */
 typedef struct {
     int B;
     size_t P;
-    psf_real *G;           /* [B x P] per-walker grad log|psi|, as the driver hands them over       */
-    psf_real *Ot;          /* [P x B] Ō transposed                                                     */
+    psf_real *G;           /* [B x P] per-walker grad log|psi| as the driver hands them over; then Ō  */
     unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
     psf_real *phi, *phi_prev; /* [P]                                                                   */
     double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
@@ -3219,7 +3316,7 @@ typedef struct {
 static void psf__spring_free(void *st) {
     psf__spring *s = (psf__spring *)st;
     if (!s) return;
-    PSF_FREE(s->G); PSF_FREE(s->Ot); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
+    PSF_FREE(s->G); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
     PSF_FREE(s->T); PSF_FREE(s->r); PSF_FREE(s->u);
     PSF_FREE(s);
 }
@@ -3231,7 +3328,7 @@ static void *psf__spring_init(const psf_vmc *v) {
         return NULL;
     }
     if ((double)P * B > 2e9) {
-        psf__fail(PSF_ERR_ARG, "psf_vmc_init: SPRING stores the %d x %zu per-walker gradients (%.1f GB twice): too large",
+        psf__fail(PSF_ERR_ARG, "psf_vmc_init: SPRING stores the %d x %zu per-walker gradients (%.1f GB): too large",
                   B, P, 8e-9 * (double)P * B);
         return NULL;
     }
@@ -3239,16 +3336,15 @@ static void *psf__spring_init(const psf_vmc *v) {
     if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
     s->B = B; s->P = P;
     s->G = (psf_real *)psf__calloc(P * (size_t)B, sizeof(psf_real));
-    s->Ot = (psf_real *)psf__calloc(P * (size_t)B, sizeof(psf_real));
     s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
     s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->T = (double *)psf__calloc((size_t)B * B, sizeof(double));
     s->r = (double *)psf__calloc((size_t)B, sizeof(double));
     s->u = (double *)psf__calloc((size_t)B, sizeof(double));
-    if (!s->G || !s->Ot || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->r || !s->u) {
+    if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->r || !s->u) {
         psf__spring_free(s);
-        psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)", 16e-6 * (double)P * B);
+        psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)", 8e-6 * (double)P * B);
         return NULL;
     }
     return s;
@@ -3260,19 +3356,24 @@ static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
     s->valid[b] = 1;
 }
 
-/* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->Ot (Ō^T, P x B) and e [B] (overwritten).
+/* Fixed row ranges for the matrix-vector products over the B x P rows (the same split for any thread count). */
+enum { PSF__SPRING_SLABS = 16 };
+
+/* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
  * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
 static int psf__spring_direction(psf__spring *s, double *e, double mu, double lambda) {
     enum { NB = 4 }; /* T = Ō Ō^T by tiles of a fixed 4 x 4 grid: the upper ones computed, the lower mirrored */
     const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
+    const psf_real *O = s->G;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int t = 0; t < NB * NB; t++) {
         const int bi = t / NB, bj = t % NB;
         if (bj < bi) continue;
         const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
         if (i1 > i0 && j1 > j0)
-            psf__gemm(1, 0, i1 - i0, j1 - j0, P, 1.0, s->Ot + i0, B, s->Ot + j0, B, 0.0, T + (size_t)i0 * B + j0, B);
+            psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
+                      T + (size_t)i0 * B + j0, B);
     }
     for (int bi = 1; bi < NB; bi++) /* mirror the tiles left of the diagonal tile of each tile row */
         for (int i = B * bi / NB; i < B * (bi + 1) / NB; i++)
@@ -3285,7 +3386,11 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     }
     /* e~ = e - mu Ō phi_prev */
     if (mu != 0) {
-        psf__gemm(1, 0, B, 1, P, 1.0, s->Ot, B, s->phi_prev, 1, 0.0, v, 1);
+#pragma omp parallel for schedule(static)
+        for (int q = 0; q < PSF__SPRING_SLABS; q++) {
+            const int i0 = B * q / PSF__SPRING_SLABS, i1 = B * (q + 1) / PSF__SPRING_SLABS;
+            if (i1 > i0) psf__gemm(0, 0, i1 - i0, 1, P, 1.0, O + (size_t)i0 * P, P, s->phi_prev, 1, 0.0, v + i0, 1);
+        }
         for (int i = 0; i < B; i++) e[i] -= mu * v[i];
     }
     if (psf__cholesky(B, T)) return 1;
@@ -3308,8 +3413,12 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     for (int i = 0; i < B; i++) zbar += e[i];
     zbar /= B;
     for (int i = 0; i < B; i++) e[i] -= zbar;
-    for (size_t p = 0; p < s->P; p++) s->phi[p] = mu * s->phi_prev[p];
-    psf__gemm(0, 0, P, 1, B, 1.0, s->Ot, B, e, 1, 1.0, s->phi, 1); /* phi += Ō^T zeta */
+#pragma omp parallel for schedule(static)
+    for (int q = 0; q < PSF__SPRING_SLABS; q++) { /* phi = mu phi_prev + Ō^T zeta, by fixed ranges of parameters */
+        const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
+        for (size_t p = p0; p < p1; p++) s->phi[p] = mu * s->phi_prev[p];
+        if (p1 > p0) psf__gemm(1, 0, (int)(p1 - p0), 1, B, 1.0, O + p0, P, e, 1, 1.0, s->phi + p0, 1);
+    }
     return 0;
 }
 
@@ -3323,27 +3432,25 @@ static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_
     (void)n_walkers;
     if (n < 2) return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: SPRING needs at least 2 walkers with a finite local energy");
     const double rn = 1.0 / sqrt((double)n);
-    /* Ō^T: centre each parameter's column over the valid walkers, scale by 1/sqrt(n), transpose (zero elsewhere).
-     * The means run along the rows of G and the transpose by 64 x 64 tiles, so that memory is read in order. */
+    /* Ō in place of G: centre each parameter's column over the valid walkers and scale by 1/sqrt(n); the rows of
+     * walkers without a finite local energy become 0. The means are summed by fixed parameter ranges. */
     psf_real *mean = s->phi; /* free until the direction is formed */
-    memset(mean, 0, sizeof(psf_real) * P);
-    for (int b = 0; b < B; b++)
-        if (s->valid[b]) {
-            const psf_real *g = s->G + (size_t)b * P;
-            for (size_t p = 0; p < P; p++) mean[p] += g[p];
-        }
-    for (size_t p = 0; p < P; p++) mean[p] /= n;
-    const long n_pt = ((long)P + 63) / 64;
 #pragma omp parallel for schedule(static)
-    for (long pt = 0; pt < n_pt; pt++) {
-        const size_t p0 = (size_t)pt * 64, p1 = p0 + 64 < P ? p0 + 64 : P;
-        for (int b0 = 0; b0 < B; b0 += 64) {
-            const int b1 = b0 + 64 < B ? b0 + 64 : B;
-            for (size_t p = p0; p < p1; p++) {
-                psf_real *o = s->Ot + p * B;
-                for (int b = b0; b < b1; b++) o[b] = s->valid[b] ? (s->G[(size_t)b * P + p] - mean[p]) * rn : 0.0;
+    for (int q = 0; q < PSF__SPRING_SLABS; q++) {
+        const size_t p0 = P * q / PSF__SPRING_SLABS, p1 = P * (q + 1) / PSF__SPRING_SLABS;
+        for (size_t p = p0; p < p1; p++) mean[p] = 0;
+        for (int b = 0; b < B; b++)
+            if (s->valid[b]) {
+                const psf_real *g = s->G + (size_t)b * P;
+                for (size_t p = p0; p < p1; p++) mean[p] += g[p];
             }
-        }
+        for (size_t p = p0; p < p1; p++) mean[p] /= n;
+    }
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        psf_real *g = s->G + (size_t)b * P;
+        if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
+        else memset(g, 0, sizeof(psf_real) * P);
     }
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
@@ -3863,6 +3970,10 @@ int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size) {
     return psf__opt(v)->update(v, v->opt_state, n_walkers, step_size);
 }
 int psf_test_lu(int n, psf_real *a, int *piv, double *logabs) { return psf__lu(n, a, piv, logabs); }
+void psf_test_gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda, const psf_real *B,
+                   int ldb, double beta, psf_real *C, int ldc) {
+    psf__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv) { psf__lu_inverse(n, lu, piv, inv); }
 int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
     const psf_kfac *k = v->cfg.optimizer == PSF_OPT_KFAC ? (const psf_kfac *)v->opt_state : NULL;

@@ -286,6 +286,56 @@ TEST swapping_same_spin_electrons_flips_the_sign(void) {
     PASS();
 }
 
+/* The matrix product (built-in micro-kernel, or OpenBLAS) against a long-double triple loop, for every transpose
+ * case, ragged shapes around the kernel's blocking (M, N, K not multiples of the register tile or of the k block),
+ * the matrix-vector case N = 1, K = 0, strided operands, and beta in {0, 1, other}. The bound is the standard one
+ * for a dot product of length K summed in any order: |err| <= (K + 2) eps sum_k |alpha a_ik b_kj| + eps |beta c|. */
+TEST gemm_matches_long_double_reference(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {7, 1, 300}, {1, 9, 5}, {6, 8, 128}, {7, 17, 129}, {13, 33, 257},
+                                    {30, 64, 64}, {49, 16, 3}, {5, 5, 0}, {64, 40, 700}};
+    psf_rng r;
+    psf_rng_seed(&r, 11, 0);
+    double worst = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bi = 0; bi < 3; bi++) {
+                    const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                    const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1; /* padded leading dims */
+                    const double alpha = 1.25, beta = bi == 0 ? 0.0 : bi == 1 ? 1.0 : -0.5;
+                    const int ar = ta ? K : M, br = tb ? N : K;
+                    double *A = (double *)malloc(sizeof(double) * ((size_t)ar * lda + 1));
+                    double *B = (double *)malloc(sizeof(double) * ((size_t)br * ldb + 1));
+                    double *C = (double *)malloc(sizeof(double) * (size_t)M * ldc);
+                    double *C0 = (double *)malloc(sizeof(double) * (size_t)M * ldc);
+                    for (int i = 0; i < ar * lda; i++) A[i] = psf_rng_normal(&r);
+                    for (int i = 0; i < br * ldb; i++) B[i] = psf_rng_normal(&r);
+                    for (int i = 0; i < M * ldc; i++) C[i] = C0[i] = bi == 0 ? NAN : psf_rng_normal(&r); /* beta 0 must not read C */
+                    psf_test_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                    for (int i = 0; i < M; i++)
+                        for (int j = 0; j < N; j++) {
+                            long double s = 0, sa = 0;
+                            for (int k = 0; k < K; k++) {
+                                const long double t = (long double)(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                                                      (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                                s += t; sa += fabsl(t);
+                            }
+                            const double c0 = bi == 0 ? 0.0 : C0[(size_t)i * ldc + j];
+                            const double ref = (double)(alpha * s + beta * c0);
+                            const double tol = (K + 2) * 2.220446049250313e-16 * (double)(fabs(alpha) * sa) +
+                                               2.220446049250313e-16 * fabs(beta * c0);
+                            const double err = fabs(C[(size_t)i * ldc + j] - ref);
+                            if (tol > 0 && err / tol > worst) worst = err / tol;
+                            ASSERT_IN_RANGEm("gemm element", ref, C[(size_t)i * ldc + j], tol);
+                        }
+                    for (int i = 0; i < M; i++) /* the padding beyond N in each row of C is untouched */
+                        if (bi != 0) ASSERT_EQm("C padding untouched", C0[(size_t)i * ldc + N], C[(size_t)i * ldc + N]);
+                    free(A); free(B); free(C); free(C0);
+                }
+    if (greatest_info.verbose) printf("    worst |err| / bound = %.3f\n", worst);
+    PASS();
+}
+
 /* Brute-force determinant by the permutation (Leibniz) expansion. */
 static double leibniz(int n, const double *a) {
     int perm[8], c[8] = {0}, sgn = 1;
@@ -364,6 +414,7 @@ SUITE(antisymmetry) {
     RUN_TEST(swapping_same_spin_electrons_flips_the_sign);
     RUN_TEST(logdet_matches_permutation_expansion);
     RUN_TEST(multi_determinant_sum_matches_expansion);
+    RUN_TEST(gemm_matches_long_double_reference);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
