@@ -1,8 +1,9 @@
 # psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ...
 CC      ?= cc
 OPENMP  ?= 1
-# OpenBLAS (Debian: libopenblas-dev) is used when a program using cblas.h links with -lopenblas here;
-# BLAS=0 forces the built-in loops, BLAS=1 insists on OpenBLAS.
+# OpenBLAS (Debian: libopenblas-dev) is used for the large products (SPRING's kernel, KFAC's factors) when a
+# program using cblas.h links with -lopenblas here; BLAS=0 forces the built-in product everywhere, BLAS=1
+# insists on OpenBLAS.
 BLAS    ?= $(shell printf '\043include <cblas.h>\nint main(void) { cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, 1, 1, 1.0, 0, 1, 0, 1, 0.0, 0, 1); return 0; }\n' | $(CC) -x c - -lopenblas -o /dev/null 2>/dev/null && echo 1 || echo 0)
 CFLAGS  ?= -O3 -march=native
 CFLAGS  += -std=c11 -Wall -Wextra -Wno-unknown-pragmas -I.

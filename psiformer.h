@@ -15,8 +15,10 @@
  *   Configuration macros (define before the implementation include):
  *       PSF_MALLOC(n) / PSF_FREE(p)   allocator (default malloc/free)
  *       PSF_ASSERT(x)                 internal invariant check (default assert)
- *       PSF_USE_CBLAS                 dispatch dense matrix products to cblas_dgemm (OpenBLAS); results are
- *                                     equal to the built-in loops up to rounding
+ *       PSF_USE_CBLAS                 dispatch the large dense matrix products (M N K >= PSF_CBLAS_MIN_MNK,
+ *                                     default 2^22: SPRING's kernel, KFAC's factors) to cblas_dgemm (OpenBLAS);
+ *                                     the tape's small products stay with the built-in kernel, which is faster
+ *                                     there (measured: bench/). Results equal the built-in product up to rounding
  *       PSF_STATIC                    make every public function static (PSFDEF), so that two libraries can
  *                                     each carry a private copy of the implementation
  *       PSF_INTERNAL_TESTS            expose the named internal test API (psf_test_*) used by tests/ and bench/
@@ -627,6 +629,9 @@ PSFDEF int psf_test_thread_id(void);
 #ifdef PSF_USE_CBLAS
 #include <cblas.h>
 #endif
+#ifndef PSF_CBLAS_MIN_MNK
+#define PSF_CBLAS_MIN_MNK 4194304.0 /* products with fewer multiply-adds run the built-in kernel */
+#endif
 
 /* ============================================================================================================
  *  [IMPL: BASICS] errors, time, random numbers, matrix products
@@ -802,7 +807,7 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
                       const psf_real *B, int ldb, double beta, psf_real *C, int ldc) {
     if (M <= 0 || N <= 0) return;
 #ifdef PSF_USE_CBLAS
-    if (K > 0) {
+    if (K > 0 && (double)M * N * K >= PSF_CBLAS_MIN_MNK) {
         cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
                     A, lda, B, ldb, beta, C, ldc);
         return;

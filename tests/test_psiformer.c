@@ -286,13 +286,14 @@ TEST swapping_same_spin_electrons_flips_the_sign(void) {
     PASS();
 }
 
-/* The matrix product (built-in micro-kernel, or OpenBLAS) against a long-double triple loop, for every transpose
+/* The matrix product (built-in micro-kernel, and OpenBLAS for the large shape when built with it) against a long-double triple loop, for every transpose
  * case, ragged shapes around the kernel's blocking (M, N, K not multiples of the register tile or of the k block),
  * the matrix-vector case N = 1, K = 0, strided operands, and beta in {0, 1, other}. The bound is the standard one
  * for a dot product of length K summed in any order: |err| <= (K + 2) eps sum_k |alpha a_ik b_kj| + eps |beta c|. */
 TEST gemm_matches_long_double_reference(void) {
     static const int shapes[][3] = {{1, 1, 1}, {7, 1, 300}, {1, 9, 5}, {6, 8, 128}, {7, 17, 129}, {13, 33, 257},
-                                    {30, 64, 64}, {49, 16, 3}, {5, 5, 0}, {64, 40, 700}};
+                                    {30, 64, 64}, {49, 16, 3}, {5, 5, 0}, {64, 40, 700},
+                                    {161, 170, 160}}; /* the last is past PSF_CBLAS_MIN_MNK: OpenBLAS when built with it */
     psf_rng r;
     psf_rng_seed(&r, 11, 0);
     double worst = 0;
