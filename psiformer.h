@@ -608,6 +608,9 @@ PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
 PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                          const psf_real *G, psf_real *Delta, double *work);
+/* log|Pf A| (psf_logpfaffian) together with inv = A^{-1} [n*n], exactly skew-symmetric; scratch work [n*n], perm [n].
+ * inv is not written when *sign = 0. d log|Pf A| / dA_ij = inv[j*n + i] for i < j. */
+PSFDEF double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign);
 /* A model whose graph is a small example of op `op` (the op's own psf__<name>_example), for its FD test: the
  * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
 PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
@@ -1024,6 +1027,50 @@ double psf_logpfaffian(int n, const psf_real *A, psf_real *work, int *sign) {
     double la = 0.0;
     memcpy(work, A, sizeof(psf_real) * (size_t)n * n);
     *sign = psf__pfaffian_factor(n, work, NULL, &la);
+    return la;
+}
+
+/* log|Pf A| and its sign as psf_logpfaffian, and inv = A^{-1} [n*n] (exactly skew-symmetric: the upper triangle is
+ * computed, the lower one mirrored), the backward rule's matrix: d log|Pf A| / dA_ij = (A^{-1})_ji for i < j.
+ * Scratch: work [n*n] reals, perm [n] ints. For odd n or an exactly singular A: sign 0, -INFINITY, inv not written.
+ * From P A P^T = L D L^T: A^{-1} = P^T Y^T D^{-1} Y P with Y = L^{-1}, and for i < j
+ *   (Y^T D^{-1} Y)_ij = sum_b (Y_{2b+1,i} Y_{2b,j} - Y_{2b,i} Y_{2b+1,j}) / d_b,
+ * where only the blocks b >= j/2 contribute (Y is lower triangular). Cost about n^3/2 multiply-adds after the
+ * factorisation. Unused until the Pfaffian ops of issue 9 call it (tests reach it via psf_test_pfaffian_inverse). */
+PSF__UNUSED static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
+                                                int *sign) {
+    if (n & 1) { *sign = 0; return -INFINITY; }
+    double la = 0.0;
+    memcpy(work, A, sizeof(psf_real) * (size_t)n * n);
+    *sign = psf__pfaffian_factor(n, work, perm, &la);
+    if (*sign == 0) return la;
+    /* Y = L^{-1} in place over the strict lower triangle, row by row: Y_ij = -(L_ij + sum_{j<m<i} L_im Y_mj) */
+    for (int i = 2; i < n; i++) {
+        psf_real *ri = work + (size_t)i * n;
+        for (int j = 0; j < i; j++) {
+            psf_real s = ri[j];
+            for (int m = j + 1; m < i; m++) s += ri[m] * work[(size_t)m * n + j];
+            ri[j] = -s;
+        }
+    }
+    /* (Y^T D^{-1} Y)_ij, i < j: the block b0 = j/2 holding j has Y_{2b0+1,j} = 1, Y_{2b0,j} = 0 (j odd) or
+     * Y_{2b0,j} = 1, Y_{2b0+1,j} = 0 (j even); every later block reads the strict lower triangle only. */
+    for (int i = 0; i < n; i++) inv[(size_t)i * n + i] = 0;
+    for (int j = 1; j < n; j++) {
+        const int b0 = j / 2;
+        for (int i = 0; i < j; i++) {
+            const psf_real r0 = work[(size_t)(2 * b0) * n + 2 * b0]; /* 1/d_b0 */
+            psf_real s;
+            if (j & 1) s = -r0 * (i == 2 * b0 ? 1.0 : work[(size_t)(2 * b0) * n + i]);
+            else s = r0 * work[(size_t)(2 * b0 + 1) * n + i];
+            for (int b = b0 + 1; 2 * b < n; b++) {
+                const psf_real *y0 = work + (size_t)(2 * b) * n, *y1 = y0 + n;
+                s += (y1[i] * y0[j] - y0[i] * y1[j]) * y0[2 * b];
+            }
+            inv[(size_t)perm[i] * n + perm[j]] = s;
+            inv[(size_t)perm[j] * n + perm[i]] = -s;
+        }
+    }
     return la;
 }
 
@@ -4070,6 +4117,9 @@ int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
 double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                   const psf_real *G, psf_real *Delta, double *work) {
     return psf__kfac_precondition_dense(rows, cols, A, S, lambda, G, Delta, work);
+}
+double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign) {
+    return psf__pfaffian_inverse(n, A, work, perm, inv, sign);
 }
 int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed) {
     static int (*const examples[PSF_OP_COUNT])(psf_model *, int) = {
