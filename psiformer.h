@@ -39,7 +39,7 @@
  * Sections of this file (search for the banner):
  *   [API]              public types and declarations
  *   [IMPL: BASICS]     errors, RNG, timers, matrix products
- *   [IMPL: LINALG]     LU log-determinant, Cholesky
+ *   [IMPL: LINALG]     LU log-determinant, Pfaffian (Parlett–Reid), Cholesky
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
  *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant head, Jastrow), initialisation
  *   [IMPL: HAMILTONIAN] potential and local energy
@@ -334,6 +334,23 @@ PSFDEF psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h);
  * Cannot fail. */
 PSFDEF double psf_logdet(int n, const psf_real *M, psf_real *lu, int *piv, int *sign);
 
+/* log|Pf A| of a real skew-symmetric n x n row-major matrix A (n >= 0); *sign = sign(Pf A) in {-1, 0, +1}.
+ * Only the strict upper triangle of A is read (A is taken to be exactly skew-symmetric). An odd n, or an exactly
+ * singular A, gives sign 0 and -INFINITY (never NaN); n = 0 gives Pf = 1. Scratch from the caller: work [n*n] reals.
+ * Cannot fail. Cost n^3/6 multiply-adds, half of psf_logdet's LU.
+ * Method: skew-symmetric Parlett–Reid elimination with partial pivoting (M. Wimmer, "Algorithm 923: Efficient
+ * numerical computation of the Pfaffian for dense and banded skew-symmetric matrices", ACM TOMS 38, 30 (2012):
+ * the pivoted L T L^T decomposition, of which the Pfaffian needs only every second step). For k = 0, 2, 4, ...
+ * the largest |A_kj|, j > k, is moved to A_{k,k+1} by swapping rows and columns k+1 and j together (each swap
+ * flips the sign of Pf); then Pf A = A_{k,k+1} Pf S, where S (i, j > k+1) is the Schur complement of the 2 x 2
+ * block, S_ij = A_ij + (A_{k+1,i} A_kj - A_ki A_{k+1,j}) / A_{k,k+1}; the pivoting keeps |A_kj / A_{k,k+1}| <= 1.
+ * Derivatives (for the ops built on it; from Pf^2 = det), for skew-symmetric dA:
+ *   d log|Pf A| = 1/2 tr(A^{-1} dA),   d^2 log|Pf A| = 1/2 [tr(A^{-1} d^2A) - tr(A^{-1} dA A^{-1} dA)]
+ * (the second is the jet's Laplacian term). Backward: with respect to the independent entries A_ij, i < j,
+ * d log|Pf A| / dA_ij = (A^{-1})_ji = -(A^{-1})_ij; written as a full matrix (A_ij and A_ji both moving) the
+ * gradient is 1/2 A^{-T} = -1/2 A^{-1}, whose (i,j) and (j,i) entries add up to (A^{-1})_ji. */
+PSFDEF double psf_logpfaffian(int n, const psf_real *A, psf_real *work, int *sign);
+
 /* ---- Hamiltonian ---------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -593,6 +610,9 @@ PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
 PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                          const psf_real *G, psf_real *Delta, double *work);
+/* log|Pf A| (psf_logpfaffian) together with inv = A^{-1} [n*n], exactly skew-symmetric; scratch work [n*n], perm [n].
+ * inv is not written when *sign = 0. d log|Pf A| / dA_ij = inv[j*n + i] for i < j. */
+PSFDEF double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign);
 /* A model whose graph is a small example of op `op` (the op's own psf__<name>_example), for its FD test: the
  * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
 PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
@@ -890,7 +910,7 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
 }
 
 /* ============================================================================================================
- *  [IMPL: LINALG] LU log-determinant and inverse (the Cholesky solver lives with its user, KFAC)
+ *  [IMPL: LINALG] LU log-determinant and inverse, Pfaffian and inverse (the Cholesky solver lives with KFAC)
  * ============================================================================================================ */
 
 /* In-place LU with partial pivoting of the n x n row-major matrix a; piv[n] records row swaps.
@@ -951,6 +971,111 @@ double psf_logdet(int n, const psf_real *M, psf_real *lu, int *piv, int *sign) {
     double la = -INFINITY;
     memcpy(lu, M, sizeof(psf_real) * (size_t)n * n);
     *sign = psf__lu(n, lu, piv, &la);
+    return la;
+}
+
+/* Skew-symmetric Parlett–Reid factorisation in place (the method is described at psf_logpfaffian), n even:
+ *   P A P^T = L D L^T,  D = diag of the 2 x 2 blocks [[0, d_b], [-d_b, 0]],  L unit lower triangular with 2 x 2
+ *   identity diagonal blocks (L_{2b+1,2b} = 0),
+ * so Pf A = det(P) prod_b d_b. On entry the strict upper triangle of w [n*n] holds A (nothing else is read); on
+ * exit w_{2b,2b+1} = d_b, w_{2b,2b} = w_{2b+1,2b+1} = 1/d_b, the strict lower triangle holds L (with its zeros),
+ * and the rest of the upper triangle is scratch. perm [n] (or NULL) receives the permutation: (P A P^T)_ij =
+ * A_{perm[i], perm[j]}. Returns sign(Pf A) and *logabs = log|Pf A|; if a pivot row is exactly zero, 0 and
+ * -INFINITY (w is then partly factored).
+ * Only the upper triangle of the active block is kept up to date (it is skew-symmetric), so a swap of indices q < p
+ * maps A_qj (q < j < p, upper) to A_pj = -A_jp (lower, stored as its upper mirror), and A_qp to -A_qp. */
+static int psf__pfaffian_factor(int n, psf_real *w, int *perm, double *logabs) {
+    int sign = 1;
+    double la = 0.0;
+    if (perm)
+        for (int i = 0; i < n; i++) perm[i] = i;
+    for (int k = 0; k + 1 < n; k += 2) {
+        psf_real *rk = w + (size_t)k * n, *rq = w + (size_t)(k + 1) * n;
+        const int q = k + 1;
+        int p = q;
+        double best = fabs(rk[q]);
+        for (int j = q + 1; j < n; j++)
+            if (fabs(rk[j]) > best) { best = fabs(rk[j]); p = j; }
+        if (best == 0.0) { *logabs = -INFINITY; return 0; }
+        if (p != q) { /* swap rows and columns q and p of the active block, and rows q and p of L */
+            psf_real *rp = w + (size_t)p * n, t;
+            t = rk[q]; rk[q] = rk[p]; rk[p] = t;
+            for (int j = q + 1; j < p; j++) { t = rq[j]; rq[j] = -w[(size_t)j * n + p]; w[(size_t)j * n + p] = -t; }
+            rq[p] = -rq[p];
+            for (int j = p + 1; j < n; j++) { t = rq[j]; rq[j] = rp[j]; rp[j] = t; }
+            for (int j = 0; j < k; j++) { t = rq[j]; rq[j] = rp[j]; rp[j] = t; }
+            if (perm) { const int ti = perm[q]; perm[q] = perm[p]; perm[p] = ti; }
+            sign = -sign;
+        }
+        const psf_real d = rk[q], dinv = 1 / d;
+        if (d < 0) sign = -sign;
+        la += log(fabs(d));
+        rk[k] = rq[q] = dinv;
+        rq[k] = 0;
+        /* row k becomes tau_j = A_kj / d (|tau| <= 1); the Schur complement of the 2 x 2 block, upper triangle:
+         * S_ij = A_ij + A_{k+1,i} tau_j - tau_i A_{k+1,j}. Column j of L: L_jk = -A_{k+1,j} / d, L_{j,k+1} = tau_j. */
+        for (int j = k + 2; j < n; j++) rk[j] *= dinv;
+        for (int i = k + 2; i < n; i++) {
+            psf_real *ri = w + (size_t)i * n;
+            const psf_real ci = rq[i], ti = rk[i];
+            ri[k] = -ci * dinv;
+            ri[k + 1] = ti;
+            for (int j = i + 1; j < n; j++) ri[j] += ci * rk[j] - ti * rq[j];
+        }
+    }
+    *logabs = la;
+    return sign;
+}
+
+double psf_logpfaffian(int n, const psf_real *A, psf_real *work, int *sign) {
+    if (n & 1) { *sign = 0; return -INFINITY; } /* det A = det A^T = (-1)^n det A = 0 */
+    double la = 0.0;
+    memcpy(work, A, sizeof(psf_real) * (size_t)n * n);
+    *sign = psf__pfaffian_factor(n, work, NULL, &la);
+    return la;
+}
+
+/* log|Pf A| and its sign as psf_logpfaffian, and inv = A^{-1} [n*n] (exactly skew-symmetric: the upper triangle is
+ * computed, the lower one mirrored), the backward rule's matrix: d log|Pf A| / dA_ij = (A^{-1})_ji for i < j.
+ * Scratch: work [n*n] reals, perm [n] ints. For odd n or an exactly singular A: sign 0, -INFINITY, inv not written.
+ * From P A P^T = L D L^T: A^{-1} = P^T Y^T D^{-1} Y P with Y = L^{-1}, and for i < j
+ *   (Y^T D^{-1} Y)_ij = sum_b (Y_{2b+1,i} Y_{2b,j} - Y_{2b,i} Y_{2b+1,j}) / d_b,
+ * where only the blocks b >= j/2 contribute (Y is lower triangular). Cost about n^3/2 multiply-adds after the
+ * factorisation. Unused until the Pfaffian ops of issue 9 call it (tests reach it via psf_test_pfaffian_inverse). */
+PSF__UNUSED static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
+                                                int *sign) {
+    if (n & 1) { *sign = 0; return -INFINITY; }
+    double la = 0.0;
+    memcpy(work, A, sizeof(psf_real) * (size_t)n * n);
+    *sign = psf__pfaffian_factor(n, work, perm, &la);
+    if (*sign == 0) return la;
+    /* Y = L^{-1} in place over the strict lower triangle, row by row: Y_ij = -(L_ij + sum_{j<m<i} L_im Y_mj) */
+    for (int i = 2; i < n; i++) {
+        psf_real *ri = work + (size_t)i * n;
+        for (int j = 0; j < i; j++) {
+            psf_real s = ri[j];
+            for (int m = j + 1; m < i; m++) s += ri[m] * work[(size_t)m * n + j];
+            ri[j] = -s;
+        }
+    }
+    /* (Y^T D^{-1} Y)_ij, i < j: the block b0 = j/2 holding j has Y_{2b0+1,j} = 1, Y_{2b0,j} = 0 (j odd) or
+     * Y_{2b0,j} = 1, Y_{2b0+1,j} = 0 (j even); every later block reads the strict lower triangle only. */
+    for (int i = 0; i < n; i++) inv[(size_t)i * n + i] = 0;
+    for (int j = 1; j < n; j++) {
+        const int b0 = j / 2;
+        for (int i = 0; i < j; i++) {
+            const psf_real r0 = work[(size_t)(2 * b0) * n + 2 * b0]; /* 1/d_b0 */
+            psf_real s;
+            if (j & 1) s = -r0 * (i == 2 * b0 ? 1.0 : work[(size_t)(2 * b0) * n + i]);
+            else s = r0 * work[(size_t)(2 * b0 + 1) * n + i];
+            for (int b = b0 + 1; 2 * b < n; b++) {
+                const psf_real *y0 = work + (size_t)(2 * b) * n, *y1 = y0 + n;
+                s += (y1[i] * y0[j] - y0[i] * y1[j]) * y0[2 * b];
+            }
+            inv[(size_t)perm[i] * n + perm[j]] = s;
+            inv[(size_t)perm[j] * n + perm[i]] = -s;
+        }
+    }
     return la;
 }
 
@@ -3997,6 +4122,9 @@ int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
 double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                   const psf_real *G, psf_real *Delta, double *work) {
     return psf__kfac_precondition_dense(rows, cols, A, S, lambda, G, Delta, work);
+}
+double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign) {
+    return psf__pfaffian_inverse(n, A, work, perm, inv, sign);
 }
 int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed) {
     static int (*const examples[PSF_OP_COUNT])(psf_model *, int) = {

@@ -1,5 +1,6 @@
 /* Tests for psiformer.h: derivatives against finite differences, antisymmetry, log-determinants against the
- * permutation expansion, analytic energies, the sampler, reproducibility, checkpoints.
+ * permutation expansion, Pfaffians against the matching expansion, analytic energies, the sampler,
+ * reproducibility, checkpoints.
  * Run: make test   (or build/test_psiformer -v -s SUITE -t TEST) */
 #define PSIFORMER_IMPLEMENTATION
 #define PSF_INTERNAL_TESTS
@@ -1156,6 +1157,268 @@ SUITE(reference_and_pretraining) {
     RUN_TEST(pretraining_fits_the_hf_orbitals);
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * Pfaffian (issue 9, item 1): psf_logpfaffian against the determinant, the matching expansion and the
+ * congruence rule; exact singularity; the inverse (backward rule) and the second-order rule against central
+ * differences.
+ * --------------------------------------------------------------------------------------------------------- */
+
+/* A random skew-symmetric n x n matrix with N(0, 1) entries above the diagonal. */
+static void random_skew(psf_rng *r, int n, double *a) {
+    for (int i = 0; i < n; i++) {
+        a[i * n + i] = 0;
+        for (int j = i + 1; j < n; j++) { a[i * n + j] = psf_rng_normal(r); a[j * n + i] = -a[i * n + j]; }
+    }
+}
+
+/* Brute-force Pfaffian of the principal submatrix on the ascending indices idx[0..m-1]: the sum over perfect
+ * matchings, by expansion along the first index, Pf = sum_t (-1)^(t+1) a_{idx0, idx_t} Pf(without idx0, idx_t). */
+static double pfaffian_by_matchings(int n, const double *a, const int *idx, int m) {
+    if (m == 0) return 1;
+    double s = 0;
+    for (int t = 1; t < m; t++) {
+        int sub[8], c = 0;
+        for (int u = 1; u < m; u++)
+            if (u != t) sub[c++] = idx[u];
+        const double v = a[idx[0] * n + idx[t]] * pfaffian_by_matchings(n, a, sub, m - 2);
+        s += (t & 1) ? v : -v;
+    }
+    return s;
+}
+
+/* Pf(A)^2 = det A for n = 2, 4, ..., 64 (three matrices each). Both sides come from pivoted eliminations with
+ * small growth, so each log carries an absolute error of about n eps kappa(A) (a relative error of the value):
+ * up to ~1e-12 for these Gaussian matrices, measured 5e-15 relative to max(1, |log det|) (-v), against a tolerance of
+ * 1e-12 relative; a wrong pivot, sign or Schur-complement term shows up at O(1). det of a real skew matrix of even
+ * order is Pf^2 >= 0, so LU's sign must be +1. */
+TEST pfaffian_squared_equals_determinant(void) {
+    enum { NMAX = 64 };
+    static double a[NMAX * NMAX], w[NMAX * NMAX];
+    int piv[NMAX];
+    psf_rng r;
+    psf_rng_seed(&r, 9, 1);
+    double worst = 0;
+    for (int n = 2; n <= NMAX; n += 2)
+        for (int rep = 0; rep < 3; rep++) {
+            random_skew(&r, n, a);
+            int sp, sd;
+            const double lp = psf_logpfaffian(n, a, w, &sp), ld = psf_logdet(n, a, w, piv, &sd);
+            ASSERT_EQm("det of an even skew matrix is positive", 1, sd);
+            ASSERTm("nonzero sign", sp == 1 || sp == -1);
+            worst = fmax(worst, fabs(2 * lp - ld) / fmax(1, fabs(ld)));
+            ASSERT_IN_RANGEm("2 log|Pf| = log det", ld, 2 * lp, 1e-12 * fmax(1, fabs(ld)));
+        }
+    if (greatest_info.verbose) printf("    worst |2 log|Pf| - log det| / max(1, |log det|) = %.2e\n", worst);
+    PASS();
+}
+
+/* Against the sum over perfect matchings for 2n <= 8 (value and sign; 20 matrices per size, the first with
+ * A_01 = 0 so that step 0 must pivot), with the lower triangle and the diagonal set to NaN: psf_logpfaffian reads
+ * the strict upper triangle only. The reference sums at most 105 products of 4 entries in double, good to a few
+ * eps relative unless Pf cancels strongly, which these random matrices do not (measured worst 1e-14, -v); 1e-12
+ * relative. */
+TEST pfaffian_matches_matching_expansion(void) {
+    psf_rng r;
+    psf_rng_seed(&r, 9, 2);
+    double worst = 0;
+    for (int n = 2; n <= 8; n += 2)
+        for (int rep = 0; rep < 20; rep++) {
+            double a[64], w[64];
+            const int idx[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+            random_skew(&r, n, a);
+            if (rep == 0 && n > 2) a[1] = 0; /* A_01 = 0: the first step must pivot */
+            const double pf = pfaffian_by_matchings(n, a, idx, n);
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j <= i; j++) a[i * n + j] = NAN;
+            int sg;
+            const double lp = psf_logpfaffian(n, a, w, &sg);
+            ASSERT_EQm("sign of Pf", pf > 0 ? 1 : -1, sg);
+            const double rel = fabs(sg * exp(lp) - pf) / fabs(pf);
+            worst = fmax(worst, rel);
+            ASSERT_IN_RANGEm("Pf / brute-force Pf", 0.0, rel, 1e-12);
+        }
+    if (greatest_info.verbose) printf("    worst relative error %.2e\n", worst);
+    PASS();
+}
+
+/* Pf(B A B^T) = det(B) Pf(A) for random B and skew A, n = 2, 4, ..., 32: log|Pf C| = log|det B| + log|Pf A| and
+ * sign(Pf C) = sign(det B) sign(Pf A). C is formed in double (entries with ~n eps relative rounding error, which
+ * moves log|Pf C| by about n eps kappa(C)); measured worst 8e-15 relative to max(1, |log|Pf C||) (-v), tolerance
+ * 1e-12 relative as above. */
+TEST pfaffian_of_congruence_is_det_times_pfaffian(void) {
+    enum { NMAX = 32 };
+    static double a[NMAX * NMAX], b[NMAX * NMAX], c[NMAX * NMAX], t[NMAX * NMAX], w[NMAX * NMAX];
+    int piv[NMAX];
+    psf_rng r;
+    psf_rng_seed(&r, 9, 3);
+    double worst = 0;
+    for (int n = 2; n <= NMAX; n *= 2)
+        for (int rep = 0; rep < 4; rep++) {
+            random_skew(&r, n, a);
+            for (int i = 0; i < n * n; i++) b[i] = psf_rng_normal(&r);
+            for (int i = 0; i < n; i++) /* t = B A */
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int k = 0; k < n; k++) s += b[i * n + k] * a[k * n + j];
+                    t[i * n + j] = s;
+                }
+            for (int i = 0; i < n; i++) { /* C = t B^T, upper triangle, mirrored */
+                c[i * n + i] = 0;
+                for (int j = i + 1; j < n; j++) {
+                    double s = 0;
+                    for (int k = 0; k < n; k++) s += t[i * n + k] * b[j * n + k];
+                    c[i * n + j] = s; c[j * n + i] = -s;
+                }
+            }
+            int sa, sb, sc;
+            const double la = psf_logpfaffian(n, a, w, &sa), lb = psf_logdet(n, b, w, piv, &sb);
+            const double lc = psf_logpfaffian(n, c, w, &sc);
+            ASSERT_EQm("sign(Pf BAB^T) = sign(det B) sign(Pf A)", sa * sb, sc);
+            worst = fmax(worst, fabs(lc - (la + lb)) / fmax(1, fabs(lc)));
+            ASSERT_IN_RANGEm("log|Pf BAB^T|", la + lb, lc, 1e-12 * fmax(1, fabs(lc)));
+        }
+    if (greatest_info.verbose) printf("    worst |log|Pf C| - log|det B| - log|Pf A|| / max(1, |.|) = %.2e\n", worst);
+    PASS();
+}
+
+/* Exactly singular matrices give sign 0 and -inf, never NaN; odd orders likewise; n = 0 gives Pf = 1; n = 2 is
+ * exact. The singular examples are exactly singular in floating point too: a zero row stays zero under the
+ * elimination (its multipliers are 0), and the 4 x 4 rank-2 integer matrix u v^T - v u^T, u = (1,1,0,0),
+ * v = (0,0,1,1), eliminates with pivots +-1 and integer arithmetic to an exact 0. */
+TEST pfaffian_of_singular_and_odd_matrices(void) {
+    double a[36], w[36], inv[36];
+    int perm[6], sg;
+    double ld;
+    psf_rng r;
+    psf_rng_seed(&r, 9, 4);
+    for (int z = 0; z < 6; z++) { /* a zero row and column at each position of a 6 x 6 */
+        random_skew(&r, 6, a);
+        for (int j = 0; j < 6; j++) a[z * 6 + j] = a[j * 6 + z] = 0;
+        ld = psf_logpfaffian(6, a, w, &sg);
+        ASSERT_EQ(0, sg);
+        ASSERT(isinf(ld) && ld < 0);
+        for (int i = 0; i < 36; i++) inv[i] = 7;
+        ld = psf_test_pfaffian_inverse(6, a, w, perm, inv, &sg);
+        ASSERT_EQ(0, sg);
+        ASSERT(isinf(ld) && ld < 0);
+        for (int i = 0; i < 36; i++) ASSERT_EQm("inv not written when singular", 7.0, inv[i]);
+    }
+    const double u[4] = {1, 1, 0, 0}, v[4] = {0, 0, 1, 1};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) a[i * 4 + j] = u[i] * v[j] - v[i] * u[j];
+    ld = psf_logpfaffian(4, a, w, &sg);
+    ASSERT_EQ(0, sg);
+    ASSERT(isinf(ld) && ld < 0);
+    for (int n = 1; n <= 5; n += 2) { /* odd order: Pf = 0 */
+        random_skew(&r, n, a);
+        ld = psf_logpfaffian(n, a, w, &sg);
+        ASSERT_EQ(0, sg);
+        ASSERT(isinf(ld) && ld < 0);
+        ld = psf_test_pfaffian_inverse(n, a, w, perm, inv, &sg);
+        ASSERT_EQ(0, sg);
+        ASSERT(isinf(ld) && ld < 0);
+    }
+    ld = psf_logpfaffian(0, a, w, &sg); /* the empty matrix: Pf = 1 */
+    ASSERT_EQ(1, sg);
+    ASSERT_EQ(0.0, ld);
+    const double two[4] = {0, -3, 3, 0};
+    ld = psf_logpfaffian(2, two, w, &sg);
+    ASSERT_EQ(-1, sg);
+    ASSERT_EQ(log(3.0), ld);
+    PASS();
+}
+
+/* The backward rule: d log|Pf A| / dA_ij = (A^{-1})_ji for i < j (A_ji = -A_ij moves with it), from the inverse of
+ * psf_test_pfaffian_inverse, against fourth-order central differences of psf_logpfaffian; the inverse also against
+ * A A^{-1} = I. The second-order rule d^2 log Pf = 1/2 [tr(A^{-1} d^2A) - tr(A^{-1} dA A^{-1} dA)] along
+ * A(t) = A + t B + t^2 C / 2 (B, C skew) against central differences of the (so verified) first-order rule
+ * f'(t) = 1/2 tr(A(t)^{-1} A'(t)), which avoids the eps/h^2 rounding of a second difference. Expected stencil
+ * errors: h^4 f^(5) / 30 + eps |f| / h ~ 1e-12 for the gradient (h = 1e-3), h^2 f''' / 6 + eps |f'| / h ~ 1e-10 for
+ * the second order (h = 1e-5); measured 7e-12 and 3e-10 (-v); tolerances 1e-9 and 1e-8 relative to max(1, |.|).
+ * A A^{-1} = I to 1e-12 (measured 1e-15). */
+TEST pfaffian_inverse_matches_finite_differences(void) {
+    enum { NMAX = 12 };
+    double a[NMAX * NMAX], ap[NMAX * NMAX], b[NMAX * NMAX], c[NMAX * NMAX], w[NMAX * NMAX], inv[NMAX * NMAX];
+    double invp[NMAX * NMAX];
+    int perm[NMAX];
+    psf_rng r;
+    psf_rng_seed(&r, 9, 5);
+    double worst_inv = 0, worst_g = 0, worst_h = 0;
+    const int sizes[5] = {2, 4, 6, 8, 12};
+    for (int s = 0; s < 5; s++) {
+        const int n = sizes[s];
+        random_skew(&r, n, a);
+        int sg, sg0;
+        const double lp = psf_test_pfaffian_inverse(n, a, w, perm, inv, &sg);
+        const double lp0 = psf_logpfaffian(n, a, w, &sg0);
+        ASSERT_EQm("same factorisation", sg0, sg);
+        ASSERT_EQm("same factorisation", lp0, lp);
+        for (int i = 0; i < n; i++) /* A A^{-1} = I; inv exactly skew */
+            for (int j = 0; j < n; j++) {
+                double t = 0;
+                for (int k = 0; k < n; k++) t += a[i * n + k] * inv[k * n + j];
+                worst_inv = fmax(worst_inv, fabs(t - (i == j)));
+                ASSERT_IN_RANGEm("A A^{-1} = I", (double)(i == j), t, 1e-12);
+                ASSERT_EQm("inverse exactly skew", -inv[j * n + i], inv[i * n + j]);
+            }
+        const double h = 1e-3;
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++) {
+                double f[5];
+                for (int q = 0; q < 5; q++) {
+                    memcpy(ap, a, sizeof(double) * n * n);
+                    ap[i * n + j] += (q - 2) * h;
+                    ap[j * n + i] = -ap[i * n + j];
+                    f[q] = psf_logpfaffian(n, ap, w, &sg);
+                }
+                const double fd = (f[0] - 8 * f[1] + 8 * f[3] - f[4]) / (12 * h), g = inv[j * n + i];
+                worst_g = fmax(worst_g, fabs(fd - g) / fmax(1, fabs(g)));
+                ASSERT_IN_RANGEm("d log|Pf| / dA_ij = (A^{-1})_ji", fd, g, 1e-9 * fmax(1, fabs(g)));
+            }
+        /* second order along A(t) = A + t B + t^2 C / 2 */
+        random_skew(&r, n, b);
+        random_skew(&r, n, c);
+        double tr_c = 0, tr_bb = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                tr_c += inv[i * n + j] * c[j * n + i];
+                double ab_ij = 0, ab_ji = 0; /* (A^{-1} B)_ij and (A^{-1} B)_ji */
+                for (int k = 0; k < n; k++) {
+                    ab_ij += inv[i * n + k] * b[k * n + j];
+                    ab_ji += inv[j * n + k] * b[k * n + i];
+                }
+                tr_bb += ab_ij * ab_ji;
+            }
+        const double d2 = 0.5 * (tr_c - tr_bb);
+        const double hh = 1e-5;
+        double fp[2];
+        for (int q = 0; q < 2; q++) {
+            const double t = q ? -hh : hh;
+            for (int i = 0; i < n * n; i++) ap[i] = a[i] + t * b[i] + 0.5 * t * t * c[i];
+            psf_test_pfaffian_inverse(n, ap, w, perm, invp, &sg);
+            double tr = 0; /* 1/2 tr(A(t)^{-1} (B + t C)) */
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < n; k++) tr += invp[i * n + k] * (b[k * n + i] + t * c[k * n + i]);
+            fp[q] = 0.5 * tr;
+        }
+        const double fd2 = (fp[0] - fp[1]) / (2 * hh);
+        worst_h = fmax(worst_h, fabs(fd2 - d2) / fmax(1, fabs(d2)));
+        ASSERT_IN_RANGEm("d^2 log|Pf|", fd2, d2, 1e-8 * fmax(1, fabs(d2)));
+    }
+    if (greatest_info.verbose)
+        printf("    worst |A A^-1 - I| %.2e, gradient rel. error %.2e, second-order rel. error %.2e\n",
+               worst_inv, worst_g, worst_h);
+    PASS();
+}
+
+SUITE(pfaffian) {
+    RUN_TEST(pfaffian_squared_equals_determinant);
+    RUN_TEST(pfaffian_matches_matching_expansion);
+    RUN_TEST(pfaffian_of_congruence_is_det_times_pfaffian);
+    RUN_TEST(pfaffian_of_singular_and_odd_matrices);
+    RUN_TEST(pfaffian_inverse_matches_finite_differences);
+}
+
 int main(int argc, char **argv) {
     GREATEST_MAIN_BEGIN();
     RUN_SUITE(derivatives);
@@ -1165,5 +1428,6 @@ int main(int argc, char **argv) {
     RUN_SUITE(kfac);
     RUN_SUITE(spring);
     RUN_SUITE(reference_and_pretraining);
+    RUN_SUITE(pfaffian);
     GREATEST_MAIN_END();
 }
