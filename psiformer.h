@@ -518,13 +518,16 @@ PSFDEF int psf_vmc_eval_step(psf_vmc *v, psf_step_stats *st);
  * PSF_ERR_NUMERIC (no finite local energy). */
 PSFDEF int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelated);
 
-/* Binary checkpoint, format version 2 (magic "PSFCKPT2"): system, ansatz kind and its hyper-parameters,
- * parameters, walkers, optimizer name and state, step. The file is written to PATH.tmp and renamed into place.
- * Errors: PSF_ERR_IO. */
+/* Binary checkpoint, format version 3 (magic "PSFCKPT3"): system, ansatz kind and its hyper-parameters,
+ * parameters, walkers, optimizer name and state, step, then a CRC-32 of everything before it. The file is
+ * written to PATH.tmp, flushed to disk (fsync on POSIX systems), and renamed into place; an existing PATH is
+ * first renamed to its ".prev" name (checkpoint.bin -> checkpoint.prev.bin), so a crash at any moment leaves
+ * at least one complete checkpoint. Errors: PSF_ERR_IO. */
 PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
-/* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer.
- * Errors: PSF_ERR_IO (cannot open), PSF_ERR_FORMAT naming the file and the field that does not match (a
- * version-1 file: "written by an older version"). */
+/* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer. The whole file
+ * is checked (size, magic, version, CRC-32, header fields) before anything is loaded: a refused file changes
+ * nothing. Errors: PSF_ERR_IO (cannot open), PSF_ERR_FORMAT naming the file and what is wrong: empty,
+ * truncated, checksum mismatch, the field that does not match, an older or newer format. */
 PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
 
 /* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
@@ -3936,11 +3939,50 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     return PSF_OK;
 }
 
-/* ---- checkpoints (format 2) ------------------------------------------------------------------------------
- *  "PSFCKPT2", then PSF__CKPT_NFIELDS int32 header fields (below; a mismatch on load names the field), int64
+/* ---- checkpoints (format 3) ------------------------------------------------------------------------------
+ *  "PSFCKPT3", then PSF__CKPT_NFIELDS int32 header fields (below; a mismatch on load names the field), int64
  *  n_params, int64 step, R and Z of the nuclei, the parameters, the walkers (width, x, RNG states), the
- *  optimizer's name (16 bytes) and its state (its own save rule). Format 1 ("PSFCKPT1") had no ansatz kind. */
-#define PSF__CKPT_MAGIC "PSFCKPT2"
+ *  optimizer's name (16 bytes) and its state (its own save rule), and last the CRC-32 (IEEE 802.3, the zlib
+ *  polynomial, little-endian uint32) of all bytes before it. Format 2 had no checksum; format 1 no ansatz kind. */
+#define PSF__CKPT_MAGIC "PSFCKPT3"
+
+/* CRC-32 (reflected, polynomial 0xEDB88320, as zlib's crc32): crc = psf__crc32(crc, p, n), starting from 0. */
+static uint32_t psf__crc32(uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+/* The CRC-32 of the first n bytes of an open file (read from the start); returns 0 on a read error. */
+static int psf__crc32_file(FILE *f, long n, uint32_t *crc) {
+    unsigned char buf[65536];
+    *crc = 0;
+    if (fseek(f, 0, SEEK_SET) != 0) return 0;
+    while (n > 0) {
+        const size_t k = n < (long)sizeof buf ? (size_t)n : sizeof buf;
+        if (fread(buf, 1, k, f) != k) return 0;
+        *crc = psf__crc32(*crc, buf, k);
+        n -= (long)k;
+    }
+    return 1;
+}
+/* Flush a file's data to the disk before it is renamed into place (POSIX; elsewhere only the C library's
+ * buffers are flushed). */
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(PSF_NO_FSYNC)
+int fileno(FILE *);
+int fsync(int);
+static int psf__sync(FILE *f) { return fflush(f) == 0 && fsync(fileno(f)) == 0; }
+#else
+static int psf__sync(FILE *f) { return fflush(f) == 0; }
+#endif
+/* PATH's ".prev" name: "dir/checkpoint.bin" -> "dir/checkpoint.prev.bin"; without an extension, PATH.prev. */
+static void psf__prev_name(const char *path, char *out, size_t n) {
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    if (dot && (!slash || dot > slash + 1)) snprintf(out, n, "%.*s.prev%s", (int)(dot - path), path, dot);
+    else snprintf(out, n, "%s.prev", path);
+}
 #define PSF__CKPT_NFIELDS 24
 #define PSF__CKPT_FIELDS(X, m, v)                                                                              \
     X("real size", (int32_t)sizeof(psf_real)) X("n_atoms", (m)->sys.n_atoms) X("n_up", (m)->sys.n_up)         \
@@ -3985,6 +4027,27 @@ int psf_vmc_save(const psf_vmc *v, const char *path) {
              psf__opt(v)->save(v->opt_state, f);
     if (fclose(f) != 0) ok = 0;
     if (!ok) { remove(tmp); return psf__fail(PSF_ERR_IO, "%s: write failed", tmp); }
+    /* the checksum of what actually reached the file, appended; then the data to the disk */
+    uint32_t crc = 0;
+    f = fopen(tmp, "r+b");
+    ok = f != NULL;
+    if (f) {
+        long size = 0;
+        ok = fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) > 0 && psf__crc32_file(f, size, &crc) &&
+             fseek(f, 0, SEEK_END) == 0;
+        const unsigned char le[4] = {(unsigned char)crc, (unsigned char)(crc >> 8), (unsigned char)(crc >> 16),
+                                     (unsigned char)(crc >> 24)};
+        ok = ok && psf__wr(f, le, 1, 4) && psf__sync(f);
+        if (fclose(f) != 0) ok = 0;
+    }
+    if (!ok) { remove(tmp); return psf__fail(PSF_ERR_IO, "%s: write failed (checksum or flush to disk)", tmp); }
+    char prev[1040];
+    psf__prev_name(path, prev, sizeof prev);
+    FILE *old = fopen(path, "rb");
+    if (old) {
+        fclose(old);
+        if (rename(path, prev) != 0) return psf__fail(PSF_ERR_IO, "%s: cannot keep the previous checkpoint as %s", path, prev);
+    }
     if (rename(tmp, path) != 0) return psf__fail(PSF_ERR_IO, "%s: cannot rename %s into place", path, tmp);
     return PSF_OK;
 }
@@ -3997,6 +4060,10 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     int32_t hdr[PSF__CKPT_NFIELDS], want[PSF__CKPT_NFIELDS];
     const char *names[PSF__CKPT_NFIELDS];
     int64_t n_params, step;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (size == 0) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: empty file, not a checkpoint", path); }
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return psf__fail(PSF_ERR_IO, "%s: cannot read", path); }
     if (!psf__rd(f, magic, 1, 8) || memcmp(magic, "PSFCKPT", 7) != 0) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: not a psiformer.h checkpoint (magic bytes differ from %s)", path, PSF__CKPT_MAGIC);
@@ -4006,7 +4073,20 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         return psf__fail(PSF_ERR_FORMAT, "%s: written by %s version of psiformer.h (checkpoint format %c; this version reads format %c)",
                          path, magic[7] < PSF__CKPT_MAGIC[7] ? "an older" : "a newer", magic[7], PSF__CKPT_MAGIC[7]);
     }
-    if (!psf__rd(f, hdr, sizeof hdr, 1) || !psf__rd(f, &n_params, 8, 1) || !psf__rd(f, &step, 8, 1)) {
+    /* the checksum over everything before the last 4 bytes, before anything is interpreted */
+    unsigned char le[4];
+    uint32_t crc;
+    if (size < 8 + 4 || fseek(f, size - 4, SEEK_SET) != 0 || !psf__rd(f, le, 1, 4) || !psf__crc32_file(f, size - 4, &crc)) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: truncated (%ld bytes)", path, size);
+    }
+    const uint32_t stored = (uint32_t)le[0] | (uint32_t)le[1] << 8 | (uint32_t)le[2] << 16 | (uint32_t)le[3] << 24;
+    if (stored != crc) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: checksum mismatch (CRC-32 %08lx stored, %08lx computed): the file is truncated "
+                         "or corrupted; nothing was loaded", path, (unsigned long)stored, (unsigned long)crc);
+    }
+    if (fseek(f, 8, SEEK_SET) != 0 || !psf__rd(f, hdr, sizeof hdr, 1) || !psf__rd(f, &n_params, 8, 1) || !psf__rd(f, &step, 8, 1)) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: truncated header", path);
     }
@@ -4026,16 +4106,31 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: field 'nuclei' (positions or charges) differs from this run's system", path);
     }
-    ok = ok && psf__rd(f, m->params, sizeof(psf_real), m->n_params) && psf__rd(f, &v->walkers.width, sizeof(double), 1) &&
-         psf__rd(f, v->walkers.x, sizeof(psf_real), (size_t)v->cfg.batch * m->n_dim) &&
-         psf__rd(f, v->walkers.rng, sizeof(psf_rng), (size_t)v->cfg.batch) && psf__rd(f, opt_name, 1, sizeof opt_name);
+    /* parameters and walkers into temporaries: the driver changes only when the whole body has been read */
+    const size_t nx = (size_t)v->cfg.batch * m->n_dim;
+    psf_real *params = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (m->n_params + nx));
+    psf_rng *rng = (psf_rng *)PSF_MALLOC(sizeof(psf_rng) * (size_t)v->cfg.batch);
+    if (!params || !rng) { PSF_FREE(params); PSF_FREE(rng); fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
+    double width = 0;
+    ok = ok && psf__rd(f, params, sizeof(psf_real), m->n_params) && psf__rd(f, &width, sizeof(double), 1) &&
+         psf__rd(f, params + m->n_params, sizeof(psf_real), nx) && psf__rd(f, rng, sizeof(psf_rng), (size_t)v->cfg.batch) &&
+         psf__rd(f, opt_name, 1, sizeof opt_name);
     if (ok && strncmp(opt_name, psf__opt(v)->name, sizeof opt_name) != 0) {
-        fclose(f);
+        PSF_FREE(params); PSF_FREE(rng); fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: field 'optimizer state' is for '%.15s', this run uses '%s'", path, opt_name, psf__opt(v)->name);
     }
-    ok = ok && psf__opt(v)->load(v->opt_state, f);
+    /* the optimizer's state is read in place: its size follows from the header fields checked above */
+    ok = ok && psf__opt(v)->load(v->opt_state, f) && ftell(f) == size - 4;
     fclose(f);
-    if (!ok) return psf__fail(PSF_ERR_FORMAT, "%s: truncated body (parameters, walkers or optimizer state)", path);
+    if (!ok) {
+        PSF_FREE(params); PSF_FREE(rng);
+        return psf__fail(PSF_ERR_FORMAT, "%s: the body (parameters, walkers or optimizer state) does not match its header", path);
+    }
+    memcpy(m->params, params, sizeof(psf_real) * m->n_params);
+    memcpy(v->walkers.x, params + m->n_params, sizeof(psf_real) * nx);
+    memcpy(v->walkers.rng, rng, sizeof(psf_rng) * (size_t)v->cfg.batch);
+    v->walkers.width = width;
+    PSF_FREE(params); PSF_FREE(rng);
     v->step = step;
     return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
 }

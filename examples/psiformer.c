@@ -193,14 +193,42 @@ static void fmt_time(double s, char *buf, size_t n) {
 
 /* ---- 2. Training ------------------------------------------------------------------------------------------ */
 
+/* After --restore from a checkpoint of `step` completed steps, train_stats.csv keeps its header and the rows of
+ * steps 0..step-1 only: rows written after that checkpoint (a run killed between checkpoints) would otherwise be
+ * duplicated when training resumes. The file is rewritten through a temporary and a rename. Returns 0 or -1. */
+static int trim_train_csv(const char *path, long step) {
+    FILE *in = fopen(path, "r");
+    if (!in) return errno == ENOENT ? 0 : -1;
+    char tmp[1100], line[512];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) { fclose(in); return -1; }
+    int first = 1, ok = 1;
+    while (fgets(line, sizeof line, in)) {
+        char *end;
+        const long k = strtol(line, &end, 10);
+        const int data = end != line && *end == ',';
+        if ((first && !data) || (data && k < step && strchr(line, '\n'))) ok = ok && fputs(line, out) != EOF;
+        first = 0;
+    }
+    fclose(in);
+    if (fclose(out) != 0 || !ok || rename(tmp, path) != 0) { remove(tmp); return -1; }
+    return 0;
+}
+
 /* Trains from v->step to o->steps (or the wall-time budget), one CSV row per step, a checkpoint every
  * checkpoint_every steps and at the end. Returns 0, or 1 if a step failed (the last good state is on disk). */
 static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
+    if (o->restore && trim_train_csv(path, v->step)) {
+        fprintf(stderr, "psiformer: cannot trim %s to the restored step %ld: %s\n", path, v->step, strerror(errno));
+        return 1;
+    }
     FILE *csv = fopen(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
-    if (!o->restore) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n");
+    fseek(csv, 0, SEEK_END);
+    if (ftell(csv) == 0) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n");
     const int tty = isatty(fileno(stdout));
     const double t_train = psf_time();
     psf_step_stats st;

@@ -726,6 +726,49 @@ TEST checkpoint_roundtrip_and_errors(void) {
     ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v4, path));
     ASSERT(strstr(psf_last_error(), "optimizer") != NULL);
     psf_vmc_free(&v4);
+    /* format 3: a second save keeps the first as checkpoint.prev.bin, both load */
+    ASSERT_EQ(0, psf_vmc_save(&v2, path));
+    FILE *pf = fopen("build/test_checkpoint.prev.bin", "rb");
+    ASSERT(pf != NULL);
+    fclose(pf);
+    ASSERT_EQ(0, psf_vmc_load(&v2, "build/test_checkpoint.prev.bin"));
+    ASSERT_EQ(3, v2.step);
+    ASSERT_EQ(0, psf_vmc_load(&v2, path));
+    ASSERT_EQ(4, v2.step);
+    /* an empty, a truncated and a corrupted file are each refused with a message, and nothing is loaded */
+    FILE *src = fopen(path, "rb");
+    ASSERT(src != NULL);
+    fseek(src, 0, SEEK_END);
+    const long size = ftell(src);
+    fseek(src, 0, SEEK_SET);
+    unsigned char *bytes = (unsigned char *)malloc((size_t)size);
+    ASSERT_EQ((size_t)size, fread(bytes, 1, (size_t)size, src));
+    fclose(src);
+    psf_real *before = (psf_real *)malloc(sizeof(psf_real) * m2.n_params);
+    static const struct { long len, flip; const char *want; } bad[] = {
+        {0, -1, "empty file"}, {7, -1, "not a psiformer.h checkpoint"}, {10, -1, "truncated"},
+        {-100, -1, "checksum mismatch"}, {0x7fffffff, 200, "checksum mismatch"}, {0x7fffffff, -5, "checksum mismatch"}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        const long len = bad[k].len == 0x7fffffff ? size : bad[k].len < 0 ? size + bad[k].len : bad[k].len;
+        FILE *w = fopen("build/test_checkpoint_bad.bin", "wb");
+        ASSERT(w != NULL);
+        fwrite(bytes, 1, (size_t)len, w);
+        fclose(w);
+        if (bad[k].flip != -1) { /* flip one bit of a parameter byte, or of the stored checksum */
+            const long at = bad[k].flip >= 0 ? bad[k].flip : size + bad[k].flip + 1;
+            w = fopen("build/test_checkpoint_bad.bin", "r+b");
+            fseek(w, at, SEEK_SET);
+            fputc(bytes[at] ^ 0x10, w);
+            fclose(w);
+        }
+        memcpy(before, m2.params, sizeof(psf_real) * m2.n_params);
+        const long step_before = v2.step;
+        ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v2, "build/test_checkpoint_bad.bin"));
+        if (!strstr(psf_last_error(), bad[k].want)) { fprintf(stderr, "    case %zu: %s\n", k, psf_last_error()); FAIL(); }
+        ASSERT(memcmp(before, m2.params, sizeof(psf_real) * m2.n_params) == 0);
+        ASSERT_EQ(step_before, v2.step);
+    }
+    free(bytes); free(before);
     /* the sampler needs one workspace per OpenMP thread */
     ASSERT(psf_mcmc(&v.walkers, &v.wf, v.wsp, 0, 1) < 0);
     ASSERT(strstr(psf_last_error(), "workspaces") != NULL);
