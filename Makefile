@@ -38,8 +38,8 @@ $(BUILD)/psiformer: examples/psiformer.c psiformer.h | $(BUILD)
 $(BUILD)/helium: examples/helium.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h $(BUILD)/psiformer | $(BUILD)
+	$(CC) $(CFLAGS) -DPSF_TEST_DRIVER='"$(BUILD)/psiformer"' -o $@ $< $(LDLIBS)
 
 run: $(BUILD)/psiformer
 	./$(BUILD)/psiformer $(RUN_ARGS)

@@ -82,12 +82,16 @@ static void usage(FILE *f) {
 
 /* ---- 1. Options ------------------------------------------------------------------------------------------ */
 
+/* Every numeric flag is parsed completely (no trailing characters) and range-checked; a bad value is reported as
+ * "psiformer: --FLAG: expected ..., got 'VALUE'" and the program exits with status 2. */
 static int parse_int(const char *flag, const char *s, int lo, int *out) {
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > 100000000) {
-        fprintf(stderr, "psiformer: %s expects an integer >= %d, got '%s'\n", flag, lo, s);
+    const long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > 100000000) {
+        if (lo == 0) fprintf(stderr, "psiformer: %s: expected a non-negative integer, got '%s'\n", flag, s);
+        else if (lo == 1) fprintf(stderr, "psiformer: %s: expected a positive integer, got '%s'\n", flag, s);
+        else fprintf(stderr, "psiformer: %s: expected an integer >= %d, got '%s'\n", flag, lo, s);
         return 1;
     }
     *out = (int)v;
@@ -96,12 +100,19 @@ static int parse_int(const char *flag, const char *s, int lo, int *out) {
 
 static int parse_positive(const char *flag, const char *s, double *out) {
     char *end;
+    errno = 0;
     const double x = strtod(s, &end);
-    if (*end || !(x > 0) || !isfinite(x)) {
-        fprintf(stderr, "psiformer: %s expects a positive number, got '%s'\n", flag, s);
+    if (errno || end == s || *end || !(x > 0) || !isfinite(x)) {
+        fprintf(stderr, "psiformer: %s: expected a positive number, got '%s'\n", flag, s);
         return 1;
     }
     *out = x;
+    return 0;
+}
+
+static int parse_flag01(const char *flag, const char *s, int *out) {
+    if (strcmp(s, "0") && strcmp(s, "1")) { fprintf(stderr, "psiformer: %s: expected 0 or 1, got '%s'\n", flag, s); return 1; }
+    *out = s[0] == '1';
     return 0;
 }
 
@@ -124,8 +135,10 @@ static int parse_args(int argc, char **argv, options *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return -1; }
-        if (i + 1 >= argc) { fprintf(stderr, "psiformer: unknown option or missing value: %s (see --help)\n", a); return 1; }
+        if (strncmp(a, "--", 2) != 0) { fprintf(stderr, "psiformer: unexpected argument '%s' (options start with --; see --help)\n", a); return 1; }
+        if (i + 1 >= argc) { fprintf(stderr, "psiformer: %s: missing value (or unknown option; see --help)\n", a); return 1; }
         const char *v = argv[++i];
+        if (v[0] == '-' && v[1] == '-') { fprintf(stderr, "psiformer: %s: missing value (got the option '%s')\n", a, v); return 1; }
         int rc = 0, iv;
         if (!strcmp(a, "--atom")) o->atom = v;
         else if (!strcmp(a, "--spin")) rc = parse_int(a, v, 0, &o->spin);
@@ -140,7 +153,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--head-dim")) rc = parse_int(a, v, 1, &o->net.psiformer.head_dim);
         else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.psiformer.mlp_hidden);
         else if (!strcmp(a, "--dets")) rc = parse_int(a, v, 1, &o->net.n_dets);
-        else if (!strcmp(a, "--en-cusp")) rc = parse_int(a, v, 0, &o->net.use_en_cusp);
+        else if (!strcmp(a, "--en-cusp")) rc = parse_flag01(a, v, &o->net.use_en_cusp);
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
         else if (!strcmp(a, "--out")) o->out = v;
@@ -150,20 +163,20 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--pretrain-steps")) rc = parse_int(a, v, 0, &o->pretrain_steps);
         else if (!strcmp(a, "--pretrain-lr")) rc = parse_positive(a, v, &o->pretrain_lr);
         else if (!strcmp(a, "--gap-every")) rc = parse_int(a, v, 0, &o->gap_every);
-        else if (!strcmp(a, "--kfac-ferminet")) rc = parse_int(a, v, 0, &o->vmc.kfac_ferminet_scale);
-        else if (!strcmp(a, "--scale-moves")) rc = parse_int(a, v, 0, &o->scale_moves);
+        else if (!strcmp(a, "--kfac-ferminet")) rc = parse_flag01(a, v, &o->vmc.kfac_ferminet_scale);
+        else if (!strcmp(a, "--scale-moves")) rc = parse_flag01(a, v, &o->scale_moves);
         else if (!strcmp(a, "--spring-mu")) {
             rc = parse_positive(a, v, &o->vmc.spring_mu);
-            if (!rc && o->vmc.spring_mu >= 1) { fprintf(stderr, "psiformer: --spring-mu expects a number in (0, 1), got '%s'\n", v); rc = 1; }
+            if (!rc && o->vmc.spring_mu >= 1) { fprintf(stderr, "psiformer: --spring-mu: expected a number in (0, 1), got '%s'\n", v); rc = 1; }
         }
         else if (!strcmp(a, "--train-minutes")) rc = parse_positive(a, v, &o->train_minutes);
         else if (!strcmp(a, "--lr")) rc = parse_positive(a, v, &o->vmc.lr);
         else if (!strcmp(a, "--optimizer")) {
             int k = 0;
             while (k < PSF_OPT_COUNT && strcmp(v, psf_optimizer_name(k))) k++;
-            if (k == PSF_OPT_COUNT) { fprintf(stderr, "psiformer: --optimizer expects kfac, spring or adam, got '%s'\n", v); return 1; }
+            if (k == PSF_OPT_COUNT) { fprintf(stderr, "psiformer: --optimizer: expected spring, kfac or adam, got '%s'\n", v); return 1; }
             o->vmc.optimizer = (psf_optimizer)k;
-        } else { fprintf(stderr, "psiformer: unknown option %s (see --help)\n", a); return 1; }
+        } else { fprintf(stderr, "psiformer: unknown option '%s' (see --help)\n", a); return 1; }
         if (rc) return 1;
     }
     /* --damping and --norm-constraint belong to the chosen optimizer */
@@ -442,6 +455,10 @@ int main(int argc, char **argv) {
     char outdir[512], path[1024];
     if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.atom);
     if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
+    snprintf(path, sizeof path, "%s/.psiformer_write_test", outdir); /* before any training, not after it */
+    FILE *probe = fopen(path, "w");
+    if (!probe || fclose(probe) != 0) { fprintf(stderr, "psiformer: --out: cannot write into %s: %s\n", outdir, strerror(errno)); return 1; }
+    remove(path);
 
     psf_model m;
     if (psf_model_init(&m, &sys, &o.net, o.vmc.seed)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }

@@ -791,6 +791,51 @@ TEST npy_roundtrip(void) {
     PASS();
 }
 
+/* The driver's argument parser, table-driven: every bad value is refused before any work, with exit status 2 and
+ * a message naming the flag and the value. Runs the driver built beside this test (PSF_TEST_DRIVER). */
+TEST driver_rejects_bad_arguments(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    static const struct { const char *args, *message; } rows[] = {
+        {"--batch abc", "psiformer: --batch: expected an integer >= 2, got 'abc'"},
+        {"--batch 12x", "psiformer: --batch: expected an integer >= 2, got '12x'"},
+        {"--batch 0", "psiformer: --batch: expected an integer >= 2, got '0'"},
+        {"--lr nan", "psiformer: --lr: expected a positive number, got 'nan'"},
+        {"--lr -1", "psiformer: --lr: expected a positive number, got '-1'"},
+        {"--lr 1e999", "psiformer: --lr: expected a positive number, got '1e999'"},
+        {"--steps -1", "psiformer: --steps: expected a non-negative integer, got '-1'"},
+        {"--mcmc-steps 0", "psiformer: --mcmc-steps: expected a positive integer, got '0'"},
+        {"--dets 0", "psiformer: --dets: expected a positive integer, got '0'"},
+        {"--threads ''", "psiformer: --threads: expected a positive integer, got ''"},
+        {"--en-cusp 2", "psiformer: --en-cusp: expected 0 or 1, got '2'"},
+        {"--spring-mu 1", "psiformer: --spring-mu: expected a number in (0, 1), got '1'"},
+        {"--optimizer sgd", "psiformer: --optimizer: expected spring, kfac or adam, got 'sgd'"},
+        {"--batch --steps 3", "psiformer: --batch: missing value (got the option '--steps')"},
+        {"--steps", "psiformer: --steps: missing value (or unknown option; see --help)"},
+        {"--frobnicate 3", "psiformer: unknown option '--frobnicate' (see --help)"},
+        {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
+        {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
+        {"--atom Xx", "unknown element 'Xx'"},
+    };
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        char cmd[512], err[512] = {0};
+        snprintf(cmd, sizeof cmd, "%s --out build/test_cli_out %s >/dev/null 2>build/test_cli_err.txt", PSF_TEST_DRIVER, rows[k].args);
+        const int st = system(cmd);
+        FILE *f = fopen("build/test_cli_err.txt", "r");
+        ASSERT(f != NULL);
+        const size_t n = fread(err, 1, sizeof err - 1, f);
+        fclose(f);
+        err[n] = 0;
+        if (!(st != -1 && (st >> 8) == 2 && strstr(err, rows[k].message))) {
+            fprintf(stderr, "    %s: status %d, stderr: %s", rows[k].args, st == -1 ? -1 : st >> 8, err);
+            FAILm("a bad argument was not refused with status 2 and its message");
+        }
+    }
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 TEST bad_input_is_refused_with_a_message(void) {
     psf_system s;
     ASSERT_EQ(PSF_ERR_ARG, psf_system_atom(&s, "Xx", -1));
@@ -812,6 +857,7 @@ SUITE(training) {
     RUN_TEST(checkpoint_roundtrip_and_errors);
     RUN_TEST(npy_roundtrip);
     RUN_TEST(bad_input_is_refused_with_a_message);
+    RUN_TEST(driver_rejects_bad_arguments);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
