@@ -823,7 +823,7 @@ static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size
         for (int j = 0; j < PSF__NR; j++) out[i * PSF__NR + j] = c[i][j];
 }
 #endif
-enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A: PSF__MC x PSF__KC reals (36-48 KB on the stack) */
+enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A (MC x KC) and B (KC x NR): at most 64 KB of stack per call */
 
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
 static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
