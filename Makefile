@@ -16,6 +16,10 @@ CFLAGS  += -DPSF_USE_CBLAS
 LDLIBS  += -lopenblas
 endif
 
+# SAN: extra compiler flags appended last (`make sanitize` sets them); empty by default.
+SAN     ?=
+CFLAGS  += $(SAN)
+
 # OpenMP threads sleep instead of spinning while they wait (a shared or busy machine otherwise loses much time)
 export OMP_WAIT_POLICY ?= passive
 
@@ -46,6 +50,13 @@ run: $(BUILD)/psiformer
 
 test: $(BUILD)/test_psiformer
 	./$(BUILD)/test_psiformer
+
+# `make sanitize`: the whole test suite (and the driver it runs) built with AddressSanitizer (leaks included) and
+# UndefinedBehaviorSanitizer at -O1 -g; any report fails it. `make OPENMP=0 sanitize` for the serial build.
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+.PHONY: sanitize
+sanitize:
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/san$(if $(filter 0,$(OPENMP)),-serial) SAN="$(SAN_FLAGS)" test
 
 clean:
 	rm -rf $(BUILD)
