@@ -154,7 +154,7 @@ PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
     X(ATTN_SCORES, attn_scores) /* S[h,i,j] = sum_c Q[i,h,c] K[j,h,c] / sqrt(d_head), (H N) x N            */ \
     X(SOFTMAX, softmax)         /* row-wise softmax                                                         */ \
     X(ATTN_MIX, attn_mix)       /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                      */ \
-    X(ENVELOPE, envelope)       /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N        */ \
+    X(ENVELOPE, envelope)       /* M[k,i,o] = Phi[i,kF+o] * sum_I pi exp(-sigma |r_iI|), (K N) x F          */ \
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
     X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
     X(PAIR, pair)               /* skew pair matrix H (W - W^T) H^T of features H (N x F), N x N            */
@@ -1685,44 +1685,45 @@ static int psf__attn_mix_example(psf_model *m, int x) { /* values from the featu
 }
 #endif
 
-/* ---- ENVELOPE: M[k,i,j] = Phi[i, kN+j] e_{s(i)}[i, kN+j], e[i,o] = sum_I pi_{I,o} exp(-sigma_{I,o} |r_iI|)
- *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel).
+/* ---- ENVELOPE: M[k,i,o] = Phi[i, kF+o] e_{s(i)}[i, kF+o], e[i,q] = sum_I pi_{I,q} exp(-sigma_{I,q} |r_iI|)
+ *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel), for K
+ *      blocks of F orbital columns each (F = N for the determinant head; the Pfaffian head's F may differ).
  *      The envelope depends on electron i only: grad_i e = sum_I -pi sigma exp(-sigma rho) r/rho,
  *      lap e = sum_I pi exp(-sigma rho) (sigma^2 - 2 sigma/rho). Params: [pi_0, sigma_0, pi_1, sigma_1], each
- *      A x (K N). ia = K. in0 = Phi (N x K N).                                                           */
+ *      A x (K F). ia = K; the node is (K N) x F. in0 = Phi (N x K F).                                     */
 static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_system *sys = c->sys;
     const psf_node *nphi = &c->nodes[nd->in0];
-    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms, D = c->D;
-    const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KN;
+    const int K = nd->ia, N = c->N, F = nd->cols, KF = K * F, A = sys->n_atoms, D = c->D;
+    const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KF;
     const psf_real *Phi = PSF__J(c->ws, nphi);
-    psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KN, *le = ge + 3 * (size_t)KN;
+    psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KF, *le = ge + 3 * (size_t)KF;
     if (c->nb > 1) memset(M + n, 0, sizeof(psf_real) * n * (size_t)(D + 1));
     for (int i = 0; i < N; i++) {
         const int sp = i < sys->n_up ? 0 : 1;
         const psf_real *pi = c->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
-        for (int o = 0; o < KN; o++) { e[o] = 0; ge[o] = ge[KN + o] = ge[2 * KN + o] = 0; le[o] = 0; }
+        for (int o = 0; o < KF; o++) { e[o] = 0; ge[o] = ge[KF + o] = ge[2 * KF + o] = 0; le[o] = 0; }
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KN; o++) {
-                const double s = sg[(size_t)at * KN + o], t = pi[(size_t)at * KN + o] * exp(-s * rho);
+            for (int o = 0; o < KF; o++) {
+                const double s = sg[(size_t)at * KF + o], t = pi[(size_t)at * KF + o] * exp(-s * rho);
                 e[o] += t;
                 if (c->nb > 1) {
-                    for (int k = 0; k < 3; k++) ge[k * KN + o] += -s * t * r[k] / rho;
+                    for (int k = 0; k < 3; k++) ge[k * KF + o] += -s * t * r[k] / rho;
                     le[o] += t * (s * s - 2 * s / rho);
                 }
             }
         }
-        for (int o = 0; o < KN; o++) {
-            const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
+        for (int o = 0; o < KF; o++) {
+            const size_t q = (size_t)(o / F) * N * F + (size_t)i * F + (o % F), pidx = (size_t)i * KF + o;
             M[q] = Phi[pidx] * e[o];
             if (c->nb == 1) continue;
             double lap = Phi[(size_t)(D + 1) * np + pidx] * e[o] + Phi[pidx] * le[o];
             for (int d = 0; d < D; d++) M[(size_t)(1 + d) * n + q] = Phi[(size_t)(1 + d) * np + pidx] * e[o];
             for (int k = 0; k < 3; k++) {
                 const int d = 3 * i + k;
-                M[(size_t)(1 + d) * n + q] += Phi[pidx] * ge[k * KN + o];
-                lap += 2 * Phi[(size_t)(1 + d) * np + pidx] * ge[k * KN + o];
+                M[(size_t)(1 + d) * n + q] += Phi[pidx] * ge[k * KF + o];
+                lap += 2 * Phi[(size_t)(1 + d) * np + pidx] * ge[k * KF + o];
             }
             M[(size_t)(D + 1) * n + q] = lap;
         }
@@ -1731,8 +1732,8 @@ static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
 static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_system *sys = c->sys;
     const psf_node *nphi = &c->nodes[nd->in0];
-    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms;
-    const size_t blk = (size_t)A * KN;
+    const int K = nd->ia, N = c->N, F = nd->cols, KF = K * F, A = sys->n_atoms;
+    const size_t blk = (size_t)A * KF;
     const psf_real *Phi = PSF__J(c->ws, nphi), *aM = PSF__A(c->ws, nd);
     psf_real *dPhi = PSF__A(c->ws, nphi);
     for (int i = 0; i < N; i++) {
@@ -1741,14 +1742,14 @@ static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
         const psf_real *pi = c->params + po, *sg = pi + blk;
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KN; o++) {
-                const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
-                const double s = sg[(size_t)at * KN + o], ex = exp(-s * rho), t = pi[(size_t)at * KN + o] * ex;
+            for (int o = 0; o < KF; o++) {
+                const size_t q = (size_t)(o / F) * N * F + (size_t)i * F + (o % F), pidx = (size_t)i * KF + o;
+                const double s = sg[(size_t)at * KF + o], ex = exp(-s * rho), t = pi[(size_t)at * KF + o] * ex;
                 const double w = aM[q] * Phi[pidx];
                 dPhi[pidx] += aM[q] * t;
                 if (c->dparams) {
-                    c->dparams[po + (size_t)at * KN + o] += w * ex;
-                    c->dparams[po + blk + (size_t)at * KN + o] += -w * t * rho;
+                    c->dparams[po + (size_t)at * KF + o] += w * ex;
+                    c->dparams[po + blk + (size_t)at * KF + o] += -w * t * rho;
                 }
                 for (int k = 0; k < 3; k++) c->ws->dx[3 * i + k] += w * (-s * t * r[k] / rho);
             }
@@ -1760,15 +1761,17 @@ static size_t psf__envelope_scratch(const psf_node *nodes, const psf_node *nd, i
     (void)nodes; (void)D;
     return 5 * (size_t)nd->ia * (size_t)nd->cols;
 }
-/* Envelopes on the orbital projection phi (N x K N): K x N x N orbital matrices, parameters per spin channel. */
+/* Envelopes on the orbital projection phi (N x K F): K blocks of N x F orbital matrices ((K N) x F), parameters
+ * per spin channel. */
 static int psf__envelope_node(psf_model *m, int phi, int K) {
-    const int N = m->n_elec, A = m->sys.n_atoms;
-    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, N);
+    const int N = m->n_elec, A = m->sys.n_atoms, KF = m->nodes[phi].cols, F = KF / K;
+    PSF_ASSERT(F * K == KF);
+    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, F);
     m->nodes[env].ia = K;
-    psf__pblock(m, env, "env_up.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_up.sigma", A, K * N, PSF_PB_ENV_SIGMA);
-    psf__pblock(m, env, "env_down.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_down.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_up.pi", A, KF, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_up.sigma", A, KF, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_down.pi", A, KF, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_down.sigma", A, KF, PSF_PB_ENV_SIGMA);
     return env;
 }
 #ifdef PSF_INTERNAL_TESTS
