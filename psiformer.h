@@ -157,7 +157,7 @@ PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
     X(ENVELOPE, envelope)       /* M[k,i,o] = Phi[i,kF+o] * sum_I pi exp(-sigma |r_iI|), (K N) x F          */ \
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
     X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
-    X(PAIR, pair)               /* skew pair matrix H (W - W^T) H^T of features H (N x F), N x N            */
+    X(PAIR, pair)               /* K skew pair matrices H_k (W_k - W_k^T) H_k^T (+ border), (K n) x n       */
 
 typedef enum {
 #define PSF__OP_ENUM(ID, name) PSF_OP_##ID,
@@ -1965,70 +1965,100 @@ static int psf__jastrow_node(psf_model *m, int x, int ee, int en) {
 static int psf__jastrow_example(psf_model *m, int x) { return psf__jastrow_node(m, x, 1, 1); }
 #endif
 
-/* ---- PAIR: the skew-symmetric pair matrix Y = H (W - W^T) H^T of per-electron features H (N x F), N x N: the
- *      orbital pairing of a neural Pfaffian, Pf(Phi A Phi^T) with a learned skew A (Gao & Günnemann, "Neural
+/* ---- PAIR: K skew-symmetric pair matrices Y_k = H_k (W_k - W_k^T) H_k^T of per-electron features H_k (N x F),
+ *      the orbital pairing of a neural Pfaffian, Pf(Phi A Phi^T) with a learned skew A (Gao & Günnemann, "Neural
  *      Pfaffians", NeurIPS 2024, arXiv:2405.14762). With A = W - W^T and G_s = H_s A for every slice s:
- *        Y_0 = G_0 H_0^T,  Y_d = Z_d - Z_d^T with Z_d = G_d H_0^T (H_0 A H_d^T = -(H_d A H_0^T)^T, A skew),
- *        Y_L = Z_L - Z_L^T + 2 sum_d G_d H_d^T                               (the product rule twice).
- *      Backward: H-bar = (Ybar^T - Ybar) H A,  W-bar = A-bar - A-bar^T with A-bar = H^T Ybar H.
- *      Params: W [F x F]. in0 = H.                                                                         */
+ *        Y_0 = (Z_0 - Z_0^T) / 2,  Y_d = Z_d - Z_d^T  with Z_s = G_s H_0^T  (H_0 A H_d^T = -(H_d A H_0^T)^T, A
+ *        skew; Z_0 is skew up to rounding, and the half-difference makes the value exactly skew),
+ *        Y_L = Z_L - Z_L^T + 2 sum_d G_d H_d^T                                (the product rule twice).
+ *      Border (ib = 1, for odd N): H_k has one more column chi_k (a single-particle orbital) and Y_k is
+ *      (N+1) x (N+1), [[H A H^T, chi], [-chi^T, 0]], so that its order N + 1 is even; the border is linear in
+ *      chi, so every slice of it is the same slice of chi.
+ *      Backward (per block, Ybar the adjoint of the full matrix): H-bar = (Ybar^T - Ybar) H A,
+ *      W-bar = A-bar - A-bar^T with A-bar = H^T Ybar H, chi-bar_i = Ybar_{i,N} - Ybar_{N,i}.
+ *      ia = K, ib = border. Params: W_k [F x F] for k < K. in0 = H ((K N) x (F + ib)); the node is
+ *      (K n) x n, n = N + ib.                                                                                 */
 static void psf__pair_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nh = &c->nodes[nd->in0];
-    const int N = nh->rows, F = nh->cols, D = c->D;
-    const size_t nin = PSF__N(nh), n = PSF__N(nd);
-    const psf_real *H = PSF__J(c->ws, nh), *W = c->params + nd->p_off;
-    psf_real *Y = PSF__J(c->ws, nd), *A = c->ws->scratch, *G = A + (size_t)F * F, *Z = G + (size_t)c->nb * nin;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
-    psf__gemm(0, 0, c->nb * N, F, F, 1.0, H, F, A, F, 0.0, G, F);    /* G_s = H_s A, all slices at once */
-    psf__gemm(0, 1, N, N, F, 1.0, G, F, H, F, 0.0, Y, N);             /* Y_0 = G_0 H_0^T               */
-    if (c->nb == 1) return;
-    for (int s = 1; s <= D + 1; s++) {
-        psf__gemm(0, 1, N, N, F, 1.0, G + (size_t)s * nin, F, H, F, 0.0, Z, N); /* Z_s = G_s H_0^T */
-        psf_real *Ys = Y + (size_t)s * n;
-        for (int i = 0; i < N; i++)
-            for (int j = 0; j < N; j++) Ys[(size_t)i * N + j] = Z[(size_t)i * N + j] - Z[(size_t)j * N + i];
+    const int K = nd->ia, bd = nd->ib, N = nh->rows / K, Fc = nh->cols, F = Fc - bd, n = N + bd, D = c->D;
+    const size_t nin = PSF__N(nh), nout = PSF__N(nd), nn = (size_t)n * n, NF = (size_t)N * F;
+    const psf_real *H = PSF__J(c->ws, nh);
+    psf_real *Y = PSF__J(c->ws, nd), *A = c->ws->scratch, *G = A + (size_t)F * F, *Z = G + (size_t)c->nb * NF;
+    for (int k = 0; k < K; k++) {
+        const psf_real *W = c->params + nd->p_off + (size_t)k * F * F, *Hk = H + (size_t)k * N * Fc;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+        for (int s = 0; s < c->nb; s++) /* G_s = H_s A */
+            psf__gemm(0, 0, N, F, F, 1.0, Hk + (size_t)s * nin, Fc, A, F, 0.0, G + (size_t)s * NF, F);
+        for (int s = 0; s < c->nb; s++) {
+            psf__gemm(0, 1, N, N, F, 1.0, G + (size_t)s * NF, F, Hk, Fc, 0.0, Z, N); /* Z_s = G_s H_0^T */
+            psf_real *Ys = Y + (size_t)s * nout + (size_t)k * nn;
+            const double f = s == 0 ? 0.5 : 1.0;
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < N; j++) Ys[(size_t)i * n + j] = f * (Z[(size_t)i * N + j] - Z[(size_t)j * N + i]);
+            if (!bd) continue;
+            const psf_real *chi = Hk + (size_t)s * nin + F;
+            for (int i = 0; i < N; i++) { Ys[(size_t)i * n + N] = chi[(size_t)i * Fc]; Ys[(size_t)N * n + i] = -chi[(size_t)i * Fc]; }
+            Ys[(size_t)N * n + N] = 0;
+        }
+        if (c->nb == 1) continue;
+        for (int d = 1; d <= D; d++) /* Y_L += 2 G_d H_d^T */
+            psf__gemm(0, 1, N, N, F, 2.0, G + (size_t)d * NF, F, Hk + (size_t)d * nin, Fc, 1.0,
+                      Y + (size_t)(D + 1) * nout + (size_t)k * nn, n);
     }
-    for (int d = 1; d <= D; d++) /* Y_L += 2 G_d H_d^T */
-        psf__gemm(0, 1, N, N, F, 2.0, G + (size_t)d * nin, F, H + (size_t)d * nin, F, 1.0, Y + (size_t)(D + 1) * n, N);
 }
 static void psf__pair_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nh = &c->nodes[nd->in0];
-    const int N = nh->rows, F = nh->cols;
-    const psf_real *H = PSF__J(c->ws, nh), *Yb = PSF__A(c->ws, nd), *W = c->params + nd->p_off;
-    psf_real *Hb = PSF__A(c->ws, nh), *A = c->ws->scratch, *S = A + (size_t)F * F, *T = S + (size_t)N * N;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
-    for (int i = 0; i < N; i++)
-        for (int j = 0; j < N; j++) S[(size_t)i * N + j] = Yb[(size_t)j * N + i] - Yb[(size_t)i * N + j];
-    psf__gemm(0, 0, N, F, F, 1.0, H, F, A, F, 0.0, T, F);  /* T = H A          */
-    psf__gemm(0, 0, N, F, N, 1.0, S, N, T, F, 1.0, Hb, F); /* H-bar += S H A   */
-    if (!c->dparams) return;
-    psf__gemm(0, 0, N, F, N, 1.0, Yb, N, H, F, 0.0, T, F); /* T = Ybar H       */
-    psf__gemm(1, 0, F, F, N, 1.0, H, F, T, F, 0.0, A, F);  /* A-bar = H^T Ybar H */
-    psf_real *Wb = c->dparams + nd->p_off;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) Wb[(size_t)i * F + j] += A[(size_t)i * F + j] - A[(size_t)j * F + i];
+    const int K = nd->ia, bd = nd->ib, N = nh->rows / K, Fc = nh->cols, F = Fc - bd, n = N + bd;
+    const size_t nn = (size_t)n * n;
+    const psf_real *H = PSF__J(c->ws, nh), *Ybar = PSF__A(c->ws, nd);
+    psf_real *Hbar = PSF__A(c->ws, nh), *A = c->ws->scratch, *S = A + (size_t)F * F, *T = S + (size_t)N * N;
+    for (int k = 0; k < K; k++) {
+        const psf_real *W = c->params + nd->p_off + (size_t)k * F * F, *Hk = H + (size_t)k * N * Fc;
+        const psf_real *Yb = Ybar + (size_t)k * nn;
+        psf_real *Hb = Hbar + (size_t)k * N * Fc;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) S[(size_t)i * N + j] = Yb[(size_t)j * n + i] - Yb[(size_t)i * n + j];
+        psf__gemm(0, 0, N, F, F, 1.0, Hk, Fc, A, F, 0.0, T, F);  /* T = H A          */
+        psf__gemm(0, 0, N, F, N, 1.0, S, N, T, F, 1.0, Hb, Fc); /* H-bar += S H A   */
+        if (bd)
+            for (int i = 0; i < N; i++) Hb[(size_t)i * Fc + F] += Yb[(size_t)i * n + N] - Yb[(size_t)N * n + i];
+        if (!c->dparams) continue;
+        psf__gemm(0, 0, N, F, N, 1.0, Yb, n, Hk, Fc, 0.0, T, F); /* T = Ybar H       */
+        psf__gemm(1, 0, F, F, N, 1.0, Hk, Fc, T, F, 0.0, A, F);  /* A-bar = H^T Ybar H */
+        psf_real *Wb = c->dparams + nd->p_off + (size_t)k * F * F;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) Wb[(size_t)i * F + j] += A[(size_t)i * F + j] - A[(size_t)j * F + i];
+    }
 }
 #define psf__pair_sparse psf__sparse_none
-static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D) {
-    const size_t N = (size_t)nodes[nd->in0].rows, F = (size_t)nodes[nd->in0].cols;
+static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* A, G (all slices), Z | A, S, T */
+    const size_t N = (size_t)nodes[nd->in0].rows / (size_t)nd->ia, F = (size_t)(nodes[nd->in0].cols - nd->ib);
     const size_t fwd = F * F + ((size_t)D + 2) * N * F + N * N, bwd = F * F + N * N + N * F;
-    (void)nd;
     return fwd > bwd ? fwd : bwd;
 }
-/* The pair matrix of features h (N x F); registers W [F x F] (name.w). No builder uses it yet (the Pfaffian head
- * will); its example graph is tested. */
-PSF__UNUSED static int psf__pair_node(psf_model *m, int h, const char *name) {
-    const int F = m->nodes[h].cols, k = psf__node(m, PSF_OP_PAIR, h, -1, m->n_elec, m->n_elec);
+/* K pair matrices of the features h ((K N) x (F + border)); registers W_k [F x F] (name.w, or name<k>.w when
+ * K > 1). border = 1 borders each with h's last column (odd N). */
+PSF__UNUSED static int psf__pair_node(psf_model *m, int h, int K, int border, const char *name) {
+    const int N = m->n_elec, n = N + border, F = m->nodes[h].cols - border;
+    PSF_ASSERT(m->nodes[h].rows == K * N && F >= 1);
+    const int k = psf__node(m, PSF_OP_PAIR, h, -1, K * n, n);
     char nm[40];
-    snprintf(nm, sizeof nm, "%s.w", name);
-    psf__pblock(m, k, nm, F, F, PSF_PB_WEIGHT);
+    m->nodes[k].ia = K; m->nodes[k].ib = border;
+    for (int b = 0; b < K; b++) {
+        snprintf(nm, sizeof nm, K > 1 ? "%s%d.w" : "%s.w", name, b);
+        psf__pblock(m, k, nm, F, F, PSF_PB_WEIGHT);
+    }
     return k;
 }
 #ifdef PSF_INTERNAL_TESTS
+/* Two bordered pair matrices (the odd-N form) of enveloped features with F = N + 2 != N orbital columns. */
 static int psf__pair_example(psf_model *m, int x) {
-    return psf__pair_node(m, psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a"), "ex.pair");
+    const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
+    const int phi = psf__linear(m, h, 2 * (F + 1), 0, m->sys.n_up, "ex.orb");
+    return psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 1, "ex.pair");
 }
 #endif
 
