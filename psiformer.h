@@ -157,7 +157,8 @@ PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
     X(ENVELOPE, envelope)       /* M[k,i,o] = Phi[i,kF+o] * sum_I pi exp(-sigma |r_iI|), (K N) x F          */ \
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
     X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
-    X(PAIR, pair)               /* K skew pair matrices H_k (W_k - W_k^T) H_k^T (+ border), (K n) x n       */
+    X(PAIR, pair)               /* K skew pair matrices H_k (W_k - W_k^T) H_k^T (+ border), (K n) x n       */ \
+    X(LOGPF, logpf)             /* log |sum_k Pf M_k| and its sign (K skew n x n, n even), scalar           */
 
 typedef enum {
 #define PSF__OP_ENUM(ID, name) PSF_OP_##ID,
@@ -1044,8 +1045,8 @@ double psf_logpfaffian(int n, const psf_real *A, psf_real *work, int *sign) {
  * From P A P^T = L D L^T: A^{-1} = P^T Y^T D^{-1} Y P with Y = L^{-1}, and for i < j
  *   (Y^T D^{-1} Y)_ij = sum_b (Y_{2b+1,i} Y_{2b,j} - Y_{2b,i} Y_{2b+1,j}) / d_b,
  * where only the blocks b >= j/2 contribute (Y is lower triangular). Cost about n^3/2 multiply-adds after the
- * factorisation. Unused until the Pfaffian ops of issue 9 call it (tests reach it via psf_test_pfaffian_inverse). */
-PSF__UNUSED static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
+ * factorisation. The LOGPF op's jet and backward rules use it (tests also reach it via psf_test_pfaffian_inverse). */
+static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
                                                 int *sign) {
     if (n & 1) { *sign = 0; return -INFINITY; }
     double la = 0.0;
@@ -2059,6 +2060,106 @@ static int psf__pair_example(psf_model *m, int x) {
     const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
     const int phi = psf__linear(m, h, 2 * (F + 1), 0, m->sys.n_up, "ex.orb");
     return psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 1, "ex.pair");
+}
+#endif
+
+/* ---- LOGPF: log|psi_pf| = log|sum_k Pf M_k| with sign, for K skew-symmetric n x n matrices M_k (n even; only
+ *      their strict upper triangles are read), the signed log-sum-exp of LOGDET with the Pfaffian in place of
+ *      the determinant. Per Pfaffian, with A = M^{-1} (exactly skew, from the Parlett–Reid factors; Pf^2 = det):
+ *        d lp = 1/2 tr(A M_d),   lap lp = 1/2 tr(A M_L) - 1/2 sum_d tr(A M_d A M_d).
+ *      Combined with w_k = sign_k exp(lp_k) / psi_pf:  grad = sum_k w_k grad_k,
+ *      lap = sum_k w_k (lap_k + |grad_k|^2) - |grad|^2.  Backward: dM_k = w_k 1/2 A_k^T (the gradient with
+ *      M_ij and M_ji moving independently, split evenly between them; along a skew dM it gives 1/2 tr(A dM)).
+ *      A singular Pfaffian has sign 0 and weight 0; if all are, log|psi| = -inf and sign 0. ia = K. in0 = the
+ *      pair matrices ((K n) x n).                                                                          */
+static void psf__logpf_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int K = nd->ia, n = in->cols, D = c->D;
+    const size_t nn = (size_t)n * n, nin = PSF__N(in);
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *y = PSF__J(c->ws, nd);
+    /* scratch: work [n^2], inv [n^2], B [n^2], per-Pfaffian jets [K (D+1)] */
+    psf_real *work = c->ws->scratch, *inv = work + nn, *B = inv + nn, *jk = B + nn;
+    double lp[PSF_MAX_DETS], w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS], perm[PSF_MAX_ELEC + 1];
+    PSF_ASSERT(K <= PSF_MAX_DETS && n <= PSF_MAX_ELEC + 1);
+    for (int k = 0; k < K; k++) {
+        const psf_real *Mk = M + (size_t)k * nn;
+        if (c->nb == 1) { lp[k] = psf_logpfaffian(n, Mk, work, &sg[k]); continue; }
+        lp[k] = psf__pfaffian_inverse(n, Mk, work, perm, inv, &sg[k]);
+        if (!sg[k]) continue;
+        psf_real *jg = jk + (size_t)k * (D + 1); /* grad [D], lap */
+        const psf_real *ML = M + (size_t)(D + 1) * nin + (size_t)k * nn;
+        double lap = 0;
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) lap += inv[(size_t)j * n + i] * ML[(size_t)i * n + j];
+        lap *= 0.5;
+        for (int d = 0; d < D; d++) {
+            psf__gemm(0, 0, n, n, n, 1.0, inv, n, M + (size_t)(1 + d) * nin + (size_t)k * nn, n, 0.0, B, n);
+            double tr = 0, tr2 = 0;
+            for (int i = 0; i < n; i++) {
+                tr += B[(size_t)i * n + i];
+                for (int j = 0; j < n; j++) tr2 += B[(size_t)i * n + j] * B[(size_t)j * n + i];
+            }
+            jg[d] = 0.5 * tr;
+            lap -= 0.5 * tr2;
+        }
+        jg[D] = lap;
+    }
+    y[0] = psf__logdet_combine(K, lp, sg, w, &c->ws->sign);
+    if (c->nb == 1) return;
+    for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    if (c->ws->sign == 0) return;
+    double g2 = 0;
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        const psf_real *jg = jk + (size_t)k * (D + 1);
+        double gk2 = 0;
+        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
+        y[1 + D] += w[k] * (jg[D] + gk2);
+    }
+    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
+    y[1 + D] -= g2;
+}
+static void psf__logpf_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int K = nd->ia, n = in->cols;
+    const size_t nn = (size_t)n * n;
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *dM = PSF__A(c->ws, in), *work = c->ws->scratch, *inv = work + nn;
+    const double a = PSF__A(c->ws, nd)[0];
+    double lp[PSF_MAX_DETS] = {0}, w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS] = {0}, perm[PSF_MAX_ELEC + 1], sign;
+    /* the weights need every Pfaffian first; the inverses are then formed one at a time (a second
+     * factorisation of n^3/6 instead of keeping K factorisations and permutations) */
+    for (int k = 0; k < K; k++) lp[k] = psf_logpfaffian(n, M + (size_t)k * nn, work, &sg[k]);
+    psf__logdet_combine(K, lp, sg, w, &sign);
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        int s;
+        psf__pfaffian_inverse(n, M + (size_t)k * nn, work, perm, inv, &s);
+        const double f = 0.5 * a * w[k];
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) dM[(size_t)k * nn + (size_t)i * n + j] += f * inv[(size_t)j * n + i];
+    }
+}
+#define psf__logpf_sparse psf__sparse_none
+static size_t psf__logpf_scratch(const psf_node *nodes, const psf_node *nd, int D) {
+    const size_t n = (size_t)nodes[nd->in0].cols, K = (size_t)nd->ia;
+    return 3 * n * n + K * ((size_t)D + 1); /* forward: work, inv, B, jets; backward: work, inv */
+}
+/* log|sum_k Pf M_k| of the K pair matrices of node `pairs` ((K n) x n, n even). */
+PSF__UNUSED static int psf__logpf_node(psf_model *m, int pairs) {
+    const int n = m->nodes[pairs].cols, K = m->nodes[pairs].rows / n;
+    PSF_ASSERT(K * n == m->nodes[pairs].rows && n % 2 == 0);
+    const int lp = psf__node(m, PSF_OP_LOGPF, pairs, -1, 1, 1);
+    m->nodes[lp].ia = K;
+    return lp;
+}
+#ifdef PSF_INTERNAL_TESTS
+/* Two Pfaffians of unbordered pair matrices on the example's atom (carbon: N = 6, even), F = N + 2 orbitals. */
+static int psf__logpf_example(psf_model *m, int x) {
+    const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
+    const int phi = psf__linear(m, h, 2 * F, 0, m->sys.n_up, "ex.orb");
+    return psf__logpf_node(m, psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 0, "ex.pair"));
 }
 #endif
 
