@@ -211,8 +211,10 @@ typedef struct {
 
 /* The per-electron network that produces the features h_i the orbital head reads (one builder per kind). */
 typedef enum { PSF_ANSATZ_PSIFORMER = 0, PSF_ANSATZ_COUNT } psf_ansatz;
-/* The orbital head: how the features become an antisymmetric function. */
-typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_COUNT } psf_orbitals;
+/* The orbital head: how the features become an antisymmetric function. DET: K full determinants of N orbitals
+ * (FermiNet/Psiformer). PFAFFIAN: K Pfaffians of pair matrices Phi = M (W - W^T) M^T of F enveloped orbital
+ * features M (N x F) per electron (Gao & Günnemann, NeurIPS 2024), bordered by one more orbital for odd N. */
+typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_PFAFFIAN = 1, PSF_ORBITALS_COUNT } psf_orbitals;
 
 /* Psiformer hyper-parameters (von Glehn et al. 2023, §3). */
 typedef struct {
@@ -228,7 +230,10 @@ typedef struct {
     psf_ansatz ansatz;              /* default PSF_ANSATZ_PSIFORMER                                 */
     psf_psiformer_config psiformer; /* the trunk's hyper-parameters (when ansatz is the Psiformer)  */
     psf_orbitals orbitals;          /* default PSF_ORBITALS_DET                                     */
-    int n_dets;                     /* determinants K (default 4, at most PSF_MAX_DETS)             */
+    int n_dets;                     /* determinants, or Pfaffians, K (default 4, at most PSF_MAX_DETS) */
+    int pf_orbitals;                /* PFAFFIAN: orbital features F per electron and Pfaffian, at least
+                                       N rounded down to even (else Pf = 0) and at most 1024; 0 (default)
+                                       = 2N. F = N would give det(M) Pf(W - W^T), one determinant     */
     int use_jastrow;                /* 1: simple e-e Jastrow (default 1)                            */
     int use_en_cusp;                /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
                                        (an extension, not in the Psiformer paper; default 0)          */
@@ -244,8 +249,9 @@ typedef struct {
     int n_elec, n_dim;          /* N and D = 3N                                           */
     int n_nodes;
     psf_node nodes[PSF_MAX_NODES];
-    int out_node, logdet_node;  /* log|psi|; the orbital head's output (log|sum_k det|)    */
-    int orbital_node;           /* the K x N x N orbital matrices (pretraining target)    */
+    int out_node, logdet_node;  /* log|psi|; the orbital head's output (log|sum_k det| or log|sum_k Pf|) */
+    int orbital_node;           /* DET: the K x N x N orbital matrices (pretraining target); PFAFFIAN: the
+                                   K x n x n pair matrices                                 */
     int n_pblocks;
     psf_pblock pblocks[PSF_MAX_PBLOCKS];
     size_t n_params;
@@ -573,8 +579,9 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * phi^up_j(x_i), the down block phi^down_j(x_i), the off-spin blocks 0 (full determinants). Walkers sample
  * |psi_ref|^2 (FermiNet's default), cfg.mcmc_steps sweeps per step; afterwards they are re-equilibrated under the
  * network (cfg.burn_in sweeps). losses[steps] (may be NULL) receives L per step. The result is bitwise
- * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head),
- * PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite loss). */
+ * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head, a head other
+ * than PSF_ORBITALS_DET: the Pfaffian head has no pretraining yet), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite
+ * loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
 
 /* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
@@ -2042,7 +2049,7 @@ static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D
 }
 /* K pair matrices of the features h ((K N) x (F + border)); registers W_k [F x F] (name.w, or name<k>.w when
  * K > 1). border = 1 borders each with h's last column (odd N). */
-PSF__UNUSED static int psf__pair_node(psf_model *m, int h, int K, int border, const char *name) {
+static int psf__pair_node(psf_model *m, int h, int K, int border, const char *name) {
     const int N = m->n_elec, n = N + border, F = m->nodes[h].cols - border;
     PSF_ASSERT(m->nodes[h].rows == K * N && F >= 1);
     const int k = psf__node(m, PSF_OP_PAIR, h, -1, K * n, n);
@@ -2147,7 +2154,7 @@ static size_t psf__logpf_scratch(const psf_node *nodes, const psf_node *nd, int 
     return 3 * n * n + K * ((size_t)D + 1); /* forward: work, inv, B, jets; backward: work, inv */
 }
 /* log|sum_k Pf M_k| of the K pair matrices of node `pairs` ((K n) x n, n even). */
-PSF__UNUSED static int psf__logpf_node(psf_model *m, int pairs) {
+static int psf__logpf_node(psf_model *m, int pairs) {
     const int n = m->nodes[pairs].cols, K = m->nodes[pairs].rows / n;
     PSF_ASSERT(K * n == m->nodes[pairs].rows && n % 2 == 0);
     const int lp = psf__node(m, PSF_OP_LOGPF, pairs, -1, 1, 1);
@@ -2344,6 +2351,21 @@ static int psf__build_det_head(psf_model *m, int h, int K) {
     return psf__logdet_node(m, m->orbital_node);
 }
 
+/* K Pfaffians (Gao & Günnemann, "Neural Pfaffians", NeurIPS 2024, arXiv:2405.14762): a linear projection per spin
+ * channel to K (F + b) orbital features (b = 1 for odd N: the border orbital chi), the same envelopes as the
+ * determinant head (so every pair entry carries e_i e_j and psi decays), the pair matrices
+ * Phi_k = M_k (W_k - W_k^T) M_k^T bordered by chi_k when b = 1 (order n = N + b, even), and the signed log-sum-exp
+ * of their Pfaffians. The spins enter through the per-spin projection (and the spin feature of the trunk). */
+static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
+    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (F + b));
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    psf__pblock(m, phi, "pf_orb_up.w", W, K * (F + b), PSF_PB_WEIGHT);
+    psf__pblock(m, phi, "pf_orb_down.w", W, K * (F + b), PSF_PB_WEIGHT);
+    m->orbital_node = psf__pair_node(m, psf__envelope_node(m, phi, K), K, b, "pf_pair");
+    return psf__logpf_node(m, m->orbital_node);
+}
+
 /* ---- Layout and initialisation (generic: every op's scratch and sparsity come from its own rules) ----------- */
 
 static void psf__layout(psf_model *m) {
@@ -2406,6 +2428,10 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown ansatz %d", (int)cfg->ansatz);
     if ((int)cfg->orbitals < 0 || cfg->orbitals >= PSF_ORBITALS_COUNT)
         return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
+    const int pf_min = m->n_elec - (m->n_elec & 1), pf_F = cfg->pf_orbitals ? cfg->pf_orbitals : 2 * m->n_elec;
+    if (cfg->orbitals == PSF_ORBITALS_PFAFFIAN && (pf_F < pf_min || pf_F > 1024))
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: pf_orbitals = %d out of range %d..1024 for %d electrons (fewer "
+                         "orbital features than that make every Pfaffian zero)", pf_F, pf_min, m->n_elec);
     m->cfg = *cfg;
     const int x = psf__node(m, PSF_OP_INPUT, -1, -1, m->n_elec, 3);
     int h = -1;
@@ -2418,6 +2444,7 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     }
     switch (cfg->orbitals) { /* the one place that knows every orbital head */
     case PSF_ORBITALS_DET: m->logdet_node = psf__build_det_head(m, h, cfg->n_dets); break;
+    case PSF_ORBITALS_PFAFFIAN: m->logdet_node = psf__build_pfaffian_head(m, h, cfg->n_dets, pf_F); break;
     default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
     }
     m->out_node = m->logdet_node;
@@ -4019,6 +4046,10 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
                          ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
+    if (m->cfg.orbitals != PSF_ORBITALS_DET)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: Hartree-Fock pretraining of the %s orbital head is not "
+                         "implemented (only the determinant head; train without pretraining)",
+                         m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "Pfaffian" : "given");
     if (on <= 0 || nM % NN != 0) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no N x N orbital matrices");
     if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
     const int K = (int)(nM / NN);
@@ -4125,7 +4156,8 @@ static void psf__prev_name(const char *path, char *out, size_t n) {
     X("head_dim", (m)->cfg.psiformer.head_dim) X("mlp_hidden", (m)->cfg.psiformer.mlp_hidden)                 \
     X("layernorm", (m)->cfg.psiformer.use_layernorm) X("orbitals", (int32_t)(m)->cfg.orbitals)                 \
     X("dets", (m)->cfg.n_dets) X("jastrow", (m)->cfg.use_jastrow) X("en_cusp", (m)->cfg.use_en_cusp)          \
-    X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)
+    X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)                                     \
+    X("pf_orbitals", (m)->cfg.pf_orbitals)
 
 #define PSF__CKPT_ONE(nm, x) +1
 PSF__STATIC_ASSERT(0 PSF__CKPT_FIELDS(PSF__CKPT_ONE, m, v) <= PSF__CKPT_NFIELDS, "checkpoint header: too many fields");
