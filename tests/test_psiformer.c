@@ -857,6 +857,9 @@ TEST driver_rejects_bad_arguments(void) {
         {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
         {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
         {"--atom Xx", "unknown element 'Xx'"},
+        {"--orbitals slater", "psiformer: --orbitals: expected det or pfaffian, got 'slater'"},
+        {"--orbitals pfaffian --pretrain-steps 10", "psiformer: --pretrain-steps: Hartree-Fock pretraining of the pfaffian head is not implemented"},
+        {"--orbitals pfaffian --pf-orbitals 3", "pf_orbitals = 3 out of range 6..1024 for 6 electrons"},
     };
     for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
         char cmd[512], err[512] = {0};
