@@ -893,6 +893,29 @@ TEST bad_input_is_refused_with_a_message(void) {
     psf_model m;
     ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
     ASSERT(strstr(psf_last_error(), "heads") != NULL);
+    /* the Pfaffian head: too few orbital features (every Pfaffian would vanish); pretraining is refused */
+    psf_system_atom(&s, "C", -1);
+    psf_config_default(&c);
+    c.orbitals = PSF_ORBITALS_PFAFFIAN;
+    c.pf_orbitals = 5;
+    ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
+    ASSERT(strstr(psf_last_error(), "pf_orbitals = 5") != NULL);
+    psf_system_atom(&s, "He", -1);
+    psf_config_default(&c);
+    c.orbitals = PSF_ORBITALS_PFAFFIAN;
+    c.psiformer.n_layers = 1; c.psiformer.n_heads = 1; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 4;
+    ASSERT_EQ(PSF_OK, psf_model_init(&m, &s, &c, 1));
+    psf_vmc_config vc;
+    psf_vmc_config_default(&vc);
+    vc.batch = 4; vc.burn_in = 1;
+    psf_vmc v;
+    ASSERT_EQ(PSF_OK, psf_vmc_init(&v, &m, &vc));
+    psf_reference ref;
+    ASSERT_EQ(PSF_OK, psf_reference_hf_atom(&ref, &s, NULL));
+    ASSERT_EQ(PSF_ERR_ARG, psf_vmc_pretrain(&v, &ref, 1, 1e-3, NULL));
+    ASSERT(strstr(psf_last_error(), "Pfaffian orbital head is not implemented") != NULL);
+    psf_vmc_free(&v);
+    psf_model_free(&m);
     PASS();
 }
 
