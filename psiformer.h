@@ -30,6 +30,9 @@
  *              h      = LN(h + MLP(h)),       MLP  = tanh(tanh(h W_1 + b_1) W_2 + b_2)
  *   orbitals   phi^k_ij = (h_i W_orb^{s(i)})_{kN+j} * sum_I pi^{s(i)}_{I,kN+j} exp(-sigma^{s(i)}_{I,kN+j} |r_iI|)
  *   psi        = exp(J) * sum_k det[phi^k],   J = sum_{i<j} -c_ij a^2/(a + r_ij)  (c = 1/4 same spin, 1/2 not)
+ *   or, with the Pfaffian head (cfg.orbitals = PSF_ORBITALS_PFAFFIAN; Gao & Günnemann, NeurIPS 2024):
+ *              psi = exp(J) * sum_k Pf[M_k (W_k - W_k^T) M_k^T],  M_k the N x F enveloped orbital features
+ *              (bordered by one more orbital column and row for odd N)
  * The network is an op *graph* (the tape): every op has three rules side by side — forward (values), jet
  * (value + gradient w.r.t. all 3N coordinates + Laplacian: the forward Laplacian of Li et al., Nat. Mach.
  * Intell. 6, 209 (2024)), and backward (vector-Jacobian product w.r.t. parameters and inputs). The ops are listed
@@ -41,7 +44,7 @@
  *   [IMPL: BASICS]     errors, RNG, timers, matrix products
  *   [IMPL: LINALG]     LU log-determinant, Pfaffian (Parlett–Reid), Cholesky
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
- *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant head, Jastrow), initialisation
+ *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
