@@ -581,10 +581,12 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * with M_k the orbital head's N x N matrices (envelopes included) and Phi_ref block diagonal: the up block
  * phi^up_j(x_i), the down block phi^down_j(x_i), the off-spin blocks 0 (full determinants). Walkers sample
  * |psi_ref|^2 (FermiNet's default), cfg.mcmc_steps sweeps per step; afterwards they are re-equilibrated under the
- * network (cfg.burn_in sweeps). losses[steps] (may be NULL) receives L per step. The result is bitwise
- * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head, a head other
- * than PSF_ORBITALS_DET: the Pfaffian head has no pretraining yet), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite
- * loss). */
+ * network (cfg.burn_in sweeps). The Pfaffian head fits its pair matrices Phi_k (n x n, n = N + (N mod 2)) to the HF
+ * pair matrix instead (issue 9): Phi_ref' J Phi_ref'^T with J the symplectic unit (reference columns 2q, 2q+1
+ * paired) over the first N - b reference orbitals, bordered for odd N (b = 1) by the last one, whose Pfaffian is
+ * det Phi_ref. losses[steps] (may be NULL) receives L per step. The result is bitwise independent of the thread
+ * count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a
+ * non-finite loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
 
 /* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
@@ -630,6 +632,8 @@ PSFDEF double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work
 /* A model whose graph is a small example of op `op` (the op's own psf__<name>_example), for its FD test: the
  * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
 PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
+/* The Pfaffian head's pretraining target tgt [n*n], n = N + (N mod 2), from a reference matrix phi [N*N]. */
+PSFDEF void psf_test_reference_pair_matrix(int N, const double *phi, double *tgt);
 PSFDEF int psf_test_max_threads(void);
 PSFDEF int psf_test_thread_id(void);
 #endif
@@ -4042,25 +4046,41 @@ static int psf__reference_matrix(const psf_reference *ref, const psf_real *x, do
     return PSF_OK;
 }
 
+/* The Pfaffian head's target from Phi_ref (N x N): the pair matrix Phi' J Phi'^T of the first c = N - b reference
+ * orbitals (J the symplectic unit: columns 2q and 2q+1 paired), bordered for odd N (b = 1) by the last one, so
+ * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. */
+static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
+    const int b = N & 1, c = N - b, n = N + b;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int q = 0; q < c; q += 2)
+                s += phi[(size_t)i * N + q] * phi[(size_t)j * N + q + 1] - phi[(size_t)i * N + q + 1] * phi[(size_t)j * N + q];
+            tgt[(size_t)i * n + j] = s;
+        }
+    if (!b) return;
+    for (int i = 0; i < N; i++) { tgt[(size_t)i * n + N] = phi[(size_t)i * N + N - 1]; tgt[(size_t)N * n + i] = -phi[(size_t)i * N + N - 1]; }
+    tgt[(size_t)N * n + N] = 0;
+}
+
 int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses) {
     psf_model *m = v->model;
     const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, on = m->orbital_node;
-    const size_t P = m->n_params, NN = (size_t)N * N, nM = PSF__N(&m->nodes[on]);
+    const int pf = m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN, n = pf ? N + (N & 1) : N; /* order of the matrices */
+    const size_t P = m->n_params, NN = (size_t)N * N, nn = (size_t)n * n, nM = PSF__N(&m->nodes[on]);
     if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
                          ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
-    if (m->cfg.orbitals != PSF_ORBITALS_DET)
-        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: Hartree-Fock pretraining of the %s orbital head is not "
-                         "implemented (only the determinant head; train without pretraining)",
-                         m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "Pfaffian" : "given");
-    if (on <= 0 || nM % NN != 0) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no N x N orbital matrices");
+    if (on <= 0 || nM % nn != 0 || (int)m->nodes[on].cols != n)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no %d x %d %s matrices", n, n, pf ? "pair" : "orbital");
     if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
-    const int K = (int)(nM / NN);
-    const double scale = 1.0 / ((double)B * K * NN);
+    const int K = (int)(nM / nn);
+    const double scale = 1.0 / ((double)B * K * nn);
     psf_reference rc_ref = *ref;
     psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
     psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    double *buf = (double *)psf__calloc((size_t)T * (nM + NN + (size_t)N), sizeof(double));
+    const size_t per = nM + NN + nn + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
+    double *buf = (double *)psf__calloc((size_t)T * per, sizeof(double));
     double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
     void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
     int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
@@ -4073,7 +4093,7 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
         for (int c = 0; c < C; c++) {
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
-            double *adj = buf + (size_t)tid * (nM + NN + (size_t)N), *phi = adj + nM, *val = phi + NN, l = 0;
+            double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + nn, l = 0;
             psf_real *acc = v->chunks + (size_t)c * P;
             memset(acc, 0, sizeof(psf_real) * P);
             const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
@@ -4081,8 +4101,9 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
                 const psf_real *x = v->walkers.x + (size_t)b * D;
                 const psf_real *M = psf_model_eval_node(m, ws, x, on, 0);
                 if (psf__reference_matrix(&rc_ref, x, phi, val)) { l = NAN; continue; }
+                if (pf) psf__reference_pair_matrix(N, phi, tgt); else memcpy(tgt, phi, sizeof(double) * NN);
                 for (size_t q = 0; q < nM; q++) {
-                    const double d = M[q] - phi[q % NN];
+                    const double d = M[q] - tgt[q % nn];
                     l += d * d * scale;
                     adj[q] = 2.0 * d * scale;
                 }
@@ -4405,6 +4426,7 @@ int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed
     psf__layout(m);
     return psf__init_params(m, seed);
 }
+void psf_test_reference_pair_matrix(int N, const double *phi, double *tgt) { psf__reference_pair_matrix(N, phi, tgt); }
 int psf_test_max_threads(void) { return psf__max_threads(); }
 int psf_test_thread_id(void) { return psf__thread_id(); }
 #endif

@@ -23,7 +23,6 @@ typedef struct {
     const char *atom, *out, *restore;
     int scale_moves;
     int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
-    int pretrain_given; /* --pretrain-steps was on the command line */
     double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
     double exact; /* the exact energy of the system (NAN if unknown), for the sub-variational warning */
     psf_config net;
@@ -57,8 +56,8 @@ static void usage(FILE *f) {
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     spring | kfac | adam (default spring)\n"
-            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400 for det; 0: none;\n"
-            "                       the pfaffian head has no pretraining yet: default 0, and N > 0 is refused)\n"
+            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 0: none); the pfaffian\n"
+            "                       head fits its pair matrices to the HF pair matrix Phi J Phi^T\n"
             "  --pretrain-lr X      Adam learning rate of the pretraining (default 3e-3)\n"
             "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
@@ -170,7 +169,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--restore")) o->restore = v;
         else if (!strcmp(a, "--damping")) rc = parse_positive(a, v, &o->damping);
         else if (!strcmp(a, "--norm-constraint")) rc = parse_positive(a, v, &o->norm_constraint);
-        else if (!strcmp(a, "--pretrain-steps")) { rc = parse_int(a, v, 0, &o->pretrain_steps); o->pretrain_given = 1; }
+        else if (!strcmp(a, "--pretrain-steps")) rc = parse_int(a, v, 0, &o->pretrain_steps);
         else if (!strcmp(a, "--pretrain-lr")) rc = parse_positive(a, v, &o->pretrain_lr);
         else if (!strcmp(a, "--gap-every")) rc = parse_int(a, v, 0, &o->gap_every);
         else if (!strcmp(a, "--kfac-ferminet")) rc = parse_flag01(a, v, &o->vmc.kfac_ferminet_scale);
@@ -193,14 +192,6 @@ static int parse_args(int argc, char **argv, options *o) {
     if (o->steps == 0 && !(o->train_minutes > 0)) {
         fprintf(stderr, "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too\n");
         return 1;
-    }
-    if (o->net.orbitals == PSF_ORBITALS_PFAFFIAN) { /* psf_vmc_pretrain fits determinant orbitals only */
-        if (o->pretrain_given && o->pretrain_steps > 0) {
-            fprintf(stderr, "psiformer: --pretrain-steps: Hartree-Fock pretraining of the pfaffian head is not implemented; "
-                            "give --pretrain-steps 0 (the default with --orbitals pfaffian)\n");
-            return 1;
-        }
-        o->pretrain_steps = 0;
     }
     if (o->damping > 0) { o->vmc.kfac_damping = o->damping; o->vmc.spring_damping = o->damping; }
     if (o->norm_constraint > 0) { o->vmc.kfac_norm_constraint = o->norm_constraint; o->vmc.spring_norm_constraint = o->norm_constraint; }
@@ -333,8 +324,8 @@ static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock orbitals (E_HF = %.6f Ha)\n",
-           o->pretrain_steps, o->pretrain_lr, e_hf);
+    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
+           o->pretrain_lr, v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals", e_hf);
     fflush(stdout);
     const int rc = psf_vmc_pretrain(v, &ref, o->pretrain_steps, o->pretrain_lr, loss);
     r->pretrain_seconds = psf_time() - t0;
