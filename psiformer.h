@@ -30,6 +30,9 @@
  *              h      = LN(h + MLP(h)),       MLP  = tanh(tanh(h W_1 + b_1) W_2 + b_2)
  *   orbitals   phi^k_ij = (h_i W_orb^{s(i)})_{kN+j} * sum_I pi^{s(i)}_{I,kN+j} exp(-sigma^{s(i)}_{I,kN+j} |r_iI|)
  *   psi        = exp(J) * sum_k det[phi^k],   J = sum_{i<j} -c_ij a^2/(a + r_ij)  (c = 1/4 same spin, 1/2 not)
+ *   or, with the Pfaffian head (cfg.orbitals = PSF_ORBITALS_PFAFFIAN; Gao & Günnemann, NeurIPS 2024):
+ *              psi = exp(J) * sum_k Pf[M_k (W_k - W_k^T) M_k^T],  M_k the N x F enveloped orbital features
+ *              (bordered by one more orbital column and row for odd N)
  * The network is an op *graph* (the tape): every op has three rules side by side — forward (values), jet
  * (value + gradient w.r.t. all 3N coordinates + Laplacian: the forward Laplacian of Li et al., Nat. Mach.
  * Intell. 6, 209 (2024)), and backward (vector-Jacobian product w.r.t. parameters and inputs). The ops are listed
@@ -41,7 +44,7 @@
  *   [IMPL: BASICS]     errors, RNG, timers, matrix products
  *   [IMPL: LINALG]     LU log-determinant, Pfaffian (Parlett–Reid), Cholesky
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
- *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant head, Jastrow), initialisation
+ *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
@@ -154,10 +157,11 @@ PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
     X(ATTN_SCORES, attn_scores) /* S[h,i,j] = sum_c Q[i,h,c] K[j,h,c] / sqrt(d_head), (H N) x N            */ \
     X(SOFTMAX, softmax)         /* row-wise softmax                                                         */ \
     X(ATTN_MIX, attn_mix)       /* O[i,h,c] = sum_j P[h,i,j] V[j,h,c], N x (H d_head)                      */ \
-    X(ENVELOPE, envelope)       /* M[k,i,j] = Phi[i,kN+j] * sum_I pi exp(-sigma |r_iI|), K x N x N        */ \
+    X(ENVELOPE, envelope)       /* M[k,i,o] = Phi[i,kF+o] * sum_I pi exp(-sigma |r_iI|), (K N) x F          */ \
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
     X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
-    X(PAIR, pair)               /* skew pair matrix H (W - W^T) H^T of features H (N x F), N x N            */
+    X(PAIR, pair)               /* K skew pair matrices H_k (W_k - W_k^T) H_k^T (+ border), (K n) x n       */ \
+    X(LOGPF, logpf)             /* log |sum_k Pf M_k| and its sign (K skew n x n, n even), scalar           */
 
 typedef enum {
 #define PSF__OP_ENUM(ID, name) PSF_OP_##ID,
@@ -210,8 +214,10 @@ typedef struct {
 
 /* The per-electron network that produces the features h_i the orbital head reads (one builder per kind). */
 typedef enum { PSF_ANSATZ_PSIFORMER = 0, PSF_ANSATZ_COUNT } psf_ansatz;
-/* The orbital head: how the features become an antisymmetric function. */
-typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_COUNT } psf_orbitals;
+/* The orbital head: how the features become an antisymmetric function. DET: K full determinants of N orbitals
+ * (FermiNet/Psiformer). PFAFFIAN: K Pfaffians of pair matrices Phi = M (W - W^T) M^T of F enveloped orbital
+ * features M (N x F) per electron (Gao & Günnemann, NeurIPS 2024), bordered by one more orbital for odd N. */
+typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_PFAFFIAN = 1, PSF_ORBITALS_COUNT } psf_orbitals;
 
 /* Psiformer hyper-parameters (von Glehn et al. 2023, §3). */
 typedef struct {
@@ -227,7 +233,10 @@ typedef struct {
     psf_ansatz ansatz;              /* default PSF_ANSATZ_PSIFORMER                                 */
     psf_psiformer_config psiformer; /* the trunk's hyper-parameters (when ansatz is the Psiformer)  */
     psf_orbitals orbitals;          /* default PSF_ORBITALS_DET                                     */
-    int n_dets;                     /* determinants K (default 4, at most PSF_MAX_DETS)             */
+    int n_dets;                     /* determinants, or Pfaffians, K (default 4, at most PSF_MAX_DETS) */
+    int pf_orbitals;                /* PFAFFIAN: orbital features F per electron and Pfaffian, at least
+                                       N rounded down to even (else Pf = 0) and at most 1024; 0 (default)
+                                       = 2N. F = N would give det(M) Pf(W - W^T), one determinant     */
     int use_jastrow;                /* 1: simple e-e Jastrow (default 1)                            */
     int use_en_cusp;                /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
                                        (an extension, not in the Psiformer paper; default 0)          */
@@ -243,8 +252,9 @@ typedef struct {
     int n_elec, n_dim;          /* N and D = 3N                                           */
     int n_nodes;
     psf_node nodes[PSF_MAX_NODES];
-    int out_node, logdet_node;  /* log|psi|; the orbital head's output (log|sum_k det|)    */
-    int orbital_node;           /* the K x N x N orbital matrices (pretraining target)    */
+    int out_node, logdet_node;  /* log|psi|; the orbital head's output (log|sum_k det| or log|sum_k Pf|) */
+    int orbital_node;           /* DET: the K x N x N orbital matrices (pretraining target); PFAFFIAN: the
+                                   K x n x n pair matrices                                 */
     int n_pblocks;
     psf_pblock pblocks[PSF_MAX_PBLOCKS];
     size_t n_params;
@@ -571,9 +581,12 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * with M_k the orbital head's N x N matrices (envelopes included) and Phi_ref block diagonal: the up block
  * phi^up_j(x_i), the down block phi^down_j(x_i), the off-spin blocks 0 (full determinants). Walkers sample
  * |psi_ref|^2 (FermiNet's default), cfg.mcmc_steps sweeps per step; afterwards they are re-equilibrated under the
- * network (cfg.burn_in sweeps). losses[steps] (may be NULL) receives L per step. The result is bitwise
- * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head),
- * PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite loss). */
+ * network (cfg.burn_in sweeps). The Pfaffian head fits its pair matrices Phi_k (n x n, n = N + (N mod 2)) to the HF
+ * pair matrix instead (issue 9): Phi_ref' J Phi_ref'^T with J the symplectic unit (reference columns 2q, 2q+1
+ * paired) over the first N - b reference orbitals, bordered for odd N (b = 1) by the last one, whose Pfaffian is
+ * det Phi_ref. losses[steps] (may be NULL) receives L per step. The result is bitwise independent of the thread
+ * count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a
+ * non-finite loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
 
 /* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
@@ -619,6 +632,8 @@ PSFDEF double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work
 /* A model whose graph is a small example of op `op` (the op's own psf__<name>_example), for its FD test: the
  * last node is the op; parameters are initialised from seed. Errors as psf_model_init. */
 PSFDEF int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed);
+/* The Pfaffian head's pretraining target tgt [n*n], n = N + (N mod 2), from a reference matrix phi [N*N]. */
+PSFDEF void psf_test_reference_pair_matrix(int N, const double *phi, double *tgt);
 PSFDEF int psf_test_max_threads(void);
 PSFDEF int psf_test_thread_id(void);
 #endif
@@ -1044,8 +1059,8 @@ double psf_logpfaffian(int n, const psf_real *A, psf_real *work, int *sign) {
  * From P A P^T = L D L^T: A^{-1} = P^T Y^T D^{-1} Y P with Y = L^{-1}, and for i < j
  *   (Y^T D^{-1} Y)_ij = sum_b (Y_{2b+1,i} Y_{2b,j} - Y_{2b,i} Y_{2b+1,j}) / d_b,
  * where only the blocks b >= j/2 contribute (Y is lower triangular). Cost about n^3/2 multiply-adds after the
- * factorisation. Unused until the Pfaffian ops of issue 9 call it (tests reach it via psf_test_pfaffian_inverse). */
-PSF__UNUSED static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
+ * factorisation. The LOGPF op's jet and backward rules use it (tests also reach it via psf_test_pfaffian_inverse). */
+static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv,
                                                 int *sign) {
     if (n & 1) { *sign = 0; return -INFINITY; }
     double la = 0.0;
@@ -1685,44 +1700,45 @@ static int psf__attn_mix_example(psf_model *m, int x) { /* values from the featu
 }
 #endif
 
-/* ---- ENVELOPE: M[k,i,j] = Phi[i, kN+j] e_{s(i)}[i, kN+j], e[i,o] = sum_I pi_{I,o} exp(-sigma_{I,o} |r_iI|)
- *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel).
+/* ---- ENVELOPE: M[k,i,o] = Phi[i, kF+o] e_{s(i)}[i, kF+o], e[i,q] = sum_I pi_{I,q} exp(-sigma_{I,q} |r_iI|)
+ *      (isotropic exponential envelope, FermiNet PRR 2020 Eq. 6; separate pi, sigma per spin channel), for K
+ *      blocks of F orbital columns each (F = N for the determinant head; the Pfaffian head's F may differ).
  *      The envelope depends on electron i only: grad_i e = sum_I -pi sigma exp(-sigma rho) r/rho,
  *      lap e = sum_I pi exp(-sigma rho) (sigma^2 - 2 sigma/rho). Params: [pi_0, sigma_0, pi_1, sigma_1], each
- *      A x (K N). ia = K. in0 = Phi (N x K N).                                                           */
+ *      A x (K F). ia = K; the node is (K N) x F. in0 = Phi (N x K F).                                     */
 static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_system *sys = c->sys;
     const psf_node *nphi = &c->nodes[nd->in0];
-    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms, D = c->D;
-    const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KN;
+    const int K = nd->ia, N = c->N, F = nd->cols, KF = K * F, A = sys->n_atoms, D = c->D;
+    const size_t np = PSF__N(nphi), n = PSF__N(nd), blk = (size_t)A * KF;
     const psf_real *Phi = PSF__J(c->ws, nphi);
-    psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KN, *le = ge + 3 * (size_t)KN;
+    psf_real *M = PSF__J(c->ws, nd), *e = c->ws->scratch, *ge = e + KF, *le = ge + 3 * (size_t)KF;
     if (c->nb > 1) memset(M + n, 0, sizeof(psf_real) * n * (size_t)(D + 1));
     for (int i = 0; i < N; i++) {
         const int sp = i < sys->n_up ? 0 : 1;
         const psf_real *pi = c->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
-        for (int o = 0; o < KN; o++) { e[o] = 0; ge[o] = ge[KN + o] = ge[2 * KN + o] = 0; le[o] = 0; }
+        for (int o = 0; o < KF; o++) { e[o] = 0; ge[o] = ge[KF + o] = ge[2 * KF + o] = 0; le[o] = 0; }
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KN; o++) {
-                const double s = sg[(size_t)at * KN + o], t = pi[(size_t)at * KN + o] * exp(-s * rho);
+            for (int o = 0; o < KF; o++) {
+                const double s = sg[(size_t)at * KF + o], t = pi[(size_t)at * KF + o] * exp(-s * rho);
                 e[o] += t;
                 if (c->nb > 1) {
-                    for (int k = 0; k < 3; k++) ge[k * KN + o] += -s * t * r[k] / rho;
+                    for (int k = 0; k < 3; k++) ge[k * KF + o] += -s * t * r[k] / rho;
                     le[o] += t * (s * s - 2 * s / rho);
                 }
             }
         }
-        for (int o = 0; o < KN; o++) {
-            const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
+        for (int o = 0; o < KF; o++) {
+            const size_t q = (size_t)(o / F) * N * F + (size_t)i * F + (o % F), pidx = (size_t)i * KF + o;
             M[q] = Phi[pidx] * e[o];
             if (c->nb == 1) continue;
             double lap = Phi[(size_t)(D + 1) * np + pidx] * e[o] + Phi[pidx] * le[o];
             for (int d = 0; d < D; d++) M[(size_t)(1 + d) * n + q] = Phi[(size_t)(1 + d) * np + pidx] * e[o];
             for (int k = 0; k < 3; k++) {
                 const int d = 3 * i + k;
-                M[(size_t)(1 + d) * n + q] += Phi[pidx] * ge[k * KN + o];
-                lap += 2 * Phi[(size_t)(1 + d) * np + pidx] * ge[k * KN + o];
+                M[(size_t)(1 + d) * n + q] += Phi[pidx] * ge[k * KF + o];
+                lap += 2 * Phi[(size_t)(1 + d) * np + pidx] * ge[k * KF + o];
             }
             M[(size_t)(D + 1) * n + q] = lap;
         }
@@ -1731,8 +1747,8 @@ static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
 static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_system *sys = c->sys;
     const psf_node *nphi = &c->nodes[nd->in0];
-    const int K = nd->ia, N = c->N, KN = K * N, A = sys->n_atoms;
-    const size_t blk = (size_t)A * KN;
+    const int K = nd->ia, N = c->N, F = nd->cols, KF = K * F, A = sys->n_atoms;
+    const size_t blk = (size_t)A * KF;
     const psf_real *Phi = PSF__J(c->ws, nphi), *aM = PSF__A(c->ws, nd);
     psf_real *dPhi = PSF__A(c->ws, nphi);
     for (int i = 0; i < N; i++) {
@@ -1741,14 +1757,14 @@ static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
         const psf_real *pi = c->params + po, *sg = pi + blk;
         for (int at = 0; at < A; at++) {
             double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KN; o++) {
-                const size_t q = (size_t)(o / N) * N * N + (size_t)i * N + (o % N), pidx = (size_t)i * KN + o;
-                const double s = sg[(size_t)at * KN + o], ex = exp(-s * rho), t = pi[(size_t)at * KN + o] * ex;
+            for (int o = 0; o < KF; o++) {
+                const size_t q = (size_t)(o / F) * N * F + (size_t)i * F + (o % F), pidx = (size_t)i * KF + o;
+                const double s = sg[(size_t)at * KF + o], ex = exp(-s * rho), t = pi[(size_t)at * KF + o] * ex;
                 const double w = aM[q] * Phi[pidx];
                 dPhi[pidx] += aM[q] * t;
                 if (c->dparams) {
-                    c->dparams[po + (size_t)at * KN + o] += w * ex;
-                    c->dparams[po + blk + (size_t)at * KN + o] += -w * t * rho;
+                    c->dparams[po + (size_t)at * KF + o] += w * ex;
+                    c->dparams[po + blk + (size_t)at * KF + o] += -w * t * rho;
                 }
                 for (int k = 0; k < 3; k++) c->ws->dx[3 * i + k] += w * (-s * t * r[k] / rho);
             }
@@ -1760,15 +1776,17 @@ static size_t psf__envelope_scratch(const psf_node *nodes, const psf_node *nd, i
     (void)nodes; (void)D;
     return 5 * (size_t)nd->ia * (size_t)nd->cols;
 }
-/* Envelopes on the orbital projection phi (N x K N): K x N x N orbital matrices, parameters per spin channel. */
+/* Envelopes on the orbital projection phi (N x K F): K blocks of N x F orbital matrices ((K N) x F), parameters
+ * per spin channel. */
 static int psf__envelope_node(psf_model *m, int phi, int K) {
-    const int N = m->n_elec, A = m->sys.n_atoms;
-    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, N);
+    const int N = m->n_elec, A = m->sys.n_atoms, KF = m->nodes[phi].cols, F = KF / K;
+    PSF_ASSERT(F * K == KF);
+    const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, F);
     m->nodes[env].ia = K;
-    psf__pblock(m, env, "env_up.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_up.sigma", A, K * N, PSF_PB_ENV_SIGMA);
-    psf__pblock(m, env, "env_down.pi", A, K * N, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_down.sigma", A, K * N, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_up.pi", A, KF, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_up.sigma", A, KF, PSF_PB_ENV_SIGMA);
+    psf__pblock(m, env, "env_down.pi", A, KF, PSF_PB_ENV_PI);
+    psf__pblock(m, env, "env_down.sigma", A, KF, PSF_PB_ENV_SIGMA);
     return env;
 }
 #ifdef PSF_INTERNAL_TESTS
@@ -1962,70 +1980,200 @@ static int psf__jastrow_node(psf_model *m, int x, int ee, int en) {
 static int psf__jastrow_example(psf_model *m, int x) { return psf__jastrow_node(m, x, 1, 1); }
 #endif
 
-/* ---- PAIR: the skew-symmetric pair matrix Y = H (W - W^T) H^T of per-electron features H (N x F), N x N: the
- *      orbital pairing of a neural Pfaffian, Pf(Phi A Phi^T) with a learned skew A (Gao & Günnemann, "Neural
+/* ---- PAIR: K skew-symmetric pair matrices Y_k = H_k (W_k - W_k^T) H_k^T of per-electron features H_k (N x F),
+ *      the orbital pairing of a neural Pfaffian, Pf(Phi A Phi^T) with a learned skew A (Gao & Günnemann, "Neural
  *      Pfaffians", NeurIPS 2024, arXiv:2405.14762). With A = W - W^T and G_s = H_s A for every slice s:
- *        Y_0 = G_0 H_0^T,  Y_d = Z_d - Z_d^T with Z_d = G_d H_0^T (H_0 A H_d^T = -(H_d A H_0^T)^T, A skew),
- *        Y_L = Z_L - Z_L^T + 2 sum_d G_d H_d^T                               (the product rule twice).
- *      Backward: H-bar = (Ybar^T - Ybar) H A,  W-bar = A-bar - A-bar^T with A-bar = H^T Ybar H.
- *      Params: W [F x F]. in0 = H.                                                                         */
+ *        Y_0 = (Z_0 - Z_0^T) / 2,  Y_d = Z_d - Z_d^T  with Z_s = G_s H_0^T  (H_0 A H_d^T = -(H_d A H_0^T)^T, A
+ *        skew; Z_0 is skew up to rounding, and the half-difference makes the value exactly skew),
+ *        Y_L = Z_L - Z_L^T + 2 sum_d G_d H_d^T                                (the product rule twice).
+ *      Border (ib = 1, for odd N): H_k has one more column chi_k (a single-particle orbital) and Y_k is
+ *      (N+1) x (N+1), [[H A H^T, chi], [-chi^T, 0]], so that its order N + 1 is even; the border is linear in
+ *      chi, so every slice of it is the same slice of chi.
+ *      Backward (per block, Ybar the adjoint of the full matrix): H-bar = (Ybar^T - Ybar) H A,
+ *      W-bar = A-bar - A-bar^T with A-bar = H^T Ybar H, chi-bar_i = Ybar_{i,N} - Ybar_{N,i}.
+ *      ia = K, ib = border. Params: W_k [F x F] for k < K. in0 = H ((K N) x (F + ib)); the node is
+ *      (K n) x n, n = N + ib.                                                                                 */
 static void psf__pair_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nh = &c->nodes[nd->in0];
-    const int N = nh->rows, F = nh->cols, D = c->D;
-    const size_t nin = PSF__N(nh), n = PSF__N(nd);
-    const psf_real *H = PSF__J(c->ws, nh), *W = c->params + nd->p_off;
-    psf_real *Y = PSF__J(c->ws, nd), *A = c->ws->scratch, *G = A + (size_t)F * F, *Z = G + (size_t)c->nb * nin;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
-    psf__gemm(0, 0, c->nb * N, F, F, 1.0, H, F, A, F, 0.0, G, F);    /* G_s = H_s A, all slices at once */
-    psf__gemm(0, 1, N, N, F, 1.0, G, F, H, F, 0.0, Y, N);             /* Y_0 = G_0 H_0^T               */
-    if (c->nb == 1) return;
-    for (int s = 1; s <= D + 1; s++) {
-        psf__gemm(0, 1, N, N, F, 1.0, G + (size_t)s * nin, F, H, F, 0.0, Z, N); /* Z_s = G_s H_0^T */
-        psf_real *Ys = Y + (size_t)s * n;
-        for (int i = 0; i < N; i++)
-            for (int j = 0; j < N; j++) Ys[(size_t)i * N + j] = Z[(size_t)i * N + j] - Z[(size_t)j * N + i];
+    const int K = nd->ia, bd = nd->ib, N = nh->rows / K, Fc = nh->cols, F = Fc - bd, n = N + bd, D = c->D;
+    const size_t nin = PSF__N(nh), nout = PSF__N(nd), nn = (size_t)n * n, NF = (size_t)N * F;
+    const psf_real *H = PSF__J(c->ws, nh);
+    psf_real *Y = PSF__J(c->ws, nd), *A = c->ws->scratch, *G = A + (size_t)F * F, *Z = G + (size_t)c->nb * NF;
+    for (int k = 0; k < K; k++) {
+        const psf_real *W = c->params + nd->p_off + (size_t)k * F * F, *Hk = H + (size_t)k * N * Fc;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+        for (int s = 0; s < c->nb; s++) /* G_s = H_s A */
+            psf__gemm(0, 0, N, F, F, 1.0, Hk + (size_t)s * nin, Fc, A, F, 0.0, G + (size_t)s * NF, F);
+        for (int s = 0; s < c->nb; s++) {
+            psf__gemm(0, 1, N, N, F, 1.0, G + (size_t)s * NF, F, Hk, Fc, 0.0, Z, N); /* Z_s = G_s H_0^T */
+            psf_real *Ys = Y + (size_t)s * nout + (size_t)k * nn;
+            const double f = s == 0 ? 0.5 : 1.0;
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < N; j++) Ys[(size_t)i * n + j] = f * (Z[(size_t)i * N + j] - Z[(size_t)j * N + i]);
+            if (!bd) continue;
+            const psf_real *chi = Hk + (size_t)s * nin + F;
+            for (int i = 0; i < N; i++) { Ys[(size_t)i * n + N] = chi[(size_t)i * Fc]; Ys[(size_t)N * n + i] = -chi[(size_t)i * Fc]; }
+            Ys[(size_t)N * n + N] = 0;
+        }
+        if (c->nb == 1) continue;
+        for (int d = 1; d <= D; d++) /* Y_L += 2 G_d H_d^T */
+            psf__gemm(0, 1, N, N, F, 2.0, G + (size_t)d * NF, F, Hk + (size_t)d * nin, Fc, 1.0,
+                      Y + (size_t)(D + 1) * nout + (size_t)k * nn, n);
     }
-    for (int d = 1; d <= D; d++) /* Y_L += 2 G_d H_d^T */
-        psf__gemm(0, 1, N, N, F, 2.0, G + (size_t)d * nin, F, H + (size_t)d * nin, F, 1.0, Y + (size_t)(D + 1) * n, N);
 }
 static void psf__pair_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nh = &c->nodes[nd->in0];
-    const int N = nh->rows, F = nh->cols;
-    const psf_real *H = PSF__J(c->ws, nh), *Yb = PSF__A(c->ws, nd), *W = c->params + nd->p_off;
-    psf_real *Hb = PSF__A(c->ws, nh), *A = c->ws->scratch, *S = A + (size_t)F * F, *T = S + (size_t)N * N;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
-    for (int i = 0; i < N; i++)
-        for (int j = 0; j < N; j++) S[(size_t)i * N + j] = Yb[(size_t)j * N + i] - Yb[(size_t)i * N + j];
-    psf__gemm(0, 0, N, F, F, 1.0, H, F, A, F, 0.0, T, F);  /* T = H A          */
-    psf__gemm(0, 0, N, F, N, 1.0, S, N, T, F, 1.0, Hb, F); /* H-bar += S H A   */
-    if (!c->dparams) return;
-    psf__gemm(0, 0, N, F, N, 1.0, Yb, N, H, F, 0.0, T, F); /* T = Ybar H       */
-    psf__gemm(1, 0, F, F, N, 1.0, H, F, T, F, 0.0, A, F);  /* A-bar = H^T Ybar H */
-    psf_real *Wb = c->dparams + nd->p_off;
-    for (int i = 0; i < F; i++)
-        for (int j = 0; j < F; j++) Wb[(size_t)i * F + j] += A[(size_t)i * F + j] - A[(size_t)j * F + i];
+    const int K = nd->ia, bd = nd->ib, N = nh->rows / K, Fc = nh->cols, F = Fc - bd, n = N + bd;
+    const size_t nn = (size_t)n * n;
+    const psf_real *H = PSF__J(c->ws, nh), *Ybar = PSF__A(c->ws, nd);
+    psf_real *Hbar = PSF__A(c->ws, nh), *A = c->ws->scratch, *S = A + (size_t)F * F, *T = S + (size_t)N * N;
+    for (int k = 0; k < K; k++) {
+        const psf_real *W = c->params + nd->p_off + (size_t)k * F * F, *Hk = H + (size_t)k * N * Fc;
+        const psf_real *Yb = Ybar + (size_t)k * nn;
+        psf_real *Hb = Hbar + (size_t)k * N * Fc;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) A[(size_t)i * F + j] = W[(size_t)i * F + j] - W[(size_t)j * F + i];
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) S[(size_t)i * N + j] = Yb[(size_t)j * n + i] - Yb[(size_t)i * n + j];
+        psf__gemm(0, 0, N, F, F, 1.0, Hk, Fc, A, F, 0.0, T, F);  /* T = H A          */
+        psf__gemm(0, 0, N, F, N, 1.0, S, N, T, F, 1.0, Hb, Fc); /* H-bar += S H A   */
+        if (bd)
+            for (int i = 0; i < N; i++) Hb[(size_t)i * Fc + F] += Yb[(size_t)i * n + N] - Yb[(size_t)N * n + i];
+        if (!c->dparams) continue;
+        psf__gemm(0, 0, N, F, N, 1.0, Yb, n, Hk, Fc, 0.0, T, F); /* T = Ybar H       */
+        psf__gemm(1, 0, F, F, N, 1.0, Hk, Fc, T, F, 0.0, A, F);  /* A-bar = H^T Ybar H */
+        psf_real *Wb = c->dparams + nd->p_off + (size_t)k * F * F;
+        for (int i = 0; i < F; i++)
+            for (int j = 0; j < F; j++) Wb[(size_t)i * F + j] += A[(size_t)i * F + j] - A[(size_t)j * F + i];
+    }
 }
 #define psf__pair_sparse psf__sparse_none
-static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D) {
-    const size_t N = (size_t)nodes[nd->in0].rows, F = (size_t)nodes[nd->in0].cols;
+static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* A, G (all slices), Z | A, S, T */
+    const size_t N = (size_t)nodes[nd->in0].rows / (size_t)nd->ia, F = (size_t)(nodes[nd->in0].cols - nd->ib);
     const size_t fwd = F * F + ((size_t)D + 2) * N * F + N * N, bwd = F * F + N * N + N * F;
-    (void)nd;
     return fwd > bwd ? fwd : bwd;
 }
-/* The pair matrix of features h (N x F); registers W [F x F] (name.w). No builder uses it yet (the Pfaffian head
- * will); its example graph is tested. */
-PSF__UNUSED static int psf__pair_node(psf_model *m, int h, const char *name) {
-    const int F = m->nodes[h].cols, k = psf__node(m, PSF_OP_PAIR, h, -1, m->n_elec, m->n_elec);
+/* K pair matrices of the features h ((K N) x (F + border)); registers W_k [F x F] (name.w, or name<k>.w when
+ * K > 1). border = 1 borders each with h's last column (odd N). */
+static int psf__pair_node(psf_model *m, int h, int K, int border, const char *name) {
+    const int N = m->n_elec, n = N + border, F = m->nodes[h].cols - border;
+    PSF_ASSERT(m->nodes[h].rows == K * N && F >= 1);
+    const int k = psf__node(m, PSF_OP_PAIR, h, -1, K * n, n);
     char nm[40];
-    snprintf(nm, sizeof nm, "%s.w", name);
-    psf__pblock(m, k, nm, F, F, PSF_PB_WEIGHT);
+    m->nodes[k].ia = K; m->nodes[k].ib = border;
+    for (int b = 0; b < K; b++) {
+        snprintf(nm, sizeof nm, K > 1 ? "%s%d.w" : "%s.w", name, b);
+        psf__pblock(m, k, nm, F, F, PSF_PB_WEIGHT);
+    }
     return k;
 }
 #ifdef PSF_INTERNAL_TESTS
+/* Two bordered pair matrices (the odd-N form) of enveloped features with F = N + 2 != N orbital columns. */
 static int psf__pair_example(psf_model *m, int x) {
-    return psf__pair_node(m, psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a"), "ex.pair");
+    const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
+    const int phi = psf__linear(m, h, 2 * (F + 1), 0, m->sys.n_up, "ex.orb");
+    return psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 1, "ex.pair");
+}
+#endif
+
+/* ---- LOGPF: log|psi_pf| = log|sum_k Pf M_k| with sign, for K skew-symmetric n x n matrices M_k (n even; only
+ *      their strict upper triangles are read), the signed log-sum-exp of LOGDET with the Pfaffian in place of
+ *      the determinant. Per Pfaffian, with A = M^{-1} (exactly skew, from the Parlett–Reid factors; Pf^2 = det):
+ *        d lp = 1/2 tr(A M_d),   lap lp = 1/2 tr(A M_L) - 1/2 sum_d tr(A M_d A M_d).
+ *      Combined with w_k = sign_k exp(lp_k) / psi_pf:  grad = sum_k w_k grad_k,
+ *      lap = sum_k w_k (lap_k + |grad_k|^2) - |grad|^2.  Backward: dM_k = w_k 1/2 A_k^T (the gradient with
+ *      M_ij and M_ji moving independently, split evenly between them; along a skew dM it gives 1/2 tr(A dM)).
+ *      A singular Pfaffian has sign 0 and weight 0; if all are, log|psi| = -inf and sign 0. ia = K. in0 = the
+ *      pair matrices ((K n) x n).                                                                          */
+static void psf__logpf_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int K = nd->ia, n = in->cols, D = c->D;
+    const size_t nn = (size_t)n * n, nin = PSF__N(in);
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *y = PSF__J(c->ws, nd);
+    /* scratch: work [n^2], inv [n^2], B [n^2], per-Pfaffian jets [K (D+1)] */
+    psf_real *work = c->ws->scratch, *inv = work + nn, *B = inv + nn, *jk = B + nn;
+    double lp[PSF_MAX_DETS], w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS], perm[PSF_MAX_ELEC + 1];
+    PSF_ASSERT(K <= PSF_MAX_DETS && n <= PSF_MAX_ELEC + 1);
+    for (int k = 0; k < K; k++) {
+        const psf_real *Mk = M + (size_t)k * nn;
+        if (c->nb == 1) { lp[k] = psf_logpfaffian(n, Mk, work, &sg[k]); continue; }
+        lp[k] = psf__pfaffian_inverse(n, Mk, work, perm, inv, &sg[k]);
+        if (!sg[k]) continue;
+        psf_real *jg = jk + (size_t)k * (D + 1); /* grad [D], lap */
+        const psf_real *ML = M + (size_t)(D + 1) * nin + (size_t)k * nn;
+        double lap = 0;
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) lap += inv[(size_t)j * n + i] * ML[(size_t)i * n + j];
+        lap *= 0.5;
+        for (int d = 0; d < D; d++) {
+            psf__gemm(0, 0, n, n, n, 1.0, inv, n, M + (size_t)(1 + d) * nin + (size_t)k * nn, n, 0.0, B, n);
+            double tr = 0, tr2 = 0;
+            for (int i = 0; i < n; i++) {
+                tr += B[(size_t)i * n + i];
+                for (int j = 0; j < n; j++) tr2 += B[(size_t)i * n + j] * B[(size_t)j * n + i];
+            }
+            jg[d] = 0.5 * tr;
+            lap -= 0.5 * tr2;
+        }
+        jg[D] = lap;
+    }
+    y[0] = psf__logdet_combine(K, lp, sg, w, &c->ws->sign);
+    if (c->nb == 1) return;
+    for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    if (c->ws->sign == 0) return;
+    double g2 = 0;
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        const psf_real *jg = jk + (size_t)k * (D + 1);
+        double gk2 = 0;
+        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
+        y[1 + D] += w[k] * (jg[D] + gk2);
+    }
+    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
+    y[1 + D] -= g2;
+}
+static void psf__logpf_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int K = nd->ia, n = in->cols;
+    const size_t nn = (size_t)n * n;
+    const psf_real *M = PSF__J(c->ws, in);
+    psf_real *dM = PSF__A(c->ws, in), *work = c->ws->scratch, *inv = work + nn;
+    const double a = PSF__A(c->ws, nd)[0];
+    double lp[PSF_MAX_DETS] = {0}, w[PSF_MAX_DETS];
+    int sg[PSF_MAX_DETS] = {0}, perm[PSF_MAX_ELEC + 1], sign;
+    /* the weights need every Pfaffian first; the inverses are then formed one at a time (a second
+     * factorisation of n^3/6 instead of keeping K factorisations and permutations) */
+    for (int k = 0; k < K; k++) lp[k] = psf_logpfaffian(n, M + (size_t)k * nn, work, &sg[k]);
+    psf__logdet_combine(K, lp, sg, w, &sign);
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        int s;
+        psf__pfaffian_inverse(n, M + (size_t)k * nn, work, perm, inv, &s);
+        const double f = 0.5 * a * w[k];
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) dM[(size_t)k * nn + (size_t)i * n + j] += f * inv[(size_t)j * n + i];
+    }
+}
+#define psf__logpf_sparse psf__sparse_none
+static size_t psf__logpf_scratch(const psf_node *nodes, const psf_node *nd, int D) {
+    const size_t n = (size_t)nodes[nd->in0].cols, K = (size_t)nd->ia;
+    return 3 * n * n + K * ((size_t)D + 1); /* forward: work, inv, B, jets; backward: work, inv */
+}
+/* log|sum_k Pf M_k| of the K pair matrices of node `pairs` ((K n) x n, n even). */
+static int psf__logpf_node(psf_model *m, int pairs) {
+    const int n = m->nodes[pairs].cols, K = m->nodes[pairs].rows / n;
+    PSF_ASSERT(K * n == m->nodes[pairs].rows && n % 2 == 0);
+    const int lp = psf__node(m, PSF_OP_LOGPF, pairs, -1, 1, 1);
+    m->nodes[lp].ia = K;
+    return lp;
+}
+#ifdef PSF_INTERNAL_TESTS
+/* Two Pfaffians of unbordered pair matrices on the example's atom (carbon: N = 6, even), F = N + 2 orbitals. */
+static int psf__logpf_example(psf_model *m, int x) {
+    const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
+    const int phi = psf__linear(m, h, 2 * F, 0, m->sys.n_up, "ex.orb");
+    return psf__logpf_node(m, psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 0, "ex.pair"));
 }
 #endif
 
@@ -2210,6 +2358,21 @@ static int psf__build_det_head(psf_model *m, int h, int K) {
     return psf__logdet_node(m, m->orbital_node);
 }
 
+/* K Pfaffians (Gao & Günnemann, "Neural Pfaffians", NeurIPS 2024, arXiv:2405.14762): a linear projection per spin
+ * channel to K (F + b) orbital features (b = 1 for odd N: the border orbital chi), the same envelopes as the
+ * determinant head (so every pair entry carries e_i e_j and psi decays), the pair matrices
+ * Phi_k = M_k (W_k - W_k^T) M_k^T bordered by chi_k when b = 1 (order n = N + b, even), and the signed log-sum-exp
+ * of their Pfaffians. The spins enter through the per-spin projection (and the spin feature of the trunk). */
+static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
+    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (F + b));
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    psf__pblock(m, phi, "pf_orb_up.w", W, K * (F + b), PSF_PB_WEIGHT);
+    psf__pblock(m, phi, "pf_orb_down.w", W, K * (F + b), PSF_PB_WEIGHT);
+    m->orbital_node = psf__pair_node(m, psf__envelope_node(m, phi, K), K, b, "pf_pair");
+    return psf__logpf_node(m, m->orbital_node);
+}
+
 /* ---- Layout and initialisation (generic: every op's scratch and sparsity come from its own rules) ----------- */
 
 static void psf__layout(psf_model *m) {
@@ -2272,6 +2435,10 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown ansatz %d", (int)cfg->ansatz);
     if ((int)cfg->orbitals < 0 || cfg->orbitals >= PSF_ORBITALS_COUNT)
         return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
+    const int pf_min = m->n_elec - (m->n_elec & 1), pf_F = cfg->pf_orbitals ? cfg->pf_orbitals : 2 * m->n_elec;
+    if (cfg->orbitals == PSF_ORBITALS_PFAFFIAN && (pf_F < pf_min || pf_F > 1024))
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: pf_orbitals = %d out of range %d..1024 for %d electrons (fewer "
+                         "orbital features than that make every Pfaffian zero)", pf_F, pf_min, m->n_elec);
     m->cfg = *cfg;
     const int x = psf__node(m, PSF_OP_INPUT, -1, -1, m->n_elec, 3);
     int h = -1;
@@ -2284,6 +2451,7 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     }
     switch (cfg->orbitals) { /* the one place that knows every orbital head */
     case PSF_ORBITALS_DET: m->logdet_node = psf__build_det_head(m, h, cfg->n_dets); break;
+    case PSF_ORBITALS_PFAFFIAN: m->logdet_node = psf__build_pfaffian_head(m, h, cfg->n_dets, pf_F); break;
     default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
     }
     m->out_node = m->logdet_node;
@@ -3878,21 +4046,41 @@ static int psf__reference_matrix(const psf_reference *ref, const psf_real *x, do
     return PSF_OK;
 }
 
+/* The Pfaffian head's target from Phi_ref (N x N): the pair matrix Phi' J Phi'^T of the first c = N - b reference
+ * orbitals (J the symplectic unit: columns 2q and 2q+1 paired), bordered for odd N (b = 1) by the last one, so
+ * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. */
+static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
+    const int b = N & 1, c = N - b, n = N + b;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int q = 0; q < c; q += 2)
+                s += phi[(size_t)i * N + q] * phi[(size_t)j * N + q + 1] - phi[(size_t)i * N + q + 1] * phi[(size_t)j * N + q];
+            tgt[(size_t)i * n + j] = s;
+        }
+    if (!b) return;
+    for (int i = 0; i < N; i++) { tgt[(size_t)i * n + N] = phi[(size_t)i * N + N - 1]; tgt[(size_t)N * n + i] = -phi[(size_t)i * N + N - 1]; }
+    tgt[(size_t)N * n + N] = 0;
+}
+
 int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses) {
     psf_model *m = v->model;
     const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, on = m->orbital_node;
-    const size_t P = m->n_params, NN = (size_t)N * N, nM = PSF__N(&m->nodes[on]);
+    const int pf = m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN, n = pf ? N + (N & 1) : N; /* order of the matrices */
+    const size_t P = m->n_params, NN = (size_t)N * N, nn = (size_t)n * n, nM = PSF__N(&m->nodes[on]);
     if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
                          ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
-    if (on <= 0 || nM % NN != 0) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no N x N orbital matrices");
+    if (on <= 0 || nM % nn != 0 || (int)m->nodes[on].cols != n)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no %d x %d %s matrices", n, n, pf ? "pair" : "orbital");
     if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
-    const int K = (int)(nM / NN);
-    const double scale = 1.0 / ((double)B * K * NN);
+    const int K = (int)(nM / nn);
+    const double scale = 1.0 / ((double)B * K * nn);
     psf_reference rc_ref = *ref;
     psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
     psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    double *buf = (double *)psf__calloc((size_t)T * (nM + NN + (size_t)N), sizeof(double));
+    const size_t per = nM + NN + nn + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
+    double *buf = (double *)psf__calloc((size_t)T * per, sizeof(double));
     double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
     void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
     int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
@@ -3905,7 +4093,7 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
         for (int c = 0; c < C; c++) {
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
-            double *adj = buf + (size_t)tid * (nM + NN + (size_t)N), *phi = adj + nM, *val = phi + NN, l = 0;
+            double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + nn, l = 0;
             psf_real *acc = v->chunks + (size_t)c * P;
             memset(acc, 0, sizeof(psf_real) * P);
             const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
@@ -3913,8 +4101,9 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
                 const psf_real *x = v->walkers.x + (size_t)b * D;
                 const psf_real *M = psf_model_eval_node(m, ws, x, on, 0);
                 if (psf__reference_matrix(&rc_ref, x, phi, val)) { l = NAN; continue; }
+                if (pf) psf__reference_pair_matrix(N, phi, tgt); else memcpy(tgt, phi, sizeof(double) * NN);
                 for (size_t q = 0; q < nM; q++) {
-                    const double d = M[q] - phi[q % NN];
+                    const double d = M[q] - tgt[q % nn];
                     l += d * d * scale;
                     adj[q] = 2.0 * d * scale;
                 }
@@ -3991,7 +4180,8 @@ static void psf__prev_name(const char *path, char *out, size_t n) {
     X("head_dim", (m)->cfg.psiformer.head_dim) X("mlp_hidden", (m)->cfg.psiformer.mlp_hidden)                 \
     X("layernorm", (m)->cfg.psiformer.use_layernorm) X("orbitals", (int32_t)(m)->cfg.orbitals)                 \
     X("dets", (m)->cfg.n_dets) X("jastrow", (m)->cfg.use_jastrow) X("en_cusp", (m)->cfg.use_en_cusp)          \
-    X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)
+    X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)                                     \
+    X("pf_orbitals", (m)->cfg.pf_orbitals)
 
 #define PSF__CKPT_ONE(nm, x) +1
 PSF__STATIC_ASSERT(0 PSF__CKPT_FIELDS(PSF__CKPT_ONE, m, v) <= PSF__CKPT_NFIELDS, "checkpoint header: too many fields");
@@ -4236,6 +4426,7 @@ int psf_test_op_model(psf_model *m, const psf_system *sys, int op, uint64_t seed
     psf__layout(m);
     return psf__init_params(m, seed);
 }
+void psf_test_reference_pair_matrix(int N, const double *phi, double *tgt) { psf__reference_pair_matrix(N, phi, tgt); }
 int psf_test_max_threads(void) { return psf__max_threads(); }
 int psf_test_thread_id(void) { return psf__thread_id(); }
 #endif

@@ -50,11 +50,14 @@ static void usage(FILE *f) {
             "  --heads H            attention heads (default 4)\n"
             "  --head-dim D         width per head (default 16)\n"
             "  --mlp M              MLP hidden width (default 64)\n"
-            "  --dets K             determinants (default 4)\n"
+            "  --orbitals HEAD      det | pfaffian: K determinants, or K Pfaffians of pair matrices (default det)\n"
+            "  --dets K             determinants, or Pfaffians (default 4)\n"
+            "  --pf-orbitals F      pfaffian: orbital features per electron, >= N rounded down to even (default 2N)\n"
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     spring | kfac | adam (default spring)\n"
-            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 0: none)\n"
+            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 0: none); the pfaffian\n"
+            "                       head fits its pair matrices to the HF pair matrix Phi J Phi^T\n"
             "  --pretrain-lr X      Adam learning rate of the pretraining (default 3e-3)\n"
             "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
@@ -153,6 +156,12 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--head-dim")) rc = parse_int(a, v, 1, &o->net.psiformer.head_dim);
         else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.psiformer.mlp_hidden);
         else if (!strcmp(a, "--dets")) rc = parse_int(a, v, 1, &o->net.n_dets);
+        else if (!strcmp(a, "--pf-orbitals")) rc = parse_int(a, v, 1, &o->net.pf_orbitals);
+        else if (!strcmp(a, "--orbitals")) {
+            if (!strcmp(v, "det")) o->net.orbitals = PSF_ORBITALS_DET;
+            else if (!strcmp(v, "pfaffian")) o->net.orbitals = PSF_ORBITALS_PFAFFIAN;
+            else { fprintf(stderr, "psiformer: --orbitals: expected det or pfaffian, got '%s'\n", v); return 1; }
+        }
         else if (!strcmp(a, "--en-cusp")) rc = parse_flag01(a, v, &o->net.use_en_cusp);
         else if (!strcmp(a, "--checkpoint-every")) rc = parse_int(a, v, 1, &o->checkpoint_every);
         else if (!strcmp(a, "--print-every")) rc = parse_int(a, v, 1, &o->print_every);
@@ -315,8 +324,8 @@ static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock orbitals (E_HF = %.6f Ha)\n",
-           o->pretrain_steps, o->pretrain_lr, e_hf);
+    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
+           o->pretrain_lr, v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals", e_hf);
     fflush(stdout);
     const int rc = psf_vmc_pretrain(v, &ref, o->pretrain_steps, o->pretrain_lr, loss);
     r->pretrain_seconds = psf_time() - t0;
@@ -427,7 +436,9 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "heads", pc->n_heads);
     json_int(&j, "head_dim", pc->head_dim);
     json_int(&j, "mlp", pc->mlp_hidden);
+    json_str(&j, "orbitals", m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pfaffian" : "det");
     json_int(&j, "dets", m->cfg.n_dets);
+    if (m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN) json_int(&j, "pf_orbitals", m->cfg.pf_orbitals ? m->cfg.pf_orbitals : 2 * m->n_elec);
     json_int(&j, "en_cusp", m->cfg.use_en_cusp);
     json_fmt(&j, "seed", "%llu", (unsigned long long)o->vmc.seed);
     json_int(&j, "threads", v->n_ws);
@@ -470,8 +481,13 @@ int main(int argc, char **argv) {
     const psf_psiformer_config *pc = &o.net.psiformer;
     printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
            info->exact, ground ? "" : " (ground state; this run uses another spin)");
-    printf("network: %d layers, %d heads x %d, mlp %d, %d determinants%s, %zu parameters\n", pc->n_layers, pc->n_heads,
-           pc->head_dim, pc->mlp_hidden, o.net.n_dets, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params);
+    char head[64];
+    if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
+        snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
+                 o.net.pf_orbitals ? o.net.pf_orbitals : 2 * m.n_elec, m.n_elec & 1 ? " (bordered: odd N)" : "");
+    else snprintf(head, sizeof head, "%d determinants", o.net.n_dets);
+    printf("network: %d layers, %d heads x %d, mlp %d, %s%s, %zu parameters\n", pc->n_layers, pc->n_heads,
+           pc->head_dim, pc->mlp_hidden, head, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params);
     char budget[96];
     if (o.steps > 0 && o.train_minutes > 0) snprintf(budget, sizeof budget, "%d train steps (at most %.1f min)", o.steps, o.train_minutes);
     else if (o.steps > 0) snprintf(budget, sizeof budget, "%d train steps", o.steps);

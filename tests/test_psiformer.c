@@ -23,12 +23,16 @@ typedef struct {
 } fixture;
 
 static int fixture_en_cusp = 0; /* tests that set it cover the optional e-n cusp term of the Jastrow */
+static psf_orbitals fixture_orbitals = PSF_ORBITALS_DET; /* tests that set it build the Pfaffian head instead */
+static int fixture_pf_orbitals = 0;                      /* its F (0: the default 2N)                        */
 static int fixture_finish(fixture *f, uint64_t seed);
 
 static int fixture_init(fixture *f, const char *atom, int layers, int heads, int head_dim, int dets, uint64_t seed) {
     psf_config c;
     psf_config_default(&c);
     c.use_en_cusp = fixture_en_cusp;
+    c.orbitals = fixture_orbitals;
+    c.pf_orbitals = fixture_pf_orbitals;
     c.psiformer.n_layers = layers; c.psiformer.n_heads = heads; c.psiformer.head_dim = head_dim; c.psiformer.mlp_hidden = 12; c.n_dets = dets;
     if (psf_system_atom(&f->sys, atom, -1)) return 1;
     if (psf_model_init(&f->m, &f->sys, &c, seed)) return 1;
@@ -198,53 +202,90 @@ static greatest_test_res psiformer_nodes_match_finite_differences(int backward, 
 TEST every_op_jet_matches_finite_differences(void) { return psiformer_nodes_match_finite_differences(0, 11); }
 TEST every_op_backward_matches_finite_differences(void) { return psiformer_nodes_match_finite_differences(1, 12); }
 
-/* Whole network: grad_theta log|psi| (every parameter), grad_x log|psi| and lap log|psi|, on two systems. */
+/* Whole network: grad_theta log|psi| (every parameter), grad_x log|psi| and lap log|psi| of the fixture built
+ * for `atom` (1 layer, 2 heads of 3, K orbital-head blocks), with the fixture_* settings of the caller. worst[3]
+ * receives the largest errors of the gradient, the Laplacian and the parameter gradient relative to their
+ * tolerance scales max(1, |.|). */
+static greatest_test_res network_fd(const char *atom, int K, uint64_t seed, double worst[3]) {
+    fixture f;
+    ASSERT_EQ(0, fixture_init(&f, atom, 1, 2, 3, K, seed));
+    psf_model *m = &f.m;
+    const int D = m->n_dim;
+    psf_real g[3 * PSF_MAX_ELEC], lap;
+    int sg;
+    psf_model_jet(m, &f.ws, f.x, g, &lap, &sg);
+    ASSERTm("psi != 0 at the test point", sg != 0);
+    double *dp = calloc(m->n_params, sizeof(double));
+    psf_model_logpsi(m, &f.ws, f.x, &sg);
+    psf_model_backward(m, &f.ws, 1.0, dp);
+    /* gradient: fourth-order central differences of log|psi|; Laplacian: the same stencil applied to the
+     * (separately verified) gradient component g_d along x_d, which avoids the eps/h^2 rounding of a
+     * second difference */
+    const double h = 1e-4;
+    double fdlap = 0;
+    for (int d = 0; d < D; d++) {
+        psf_real xs[3 * PSF_MAX_ELEC], gs[3 * PSF_MAX_ELEC], ls;
+        double fv[5], gv[5];
+        for (int q = 0; q < 5; q++) {
+            memcpy(xs, f.x, sizeof(psf_real) * D);
+            xs[d] += (q - 2) * h;
+            fv[q] = psf_model_jet(m, &f.ws, xs, gs, &ls, &sg);
+            gv[q] = gs[d];
+        }
+        const double fd1 = (fv[0] - 8 * fv[1] + 8 * fv[3] - fv[4]) / (12 * h);
+        worst[0] = fmax(worst[0], fabs(fd1 - g[d]) / fmax(1, fabs(g[d])));
+        ASSERT_IN_RANGEm("d log|psi| / dx", fd1, g[d], 1e-7 * fmax(1, fabs(g[d])));
+        ASSERT_IN_RANGEm("backward dx = jet gradient", g[d], f.ws.dx[d], 1e-10 * fmax(1, fabs(g[d])));
+        fdlap += (gv[0] - 8 * gv[1] + 8 * gv[3] - gv[4]) / (12 * h);
+    }
+    worst[1] = fmax(worst[1], fabs(fdlap - lap) / fmax(1, fabs(lap)));
+    ASSERT_IN_RANGEm("laplacian", fdlap, lap, 1e-6 * fmax(1, fabs(lap)));
+    for (size_t p = 0; p < m->n_params; p++) {
+        const psf_real keep = m->params[p];
+        m->params[p] = keep + 1e-5; const double fp = psf_model_logpsi(m, &f.ws, f.x, &sg);
+        m->params[p] = keep - 1e-5; const double fm = psf_model_logpsi(m, &f.ws, f.x, &sg);
+        m->params[p] = keep;
+        worst[2] = fmax(worst[2], fabs((fp - fm) / 2e-5 - dp[p]) / fmax(1, fabs(dp[p])));
+        ASSERT_IN_RANGEm("d log|psi| / d theta", (fp - fm) / 2e-5, dp[p], 1e-6 * fmax(1, fabs(dp[p])));
+    }
+    free(dp);
+    fixture_free(&f);
+    PASS();
+}
+
+/* The determinant head on two systems: Li with, O without the e-n cusp term. */
 TEST network_derivatives_match_finite_differences(void) {
     const char *atoms[2] = {"Li", "O"};
+    double worst[3] = {0, 0, 0};
     for (int s = 0; s < 2; s++) {
-        fixture f;
-        fixture_en_cusp = s == 0; /* Li with, O without the e-n cusp term */
-        ASSERT_EQ(0, fixture_init(&f, atoms[s], 1, 2, 3, 2, 21 + s));
+        fixture_en_cusp = s == 0;
+        const greatest_test_res r = network_fd(atoms[s], 2, 21 + s, worst);
         fixture_en_cusp = 0;
-        psf_model *m = &f.m;
-        const int D = m->n_dim;
-        psf_real g[3 * PSF_MAX_ELEC], lap;
-        int sg;
-        const double lp = psf_model_jet(m, &f.ws, f.x, g, &lap, &sg);
-        double *dp = calloc(m->n_params, sizeof(double));
-        psf_model_logpsi(m, &f.ws, f.x, &sg);
-        psf_model_backward(m, &f.ws, 1.0, dp);
-        /* gradient: fourth-order central differences of log|psi|; Laplacian: the same stencil applied to the
-         * (separately verified) gradient component g_d along x_d, which avoids the eps/h^2 rounding of a
-         * second difference */
-        const double h = 1e-4;
-        double fdlap = 0;
-        for (int d = 0; d < D; d++) {
-            psf_real xs[3 * PSF_MAX_ELEC], gs[3 * PSF_MAX_ELEC], ls;
-            double fv[5], gv[5];
-            for (int q = 0; q < 5; q++) {
-                memcpy(xs, f.x, sizeof(psf_real) * D);
-                xs[d] += (q - 2) * h;
-                fv[q] = psf_model_jet(m, &f.ws, xs, gs, &ls, &sg);
-                gv[q] = gs[d];
-            }
-            const double fd1 = (fv[0] - 8 * fv[1] + 8 * fv[3] - fv[4]) / (12 * h);
-            ASSERT_IN_RANGEm("d log|psi| / dx", fd1, g[d], 1e-7 * fmax(1, fabs(g[d])));
-            ASSERT_IN_RANGEm("backward dx = jet gradient", g[d], f.ws.dx[d], 1e-10 * fmax(1, fabs(g[d])));
-            fdlap += (gv[0] - 8 * gv[1] + 8 * gv[3] - gv[4]) / (12 * h);
-        }
-        (void)lp;
-        ASSERT_IN_RANGEm("laplacian", fdlap, lap, 1e-6 * fmax(1, fabs(lap)));
-        for (size_t p = 0; p < m->n_params; p++) {
-            const psf_real keep = m->params[p];
-            m->params[p] = keep + 1e-5; const double fp = psf_model_logpsi(m, &f.ws, f.x, &sg);
-            m->params[p] = keep - 1e-5; const double fm = psf_model_logpsi(m, &f.ws, f.x, &sg);
-            m->params[p] = keep;
-            ASSERT_IN_RANGEm("d log|psi| / d theta", (fp - fm) / 2e-5, dp[p], 1e-6 * fmax(1, fabs(dp[p])));
-        }
-        free(dp);
-        fixture_free(&f);
+        if (r != GREATEST_TEST_RES_PASS) return r;
     }
+    if (greatest_info.verbose)
+        printf("    worst rel. errors: grad_x %.2e, laplacian %.2e, grad_theta %.2e\n", worst[0], worst[1], worst[2]);
+    PASS();
+}
+
+/* The Pfaffian head (K = 2): Be (4 electrons, F = 2N = 8), C (6, F = N + 1 = 7: an odd F) and the bordered odd-N
+ * form on Li (3 electrons, border orbital) and N (7, with the e-n cusp term). */
+TEST pfaffian_network_derivatives_match_finite_differences(void) {
+    const char *atoms[4] = {"Be", "C", "Li", "N"};
+    const int F[4] = {0, 7, 0, 0};
+    double worst[3] = {0, 0, 0};
+    for (int s = 0; s < 4; s++) {
+        fixture_orbitals = PSF_ORBITALS_PFAFFIAN;
+        fixture_pf_orbitals = F[s];
+        fixture_en_cusp = s == 3;
+        const greatest_test_res r = network_fd(atoms[s], 2, 61 + s, worst);
+        fixture_orbitals = PSF_ORBITALS_DET;
+        fixture_pf_orbitals = 0;
+        fixture_en_cusp = 0;
+        if (r != GREATEST_TEST_RES_PASS) return r;
+    }
+    if (greatest_info.verbose)
+        printf("    worst rel. errors: grad_x %.2e, laplacian %.2e, grad_theta %.2e\n", worst[0], worst[1], worst[2]);
     PASS();
 }
 
@@ -253,6 +294,7 @@ SUITE(derivatives) {
     RUN_TEST(every_op_jet_matches_finite_differences);
     RUN_TEST(every_op_backward_matches_finite_differences);
     RUN_TEST(network_derivatives_match_finite_differences);
+    RUN_TEST(pfaffian_network_derivatives_match_finite_differences);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -815,6 +857,8 @@ TEST driver_rejects_bad_arguments(void) {
         {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
         {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
         {"--atom Xx", "unknown element 'Xx'"},
+        {"--orbitals slater", "psiformer: --orbitals: expected det or pfaffian, got 'slater'"},
+        {"--orbitals pfaffian --pf-orbitals 3", "pf_orbitals = 3 out of range 6..1024 for 6 electrons"},
     };
     for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
         char cmd[512], err[512] = {0};
@@ -848,6 +892,13 @@ TEST bad_input_is_refused_with_a_message(void) {
     psf_model m;
     ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
     ASSERT(strstr(psf_last_error(), "heads") != NULL);
+    /* the Pfaffian head: too few orbital features (every Pfaffian would vanish) */
+    psf_system_atom(&s, "C", -1);
+    psf_config_default(&c);
+    c.orbitals = PSF_ORBITALS_PFAFFIAN;
+    c.pf_orbitals = 5;
+    ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
+    ASSERT(strstr(psf_last_error(), "pf_orbitals = 5") != NULL);
     PASS();
 }
 
@@ -864,11 +915,13 @@ SUITE(training) {
  * KFAC
  * --------------------------------------------------------------------------------------------------------- */
 
+static psf_orbitals small_vmc_orbitals = PSF_ORBITALS_DET; /* the head small_vmc builds */
 static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer opt, int batch, uint64_t seed) {
     psf_system sys;
     psf_system_atom(&sys, atom, -1);
     psf_config c;
     psf_config_default(&c);
+    c.orbitals = small_vmc_orbitals;
     c.psiformer.n_layers = 1; c.psiformer.n_heads = 2; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 6; c.n_dets = 2;
     psf_model_init(m, &sys, &c, seed);
     psf_vmc_config vc;
@@ -1239,11 +1292,53 @@ TEST pretraining_fits_the_hf_orbitals(void) {
     PASS();
 }
 
+/* The Pfaffian head's pretraining target Phi' J Phi'^T (bordered for odd N) has Pf = det Phi_ref: random N x N
+ * matrices, N = 1..9, log|Pf| and sign against psf_logdet to 1e-12 relative (measured with -v); then 150 Adam steps
+ * on Li (bordered) and Be lower the pair-matrix loss tenfold, as for the determinant head. */
+TEST pfaffian_pretraining_fits_the_hf_pair_matrix(void) {
+    psf_rng r;
+    psf_rng_seed(&r, 9, 7);
+    double phi[81], tgt[100], w[100], worst = 0;
+    int piv[10];
+    for (int N = 1; N <= 9; N++)
+        for (int rep = 0; rep < 3; rep++) {
+            const int n = N + (N & 1);
+            for (int i = 0; i < N * N; i++) phi[i] = psf_rng_normal(&r);
+            psf_test_reference_pair_matrix(N, phi, tgt);
+            int sp, sd;
+            const double lp = psf_logpfaffian(n, tgt, w, &sp), ld = psf_logdet(N, phi, w, piv, &sd);
+            ASSERT_EQm("sign Pf(target) = sign det Phi_ref", sd, sp);
+            worst = fmax(worst, fabs(lp - ld) / fmax(1, fabs(ld)));
+            ASSERT_IN_RANGEm("log|Pf(target)| = log|det Phi_ref|", ld, lp, 1e-12 * fmax(1, fabs(ld)));
+        }
+    const char *atoms[2] = {"Li", "Be"};
+    for (int t = 0; t < 2; t++) {
+        psf_model m;
+        psf_vmc v;
+        small_vmc_orbitals = PSF_ORBITALS_PFAFFIAN;
+        small_vmc(&m, &v, atoms[t], PSF_OPT_ADAM, 64, 3);
+        small_vmc_orbitals = PSF_ORBITALS_DET;
+        psf_system sys = m.sys;
+        psf_reference ref;
+        ASSERT_EQ(PSF_OK, psf_reference_hf_atom(&ref, &sys, NULL));
+        double loss[150];
+        ASSERT_EQ(PSF_OK, psf_vmc_pretrain(&v, &ref, 150, 3e-3, loss));
+        const double first = (loss[0] + loss[1] + loss[2]) / 3, last = (loss[147] + loss[148] + loss[149]) / 3;
+        if (greatest_info.verbose) printf("    %s: loss %.4g -> %.4g\n", atoms[t], first, last);
+        ASSERT(last < 0.1 * first);
+        psf_vmc_free(&v);
+        psf_model_free(&m);
+    }
+    if (greatest_info.verbose) printf("    target: worst |log|Pf| - log|det|| / max(1, |log det|) %.2e\n", worst);
+    PASS();
+}
+
 SUITE(reference_and_pretraining) {
     RUN_TEST(reference_jet_matches_finite_differences);
     RUN_TEST(hf_determinant_energy_of_carbon);
     RUN_TEST(hf_determinant_energy_of_neon);
     RUN_TEST(pretraining_fits_the_hf_orbitals);
+    RUN_TEST(pfaffian_pretraining_fits_the_hf_pair_matrix);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -1500,12 +1595,177 @@ TEST pfaffian_inverse_matches_finite_differences(void) {
     PASS();
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * The Pfaffian head (issue 9, item 2): its value against the matching expansion of its own pair matrices,
+ * antisymmetry, and the special case in which it is the Slater determinant.
+ * --------------------------------------------------------------------------------------------------------- */
+
+static int pf_fixture(fixture *f, const char *atom, int K, int F, uint64_t seed) {
+    fixture_orbitals = PSF_ORBITALS_PFAFFIAN;
+    fixture_pf_orbitals = F;
+    const int rc = fixture_init(f, atom, 2, 2, 4, K, seed);
+    fixture_orbitals = PSF_ORBITALS_DET;
+    fixture_pf_orbitals = 0;
+    return rc;
+}
+
+/* LOGPF on K = 3 Pfaffians against the sum over perfect matchings of the pair matrices the head built (its jet and
+ * backward rules are checked in the derivatives suite): Be (n = 4), Li (bordered, n = 4), C (n = 6), N
+ * (bordered, n = 8); the pair matrices are exactly skew. The reference sums at most 105 products of 4 entries;
+ * 1e-12 on log|psi_pf| (measured worst with -v). */
+TEST pfaffian_head_matches_matching_expansion(void) {
+    const char *atoms[4] = {"Be", "Li", "C", "N"};
+    double worst = 0;
+    for (int t = 0; t < 4; t++) {
+        fixture f;
+        ASSERT_EQ(0, pf_fixture(&f, atoms[t], 3, 0, 71 + t));
+        psf_model *m = &f.m;
+        const int N = m->n_elec, n = N + (N & 1), K = 3;
+        const int idx[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+        ASSERT_EQ(K * n, m->nodes[m->orbital_node].rows);
+        ASSERT_EQ(n, m->nodes[m->orbital_node].cols);
+        const psf_real *M = psf_model_eval_node(m, &f.ws, f.x, m->orbital_node, 0);
+        double sum = 0;
+        for (int k = 0; k < K; k++) {
+            const psf_real *Mk = M + (size_t)k * n * n;
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) ASSERT_EQm("exactly skew", -Mk[j * n + i], Mk[i * n + j]);
+            sum += pfaffian_by_matchings(n, Mk, idx, n);
+        }
+        const psf_real *y = psf_model_eval_node(m, &f.ws, f.x, m->logdet_node, 0);
+        ASSERT_EQm("sign", sum > 0 ? 1 : -1, f.ws.sign);
+        worst = fmax(worst, fabs(log(fabs(sum)) - y[0]));
+        ASSERT_IN_RANGE(log(fabs(sum)), y[0], 1e-12);
+        fixture_free(&f);
+    }
+    if (greatest_info.verbose) printf("    worst |log|sum Pf| - LOGPF| %.2e\n", worst);
+    PASS();
+}
+
+/* Exchanging two same-spin electrons flips the sign of psi and keeps log|psi| (to 1e-10), with 1 and 3 Pfaffians,
+ * for even N (Be 2+2, C 4+2) and odd N (Li 2+1, N 5+2: the bordered form). Pf of the pair matrix with rows and
+ * columns i, j exchanged is -Pf; the Jastrow is symmetric under the exchange. Opposite-spin exchanges are not
+ * symmetries of psi (the spins are inputs) and are not tested. */
+TEST pfaffian_swapping_same_spin_electrons_flips_the_sign(void) {
+    const char *atoms[4] = {"Be", "C", "Li", "N"};
+    const int pairs[4][2][2] = {{{0, 1}, {2, 3}}, {{0, 3}, {4, 5}}, {{0, 1}, {0, 1}}, {{1, 4}, {5, 6}}};
+    double worst = 0;
+    for (int t = 0; t < 4; t++)
+        for (int K = 1; K <= 3; K += 2) {
+            fixture f;
+            ASSERT_EQ(0, pf_fixture(&f, atoms[t], K, 0, 81 + 2 * t + K));
+            for (int p = 0; p < 2; p++) {
+                double dl; int sp;
+                check_swap(&f, pairs[t][p][0], pairs[t][p][1], &dl, &sp);
+                ASSERT_EQm("sign flips", -1, sp);
+                worst = fmax(worst, dl);
+                ASSERT_IN_RANGEm("log|psi| unchanged", 0.0, dl, 1e-10);
+            }
+            fixture_free(&f);
+        }
+    if (greatest_info.verbose) printf("    worst |log|psi(swapped)| - log|psi|| %.2e\n", worst);
+    PASS();
+}
+
+/* The special case Phi = Phi_det J Phi_det^T, J the symplectic unit (blocks [[0, 1], [-1, 0]], Pf J = 1), in which
+ * the Pfaffian is the Slater determinant: Pf(Phi_det J Phi_det^T) = det(Phi_det) Pf(J) = det(Phi_det).
+ * 1. Linear algebra: random N x N Phi_det, N = 2..32, log|Pf| and sign against psf_logdet, to 1e-12 relative to
+ *    max(1, |log det|).
+ * 2. The whole wavefunction: a Pfaffian model whose trunk, Jastrow and orbital weights and envelopes are copied from
+ *    a determinant model (K = 2, same atom) into orbital columns 0..N-b-1 (and det column N-1 into the border
+ *    orbital chi when N is odd, b = 1), with W_k = J/2 on those columns and 0 elsewhere, so that
+ *    W - W^T = J (+) 0; the extra F - (N - b) orbital columns keep random weights, which the zero rows of W - W^T
+ *    switch off. For odd N, Pf [[M J M^T, chi], [-chi^T, 0]] = det [M chi] (the (N+1) x (N+1) congruence with
+ *    diag([M chi], 1) and the symplectic unit of order N + 1). log|psi| and sign equal the determinant model's to
+ *    1e-12 (Be, C even; Li, N odd; F = N + 2), at several points. */
+static void copy_block(const psf_model *src, const char *sname, psf_model *dst, const char *dname, int K, int N,
+                       int F, int b) {
+    const psf_pblock *ps = NULL, *pd = NULL;
+    for (int i = 0; i < src->n_pblocks; i++) if (!strcmp(src->pblocks[i].name, sname)) ps = &src->pblocks[i];
+    for (int i = 0; i < dst->n_pblocks; i++) if (!strcmp(dst->pblocks[i].name, dname)) pd = &dst->pblocks[i];
+    if (!ps || !pd) return;
+    if (K == 0) { /* the trunk's and the Jastrow's blocks: same name and shape, copied as they are */
+        if (ps->rows != pd->rows || ps->cols != pd->cols) return;
+        memcpy(dst->params + pd->off, src->params + ps->off, sizeof(psf_real) * (size_t)ps->rows * ps->cols);
+        return;
+    }
+    for (int r = 0; r < ps->rows; r++) /* det column k N + j -> Pfaffian column k (F + b) + j (j = N - 1 -> F if b) */
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < N; j++) {
+                const int jd = (b && j == N - 1) ? F : j;
+                dst->params[pd->off + r * pd->cols + k * (F + b) + jd] = src->params[ps->off + r * ps->cols + k * N + j];
+            }
+}
+
+TEST pfaffian_of_det_j_det_is_the_slater_determinant(void) {
+    enum { NMAX = 32 };
+    static double phi[NMAX * NMAX], c[NMAX * NMAX], w[NMAX * NMAX];
+    int piv[NMAX];
+    psf_rng r;
+    psf_rng_seed(&r, 9, 6);
+    double worst_la = 0, worst_wf = 0;
+    for (int n = 2; n <= NMAX; n += 2)
+        for (int rep = 0; rep < 3; rep++) {
+            for (int i = 0; i < n * n; i++) phi[i] = psf_rng_normal(&r);
+            for (int i = 0; i < n; i++) /* C = Phi J Phi^T: (Phi J)_{i,2b} = -Phi_{i,2b+1}, (Phi J)_{i,2b+1} = Phi_{i,2b} */
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int b = 0; b < n; b += 2) s += phi[i * n + b] * phi[j * n + b + 1] - phi[i * n + b + 1] * phi[j * n + b];
+                    c[i * n + j] = s;
+                }
+            int sp, sd;
+            const double lp = psf_logpfaffian(n, c, w, &sp), ld = psf_logdet(n, phi, w, piv, &sd);
+            ASSERT_EQm("sign Pf(Phi J Phi^T) = sign det Phi", sd, sp);
+            worst_la = fmax(worst_la, fabs(lp - ld) / fmax(1, fabs(ld)));
+            ASSERT_IN_RANGEm("log|Pf(Phi J Phi^T)| = log|det Phi|", ld, lp, 1e-12 * fmax(1, fabs(ld)));
+        }
+    const char *atoms[4] = {"Be", "C", "Li", "N"};
+    for (int t = 0; t < 4; t++) {
+        fixture fd, fp;
+        const int K = 2;
+        ASSERT_EQ(0, fixture_init(&fd, atoms[t], 2, 2, 4, K, 91 + t));
+        const int N = fd.m.n_elec, b = N & 1, F = N + 2;
+        ASSERT_EQ(0, pf_fixture(&fp, atoms[t], K, F, 91 + t));
+        for (int i = 0; i < fd.m.n_pblocks; i++) /* trunk and Jastrow: the same names and shapes */
+            copy_block(&fd.m, fd.m.pblocks[i].name, &fp.m, fd.m.pblocks[i].name, 0, N, F, b);
+        copy_block(&fd.m, "orb_up.w", &fp.m, "pf_orb_up.w", K, N, F, b);
+        copy_block(&fd.m, "orb_down.w", &fp.m, "pf_orb_down.w", K, N, F, b);
+        const char *env[4] = {"env_up.pi", "env_up.sigma", "env_down.pi", "env_down.sigma"};
+        for (int e = 0; e < 4; e++) copy_block(&fd.m, env[e], &fp.m, env[e], K, N, F, b);
+        for (int i = 0; i < fp.m.n_pblocks; i++) { /* W_k = J / 2 on the first N - b columns, 0 elsewhere */
+            const psf_pblock *pb = &fp.m.pblocks[i];
+            if (strncmp(pb->name, "pf_pair", 7)) continue;
+            ASSERT_EQ(F, pb->rows);
+            psf_real *W = fp.m.params + pb->off;
+            memset(W, 0, sizeof(psf_real) * F * F);
+            for (int q = 0; q + 1 < N - b; q += 2) { W[q * F + q + 1] = 0.5; W[(q + 1) * F + q] = -0.5; }
+        }
+        for (int pt = 0; pt < 3; pt++) {
+            psf_real x[3 * PSF_MAX_ELEC];
+            for (int d = 0; d < 3 * N; d++) x[d] = fd.x[d] + 0.3 * pt * psf_rng_normal(&r);
+            int sd, sp;
+            const double ld = psf_model_logpsi(&fd.m, &fd.ws, x, &sd), lp = psf_model_logpsi(&fp.m, &fp.ws, x, &sp);
+            ASSERT_EQm("sign psi_pf = sign psi_det", sd, sp);
+            worst_wf = fmax(worst_wf, fabs(lp - ld) / fmax(1, fabs(ld)));
+            ASSERT_IN_RANGEm("log|psi_pf| = log|psi_det|", ld, lp, 1e-12 * fmax(1, fabs(ld)));
+        }
+        fixture_free(&fd);
+        fixture_free(&fp);
+    }
+    if (greatest_info.verbose)
+        printf("    worst rel. error: linear algebra %.2e, wavefunction %.2e\n", worst_la, worst_wf);
+    PASS();
+}
+
 SUITE(pfaffian) {
     RUN_TEST(pfaffian_squared_equals_determinant);
     RUN_TEST(pfaffian_matches_matching_expansion);
     RUN_TEST(pfaffian_of_congruence_is_det_times_pfaffian);
     RUN_TEST(pfaffian_of_singular_and_odd_matrices);
     RUN_TEST(pfaffian_inverse_matches_finite_differences);
+    RUN_TEST(pfaffian_head_matches_matching_expansion);
+    RUN_TEST(pfaffian_swapping_same_spin_electrons_flips_the_sign);
+    RUN_TEST(pfaffian_of_det_j_det_is_the_slater_determinant);
 }
 
 int main(int argc, char **argv) {
