@@ -1811,6 +1811,22 @@ static double psf__logdet_combine(int K, const double *ld, const int *sg, double
     *sign = S > 0 ? 1 : -1;
     return mx + log(fabs(S));
 }
+/* The jet of y = log|sum_k s_k exp(l_k)| from each term's jet jk[k] = (grad l_k [D], lap l_k) and the weights
+ * w_k = s_k exp(l_k - y) * sign: grad y = sum_k w_k grad l_k, lap y = sum_k w_k (lap l_k + |grad l_k|^2) - |grad y|^2.
+ * Shared by LOGDET and LOGPF. */
+static void psf__logsum_jet(int K, int D, const double *w, const psf_real *jk, psf_real *y) {
+    for (int d = 0; d <= D; d++) y[1 + d] = 0;
+    double g2 = 0;
+    for (int k = 0; k < K; k++) {
+        if (w[k] == 0) continue;
+        const psf_real *jg = jk + (size_t)k * (D + 1);
+        double gk2 = 0;
+        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
+        y[1 + D] += w[k] * (jg[D] + gk2);
+    }
+    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
+    y[1 + D] -= g2;
+}
 static void psf__logdet_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *in = &c->nodes[nd->in0];
     const int K = nd->ia, N = in->cols, D = c->D;
@@ -1846,18 +1862,8 @@ static void psf__logdet_fwd(psf__ctx *c, const psf_node *nd) {
     }
     y[0] = psf__logdet_combine(K, ld, sg, w, &c->ws->sign);
     if (c->nb == 1) return;
-    for (int d = 0; d <= D; d++) y[1 + d] = 0;
-    if (c->ws->sign == 0) return;
-    double g2 = 0;
-    for (int k = 0; k < K; k++) {
-        if (w[k] == 0) continue;
-        const psf_real *jg = jk + (size_t)k * (D + 1);
-        double gk2 = 0;
-        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
-        y[1 + D] += w[k] * (jg[D] + gk2);
-    }
-    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
-    y[1 + D] -= g2;
+    if (c->ws->sign == 0) { for (int d = 0; d <= D; d++) y[1 + d] = 0; return; }
+    psf__logsum_jet(K, D, w, jk, y);
 }
 static void psf__logdet_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *in = &c->nodes[nd->in0];
@@ -2121,18 +2127,8 @@ static void psf__logpf_fwd(psf__ctx *c, const psf_node *nd) {
     }
     y[0] = psf__logdet_combine(K, lp, sg, w, &c->ws->sign);
     if (c->nb == 1) return;
-    for (int d = 0; d <= D; d++) y[1 + d] = 0;
-    if (c->ws->sign == 0) return;
-    double g2 = 0;
-    for (int k = 0; k < K; k++) {
-        if (w[k] == 0) continue;
-        const psf_real *jg = jk + (size_t)k * (D + 1);
-        double gk2 = 0;
-        for (int d = 0; d < D; d++) { y[1 + d] += w[k] * jg[d]; gk2 += jg[d] * jg[d]; }
-        y[1 + D] += w[k] * (jg[D] + gk2);
-    }
-    for (int d = 0; d < D; d++) g2 += y[1 + d] * y[1 + d];
-    y[1 + D] -= g2;
+    if (c->ws->sign == 0) { for (int d = 0; d <= D; d++) y[1 + d] = 0; return; }
+    psf__logsum_jet(K, D, w, jk, y);
 }
 static void psf__logpf_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *in = &c->nodes[nd->in0];
