@@ -503,6 +503,9 @@ struct psf_vmc {
     const void *opt;     /* the optimizer's rules (internal)                           */
     void *opt_state;     /* the optimizer's state (internal)                           */
     long step;
+    double step_scale;   /* multiplies the learning rate and the bound on the step's norm (the norm
+                            constraint becomes C step_scale^2) of the following steps: a caller's schedule,
+                            e.g. the driver's --anneal. 1 after psf_vmc_init; not saved in checkpoints */
 };
 
 /* Allocates the driver for model m (which it does not own) and burns the walkers in. With cfg->threads > 0 it
@@ -3264,7 +3267,10 @@ typedef struct {
 static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
 static int psf__rd(FILE *f, void *p, size_t sz, size_t n) { return fread(p, sz, n, f) == n; }
 static void psf__chunk_nothing(void *st, int chunk, psf_workspace *ws) { (void)st; (void)chunk; (void)ws; }
-static double psf__lr_at(const psf_vmc *v) { return v->cfg.lr / (1.0 + (double)v->step / v->cfg.lr_delay); }
+static double psf__lr_at(const psf_vmc *v) { return v->step_scale * v->cfg.lr / (1.0 + (double)v->step / v->cfg.lr_delay); }
+/* The norm constraint of the next step: the configured C times step_scale^2, so a step bounded by it shrinks by
+ * step_scale like one that is not. */
+static double psf__norm_bound(const psf_vmc *v, double C) { return C * v->step_scale * v->step_scale; }
 
 /* ---- Adam (Kingma & Ba, ICLR 2015) on the energy gradient, lr_t = lr / (1 + t / delay) ------------------ */
 typedef struct { size_t P; psf_real *m, *v; } psf__adam;
@@ -3559,8 +3565,9 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
     double q = 0;
     for (size_t p = 0; p < P; p++) q += k->delta[p] * v->grad[p];
     q *= gs;
-    double eta = c->lr / (1.0 + (double)v->step / c->lr_delay);
-    if (q > 0 && eta * eta * q > c->kfac_norm_constraint) eta = sqrt(c->kfac_norm_constraint / q);
+    double eta = psf__lr_at(v);
+    const double bound = psf__norm_bound(v, c->kfac_norm_constraint);
+    if (q > 0 && eta * eta * q > bound) eta = sqrt(bound / q);
     k->last_eta = eta;
     k->last_q = q;
     for (size_t p = 0; p < P; p++) m->params[p] -= eta * k->delta[p];
@@ -3759,7 +3766,8 @@ static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_
     double phi2 = 0;
     for (size_t p = 0; p < P; p++) phi2 += s->phi[p] * s->phi[p];
     double eta = lr;
-    if (lr * lr * phi2 > c->spring_norm_constraint) eta = sqrt(c->spring_norm_constraint / phi2);
+    const double bound = psf__norm_bound(v, c->spring_norm_constraint);
+    if (lr * lr * phi2 > bound) eta = sqrt(bound / phi2);
     psf_real *theta = v->model->params;
     for (size_t p = 0; p < P; p++) theta[p] -= eta * s->phi[p];
     memcpy(s->phi_prev, s->phi, sizeof(psf_real) * P);
@@ -3827,6 +3835,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     const size_t P = m->n_params;
     v->model = m;
     v->cfg = *cfg;
+    v->step_scale = 1.0;
     v->opt = opt;
     if (v->cfg.lr == 0) v->cfg.lr = opt->default_lr;
     v->wf = psf_model_wavefunction(m);

@@ -857,6 +857,9 @@ TEST driver_rejects_bad_arguments(void) {
         {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
         {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
         {"--atom Xx", "unknown element 'Xx'"},
+        {"--anneal 1.5", "psiformer: --anneal: expected a number from 0 to 1, got '1.5'"},
+        {"--anneal-to 0", "psiformer: --anneal-to: expected a number above 0, at most 1, got '0'"},
+        {"--average x", "psiformer: --average: expected a number from 0 to 1, got 'x'"},
         {"--orbitals slater", "psiformer: --orbitals: expected det or pfaffian, got 'slater'"},
         {"--orbitals pfaffian --pf-orbitals 3", "pf_orbitals = 3 out of range 6..1024 for 6 electrons"},
     };
@@ -1183,8 +1186,48 @@ TEST spring_lowers_the_helium_energy(void) {
     PASS();
 }
 
+/* psf_vmc.step_scale (the driver's --anneal) multiplies the parameter step of every optimizer, whether or not
+ * the norm constraint binds: two runs from the same seed, one step each, the second with step_scale 1/4 (a power
+ * of 2, so the only rounding is that of theta - step, a few ulps of the larger of the old and new theta), must
+ * move the parameters by 1/4 as far. (Adam has no norm constraint: its "bind" case is just a huge step.) */
+TEST step_scale_scales_every_optimizers_step(void) {
+    const psf_optimizer opts[] = {PSF_OPT_ADAM, PSF_OPT_KFAC, PSF_OPT_SPRING};
+    for (int k = 0; k < 3; k++)
+        for (int bind = 0; bind < 2; bind++) { /* bind: a learning rate far beyond the norm constraint */
+            psf_model m[2];
+            psf_vmc v[2];
+            psf_step_stats st;
+            for (int r = 0; r < 2; r++) {
+                small_vmc(&m[r], &v[r], "Li", opts[k], 16, 5);
+                ASSERT_EQ(1.0, v[r].step_scale);
+                if (bind) { v[r].cfg.lr = 1e3; v[r].cfg.kfac_norm_constraint = v[r].cfg.spring_norm_constraint = 1e-6; }
+            }
+            v[1].step_scale = 0.25;
+            const size_t P = m[0].n_params;
+            psf_real *theta = (psf_real *)malloc(sizeof(psf_real) * P);
+            memcpy(theta, m[0].params, sizeof(psf_real) * P);
+            for (int r = 0; r < 2; r++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v[r], &st));
+            double big = 0, worst = 0, tol = 0;
+            for (size_t p = 0; p < P; p++) {
+                const double d0 = m[0].params[p] - theta[p], d1 = m[1].params[p] - theta[p];
+                big = fmax(big, fabs(d0));
+                worst = fmax(worst, fabs(d1 - 0.25 * d0));
+                tol = fmax(tol, 4 * 2.220446049250313e-16 * fmax(fabs(theta[p]), fabs(m[0].params[p])));
+            }
+            free(theta);
+            for (int r = 0; r < 2; r++) { psf_vmc_free(&v[r]); psf_model_free(&m[r]); }
+            if (!(big > 0) || worst > tol) {
+                fprintf(stderr, "    %s, bind %d: |step| %.3g, worst |d1 - d0/4| %.3g (tolerance %.3g)\n",
+                        psf_optimizer_name(opts[k]), bind, big, worst, tol);
+                FAILm("step_scale does not scale the step");
+            }
+        }
+    PASS();
+}
+
 SUITE(spring) {
     RUN_TEST(spring_direction_equals_dense_solve);
+    RUN_TEST(step_scale_scales_every_optimizers_step);
     RUN_TEST(spring_lowers_the_helium_energy);
 }
 
