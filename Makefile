@@ -58,6 +58,28 @@ SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-san
 sanitize:
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/san$(if $(filter 0,$(OPENMP)),-serial) SAN="$(SAN_FLAGS)" test
 
+# `make fuzz FUZZ_SECONDS=N`: every parser under libFuzzer with ASan + UBSan (Debian's clang), N seconds each,
+# starting from a scratch copy of its seed corpus in tests/corpus/; a crash, a leak or a report fails it and
+# leaves the input in $(BUILD)/fuzz/ (crash-*). Each crash found so far is a regression test in `make test`.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint
+FUZZ_FLAGS    = -std=c11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+.PHONY: fuzz
+$(BUILD)/fuzz/%: tests/fuzz/%.c psiformer.h
+	@mkdir -p $(BUILD)/fuzz
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz: $(FUZZ_CC) not found (Debian: apt-get install clang)"; exit 1; }
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< -lm
+fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	    name=$${t#fuzz_}; work=$(BUILD)/fuzz/corpus-$$name; rm -rf $$work; mkdir -p $$work; \
+	    cp tests/corpus/$$name/* $$work/; \
+	    echo "== $$t: $(FUZZ_SECONDS) s from tests/corpus/$$name"; \
+	    (cd $(BUILD)/fuzz && ./$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus-$$name >$$t.log 2>&1); rc=$$?; \
+	    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' $(BUILD)/fuzz/$$t.log; \
+	    if [ $$rc -ne 0 ]; then tail -n 40 $(BUILD)/fuzz/$$t.log; echo "make fuzz: $$t failed (log: $(BUILD)/fuzz/$$t.log)"; exit 1; fi; \
+	done
+
 clean:
 	rm -rf $(BUILD)
 

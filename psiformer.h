@@ -626,6 +626,9 @@ PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
  * valid[b]) and the last direction phi [P]. Returns 0 for another optimizer. */
 typedef struct { int B; size_t P; const psf_real *G; const unsigned char *valid; const psf_real *phi; } psf_test_spring_info;
 PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
+/* CRC-32 as the checkpoint writes it, and the byte offsets of a checkpoint's step and first parameter. */
+PSFDEF uint32_t psf_test_crc32(const unsigned char *p, size_t n);
+PSFDEF void psf_test_checkpoint_offsets(long *step, long *params);
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
 PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
                                          const psf_real *G, psf_real *Delta, double *work);
@@ -655,6 +658,8 @@ PSFDEF int psf_test_thread_id(void);
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <limits.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -4314,6 +4319,16 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         PSF_FREE(params); PSF_FREE(rng); fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: field 'optimizer state' is for '%.15s', this run uses '%s'", path, opt_name, psf__opt(v)->name);
     }
+    /* values no run writes (a checksum guards against corruption, not against a file crafted with a valid one) */
+    const char *bad = NULL;
+    if (ok && step < 0) bad = "step";
+    else if (ok && !(width > 0 && width < 1e300)) bad = "proposal width";
+    for (size_t i = 0; ok && !bad && i < m->n_params + nx; i++)
+        if (!isfinite(params[i])) bad = i < m->n_params ? "parameters" : "walkers";
+    if (bad) {
+        PSF_FREE(params); PSF_FREE(rng); fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: field '%s' holds a value no run writes (negative or not finite); nothing was loaded", path, bad);
+    }
     /* the optimizer's state is read in place: its size follows from the header fields checked above */
     ok = ok && psf__opt(v)->load(v->opt_state, f) && ftell(f) == size - 4;
     fclose(f);
@@ -4364,10 +4379,32 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
     const char *s = strstr(hdr, "'shape': (");
     if (!s) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: no field 'shape'", path); }
     s += 10;
-    int r = 0, c = 1;
-    if (*s == ')') r = 1; /* scalar */
-    else if (sscanf(s, "%d, %d", &r, &c) < 2) { c = 1; if (sscanf(s, "%d", &r) != 1) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: unreadable field 'shape'", path); } }
-    if (r < 0 || c < 0) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: negative 'shape'", path); }
+    long dim[3] = {1, 1, 1};
+    int nd = 0; /* up to 2 dimensions: "()", "(r,)", "(r, c)" */
+    while (*s == ' ') s++;
+    while (*s != ')') {
+        char *end;
+        errno = 0;
+        const long d = strtol(s, &end, 10);
+        if (end == s || errno || d < 0 || d > INT_MAX || nd == 3) break;
+        dim[nd++] = d;
+        s = end;
+        while (*s == ' ') s++;
+        if (*s == ',') s++;
+        while (*s == ' ') s++;
+    }
+    if (*s != ')') { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: unreadable field 'shape'", path); }
+    if (nd > 2) { fclose(f); return psf__fail(PSF_ERR_FORMAT, "%s: field 'shape' has %d or more dimensions (1 or 2 are read)", path, nd); }
+    const int r = (int)dim[0], c = nd == 2 ? (int)dim[1] : 1;
+    /* the data must be in the file before anything is allocated for it (no size overflow: r, c < 2^31) */
+    const long here = ftell(f);
+    long end_pos = -1;
+    if (here >= 0 && fseek(f, 0, SEEK_END) == 0) end_pos = ftell(f);
+    if (end_pos < 0 || fseek(f, here, SEEK_SET) != 0) { fclose(f); return psf__fail(PSF_ERR_IO, "%s: cannot seek", path); }
+    if ((unsigned long long)(end_pos - here) / sizeof(double) < (unsigned long long)r * (unsigned long long)c) {
+        fclose(f);
+        return psf__fail(PSF_ERR_FORMAT, "%s: data shorter than shape (%d, %d)", path, r, c);
+    }
     *data = (double *)PSF_MALLOC(sizeof(double) * ((size_t)r * c + 1));
     if (!*data) { fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
     if (!psf__rd(f, *data, sizeof(double), (size_t)r * c)) {
@@ -4402,6 +4439,11 @@ int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
     out->stat_reals = k->stat_reals; out->diag_off = k->diag_off;
     out->last_eta = k->last_eta; out->last_q = k->last_q; out->delta = k->delta;
     return 1;
+}
+uint32_t psf_test_crc32(const unsigned char *p, size_t n) { return psf__crc32(0, p, n); }
+void psf_test_checkpoint_offsets(long *step, long *params) {
+    *step = 8 + 4 * PSF__CKPT_NFIELDS + 8;
+    *params = *step + 8 + (long)sizeof(double) * 4 * PSF_MAX_ATOMS;
 }
 int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
     const psf__spring *s = v->cfg.optimizer == PSF_OPT_SPRING ? (const psf__spring *)v->opt_state : NULL;

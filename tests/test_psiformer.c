@@ -810,6 +810,33 @@ TEST checkpoint_roundtrip_and_errors(void) {
         ASSERT(memcmp(before, m2.params, sizeof(psf_real) * m2.n_params) == 0);
         ASSERT_EQ(step_before, v2.step);
     }
+    /* a file with a valid checksum but a value no run writes (crafted, or a bug's): a NaN parameter, a NaN walker
+     * coordinate, a negative step; refused, nothing loaded (found by tests/fuzz/fuzz_checkpoint.c's CRC mode) */
+    long off_step, off_params;
+    psf_test_checkpoint_offsets(&off_step, &off_params);
+    static const struct { int what; const char *want; } crafted[] = {{0, "'parameters'"}, {1, "'walkers'"}, {2, "'step'"}};
+    for (size_t k = 0; k < sizeof crafted / sizeof crafted[0]; k++) {
+        unsigned char *c2 = (unsigned char *)malloc((size_t)size);
+        memcpy(c2, bytes, (size_t)size);
+        const double nan = NAN;
+        const int64_t neg = -5;
+        if (crafted[k].what == 0) memcpy(c2 + off_params + 8 * 3, &nan, 8);
+        if (crafted[k].what == 1) memcpy(c2 + off_params + 8 * (long)m2.n_params + 8 + 8 * 2, &nan, 8); /* after the width */
+        if (crafted[k].what == 2) memcpy(c2 + off_step, &neg, 8);
+        const uint32_t crc = psf_test_crc32(c2, (size_t)size - 4);
+        for (int i = 0; i < 4; i++) c2[size - 4 + i] = (unsigned char)(crc >> (8 * i));
+        FILE *w = fopen("build/test_checkpoint_bad.bin", "wb");
+        ASSERT(w != NULL);
+        fwrite(c2, 1, (size_t)size, w);
+        fclose(w);
+        free(c2);
+        memcpy(before, m2.params, sizeof(psf_real) * m2.n_params);
+        const long step_before = v2.step;
+        ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v2, "build/test_checkpoint_bad.bin"));
+        if (!strstr(psf_last_error(), crafted[k].want)) { fprintf(stderr, "    crafted %zu: %s\n", k, psf_last_error()); FAIL(); }
+        ASSERT(memcmp(before, m2.params, sizeof(psf_real) * m2.n_params) == 0);
+        ASSERT_EQ(step_before, v2.step);
+    }
     free(bytes); free(before);
     /* the sampler needs one workspace per OpenMP thread */
     ASSERT(psf_mcmc(&v.walkers, &v.wf, v.wsp, 0, 1) < 0);
@@ -830,6 +857,35 @@ TEST npy_roundtrip(void) {
     ASSERT(memcmp(a, b, sizeof a) == 0);
     free(b);
     ASSERT_EQ(PSF_ERR_IO, psf_load_npy("build/missing.npy", &b, shape));
+    /* malformed files (tests/corpus/npy and what fuzz_npy found): refused with PSF_ERR_FORMAT, nothing allocated.
+     * The data is checked against the file's length before allocating: a shape of 2^31 x 2^31 used to ask for
+     * sizeof(double) r c bytes first. */
+    static const struct { const char *header, *want; } rows[] = {
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2147483647, 2147483647), }", "data shorter than shape"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999, 2), }", "unreadable field 'shape'"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (-1,), }", "unreadable field 'shape'"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2, 2), }", "dimensions"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, x), }", "unreadable field 'shape'"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", "'descr'"},
+        {"{'descr': '<f8', 'fortran_order': True, 'shape': (2,), }", "'fortran_order'"},
+    };
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        FILE *f = fopen("build/test_bad.npy", "wb");
+        ASSERT(f != NULL);
+        const size_t hl = strlen(rows[k].header) + 1;
+        const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)hl, (unsigned char)(hl >> 8)};
+        fwrite(pre, 1, 10, f);
+        fputs(rows[k].header, f);
+        fputc('\n', f);
+        fwrite(a, sizeof(double), 6, f); /* 48 bytes of data: less than any shape above asks for, or the wrong kind */
+        fclose(f);
+        b = NULL;
+        const int rc = psf_load_npy("build/test_bad.npy", &b, shape);
+        if (rc != PSF_ERR_FORMAT || b != NULL || !strstr(psf_last_error(), rows[k].want)) {
+            fprintf(stderr, "    %s: rc %d, %s\n", rows[k].header, rc, psf_last_error());
+            FAILm("a malformed .npy was not refused with its message");
+        }
+    }
     PASS();
 }
 
