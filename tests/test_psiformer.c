@@ -811,7 +811,7 @@ TEST checkpoint_roundtrip_and_errors(void) {
         ASSERT_EQ(step_before, v2.step);
     }
     /* a file with a valid checksum but a value no run writes (crafted, or a bug's): a NaN parameter, a NaN walker
-     * coordinate, a negative step; refused, nothing loaded (found by tests/fuzz/fuzz_checkpoint.c's CRC mode) */
+     * coordinate, a negative step; refused, nothing loaded (the CRC mode of tests/fuzz/fuzz_checkpoint.c reaches these; found by reading the loader) */
     long off_step, off_params;
     psf_test_checkpoint_offsets(&off_step, &off_params);
     static const struct { int what; const char *want; } crafted[] = {{0, "'parameters'"}, {1, "'walkers'"}, {2, "'step'"}};
@@ -857,7 +857,7 @@ TEST npy_roundtrip(void) {
     ASSERT(memcmp(a, b, sizeof a) == 0);
     free(b);
     ASSERT_EQ(PSF_ERR_IO, psf_load_npy("build/missing.npy", &b, shape));
-    /* malformed files (tests/corpus/npy and what fuzz_npy found): refused with PSF_ERR_FORMAT, nothing allocated.
+    /* malformed files (as in tests/corpus/npy): refused with PSF_ERR_FORMAT, nothing allocated.
      * The data is checked against the file's length before allocating: a shape of 2^31 x 2^31 used to ask for
      * sizeof(double) r c bytes first. */
     static const struct { const char *header, *want; } rows[] = {
