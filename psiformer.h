@@ -4329,9 +4329,20 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
         PSF_FREE(params); PSF_FREE(rng); fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: field '%s' holds a value no run writes (negative or not finite); nothing was loaded", path, bad);
     }
-    /* the optimizer's state is read in place: its size follows from the header fields checked above */
+    /* the optimizer's state is read in place (its size follows from the header fields checked above), after a
+     * copy of the current state is put aside in a temporary file, to be put back if the body proves bad */
+    FILE *bak = ok ? tmpfile() : NULL;
+    if (bak && !psf__opt(v)->save(v->opt_state, bak)) { fclose(bak); bak = NULL; }
+    if (ok && !bak) {
+        PSF_FREE(params); PSF_FREE(rng); fclose(f);
+        return psf__fail(PSF_ERR_IO, "%s: cannot set the optimizer's current state aside (tmpfile); nothing was loaded", path);
+    }
     ok = ok && psf__opt(v)->load(v->opt_state, f) && ftell(f) == size - 4;
     fclose(f);
+    if (bak) {
+        if (!ok) { rewind(bak); psf__opt(v)->load(v->opt_state, bak); }
+        fclose(bak);
+    }
     if (!ok) {
         PSF_FREE(params); PSF_FREE(rng);
         return psf__fail(PSF_ERR_FORMAT, "%s: the body (parameters, walkers or optimizer state) does not match its header", path);

@@ -837,6 +837,40 @@ TEST checkpoint_roundtrip_and_errors(void) {
         ASSERT(memcmp(before, m2.params, sizeof(psf_real) * m2.n_params) == 0);
         ASSERT_EQ(step_before, v2.step);
     }
+    /* the optimizer's block 8 bytes short (valid CRC): refused, and the optimizer's state is put back as it was
+     * (the loader reads it in place): the whole state saved after the refusal equals the state saved before */
+    {
+        ASSERT_EQ(0, psf_vmc_save(&v2, "build/test_ckpt_state_a.bin"));
+        unsigned char *c2 = (unsigned char *)malloc((size_t)size);
+        memcpy(c2, bytes, (size_t)size - 12);
+        const uint32_t crc = psf_test_crc32(c2, (size_t)size - 12);
+        for (int i = 0; i < 4; i++) c2[size - 12 + i] = (unsigned char)(crc >> (8 * i));
+        FILE *w = fopen("build/test_checkpoint_bad.bin", "wb");
+        ASSERT(w != NULL);
+        fwrite(c2, 1, (size_t)size - 8, w);
+        fclose(w);
+        free(c2);
+        ASSERT_EQ(PSF_ERR_FORMAT, psf_vmc_load(&v2, "build/test_checkpoint_bad.bin"));
+        ASSERT(strstr(psf_last_error(), "does not match its header") != NULL);
+        ASSERT_EQ(0, psf_vmc_save(&v2, "build/test_ckpt_state_b.bin"));
+        unsigned char *fa = NULL, *fb = NULL;
+        long na = 0, nb = 0;
+        const char *names[2] = {"build/test_ckpt_state_a.bin", "build/test_ckpt_state_b.bin"};
+        for (int k = 0; k < 2; k++) {
+            FILE *r = fopen(names[k], "rb");
+            ASSERT(r != NULL);
+            fseek(r, 0, SEEK_END);
+            const long n = ftell(r);
+            fseek(r, 0, SEEK_SET);
+            unsigned char *buf = (unsigned char *)malloc((size_t)n);
+            ASSERT_EQ((size_t)n, fread(buf, 1, (size_t)n, r));
+            fclose(r);
+            if (k == 0) { fa = buf; na = n; } else { fb = buf; nb = n; }
+        }
+        const int same = na == nb && memcmp(fa, fb, (size_t)na) == 0;
+        free(fa); free(fb);
+        ASSERTm("the optimizer state changed although the file was refused", same);
+    }
     free(bytes); free(before);
     /* the sampler needs one workspace per OpenMP thread */
     ASSERT(psf_mcmc(&v.walkers, &v.wf, v.wsp, 0, 1) < 0);
