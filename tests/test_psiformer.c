@@ -1232,6 +1232,203 @@ SUITE(spring) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
+ * Non-finite values (issue 12): walkers reset, updates rejected, checkpoints refused, a killed run resumed
+ * --------------------------------------------------------------------------------------------------------- */
+
+static int all_finite(const psf_real *x, size_t n) {
+    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Walkers 3, 4 and B-1 get NaN coordinates between two steps: the next step measures three non-finite E_L and
+ * resets exactly those walkers, deterministically to the next walker with finite values (3 and 4 to walker 5,
+ * B-1 cyclically to walker 0: position, log|psi| and sign bitwise); training goes on without further resets,
+ * and the parameters stay finite. For every optimizer. */
+TEST nonfinite_walkers_are_reset_to_the_next_finite_walker(void) {
+    for (int o = 0; o < PSF_OPT_COUNT; o++) {
+        psf_model m;
+        psf_vmc v;
+        const int B = 16;
+        small_vmc(&m, &v, "Li", (psf_optimizer)o, B, 7);
+        const int D = m.n_dim;
+        psf_step_stats st;
+        for (int s = 0; s < 2; s++) {
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(0, st.n_reset);
+            ASSERT_EQ(0, st.n_nonfinite);
+        }
+        const int poisoned[3] = {3, 4, B - 1}, source[3] = {5, 5, 0};
+        for (int k = 0; k < 3; k++) for (int d = 0; d < D; d++) v.walkers.x[(size_t)poisoned[k] * D + d] = NAN;
+        ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+        ASSERT_EQ(3, st.n_nonfinite);
+        ASSERT_EQ(3, st.n_reset);
+        ASSERT_EQ(0, st.skipped);
+        ASSERT(isfinite(st.energy) && isfinite(st.variance));
+        ASSERT_EQ(3, v.step);
+        for (int k = 0; k < 3; k++) { /* the step after the reset moves no walker: they still coincide */
+            const psf_real *a = v.walkers.x + (size_t)poisoned[k] * D, *b = v.walkers.x + (size_t)source[k] * D;
+            ASSERTm("a reset walker sits on the next finite walker", memcmp(a, b, sizeof(psf_real) * D) == 0);
+            ASSERT(memcmp(&v.walkers.logpsi[poisoned[k]], &v.walkers.logpsi[source[k]], sizeof(double)) == 0);
+            ASSERT_EQ(v.walkers.sign[source[k]], v.walkers.sign[poisoned[k]]);
+        }
+        for (int s = 0; s < 5; s++) {
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(0, st.n_reset);
+            ASSERT_EQ(0, st.skipped);
+        }
+        ASSERT(all_finite(m.params, m.n_params));
+        ASSERT(all_finite(v.walkers.x, (size_t)B * D));
+        /* the evaluation step resets the same way */
+        for (int d = 0; d < D; d++) v.walkers.x[(size_t)7 * D + d] = NAN;
+        ASSERT_EQ(PSF_OK, psf_vmc_eval_step(&v, &st));
+        ASSERT_EQ(1, st.n_reset);
+        ASSERT(memcmp(v.walkers.x + (size_t)7 * D, v.walkers.x + (size_t)8 * D, sizeof(psf_real) * D) == 0);
+        /* no walker finite at all: an error, not a reset */
+        for (size_t i = 0; i < (size_t)B * D; i++) v.walkers.x[i] = NAN;
+        ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+        ASSERT(strstr(psf_last_error(), "no walker has a finite") != NULL);
+        psf_vmc_free(&v);
+        psf_model_free(&m);
+    }
+    PASS();
+}
+
+/* A NaN update, two ways, for every optimizer, between ordinary steps:
+ *   step_scale = NaN  the learning rate and the norm bound become NaN, so the step is NaN although the gradient
+ *                     and the optimizer's new state are finite: the parameters and the whole optimizer state
+ *                     (both arrays and the step counter) must come back bitwise as they were before the step;
+ *   poisoned state    one entry of the optimizer's state (Adam's m, KFAC's factors, SPRING's phi_prev) is NaN
+ *                     before the step: the parameters come back bitwise, and the state, which cannot be restored
+ *                     to anything finite, is reset to its initial zeros.
+ * The step returns PSF_OK with skipped = 1 and a message; v->step advances; five more steps succeed and the
+ * parameters are finite. Then PSF_MAX_REJECTED rejections in a row stop training with PSF_ERR_NUMERIC, the
+ * parameters those of the last good step. */
+TEST nonfinite_update_is_rejected_and_training_continues(void) {
+    for (int o = 0; o < PSF_OPT_COUNT; o++)
+        for (int poison = 0; poison < 2; poison++) {
+            psf_model m;
+            psf_vmc v;
+            small_vmc(&m, &v, "He", (psf_optimizer)o, 16, 9);
+            const size_t P = m.n_params;
+            psf_step_stats st;
+            for (int s = 0; s < 3; s++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            size_t n[2];
+            long c0, c1;
+            psf_real *a0 = psf_test_optimizer_state(&v, 0, &n[0], &c0), *a1 = psf_test_optimizer_state(&v, 1, &n[1], &c1);
+            ASSERT(n[0] > 0);
+            psf_real *theta = (psf_real *)malloc(sizeof(psf_real) * P), *s0 = (psf_real *)malloc(sizeof(psf_real) * (n[0] + n[1]));
+            if (poison) a0[0] = NAN; else v.step_scale = NAN;
+            memcpy(theta, m.params, sizeof(psf_real) * P);
+            memcpy(s0, a0, sizeof(psf_real) * n[0]);
+            if (n[1]) memcpy(s0 + n[0], a1, sizeof(psf_real) * n[1]);
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(1, st.skipped);
+            ASSERT_EQ(4, v.step);
+            ASSERT(strstr(psf_last_error(), "update rejected") != NULL);
+            ASSERTm("parameters bitwise as before the rejected step", memcmp(theta, m.params, sizeof(psf_real) * P) == 0);
+            long c;
+            psf_test_optimizer_state(&v, 0, &n[0], &c);
+            ASSERT(all_finite(a0, n[0]) && all_finite(a1, n[1]));
+            if (!poison) {
+                ASSERTm("optimizer state bitwise as before", memcmp(s0, a0, sizeof(psf_real) * n[0]) == 0 &&
+                        (!n[1] || memcmp(s0 + n[0], a1, sizeof(psf_real) * n[1]) == 0));
+                ASSERT_EQ(c0, c);
+            } else {
+                for (size_t i = 0; i < n[0]; i++) ASSERT_EQ(0.0, a0[i]);
+                for (size_t i = 0; i < n[1]; i++) ASSERT_EQ(0.0, a1[i]);
+                ASSERT_EQ(c0 < 0 ? -1 : 0, c);
+            }
+            v.step_scale = 1.0;
+            for (int s = 0; s < 5; s++) {
+                ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+                ASSERT_EQ(0, st.skipped);
+            }
+            ASSERT(all_finite(m.params, P));
+            ASSERT(memcmp(theta, m.params, sizeof(psf_real) * P) != 0); /* training moved on */
+            /* a broken run stops: PSF_MAX_REJECTED rejections in a row */
+            memcpy(theta, m.params, sizeof(psf_real) * P);
+            v.step_scale = NAN;
+            for (int s = 1; s < PSF_MAX_REJECTED; s++) {
+                ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+                ASSERT_EQ(1, st.skipped);
+            }
+            ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+            ASSERT(strstr(psf_last_error(), "consecutive updates rejected") != NULL);
+            ASSERT(memcmp(theta, m.params, sizeof(psf_real) * P) == 0);
+            free(theta); free(s0);
+            psf_vmc_free(&v);
+            psf_model_free(&m);
+        }
+    PASS();
+}
+
+static int read_file_bytes(const char *path, unsigned char **bytes, long *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fseek(f, 0, SEEK_END);
+    *size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *bytes = (unsigned char *)malloc((size_t)*size + 1);
+    const int ok = fread(*bytes, 1, (size_t)*size, f) == (size_t)*size;
+    fclose(f);
+    return ok;
+}
+
+/* psf_vmc_save refuses a state with a NaN parameter, walker coordinate, proposal width or optimizer state
+ * (PSF_ERR_NUMERIC naming it) and leaves the checkpoint on disk byte-identical, with no .prev made and no .tmp
+ * left; psf_vmc_train_step refuses to start from a NaN parameter (it cannot come from an update). */
+TEST checkpoint_of_a_nonfinite_state_is_refused(void) {
+    static const struct { int what; const char *message; } rows[] = {
+        {0, "parameter 5 is not finite"}, {1, "walker 2 has a non-finite coordinate"},
+        {2, "proposal width is not finite"}, {3, "the spring state is not finite"}};
+    const char *path = "build/test_nonfinite_checkpoint.bin";
+    remove(path);
+    remove("build/test_nonfinite_checkpoint.prev.bin");
+    psf_model m;
+    psf_vmc v;
+    small_vmc(&m, &v, "He", PSF_OPT_SPRING, 8, 3);
+    psf_step_stats st;
+    for (int s = 0; s < 2; s++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+    ASSERT_EQ(PSF_OK, psf_vmc_save(&v, path));
+    unsigned char *before, *after;
+    long nb, na;
+    ASSERT(read_file_bytes(path, &before, &nb));
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        size_t n;
+        long c;
+        psf_real *slot = rows[k].what == 0 ? &m.params[5] : rows[k].what == 1 ? &v.walkers.x[2 * m.n_dim + 1]
+                       : rows[k].what == 2 ? &v.walkers.width : psf_test_optimizer_state(&v, 0, &n, &c) + 1;
+        const psf_real keep = *slot;
+        *slot = NAN;
+        ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_save(&v, path));
+        if (!strstr(psf_last_error(), rows[k].message)) { fprintf(stderr, "    row %zu: %s\n", k, psf_last_error()); FAIL(); }
+        if (rows[k].what == 0) {
+            ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+            ASSERT(strstr(psf_last_error(), "parameter 5 is not finite before the step") != NULL);
+        }
+        *slot = keep;
+        ASSERT(read_file_bytes(path, &after, &na));
+        ASSERTm("the checkpoint on disk is unchanged", na == nb && memcmp(before, after, (size_t)nb) == 0);
+        free(after);
+        FILE *f = fopen("build/test_nonfinite_checkpoint.prev.bin", "rb");
+        ASSERT(f == NULL);
+        f = fopen("build/test_nonfinite_checkpoint.bin.tmp", "rb");
+        ASSERT(f == NULL);
+    }
+    free(before);
+    ASSERT_EQ(PSF_OK, psf_vmc_save(&v, path)); /* the repaired state is written again */
+    psf_vmc_free(&v);
+    psf_model_free(&m);
+    PASS();
+}
+
+SUITE(nonfinite) {
+    RUN_TEST(nonfinite_walkers_are_reset_to_the_next_finite_walker);
+    RUN_TEST(nonfinite_update_is_rejected_and_training_continues);
+    RUN_TEST(checkpoint_of_a_nonfinite_state_is_refused);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
  * Reference orbitals and pretraining
  * --------------------------------------------------------------------------------------------------------- */
 
@@ -1819,6 +2016,7 @@ int main(int argc, char **argv) {
     RUN_SUITE(training);
     RUN_SUITE(kfac);
     RUN_SUITE(spring);
+    RUN_SUITE(nonfinite);
     RUN_SUITE(reference_and_pretraining);
     RUN_SUITE(pfaffian);
     GREATEST_MAIN_END();
