@@ -97,6 +97,10 @@ typedef PSF_REAL psf_real;
 #define PSF_MAX_ATOMS 16
 #define PSF_MAX_ELEC 64
 #define PSF_MAX_DETS 64
+/* psf_vmc_train_step fails after this many consecutive rejected (non-finite) updates */
+#ifndef PSF_MAX_REJECTED
+#define PSF_MAX_REJECTED 10
+#endif
 
 /* Status codes. Every function that can fail returns one; psf_last_error() holds the message. */
 enum {
@@ -479,7 +483,13 @@ typedef struct {
     double variance;  /* batch variance of E_L (hartree^2)       */
     double pmove;     /* acceptance fraction                     */
     double width;     /* proposal width (bohr)                   */
-    int n_nonfinite;  /* walkers whose E_L was not finite        */
+    int n_nonfinite;  /* walkers whose E_L was not finite when measured (before the reset below) */
+    int n_reset;      /* walkers reset this step: log|psi| or E_L not finite, so the walker took the position
+                         (and log|psi|, sign, E_L) of the next walker with finite values, cyclically; the
+                         batch statistics are over the walkers after the reset */
+    int skipped;      /* 1: the update was rejected (it made a parameter or the optimizer's state non-finite,
+                         or the optimizer failed numerically); parameters and optimizer state are as before
+                         the step and psf_last_error() says why */
     double step_size; /* learning rate used (KFAC: after the norm constraint) */
     double grad_norm; /* |energy gradient|                       */
     double t_sample, t_jet, t_backward, t_optimizer; /* seconds  */
@@ -503,6 +513,8 @@ struct psf_vmc {
     const void *opt;     /* the optimizer's rules (internal)                           */
     void *opt_state;     /* the optimizer's state (internal)                           */
     long step;
+    int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints  */
+    psf_real *backup;    /* [n_params + the optimizer's state] the state before the running update          */
     double step_scale;   /* multiplies the learning rate and the bound on the step's norm (the norm
                             constraint becomes C step_scale^2) of the following steps: a caller's schedule,
                             e.g. the driver's --anneal. 1 after psf_vmc_init; not saved in checkpoints */
@@ -516,7 +528,14 @@ PSFDEF void psf_vmc_free(psf_vmc *v);
 
 /* One training iteration: MCMC, local energies, gradient 2 E[(E_L - <E_L>) grad_theta log|psi|] with clipped
  * E_L (FermiNet, Pfau et al. PRR 2, 033429 (2020), Eq. 4 and §"Optimization"), optimizer update.
- * Errors: PSF_ERR_NUMERIC (no finite local energy, or a parameter became non-finite), PSF_ERR_ARG. */
+ * Non-finite values (FermiNet's reset_if_nan, extended): a walker whose log|psi| or E_L is not finite is reset
+ * to the next walker with finite values (st->n_reset); an update that would make a parameter or the optimizer's
+ * state non-finite (or that the optimizer refuses numerically) is rejected: parameters and optimizer state are
+ * restored bitwise to their values before the step (an optimizer state that was already non-finite is reset to
+ * its initial zeros), st->skipped = 1, psf_last_error() says why, and PSF_OK is returned; the step still counts
+ * (v->step advances). Errors: PSF_ERR_NUMERIC (no walker with a finite local energy; a parameter not finite
+ * before the step; PSF_MAX_REJECTED consecutive rejected updates, with the parameters of the last good step
+ * kept), PSF_ERR_ARG. */
 PSFDEF int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st);
 
 /* One evaluation iteration with frozen parameters and a frozen proposal width: MCMC and local energies;
@@ -535,7 +554,9 @@ PSFDEF int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_deco
  * parameters, walkers, optimizer name and state, step, then a CRC-32 of everything before it. The file is
  * written to PATH.tmp, flushed to disk (fsync on POSIX systems), and renamed into place; an existing PATH is
  * first renamed to its ".prev" name (checkpoint.bin -> checkpoint.prev.bin), so a crash at any moment leaves
- * at least one complete checkpoint. Errors: PSF_ERR_IO. */
+ * at least one complete checkpoint. A state with a non-finite parameter, walker coordinate, proposal width or
+ * optimizer state is not written (PSF_ERR_NUMERIC naming it; an existing file is left as it was).
+ * Errors: PSF_ERR_IO, PSF_ERR_NUMERIC. */
 PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
 /* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer. The whole file
  * is checked (size, magic, version, CRC-32, header fields) before anything is loaded: a refused file changes
@@ -603,6 +624,9 @@ PSFDEF void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st);
 PSFDEF int psf_test_energy_gradient(psf_vmc *v, double mean);
 /* The optimizer's update from v->grad; *step_size receives the step used. Returns PSF_OK or an error code. */
 PSFDEF int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size);
+/* Array i (0, 1) of the optimizer's carried state (Adam: the moments m, v; KFAC: the running factors; SPRING:
+ * the previous direction phi_prev), writable, its length *n (0: none) and the step counter (-1: none). */
+PSFDEF psf_real *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter);
 /* In-place LU with partial pivoting (returns the sign, *logabs = log|det|) and the inverse from its factors. */
 PSFDEF int psf_test_lu(int n, psf_real *a, int *piv, double *logabs);
 PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv);
@@ -3267,6 +3291,9 @@ typedef struct {
     int (*save)(const void *st, FILE *f);
     int (*load)(void *st, FILE *f);
     void (*free)(void *st);
+    /* The state update() carries from step to step, for rejecting a non-finite step: n[0] and n[1] reals at
+     * a[0], a[1] (n = 0: unused) and a step counter (NULL: none). All zero is the initial state. */
+    void (*state)(void *st, psf_real *a[2], size_t n[2], long **counter);
 } psf__optimizer_rules;
 
 static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
@@ -3319,9 +3346,13 @@ static int psf__adam_load(void *st, FILE *f) {
     psf__adam *a = (psf__adam *)st;
     return psf__rd(f, a->m, sizeof(psf_real), a->P) && psf__rd(f, a->v, sizeof(psf_real), a->P);
 }
+static void psf__adam_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+    psf__adam *s = (psf__adam *)st;
+    a[0] = s->m; a[1] = s->v; n[0] = n[1] = s->P; *counter = NULL; /* the step count is v->step */
+}
 static const psf__optimizer_rules psf__adam_rules = {
     "adam", 0, 3e-3, psf__adam_init, psf__chunk_nothing, NULL, psf__chunk_nothing, psf__adam_update,
-    psf__adam_save, psf__adam_load, psf__adam_free};
+    psf__adam_save, psf__adam_load, psf__adam_free, psf__adam_state};
 
 
 /* ---- KFAC (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
@@ -3560,8 +3591,13 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
         if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(psf_real) * (size_t)d->rows * d->cols); continue; }
         double lam = c->kfac_damping, *work = k->work + (size_t)psf__thread_id() * k->work_stride;
         while (psf__kfac_precondition_dense(d->rows, d->cols, k->ema + d->a_off, k->ema + d->s_off, lam,
-                                            v->grad + d->poff, k->delta + d->poff, work) < 0)
+                                            v->grad + d->poff, k->delta + d->poff, work) < 0) {
             lam *= 10; /* a factor lost positive definiteness to rounding: damp harder for this block */
+            if (!(lam < 1e300)) { /* no damping helps: the factors are not finite; the step will be rejected */
+                for (size_t i = 0; i < (size_t)d->rows * d->cols; i++) k->delta[d->poff + i] = NAN;
+                break;
+            }
+        }
     }
     for (size_t p = 0; p < P; p++)
         if (!k->is_dense[p]) k->delta[p] = v->grad[p] / (k->ema[k->diag_off + p] + c->kfac_damping);
@@ -3592,9 +3628,13 @@ static int psf__kfac_load(void *st, FILE *f) {
     if (ok) k->n_updates = nu;
     return ok;
 }
+static void psf__kfac_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+    psf_kfac *k = (psf_kfac *)st;
+    a[0] = k->ema; n[0] = k->stat_reals; a[1] = NULL; n[1] = 0; *counter = &k->n_updates;
+}
 static const psf__optimizer_rules psf__kfac_rules = {
     "kfac", 1, 0.05, psf__kfac_init, psf__kfac_chunk_begin, psf__kfac_walker, psf__kfac_chunk_end,
-    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free};
+    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free, psf__kfac_state};
 
 /* ---- SPRING (Goldshlager, Abrahamsen, Lin, "A Kaczmarz-inspired approach to accelerate the optimization of
  *      neural network wavefunctions", J. Comput. Phys. 516, 113351 (2024), arXiv:2401.10190), as in its
@@ -3619,7 +3659,7 @@ typedef struct {
     unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
     psf_real *phi, *phi_prev; /* [P]                                                                   */
     double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
-    int n_steps;
+    long n_steps;
 } psf__spring;
 
 static void psf__spring_free(void *st) {
@@ -3731,14 +3771,12 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     return 0;
 }
 
-static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
-    psf__spring *s = (psf__spring *)st;
+static int psf__spring_step(psf_vmc *v, psf__spring *s, double *step_size) {
     const psf_vmc_config *c = &v->cfg;
     const int B = s->B;
     const size_t P = s->P;
     int n = 0;
     for (int b = 0; b < B; b++) n += s->valid[b];
-    (void)n_walkers;
     if (n < 2) return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: SPRING needs at least 2 walkers with a finite local energy");
     const double rn = 1.0 / sqrt((double)n);
     /* Ō in place of G: centre each parameter's column over the valid walkers and scale by 1/sqrt(n); the rows of
@@ -3776,14 +3814,21 @@ static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_
     psf_real *theta = v->model->params;
     for (size_t p = 0; p < P; p++) theta[p] -= eta * s->phi[p];
     memcpy(s->phi_prev, s->phi, sizeof(psf_real) * P);
-    memset(s->valid, 0, (size_t)B);
     s->n_steps++;
     *step_size = eta;
     return PSF_OK;
 }
+/* The valid flags are cleared whether the step succeeds or not: the next gradient pass sets them afresh. */
+static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_size) {
+    psf__spring *s = (psf__spring *)st;
+    (void)n_walkers;
+    const int rc = psf__spring_step(v, s, step_size);
+    memset(s->valid, 0, (size_t)s->B);
+    return rc;
+}
 static int psf__spring_save(const void *st, FILE *f) {
     const psf__spring *s = (const psf__spring *)st;
-    const int32_t n = s->n_steps;
+    const int32_t n = (int32_t)s->n_steps;
     return psf__wr(f, &n, 4, 1) && psf__wr(f, s->phi_prev, sizeof(psf_real), s->P);
 }
 static int psf__spring_load(void *st, FILE *f) {
@@ -3793,9 +3838,13 @@ static int psf__spring_load(void *st, FILE *f) {
     if (ok) s->n_steps = n;
     return ok;
 }
+static void psf__spring_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+    psf__spring *s = (psf__spring *)st;
+    a[0] = s->phi_prev; n[0] = s->P; a[1] = NULL; n[1] = 0; *counter = &s->n_steps;
+}
 static const psf__optimizer_rules psf__spring_rules = {
     "spring", 1, 0.05, psf__spring_init, psf__chunk_nothing, psf__spring_walker, psf__chunk_nothing,
-    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free};
+    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free, psf__spring_state};
 
 /* ---- The optimizer table: the one place that knows every optimizer -------------------------------------- */
 static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules,
@@ -3811,10 +3860,53 @@ const char *psf_optimizer_name(int opt) { return opt >= 0 && opt < PSF_OPT_COUNT
 
 static const psf__optimizer_rules *psf__opt(const psf_vmc *v) { return (const psf__optimizer_rules *)v->opt; }
 
+/* The optimizer's carried state (see psf__optimizer_rules.state): its size, and whether it is all finite. */
+static size_t psf__state_reals(const psf_vmc *v) {
+    psf_real *a[2];
+    size_t n[2];
+    long *counter;
+    psf__opt(v)->state(v->opt_state, a, n, &counter);
+    return n[0] + n[1];
+}
+static int psf__all_finite(const psf_real *x, size_t n, size_t *bad) {
+    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) { if (bad) *bad = i; return 0; }
+    return 1;
+}
+static int psf__state_finite(const psf_vmc *v) {
+    psf_real *a[2];
+    size_t n[2];
+    long *counter;
+    psf__opt(v)->state(v->opt_state, a, n, &counter);
+    return psf__all_finite(a[0], n[0], NULL) && psf__all_finite(a[1], n[1], NULL);
+}
+/* The parameters and the optimizer's state into v->backup (keep = 1, before an update), or back from it (keep =
+ * 0, rejecting the update); *counter is kept in *saved. Restoring a state that is itself not finite (it was
+ * poisoned before the step) resets it to its initial zeros instead; returns 1 then. */
+static int psf__keep_state(psf_vmc *v, int keep, long *saved) {
+    psf_real *a[2], *bk = v->backup;
+    size_t n[2];
+    long *counter;
+    const size_t P = v->model->n_params;
+    psf__opt(v)->state(v->opt_state, a, n, &counter);
+    if (keep) {
+        memcpy(bk, v->model->params, sizeof(psf_real) * P);
+        for (int i = 0; i < 2; i++) if (n[i]) memcpy(bk + P + (i ? n[0] : 0), a[i], sizeof(psf_real) * n[i]);
+        if (counter) *saved = *counter;
+        return 0;
+    }
+    memcpy(v->model->params, bk, sizeof(psf_real) * P);
+    for (int i = 0; i < 2; i++) if (n[i]) memcpy(a[i], bk + P + (i ? n[0] : 0), sizeof(psf_real) * n[i]);
+    if (counter) *counter = *saved;
+    if (psf__state_finite(v)) return 0;
+    for (int i = 0; i < 2; i++) if (n[i]) memset(a[i], 0, sizeof(psf_real) * n[i]);
+    if (counter) *counter = 0;
+    return 1;
+}
+
 void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
     PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->weight); PSF_FREE(v->grad); PSF_FREE(v->chunks);
-    PSF_FREE(v->gwalker);
+    PSF_FREE(v->gwalker); PSF_FREE(v->backup);
     if (v->opt && v->opt_state) psf__opt(v)->free(v->opt_state);
     psf_walkers_free(&v->walkers);
     memset(v, 0, sizeof *v);
@@ -3858,6 +3950,10 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
     if (!(v->opt_state = opt->init(v))) { psf_vmc_free(v); return PSF_ERR_NOMEM; }
+    if (!(v->backup = (psf_real *)psf__calloc(P + psf__state_reals(v), sizeof(psf_real)))) {
+        psf_vmc_free(v);
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
+    }
     for (int t = 0; t < v->n_ws; t++) {
         int rc = psf_workspace_init(&v->ws[t], m);
         if (rc) { psf_vmc_free(v); return rc; }
@@ -3893,6 +3989,31 @@ static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w, int *n_finite) {
     return n ? s / n : NAN;
 }
 
+/* FermiNet's reset_if_nan for walkers: a walker whose log|psi| or E_L is not finite takes the position, log|psi|,
+ * sign and E_L of the next walker b+1, b+2, ... (cyclically) whose values are finite; the walker keeps its own
+ * RNG stream, so the two chains part at the next sweep. (Taking the values instead of recomputing them gives
+ * the same bits: log|psi| and E_L are deterministic functions of the position and the parameters.) Processing
+ * walkers in order, a walker already reset holds the values of the next good walker after it, so the result is
+ * the same as choosing among the walkers that were good before any reset. Returns the number reset (0 if no
+ * walker is good: nothing changes). */
+static int psf__reset_walkers(psf_vmc *v) {
+    psf_walkers *w = &v->walkers;
+    const int B = w->n_walkers, D = 3 * w->n_elec;
+    int n = 0;
+    for (int b = 0; b < B; b++) {
+        if (isfinite(w->logpsi[b]) && isfinite(v->eloc[b])) continue;
+        int s = (b + 1) % B;
+        while (s != b && !(isfinite(w->logpsi[s]) && isfinite(v->eloc[s]))) s = (s + 1) % B;
+        if (s == b) return 0; /* only when no walker is good (then b = 0 and nothing was changed) */
+        memcpy(w->x + (size_t)b * D, w->x + (size_t)s * D, sizeof(psf_real) * D);
+        w->logpsi[b] = w->logpsi[s];
+        w->sign[b] = w->sign[s];
+        v->eloc[b] = v->eloc[s];
+        n++;
+    }
+    return n;
+}
+
 static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
     const int B = v->cfg.batch;
     double t0 = psf_time();
@@ -3901,12 +4022,20 @@ static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
     st->width = v->walkers.width;
     double t1 = psf_time();
     int nf;
-    const double mean = psf__mean_eloc(v, &v->walkers, &nf);
+    double mean = psf__mean_eloc(v, &v->walkers, &nf);
+    st->n_nonfinite = B - nf;
+    int bad = nf != B;
+    for (int b = 0; b < B && !bad; b++) bad = !isfinite(v->walkers.logpsi[b]);
+    if (bad && (st->n_reset = psf__reset_walkers(v)) > 0) { /* every walker is finite now */
+        double sum = 0;
+        for (int b = 0; b < B; b++) sum += v->eloc[b];
+        mean = sum / B;
+        nf = B;
+    } else if (bad) mean = NAN; /* no walker has both a finite log|psi| and a finite E_L */
     double t2 = psf_time(), s2 = 0;
     for (int b = 0; b < B; b++) if (isfinite(v->eloc[b])) s2 += (v->eloc[b] - mean) * (v->eloc[b] - mean);
     st->energy = mean;
     st->variance = nf > 1 ? s2 / (nf - 1) : NAN;
-    st->n_nonfinite = B - nf;
     st->t_sample = t1 - t0;
     st->t_jet = t2 - t1;
 }
@@ -3982,24 +4111,50 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
 
 int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     memset(st, 0, sizeof *st);
+    const size_t P = v->model->n_params;
+    size_t bad;
+    if (!psf__all_finite(v->model->params, P, &bad)) /* updates cannot do this (they are rejected): a caller did */
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu is not finite before the step",
+                         v->step, bad);
     psf__sample_and_measure(v, st, 1);
     st->step = v->step;
     if (!isfinite(st->energy))
-        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: no walker has a finite local energy", v->step);
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: no walker has a finite log|psi| and local energy", v->step);
     double t0 = psf_time();
     if (psf__energy_gradient(v, st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
     double t1 = psf_time();
     double g2 = 0;
-    for (size_t p = 0; p < v->model->n_params; p++) g2 += v->grad[p] * v->grad[p];
+    for (size_t p = 0; p < P; p++) g2 += v->grad[p] * v->grad[p];
     st->grad_norm = sqrt(g2);
-    int nf = 0, rc;
+    int nf = 0;
     for (int b = 0; b < v->cfg.batch; b++) nf += isfinite(v->eloc[b]) ? 1 : 0;
-    if ((rc = psf__opt(v)->update(v, v->opt_state, nf, &st->step_size))) return rc;
-    for (size_t p = 0; p < v->model->n_params; p++)
-        if (!isfinite(v->model->params[p]))
-            return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu became non-finite", v->step, p);
-    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    long counter = 0;
+    psf__keep_state(v, 1, &counter);
+    const int rc = psf__opt(v)->update(v, v->opt_state, nf, &st->step_size);
+    char why[512] = "";
+    if (rc == PSF_ERR_NUMERIC) { /* the optimizer's message without its "psf_vmc_train_step: step N: " */
+        char pre[64];
+        const char *e = psf_last_error();
+        const int k = snprintf(pre, sizeof pre, "psf_vmc_train_step: step %ld: ", v->step);
+        snprintf(why, sizeof why, "%s", strncmp(e, pre, (size_t)k) == 0 ? e + k : e);
+    }
+    else if (rc) return rc;
+    else if (!psf__all_finite(v->model->params, P, &bad)) snprintf(why, sizeof why, "parameter %zu became non-finite", bad);
+    else if (!psf__state_finite(v)) snprintf(why, sizeof why, "the %s state became non-finite", psf__opt(v)->name);
+    if (why[0]) { /* reject: parameters and optimizer state as before the update; the walkers' log|psi| still hold */
+        const int reset = psf__keep_state(v, 0, &counter);
+        st->skipped = 1;
+        st->step_size = 0;
+        if (++v->n_rejected >= PSF_MAX_REJECTED)
+            return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: %d consecutive updates rejected (the last: %s); "
+                             "the parameters are those of the last good step", v->step, v->n_rejected, why);
+        psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: update rejected (%s)%s", v->step, why,
+                  reset ? "; the optimizer state was not finite and is reset" : "");
+    } else {
+        v->n_rejected = 0;
+        psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    }
     double t2 = psf_time();
     st->t_backward = t1 - t0;
     st->t_optimizer = t2 - t1;
@@ -4210,6 +4365,15 @@ static int psf__ckpt_header(const psf_vmc *v, int32_t *val, const char **name) {
 
 int psf_vmc_save(const psf_vmc *v, const char *path) {
     char tmp[1024], opt_name[16] = {0};
+    size_t bad; /* nothing non-finite reaches the disk: the file there, if any, stays as it was */
+    if (!psf__all_finite(v->model->params, v->model->n_params, &bad))
+        return psf__fail(PSF_ERR_NUMERIC, "%s: not written: parameter %zu is not finite (an existing checkpoint is kept)", path, bad);
+    if (!psf__all_finite(v->walkers.x, (size_t)v->cfg.batch * v->model->n_dim, &bad) || !isfinite(v->walkers.width))
+        return psf__fail(PSF_ERR_NUMERIC, "%s: not written: walker %zu has a non-finite coordinate or the proposal width is "
+                         "not finite (an existing checkpoint is kept)", path, isfinite(v->walkers.width) ? bad / v->model->n_dim : 0);
+    if (!psf__state_finite(v))
+        return psf__fail(PSF_ERR_NUMERIC, "%s: not written: the %s state is not finite (an existing checkpoint is kept)",
+                         path, psf__opt(v)->name);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open for writing", tmp);
@@ -4434,6 +4598,15 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
 #ifdef PSF_INTERNAL_TESTS
 void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st) { psf__sample_and_measure(v, st, 1); }
 int psf_test_energy_gradient(psf_vmc *v, double mean) { return psf__energy_gradient(v, mean); }
+psf_real *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter) {
+    psf_real *a[2];
+    size_t k[2];
+    long *c;
+    psf__opt(v)->state(v->opt_state, a, k, &c);
+    *n = k[i];
+    *counter = c ? *c : -1;
+    return a[i];
+}
 int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size) {
     return psf__opt(v)->update(v, v->opt_state, n_walkers, step_size);
 }

@@ -292,7 +292,7 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     FILE *csv = fopen(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
     fseek(csv, 0, SEEK_END);
-    if (ftell(csv) == 0) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n");
+    if (ftell(csv) == 0) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n");
     const int tty = isatty(fileno(stdout));
     const double t_train = psf_time();
     psf_step_stats st;
@@ -311,6 +311,8 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
         const double p = progress(o, s, psf_time() - t_train);
         v->step_scale = anneal_scale(o, p);
         if ((rc = psf_vmc_train_step(v, &st))) break;
+        if (st.skipped) /* the library kept the parameters and optimizer state; training goes on */
+            fprintf(stderr, "%spsiformer: %s\n", tty ? "\n" : "", psf_last_error());
         r->done = s + 1;
         if (o->average > 0 && p >= 1 - o->average) {
             const size_t P = v->model->n_params;
@@ -327,7 +329,8 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
         if (o->gap_every > 0 && (s + 1) % o->gap_every == 0 && psf_vmc_gap(v, 50, &e_w, &e_d) == PSF_OK) gap = e_w - e_d;
         fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g,", st.step, st.energy, st.variance, st.pmove,
                 psf_time() - t_train, st.step_size, st.grad_norm);
-        if (isfinite(gap)) fprintf(csv, "%.6f\n", gap); else fprintf(csv, "\n");
+        if (isfinite(gap)) fprintf(csv, "%.6f", gap);
+        fprintf(csv, ",%d,%d\n", st.n_reset, st.skipped);
         ema = isnan(ema) ? st.energy : 0.95 * ema + 0.05 * st.energy;
         avg100 += st.energy / 100;
         if ((s + 1 - r->first) % 100 == 0) { /* a 100-step mean below the exact energy: the walkers are being fitted */

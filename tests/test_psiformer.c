@@ -2,6 +2,9 @@
  * permutation expansion, Pfaffians against the matching expansion, analytic energies, the sampler,
  * reproducibility, checkpoints.
  * Run: make test   (or build/test_psiformer -v -s SUITE -t TEST) */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 200809L /* fork, kill, nanosleep for the kill -9 test */
+#endif
 #define PSIFORMER_IMPLEMENTATION
 #define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
@@ -9,6 +12,13 @@
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define PSF_TEST_KILL 1
 #endif
 
 GREATEST_MAIN_DEFS();
@@ -1322,6 +1332,381 @@ SUITE(spring) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
+ * Non-finite values (issue 12): walkers reset, updates rejected, checkpoints refused, a killed run resumed
+ * --------------------------------------------------------------------------------------------------------- */
+
+static int all_finite(const psf_real *x, size_t n) {
+    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Walkers 3, 4 and B-1 get NaN coordinates between two steps: the next step measures three non-finite E_L and
+ * resets exactly those walkers, deterministically to the next walker with finite values (3 and 4 to walker 5,
+ * B-1 cyclically to walker 0: position, log|psi| and sign bitwise); training goes on without further resets,
+ * and the parameters stay finite. For every optimizer. */
+TEST nonfinite_walkers_are_reset_to_the_next_finite_walker(void) {
+    for (int o = 0; o < PSF_OPT_COUNT; o++) {
+        psf_model m;
+        psf_vmc v;
+        const int B = 16;
+        small_vmc(&m, &v, "Li", (psf_optimizer)o, B, 7);
+        const int D = m.n_dim;
+        psf_step_stats st;
+        for (int s = 0; s < 2; s++) {
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(0, st.n_reset);
+            ASSERT_EQ(0, st.n_nonfinite);
+        }
+        const int poisoned[3] = {3, 4, B - 1}, source[3] = {5, 5, 0};
+        for (int k = 0; k < 3; k++) for (int d = 0; d < D; d++) v.walkers.x[(size_t)poisoned[k] * D + d] = NAN;
+        ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+        ASSERT_EQ(3, st.n_nonfinite);
+        ASSERT_EQ(3, st.n_reset);
+        ASSERT_EQ(0, st.skipped);
+        ASSERT(isfinite(st.energy) && isfinite(st.variance));
+        ASSERT_EQ(3, v.step);
+        for (int k = 0; k < 3; k++) { /* the step after the reset moves no walker: they still coincide */
+            const psf_real *a = v.walkers.x + (size_t)poisoned[k] * D, *b = v.walkers.x + (size_t)source[k] * D;
+            ASSERTm("a reset walker sits on the next finite walker", memcmp(a, b, sizeof(psf_real) * D) == 0);
+            ASSERT(memcmp(&v.walkers.logpsi[poisoned[k]], &v.walkers.logpsi[source[k]], sizeof(double)) == 0);
+            ASSERT_EQ(v.walkers.sign[source[k]], v.walkers.sign[poisoned[k]]);
+        }
+        for (int s = 0; s < 5; s++) {
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(0, st.n_reset);
+            ASSERT_EQ(0, st.skipped);
+        }
+        ASSERT(all_finite(m.params, m.n_params));
+        ASSERT(all_finite(v.walkers.x, (size_t)B * D));
+        /* the evaluation step resets the same way */
+        for (int d = 0; d < D; d++) v.walkers.x[(size_t)7 * D + d] = NAN;
+        ASSERT_EQ(PSF_OK, psf_vmc_eval_step(&v, &st));
+        ASSERT_EQ(1, st.n_reset);
+        ASSERT(memcmp(v.walkers.x + (size_t)7 * D, v.walkers.x + (size_t)8 * D, sizeof(psf_real) * D) == 0);
+        /* no walker finite at all: an error, not a reset */
+        for (size_t i = 0; i < (size_t)B * D; i++) v.walkers.x[i] = NAN;
+        ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+        ASSERT(strstr(psf_last_error(), "no walker has a finite") != NULL);
+        psf_vmc_free(&v);
+        psf_model_free(&m);
+    }
+    PASS();
+}
+
+/* A NaN update, two ways, for every optimizer, between ordinary steps:
+ *   step_scale = NaN  the learning rate and the norm bound become NaN, so the step is NaN although the gradient
+ *                     and the optimizer's new state are finite: the parameters and the whole optimizer state
+ *                     (both arrays and the step counter) must come back bitwise as they were before the step;
+ *   poisoned state    one entry of the optimizer's state (Adam's m, KFAC's factors, SPRING's phi_prev) is NaN
+ *                     before the step: the parameters come back bitwise, and the state, which cannot be restored
+ *                     to anything finite, is reset to its initial zeros.
+ * The step returns PSF_OK with skipped = 1 and a message; v->step advances; five more steps succeed and the
+ * parameters are finite. Then PSF_MAX_REJECTED rejections in a row stop training with PSF_ERR_NUMERIC, the
+ * parameters those of the last good step. */
+TEST nonfinite_update_is_rejected_and_training_continues(void) {
+    for (int o = 0; o < PSF_OPT_COUNT; o++)
+        for (int poison = 0; poison < 2; poison++) {
+            psf_model m;
+            psf_vmc v;
+            small_vmc(&m, &v, "He", (psf_optimizer)o, 16, 9);
+            const size_t P = m.n_params;
+            psf_step_stats st;
+            for (int s = 0; s < 3; s++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            size_t n[2];
+            long c0, c1;
+            psf_real *a0 = psf_test_optimizer_state(&v, 0, &n[0], &c0), *a1 = psf_test_optimizer_state(&v, 1, &n[1], &c1);
+            ASSERT(n[0] > 0);
+            psf_real *theta = (psf_real *)malloc(sizeof(psf_real) * P), *s0 = (psf_real *)malloc(sizeof(psf_real) * (n[0] + n[1]));
+            if (poison) a0[0] = NAN; else v.step_scale = NAN;
+            memcpy(theta, m.params, sizeof(psf_real) * P);
+            memcpy(s0, a0, sizeof(psf_real) * n[0]);
+            if (n[1]) memcpy(s0 + n[0], a1, sizeof(psf_real) * n[1]);
+            ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+            ASSERT_EQ(1, st.skipped);
+            ASSERT_EQ(4, v.step);
+            ASSERT(strstr(psf_last_error(), "update rejected") != NULL);
+            ASSERTm("parameters bitwise as before the rejected step", memcmp(theta, m.params, sizeof(psf_real) * P) == 0);
+            long c;
+            psf_test_optimizer_state(&v, 0, &n[0], &c);
+            ASSERT(all_finite(a0, n[0]) && all_finite(a1, n[1]));
+            if (!poison) {
+                ASSERTm("optimizer state bitwise as before", memcmp(s0, a0, sizeof(psf_real) * n[0]) == 0 &&
+                        (!n[1] || memcmp(s0 + n[0], a1, sizeof(psf_real) * n[1]) == 0));
+                ASSERT_EQ(c0, c);
+            } else {
+                for (size_t i = 0; i < n[0]; i++) ASSERT_EQ(0.0, a0[i]);
+                for (size_t i = 0; i < n[1]; i++) ASSERT_EQ(0.0, a1[i]);
+                ASSERT_EQ(c0 < 0 ? -1 : 0, c);
+            }
+            v.step_scale = 1.0;
+            for (int s = 0; s < 5; s++) {
+                ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+                ASSERT_EQ(0, st.skipped);
+            }
+            ASSERT(all_finite(m.params, P));
+            ASSERT(memcmp(theta, m.params, sizeof(psf_real) * P) != 0); /* training moved on */
+            /* a broken run stops: PSF_MAX_REJECTED rejections in a row */
+            memcpy(theta, m.params, sizeof(psf_real) * P);
+            v.step_scale = NAN;
+            for (int s = 1; s < PSF_MAX_REJECTED; s++) {
+                ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+                ASSERT_EQ(1, st.skipped);
+            }
+            ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+            ASSERT(strstr(psf_last_error(), "consecutive updates rejected") != NULL);
+            ASSERT(memcmp(theta, m.params, sizeof(psf_real) * P) == 0);
+            free(theta); free(s0);
+            psf_vmc_free(&v);
+            psf_model_free(&m);
+        }
+    PASS();
+}
+
+static int read_file_bytes(const char *path, unsigned char **bytes, long *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fseek(f, 0, SEEK_END);
+    *size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *bytes = (unsigned char *)malloc((size_t)*size + 1);
+    const int ok = fread(*bytes, 1, (size_t)*size, f) == (size_t)*size;
+    fclose(f);
+    return ok;
+}
+
+/* psf_vmc_save refuses a state with a NaN parameter, walker coordinate, proposal width or optimizer state
+ * (PSF_ERR_NUMERIC naming it) and leaves the checkpoint on disk byte-identical, with no .prev made and no .tmp
+ * left; psf_vmc_train_step refuses to start from a NaN parameter (it cannot come from an update). */
+TEST checkpoint_of_a_nonfinite_state_is_refused(void) {
+    static const struct { int what; const char *message; } rows[] = {
+        {0, "parameter 5 is not finite"}, {1, "walker 2 has a non-finite coordinate"},
+        {2, "proposal width is not finite"}, {3, "the spring state is not finite"}};
+    const char *path = "build/test_nonfinite_checkpoint.bin";
+    remove(path);
+    remove("build/test_nonfinite_checkpoint.prev.bin");
+    psf_model m;
+    psf_vmc v;
+    small_vmc(&m, &v, "He", PSF_OPT_SPRING, 8, 3);
+    psf_step_stats st;
+    for (int s = 0; s < 2; s++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+    ASSERT_EQ(PSF_OK, psf_vmc_save(&v, path));
+    unsigned char *before, *after;
+    long nb, na;
+    ASSERT(read_file_bytes(path, &before, &nb));
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        size_t n;
+        long c;
+        psf_real *slot = rows[k].what == 0 ? &m.params[5] : rows[k].what == 1 ? &v.walkers.x[2 * m.n_dim + 1]
+                       : rows[k].what == 2 ? &v.walkers.width : psf_test_optimizer_state(&v, 0, &n, &c) + 1;
+        const psf_real keep = *slot;
+        *slot = NAN;
+        ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_save(&v, path));
+        if (!strstr(psf_last_error(), rows[k].message)) { fprintf(stderr, "    row %zu: %s\n", k, psf_last_error()); FAIL(); }
+        if (rows[k].what == 0) {
+            ASSERT_EQ(PSF_ERR_NUMERIC, psf_vmc_train_step(&v, &st));
+            ASSERT(strstr(psf_last_error(), "parameter 5 is not finite before the step") != NULL);
+        }
+        *slot = keep;
+        ASSERT(read_file_bytes(path, &after, &na));
+        ASSERTm("the checkpoint on disk is unchanged", na == nb && memcmp(before, after, (size_t)nb) == 0);
+        free(after);
+        FILE *f = fopen("build/test_nonfinite_checkpoint.prev.bin", "rb");
+        ASSERT(f == NULL);
+        f = fopen("build/test_nonfinite_checkpoint.bin.tmp", "rb");
+        ASSERT(f == NULL);
+    }
+    free(before);
+    ASSERT_EQ(PSF_OK, psf_vmc_save(&v, path)); /* the repaired state is written again */
+    psf_vmc_free(&v);
+    psf_model_free(&m);
+    PASS();
+}
+
+#ifdef PSF_TEST_KILL
+/* Starts the driver with `args` (split at spaces) plus --out DIR [--restore DIR/FILE], stdout and stderr to
+ * DIR.log; returns the child's pid. */
+static pid_t start_driver(const char *args, const char *dir, const char *restore) {
+    static char buf[1024];
+    char *argv[64];
+    int n = 0;
+    snprintf(buf, sizeof buf, "%s %s --out %s%s%s", PSF_TEST_DRIVER, args, dir, restore ? " --restore " : "", restore ? restore : "");
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " ")) argv[n++] = t;
+    argv[n] = NULL;
+    char log[600];
+    snprintf(log, sizeof log, "%s.log", dir);
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        const int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+static int wait_driver(pid_t pid) {
+    int st;
+    if (pid <= 0 || waitpid(pid, &st, 0) != pid) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+static int file_exists(const char *path) { FILE *f = fopen(path, "rb"); if (f) fclose(f); return f != NULL; }
+static void remove_run(const char *dir) {
+    static const char *files[] = {"train_stats.csv", "eval_stats.csv", "summary.json", "checkpoint.bin",
+                                  "checkpoint.prev.bin", "checkpoint.bin.tmp", "pretrain_stats.csv", "train_stats.csv.tmp"};
+    char path[600];
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) { snprintf(path, sizeof path, "%s/%s", dir, files[k]); remove(path); }
+}
+/* train_stats.csv without its `seconds` column (the 5th), lines joined: what must not depend on the kill. */
+static char *csv_without_seconds(const char *path) {
+    unsigned char *b;
+    long n;
+    if (!read_file_bytes(path, &b, &n)) return NULL;
+    char *out = (char *)malloc((size_t)n + 1);
+    long o = 0;
+    int field = 0;
+    for (long i = 0; i < n; i++) {
+        if (b[i] == '\n') field = 0;
+        else if (b[i] == ',') field++;
+        if (field == 4 || (field == 5 && b[i] == ',')) continue; /* the seconds field and the comma before it */
+        out[o++] = (char)b[i];
+    }
+    out[o] = 0;
+    free(b);
+    return out;
+}
+static char *summary_energy(const char *dir) {
+    char path[600];
+    unsigned char *b;
+    long n;
+    snprintf(path, sizeof path, "%s/summary.json", dir);
+    if (!read_file_bytes(path, &b, &n)) return NULL;
+    b[n] = 0;
+    char *e = strstr((char *)b, "\"energy\":"), *r = NULL;
+    if (e) { char *end = strchr(e, ','); if (end) { *end = 0; r = strdup(e); } }
+    free(b);
+    return r;
+}
+static int same_file(const char *a, const char *b) {
+    unsigned char *x, *y;
+    long nx, ny;
+    if (!read_file_bytes(a, &x, &nx)) return 0;
+    if (!read_file_bytes(b, &y, &ny)) { free(x); return 0; }
+    const int same = nx == ny && memcmp(x, y, (size_t)nx) == 0;
+    free(x); free(y);
+    return same;
+}
+#endif
+
+/* Issue 12, item 3, for each optimizer (spring, kfac, adam): a driver run killed with SIGKILL after its second
+ * checkpoint, then resumed with --restore from the newest complete checkpoint (checkpoint.bin, or checkpoint.prev.bin if the kill fell inside a save),
+ * ends bitwise where an uninterrupted run with the same arguments ends: the same final checkpoint.bin (parameters,
+ * walkers, their RNG states, proposal width, optimizer state, step), the same eval_stats.csv and summary energy;
+ * and its train_stats.csv has exactly the uninterrupted run's rows, one per step 0..steps-1, every column but
+ * `seconds` equal. Before resuming, rows that a killed run may have left beyond its checkpoint (the next step's
+ * row and a torn, unterminated line after it) are appended, as if they had reached the disk: --restore must drop
+ * them. */
+#ifdef PSF_TEST_KILL
+static greatest_test_res killed_and_restored(const char *optimizer) {
+    char args[512];
+    snprintf(args, sizeof args, "--atom He --layers 1 --heads 1 --head-dim 4 --mlp 8 --dets 1 --batch 64 --mcmc-steps 10 "
+             "--steps 200 --eval-steps 20 --pretrain-steps 10 --checkpoint-every 20 --gap-every 7 --threads 1 --seed 3 "
+             "--optimizer %s", optimizer);
+    const char *ref = "build/test_kill_ref", *run = "build/test_kill_run";
+    char path[600], prev[600], csv[600];
+    remove_run(ref);
+    remove_run(run);
+    ASSERT_EQ(0, wait_driver(start_driver(args, ref, NULL)));
+    /* the run to kill: SIGKILL a few steps after its second checkpoint (checkpoint.prev.bin appears) */
+    snprintf(path, sizeof path, "%s/checkpoint.bin", run);
+    snprintf(prev, sizeof prev, "%s/checkpoint.prev.bin", run);
+    snprintf(csv, sizeof csv, "%s/train_stats.csv", run);
+    const pid_t pid = start_driver(args, run, NULL);
+    ASSERT(pid > 0);
+    const struct timespec poll = {0, 1000000}, after = {0, 20000000};
+    int waited = 0;
+    while (!file_exists(prev) && waited++ < 60000) nanosleep(&poll, NULL);
+    nanosleep(&after, NULL);
+    kill(pid, SIGKILL);
+    const int status = wait_driver(pid);
+    ASSERTm("the driver was killed before it finished (make the run longer)", status == 128 + SIGKILL);
+    snprintf(prev, sizeof prev, "%s/summary.json", run);
+    ASSERT(!file_exists(prev));
+    snprintf(prev, sizeof prev, "%s/checkpoint.prev.bin", run);
+    const char *from = file_exists(path) ? path : prev;
+    ASSERT(file_exists(from));
+    /* rows beyond the checkpoint, as a killed run can leave them: a duplicate of the last row, a torn line */
+    {
+        unsigned char *b;
+        long n;
+        ASSERT(read_file_bytes(csv, &b, &n));
+        ASSERT(n > 0 && b[n - 1] == '\n');
+        long i = n - 1;
+        while (i > 0 && b[i - 1] != '\n') i--;
+        char *rest;
+        const long k = strtol((const char *)b + i, &rest, 10); /* the last row's step; the next row is k + 1 */
+        ASSERT(*rest == ',');
+        FILE *f = fopen(csv, "ab");
+        ASSERT(f != NULL);
+        fprintf(f, "%ld", k + 1);
+        fwrite(rest, 1, (size_t)(n - (rest - (char *)b)), f);
+        fprintf(f, "%ld,-2.5,0.1", k + 2);
+        fclose(f);
+        free(b);
+    }
+    char restore[600];
+    snprintf(restore, sizeof restore, "%s", from);
+    ASSERT_EQ(0, wait_driver(start_driver(args, run, restore)));
+    /* bitwise the same end */
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/checkpoint.bin", ref);
+    snprintf(b, sizeof b, "%s/checkpoint.bin", run);
+    ASSERTm("final checkpoints (parameters, walkers, optimizer state) byte-identical", same_file(a, b));
+    snprintf(a, sizeof a, "%s/eval_stats.csv", ref);
+    snprintf(b, sizeof b, "%s/eval_stats.csv", run);
+    ASSERTm("eval_stats.csv identical", same_file(a, b));
+    char *ea = summary_energy(ref), *eb = summary_energy(run);
+    ASSERT(ea != NULL && eb != NULL);
+    if (greatest_info.verbose) printf("    %s: restored from %s; %s / %s\n", optimizer, from, ea, eb);
+    ASSERT_STR_EQ(ea, eb);
+    free(ea); free(eb);
+    /* one row per step 0..199, none lost or duplicated, every column but seconds equal */
+    snprintf(a, sizeof a, "%s/train_stats.csv", ref);
+    char *ca = csv_without_seconds(a), *cb = csv_without_seconds(csv);
+    ASSERT(ca != NULL && cb != NULL);
+    int rows = 0;
+    long expect = 0;
+    for (char *l = strchr(cb, '\n'); l && l[1]; l = strchr(l + 1, '\n'), rows++) {
+        ASSERT_EQ(expect, strtol(l + 1, NULL, 10));
+        expect++;
+    }
+    ASSERT_EQ(200, rows);
+    ASSERTm("train_stats.csv rows equal the uninterrupted run's (seconds aside)", strcmp(ca, cb) == 0);
+    free(ca); free(cb);
+    PASS();
+}
+#endif
+
+TEST driver_killed_and_restored_matches_uninterrupted_run(void) {
+#ifdef PSF_TEST_KILL
+    const char *opts[3] = {"spring", "kfac", "adam"};
+    for (int k = 0; k < 3; k++) {
+        const greatest_test_res r = killed_and_restored(opts[k]);
+        if (r != GREATEST_TEST_RES_PASS) { fprintf(stderr, "    optimizer %s\n", opts[k]); return r; }
+    }
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX fork/kill");
+#endif
+}
+
+SUITE(nonfinite) {
+    RUN_TEST(nonfinite_walkers_are_reset_to_the_next_finite_walker);
+    RUN_TEST(nonfinite_update_is_rejected_and_training_continues);
+    RUN_TEST(checkpoint_of_a_nonfinite_state_is_refused);
+    RUN_TEST(driver_killed_and_restored_matches_uninterrupted_run);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
  * Reference orbitals and pretraining
  * --------------------------------------------------------------------------------------------------------- */
 
@@ -1909,6 +2294,7 @@ int main(int argc, char **argv) {
     RUN_SUITE(training);
     RUN_SUITE(kfac);
     RUN_SUITE(spring);
+    RUN_SUITE(nonfinite);
     RUN_SUITE(reference_and_pretraining);
     RUN_SUITE(pfaffian);
     GREATEST_MAIN_END();
