@@ -487,6 +487,9 @@ typedef struct {
     int n_reset;      /* walkers reset this step: log|psi| or E_L not finite, so the walker took the position
                          (and log|psi|, sign, E_L) of the next walker with finite values, cyclically; the
                          batch statistics are over the walkers after the reset */
+    int restored;     /* 1: a parameter was not finite at the start of the step (only a caller can do that:
+                         updates are rejected first); the parameters were restored to those after the last
+                         accepted update (a non-finite optimizer state reset to zeros) before sampling */
     int skipped;      /* 1: the update was rejected (it made a parameter or the optimizer's state non-finite,
                          or the optimizer failed numerically); parameters and optimizer state are as before
                          the step and psf_last_error() says why */
@@ -515,6 +518,8 @@ struct psf_vmc {
     long step;
     int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints  */
     psf_real *backup;    /* [n_params + the optimizer's state] the state before the running update          */
+    psf_real *good;      /* [n_params] the parameters after the last accepted update (valid if has_good)      */
+    int has_good;        /* restores parameters a caller made non-finite between steps (psf_step_stats.restored) */
     double step_scale;   /* multiplies the learning rate and the bound on the step's norm (the norm
                             constraint becomes C step_scale^2) of the following steps: a caller's schedule,
                             e.g. the driver's --anneal. 1 after psf_vmc_init; not saved in checkpoints */
@@ -3906,7 +3911,7 @@ static int psf__keep_state(psf_vmc *v, int keep, long *saved) {
 void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
     PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->weight); PSF_FREE(v->grad); PSF_FREE(v->chunks);
-    PSF_FREE(v->gwalker); PSF_FREE(v->backup);
+    PSF_FREE(v->gwalker); PSF_FREE(v->backup); PSF_FREE(v->good);
     if (v->opt && v->opt_state) psf__opt(v)->free(v->opt_state);
     psf_walkers_free(&v->walkers);
     memset(v, 0, sizeof *v);
@@ -3950,7 +3955,8 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
     if (!(v->opt_state = opt->init(v))) { psf_vmc_free(v); return PSF_ERR_NOMEM; }
-    if (!(v->backup = (psf_real *)psf__calloc(P + psf__state_reals(v), sizeof(psf_real)))) {
+    if (!(v->backup = (psf_real *)psf__calloc(P + psf__state_reals(v), sizeof(psf_real))) ||
+        !(v->good = (psf_real *)psf__calloc(P, sizeof(psf_real)))) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
@@ -4113,9 +4119,19 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     memset(st, 0, sizeof *st);
     const size_t P = v->model->n_params;
     size_t bad;
-    if (!psf__all_finite(v->model->params, P, &bad)) /* updates cannot do this (they are rejected): a caller did */
-        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu is not finite before the step",
-                         v->step, bad);
+    if (!psf__all_finite(v->model->params, P, &bad)) { /* updates cannot do this (they are rejected): a caller did */
+        if (!v->has_good)
+            return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: parameter %zu is not finite before the step "
+                             "and no accepted update to restore", v->step, bad);
+        memcpy(v->model->params, v->good, sizeof(psf_real) * P);
+        if (!psf__state_finite(v)) {
+            long c = 0;
+            psf__keep_state(v, 1, &c); /* only to zero the state: keep, then restore the non-finite copy */
+            psf__keep_state(v, 0, &c);
+        }
+        psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+        st->restored = 1;
+    }
     psf__sample_and_measure(v, st, 1);
     st->step = v->step;
     if (!isfinite(st->energy))
@@ -4153,6 +4169,8 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
                   reset ? "; the optimizer state was not finite and is reset" : "");
     } else {
         v->n_rejected = 0;
+        memcpy(v->good, v->model->params, sizeof(psf_real) * P);
+        v->has_good = 1;
         psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
     }
     double t2 = psf_time();
@@ -4517,6 +4535,7 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     v->walkers.width = width;
     PSF_FREE(params); PSF_FREE(rng);
     v->step = step;
+    v->has_good = 0;
     return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
 }
 

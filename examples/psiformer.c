@@ -311,6 +311,9 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
         const double p = progress(o, s, psf_time() - t_train);
         v->step_scale = anneal_scale(o, p);
         if ((rc = psf_vmc_train_step(v, &st))) break;
+        if (st.restored)
+            fprintf(stderr, "%spsiformer: step %ld: non-finite parameters restored to the last accepted update's\n",
+                    tty ? "\n" : "", s);
         if (st.skipped) /* the library kept the parameters and optimizer state; training goes on */
             fprintf(stderr, "%spsiformer: %s\n", tty ? "\n" : "", psf_last_error());
         r->done = s + 1;
