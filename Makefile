@@ -68,7 +68,7 @@ FUZZ_FLAGS    = -std=c11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-san
 .PHONY: fuzz
 $(BUILD)/fuzz/%: tests/fuzz/%.c psiformer.h
 	@mkdir -p $(BUILD)/fuzz
-	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz: $(FUZZ_CC) not found (Debian: apt-get install clang)"; exit 1; }
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz: $(FUZZ_CC) not found (Debian: apt-get install clang libclang-rt-14-dev)"; exit 1; }
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< -lm
 fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \
