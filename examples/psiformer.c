@@ -72,6 +72,8 @@ static void usage(FILE *f) {
             "  --norm-constraint X  SPRING: bound on |step|^2 (default 1e-2); KFAC: on lr^2 <update, gradient> (1e-3)\n"
             "  --kfac-ferminet 0|1  KFAC with FermiNet's Fisher (2 E[g g^T]) and gradient scaling (default 1)\n"
             "  --spring-mu X        SPRING's decay of the previous direction (default 0.99)\n"
+            "  --spring-fp64 0|1    SPRING's B x B kernel in double (1) or from a float32 copy of the\n"
+            "                       gradients (0, default: twice as fast, phi within 1e-4 relative)\n"
             "  --anneal F           over the last fraction F of the training budget (steps or minutes) the step\n"
             "                       shrinks geometrically to --anneal-to times its size (default 0.3; 0: off)\n"
             "  --anneal-to R        the step's final scale, 0 < R <= 1 (default 0.1)\n"
@@ -195,6 +197,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--pretrain-lr")) rc = parse_positive(a, v, &o->pretrain_lr);
         else if (!strcmp(a, "--gap-every")) rc = parse_int(a, v, 0, &o->gap_every);
         else if (!strcmp(a, "--kfac-ferminet")) rc = parse_flag01(a, v, &o->vmc.kfac_ferminet_scale);
+        else if (!strcmp(a, "--spring-fp64")) rc = parse_flag01(a, v, &o->vmc.spring_kernel_fp64);
         else if (!strcmp(a, "--scale-moves")) rc = parse_flag01(a, v, &o->scale_moves);
         else if (!strcmp(a, "--spring-mu")) {
             rc = parse_positive(a, v, &o->vmc.spring_mu);
@@ -513,6 +516,7 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "batch", o->vmc.batch);
     json_int(&j, "mcmc_steps", o->vmc.mcmc_steps);
     json_str(&j, "optimizer", psf_optimizer_name(o->vmc.optimizer));
+    if (o->vmc.optimizer == PSF_OPT_SPRING) json_int(&j, "spring_fp64", o->vmc.spring_kernel_fp64);
     json_fmt(&j, "lr", "%g", v->cfg.lr);
     json_int(&j, "params", (long)m->n_params);
     json_int(&j, "layers", pc->n_layers);

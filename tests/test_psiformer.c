@@ -958,6 +958,7 @@ TEST driver_rejects_bad_arguments(void) {
         {"--threads ''", "psiformer: --threads: expected a positive integer, got ''"},
         {"--en-cusp 2", "psiformer: --en-cusp: expected 0 or 1, got '2'"},
         {"--spring-mu 1", "psiformer: --spring-mu: expected a number in (0, 1), got '1'"},
+        {"--spring-fp64 2", "psiformer: --spring-fp64: expected 0 or 1, got '2'"},
         {"--optimizer sgd", "psiformer: --optimizer: expected spring, kfac or adam, got 'sgd'"},
         {"--batch --steps 3", "psiformer: --batch: missing value (got the option '--steps')"},
         {"--steps", "psiformer: --steps: missing value (or unknown option; see --help)"},
@@ -1027,6 +1028,7 @@ SUITE(training) {
  * --------------------------------------------------------------------------------------------------------- */
 
 static psf_orbitals small_vmc_orbitals = PSF_ORBITALS_DET; /* the head small_vmc builds */
+static int small_vmc_spring_fp64 = 0;                       /* small_vmc's cfg.spring_kernel_fp64 */
 static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer opt, int batch, uint64_t seed) {
     psf_system sys;
     psf_system_atom(&sys, atom, -1);
@@ -1038,6 +1040,7 @@ static void small_vmc(psf_model *m, psf_vmc *v, const char *atom, psf_optimizer 
     psf_vmc_config vc;
     psf_vmc_config_default(&vc);
     vc.batch = batch; vc.burn_in = 20; vc.mcmc_steps = 2; vc.optimizer = opt; vc.seed = seed;
+    vc.spring_kernel_fp64 = small_vmc_spring_fp64;
     psf_vmc_init(v, m, &vc);
 }
 
@@ -1236,7 +1239,9 @@ SUITE(kfac) {
 TEST spring_direction_equals_dense_solve(void) {
     psf_model m;
     psf_vmc v;
+    small_vmc_spring_fp64 = 1; /* the double-precision kernel: the comparison below is at 1e-8 */
     small_vmc(&m, &v, "Li", PSF_OPT_SPRING, 24, 9);
+    small_vmc_spring_fp64 = 0;
     const size_t P = m.n_params;
     ASSERT(P < 2000);
     double *O = malloc(sizeof(double) * 24 * P), *A = malloc(sizeof(double) * P * P), *rhs = malloc(sizeof(double) * P);
@@ -1279,6 +1284,85 @@ TEST spring_direction_equals_dense_solve(void) {
     free(O); free(A); free(rhs); free(phi_prev);
     psf_vmc_free(&v);
     psf_model_free(&m);
+    PASS();
+}
+
+/* SPRING's float32 Gram product (the default kernel) against the double product of the same float inputs, for
+ * shapes with ragged edges in every dimension (m, n not multiples of the micro-tile, K not a multiple of the
+ * 128-term block) and centred entries (sums with cancellation, as Ō's): every entry must be within its stated
+ * bound (128 + 1) u32 sum_k |A_ik B_jk| (u32 = 2^-24: float sums of <= 128 terms, then double), and the float
+ * result must differ from the double one somewhere (it is not a double product in disguise). */
+TEST spring_gram_float32_within_its_bound(void) {
+    const int shapes[][3] = {{1, 1, 1}, {7, 17, 129}, {64, 64, 1000}, {13, 40, 5000}, {150, 33, 300}};
+    psf_rng r;
+    psf_rng_seed(&r, 77, 0);
+    int differs = 0;
+    for (int t = 0; t < 5; t++) {
+        const int m = shapes[t][0], n = shapes[t][1];
+        const size_t K = (size_t)shapes[t][2];
+        float *A = malloc(sizeof(float) * m * K), *B = malloc(sizeof(float) * n * K);
+        double *C = malloc(sizeof(double) * m * n);
+        for (size_t i = 0; i < (size_t)m * K; i++) A[i] = (float)(psf_rng_normal(&r) * 1e-2);
+        for (size_t i = 0; i < (size_t)n * K; i++) B[i] = (float)(psf_rng_normal(&r) * 1e-2);
+        ASSERT_EQ(0, psf_test_gram_f32(m, n, K, A, B, C));
+        double worst = 0; /* the largest error in units of its bound */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                long double exact = 0, mag = 0;
+                for (size_t k = 0; k < K; k++) {
+                    exact += (long double)A[i * K + k] * B[j * K + k];
+                    mag += fabsl((long double)A[i * K + k] * B[j * K + k]);
+                }
+                const double err = fabs(C[i * n + j] - (double)exact), bound = 129 * 0x1p-24 * (double)mag;
+                ASSERT(err <= bound);
+                if (bound > 0) worst = fmax(worst, err / bound);
+                if (err > 0) differs = 1;
+            }
+        if (greatest_info.verbose) printf("    %d x %d x %zu: largest error %.3f of the bound\n", m, n, K, worst);
+        free(A); free(B); free(C);
+    }
+    ASSERT(differs);
+    PASS();
+}
+
+/* The default float32 kernel against the double one on the same Li batch (first step, mu = 0): the batch, Ō and
+ * e are bit for bit the same, so phi differs only through the kernel's perturbation dT (each entry within
+ * 130 u32 sum_k |Ō_ik Ō_jk|, the test above). The worst-case forward bound |Ō| |e| |dT| / lambda^2 is vacuous
+ * here (|dT|_F can reach lambda), so the requirement is the one that matters for training: phi must agree to
+ * 1e-4 relative, far below its Monte Carlo error (relative ~ 1/sqrt(B) = 0.2 for these 24 walkers); measured
+ * 2e-6 here and 2e-5 on carbon with 512 walkers (docs/results.md). The two must also not be identical (the float
+ * kernel is in use). */
+TEST spring_float32_kernel_direction_agrees(void) {
+    psf_model m[2];
+    psf_vmc v[2];
+    for (int k = 0; k < 2; k++) {
+        small_vmc_spring_fp64 = k;
+        small_vmc(&m[k], &v[k], "Li", PSF_OPT_SPRING, 24, 9);
+    }
+    small_vmc_spring_fp64 = 0;
+    const size_t P = m[0].n_params;
+    psf_test_spring_info si[2];
+    for (int k = 0; k < 2; k++) {
+        psf_step_stats st;
+        psf_test_sample_and_measure(&v[k], &st);
+        ASSERT_EQ(0, psf_test_energy_gradient(&v[k], st.energy));
+        ASSERT(psf_test_spring(&v[k], &si[k]));
+    }
+    ASSERT_EQ(0, memcmp(si[0].G, si[1].G, sizeof(psf_real) * 24 * P)); /* the same batch: only the kernel differs */
+    ASSERT_EQ(0, memcmp(v[0].weight, v[1].weight, sizeof(double) * 24));
+    for (int k = 0; k < 2; k++) {
+        double eta;
+        ASSERT_EQ(PSF_OK, psf_test_optimizer_update(&v[k], 24, &eta));
+    }
+    double dphi = 0, phi = 0;
+    for (size_t p = 0; p < P; p++) {
+        dphi += (si[0].phi[p] - si[1].phi[p]) * (si[0].phi[p] - si[1].phi[p]);
+        phi += si[1].phi[p] * si[1].phi[p];
+    }
+    if (greatest_info.verbose) printf("    |phi| %.3e, |phi_f32 - phi_f64| / |phi| %.3e, P = %zu\n", sqrt(phi), sqrt(dphi / phi), P);
+    ASSERT(phi > 0 && dphi > 0);
+    ASSERT_LT(sqrt(dphi / phi), 1e-4);
+    for (int k = 0; k < 2; k++) { psf_vmc_free(&v[k]); psf_model_free(&m[k]); }
     PASS();
 }
 
@@ -1335,6 +1419,8 @@ TEST step_scale_scales_every_optimizers_step(void) {
 
 SUITE(spring) {
     RUN_TEST(spring_direction_equals_dense_solve);
+    RUN_TEST(spring_gram_float32_within_its_bound);
+    RUN_TEST(spring_float32_kernel_direction_agrees);
     RUN_TEST(step_scale_scales_every_optimizers_step);
     RUN_TEST(spring_lowers_the_helium_energy);
 }
