@@ -1330,8 +1330,8 @@ TEST spring_gram_float32_within_its_bound(void) {
  * 130 u32 sum_k |Ō_ik Ō_jk|, the test above). The worst-case forward bound |Ō| |e| |dT| / lambda^2 is vacuous
  * here (|dT|_F can reach lambda), so the requirement is the one that matters for training: phi must agree to
  * 1e-4 relative, far below its Monte Carlo error (relative ~ 1/sqrt(B) = 0.2 for these 24 walkers); measured
- * 2e-6 here, 1.6e-5 and 8e-6 on carbon with 512 walkers (untrained; after 150 steps; docs/method.md). The two must also not be identical (the float
- * kernel is in use). */
+ * 2e-6 here, and on carbon with 512 walkers 1.6e-5 untrained and 8e-6 after 150 steps (docs/method.md). The
+ * two must also not be identical (the float kernel is in use). */
 TEST spring_float32_kernel_direction_agrees(void) {
     psf_model m[2];
     psf_vmc v[2];
