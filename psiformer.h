@@ -467,7 +467,8 @@ typedef struct {
     /* SPRING (Goldshlager, Abrahamsen, Lin, J. Comput. Phys. 2024, arXiv:2401.10190; defaults of its reference
      * code vmcnet) */
     double spring_mu;     /* decay of the previous direction mu (default 0.99)                     */
-    double spring_damping; /* lambda of the B x B kernel (default 1e-3)                            */
+    double spring_damping; /* lambda of the B x B kernel (default 1e-3; raised tenfold, up to 8 times, in a
+                              step whose kernel + lambda is not positive definite to working precision) */
     double spring_norm_constraint; /* bound on |step|^2 = |lr phi|^2 (default 1e-2; vmcnet's is 1e-3) */
     int spring_kernel_fp64; /* 0 (default): the B x B kernel Ō Ō^T from a float32 copy of Ō (twice the speed; each
                                entry within 130 u32 sum_k |Ō_ik Ō_jk| of the double one, u32 = 2^-24); 1: in
@@ -659,7 +660,8 @@ typedef struct {
 PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
 /* SPRING internals after a gradient pass / an update: the per-walker gradients G [B x P] (row b valid when
  * valid[b]) and the last direction phi [P]. Returns 0 for another optimizer. */
-typedef struct { int B; size_t P; const psf_real *G; const unsigned char *valid; const psf_real *phi; } psf_test_spring_info;
+typedef struct { int B; size_t P; const psf_real *G; const unsigned char *valid; const psf_real *phi;
+                 double lambda_used; long n_raised; } psf_test_spring_info;
 PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* CRC-32 as the checkpoint writes it, and the byte offsets of a checkpoint's step and first parameter. */
 PSFDEF uint32_t psf_test_crc32(const unsigned char *p, size_t n);
@@ -3763,7 +3765,9 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *      and the two matrix-vector products are split into fixed row ranges: the bits do not depend on the thread
  *      count. By default (cfg.spring_kernel_fp64 = 0) the kernel is formed from a float32 copy of Ō, in blocks of
  *      128 terms summed in float and added in double (psf__gram_f32): twice the speed of the double product, with
- *      every entry within 130 u32 sum_k |Ō_ik Ō_jk| (u32 = 2^-24) of the double one. The solve, the two
+ *      every entry within 130 u32 sum_k |Ō_ik Ō_jk| (u32 = 2^-24) of the double one. When T is not positive
+ *      definite to working precision (more walkers than parameters, gradients that blew up, lambda below the
+ *      float kernel's rounding), lambda is raised tenfold, at most 8 times, before the step fails. The solve, the two
  *      matrix-vector products and phi stay in double. Memory: B P reals (the rows) and B P floats (the copy).  */
 typedef struct {
     int B;
@@ -3772,6 +3776,9 @@ typedef struct {
     unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
     psf_real *phi, *phi_prev; /* [P]                                                                   */
     double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
+    double *T0;            /* [B x B] the kernel before the damping (kept for a raised damping)          */
+    double lambda_used;    /* the damping of the last direction (cfg.spring_damping unless raised)       */
+    long n_raised;         /* directions whose damping had to be raised (not checkpointed)              */
     float *Of, *pack;      /* [B x P] Ō in float32 for the kernel; [threads x PSF__GPACK] packing (NULL: fp64)  */
     int n_pack;
     long n_steps;
@@ -3781,7 +3788,7 @@ static void psf__spring_free(void *st) {
     psf__spring *s = (psf__spring *)st;
     if (!s) return;
     PSF_FREE(s->G); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
-    PSF_FREE(s->T); PSF_FREE(s->r); PSF_FREE(s->u); PSF_FREE(s->Of); PSF_FREE(s->pack);
+    PSF_FREE(s->T); PSF_FREE(s->T0); PSF_FREE(s->r); PSF_FREE(s->u); PSF_FREE(s->Of); PSF_FREE(s->pack);
     PSF_FREE(s);
 }
 static void *psf__spring_init(const psf_vmc *v) {
@@ -3804,6 +3811,7 @@ static void *psf__spring_init(const psf_vmc *v) {
     s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->T = (double *)psf__calloc((size_t)B * B, sizeof(double));
+    s->T0 = (double *)psf__calloc((size_t)B * B, sizeof(double));
     s->r = (double *)psf__calloc((size_t)B, sizeof(double));
     s->u = (double *)psf__calloc((size_t)B, sizeof(double));
     if (!v->cfg.spring_kernel_fp64) {
@@ -3811,7 +3819,7 @@ static void *psf__spring_init(const psf_vmc *v) {
         s->Of = (float *)psf__calloc(P * (size_t)B, sizeof(float));
         s->pack = (float *)psf__calloc((size_t)s->n_pack * PSF__GPACK, sizeof(float));
     }
-    if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->r || !s->u ||
+    if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->T0 || !s->r || !s->u ||
         (!v->cfg.spring_kernel_fp64 && (!s->Of || !s->pack))) {
         psf__spring_free(s);
         psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)",
@@ -3828,7 +3836,7 @@ static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
 }
 
 /* Fixed row ranges for the matrix-vector products over the B x P rows (the same split for any thread count). */
-enum { PSF__SPRING_SLABS = 16 };
+enum { PSF__SPRING_SLABS = 16, PSF__SPRING_RAISES = 8 };
 
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
  * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
@@ -3853,12 +3861,8 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     for (int bi = 1; bi < NB; bi++) /* mirror the tiles left of the diagonal tile of each tile row */
         for (int i = B * bi / NB; i < B * (bi + 1) / NB; i++)
             for (int j = 0; j < B * bi / NB; j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
-    double trace = 0;
-    for (int i = 0; i < B; i++) {
-        for (int j = 0; j < B; j++) T[(size_t)i * B + j] += 1.0 / B;
-        T[(size_t)i * B + i] += lambda;
-        trace += T[(size_t)i * B + i];
-    }
+    for (size_t i = 0; i < (size_t)B * B; i++) T[i] += 1.0 / B;
+    memcpy(s->T0, T, sizeof(double) * B * B);
     /* e~ = e - mu Ō phi_prev */
     if (mu != 0) {
 #pragma omp parallel for schedule(static)
@@ -3868,21 +3872,35 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
         }
         for (int i = 0; i < B; i++) e[i] -= mu * v[i];
     }
-    if (psf__cholesky(B, T)) return 1;
-    /* lambda_min(T) by three steps of inverse iteration: an unpivoted Cholesky can pass a kernel that is singular
-     * to rounding (possible only if lambda is at the rounding level of T) */
-    double nv = 0, nu = 0;
-    for (int i = 0; i < B; i++) { v[i] = sin(2.399963229728653 * i + 1.0); nv += v[i] * v[i]; }
-    for (int i = 0; i < B; i++) v[i] /= sqrt(nv);
-    for (int it = 0; it < 3; it++) {
-        psf__chol_solve(B, T, v, 1);
-        nu = 0;
-        for (int i = 0; i < B; i++) nu += v[i] * v[i];
-        nu = sqrt(nu);
-        if (!(nu > 0) || !(nu < 1e300)) return 1;
-        for (int i = 0; i < B; i++) v[i] /= nu;
+    /* T + lambda I by Cholesky; when it is not positive definite to working precision (lambda at the rounding
+     * level of a kernel whose gradients blew up, or below the float32 kernel's error), lambda is raised tenfold,
+     * at most PSF__SPRING_RAISES times, from the kept kernel T0 */
+    int ok = 0;
+    for (int k = 0; k <= PSF__SPRING_RAISES && !ok; k++, lambda *= 10) {
+        if (k > 0) memcpy(T, s->T0, sizeof(double) * B * B);
+        double trace = 0;
+        for (int i = 0; i < B; i++) { T[(size_t)i * B + i] += lambda; trace += T[(size_t)i * B + i]; }
+        if (psf__cholesky(B, T)) continue;
+        /* lambda_min(T) by three steps of inverse iteration: an unpivoted Cholesky can pass a kernel that is
+         * singular to rounding */
+        double nv = 0, nu = 0;
+        for (int i = 0; i < B; i++) { v[i] = sin(2.399963229728653 * i + 1.0); nv += v[i] * v[i]; }
+        for (int i = 0; i < B; i++) v[i] /= sqrt(nv);
+        int finite = 1;
+        for (int it = 0; it < 3 && finite; it++) {
+            psf__chol_solve(B, T, v, 1);
+            nu = 0;
+            for (int i = 0; i < B; i++) nu += v[i] * v[i];
+            nu = sqrt(nu);
+            if (!(nu > 0) || !(nu < 1e300)) finite = 0;
+            else for (int i = 0; i < B; i++) v[i] /= nu;
+        }
+        if (finite && 1.0 / nu > (double)((size_t)B + s->P) * 2.220446049250313e-16 * trace) {
+            ok = 1;
+            s->lambda_used = lambda;
+        }
     }
-    if (!(1.0 / nu > (double)((size_t)B + s->P) * 2.220446049250313e-16 * trace)) return 1;
+    if (!ok) return 1;
     psf__chol_solve(B, T, e, 1); /* zeta = T^{-1} e~ */
     double zbar = 0;             /* remove the rounding along 1 (an exact no-op: Ō^T 1 = 0) */
     for (int i = 0; i < B; i++) zbar += e[i];
@@ -3930,8 +3948,9 @@ static int psf__spring_step(psf_vmc *v, psf__spring *s, double *step_size) {
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
     const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
     if (psf__spring_direction(s, s->r, mu, c->spring_damping))
-        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: the SPRING kernel is not positive definite (damping %g)",
-                         v->step, c->spring_damping);
+        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: the SPRING kernel is not positive definite "
+                         "(damping %g raised to %g)", v->step, c->spring_damping, c->spring_damping * 1e8);
+    if (s->lambda_used != c->spring_damping) s->n_raised++;
     const double lr = psf__lr_at(v);
     double phi2 = 0;
     for (size_t p = 0; p < P; p++) phi2 += s->phi[p] * s->phi[p];
@@ -4781,6 +4800,7 @@ int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
     const psf__spring *s = v->cfg.optimizer == PSF_OPT_SPRING ? (const psf__spring *)v->opt_state : NULL;
     if (!s) return 0;
     out->B = s->B; out->P = s->P; out->G = s->G; out->valid = s->valid; out->phi = s->phi;
+    out->lambda_used = s->lambda_used; out->n_raised = s->n_raised;
     return 1;
 }
 double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,

@@ -1366,6 +1366,53 @@ TEST spring_float32_kernel_direction_agrees(void) {
     PASS();
 }
 
+/* SPRING's damping is raised tenfold when the kernel is singular to working precision: with more walkers (600)
+ * than parameters (560) Ō Ō^T has a null space, so with lambda = 1e-17 in the double kernel (below its rounding
+ * level (B + P) eps trace T) or 1e-12 in the float32 kernel (below its rounding) the first step must raise
+ * lambda, by a power of 10, and still give a finite direction, while the default lambda 1e-3 is used as it is. */
+TEST spring_raises_its_damping_when_the_kernel_is_singular(void) {
+    const double damping[3] = {1e-17, 1e-12, 1e-3};
+    const int fp64[3] = {1, 0, 0};
+    for (int k = 0; k < 3; k++) {
+        psf_system sys;
+        psf_system_atom(&sys, "Li", -1);
+        psf_config c;
+        psf_config_default(&c);
+        c.psiformer.n_layers = 1; c.psiformer.n_heads = 2; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 6; c.n_dets = 2;
+        psf_model m;
+        ASSERT_EQ(PSF_OK, psf_model_init(&m, &sys, &c, 5));
+        psf_vmc_config vc;
+        psf_vmc_config_default(&vc);
+        vc.batch = 600; vc.burn_in = 10; vc.mcmc_steps = 2; vc.optimizer = PSF_OPT_SPRING; vc.seed = 5;
+        vc.spring_damping = damping[k];
+        vc.spring_kernel_fp64 = fp64[k];
+        psf_vmc v;
+        ASSERT_EQ(PSF_OK, psf_vmc_init(&v, &m, &vc));
+        ASSERT(m.n_params < (size_t)vc.batch);
+        psf_step_stats st;
+        ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
+        ASSERT_FALSE(st.skipped);
+        psf_test_spring_info si;
+        ASSERT(psf_test_spring(&v, &si));
+        if (greatest_info.verbose)
+            printf("    damping %g (%s kernel): used %g, raised %ld time(s)\n", vc.spring_damping, fp64[k] ? "double" : "float32",
+                   si.lambda_used, si.n_raised);
+        if (k < 2) {
+            ASSERT_EQ(1, si.n_raised);
+            const double r = log10(si.lambda_used / vc.spring_damping);
+            ASSERT(r >= 0.5 && r <= 8.5);
+            ASSERT_IN_RANGE(floor(r + 0.5), r, 1e-9);
+        } else {
+            ASSERT_EQ(0, si.n_raised);
+            ASSERT_EQ(vc.spring_damping, si.lambda_used);
+        }
+        for (size_t p = 0; p < si.P; p++) ASSERT(isfinite(si.phi[p]));
+        psf_vmc_free(&v);
+        psf_model_free(&m);
+    }
+    PASS();
+}
+
 /* Helium, 60 iterations: SPRING lowers the evaluated energy of the untrained network by more than 0.1 Ha (its
  * norm constraint bounds each step to |step| <= sqrt(1e-3), so 60 steps move the parameters little). */
 TEST spring_lowers_the_helium_energy(void) {
@@ -1421,6 +1468,7 @@ SUITE(spring) {
     RUN_TEST(spring_direction_equals_dense_solve);
     RUN_TEST(spring_gram_float32_within_its_bound);
     RUN_TEST(spring_float32_kernel_direction_agrees);
+    RUN_TEST(spring_raises_its_damping_when_the_kernel_is_singular);
     RUN_TEST(step_scale_scales_every_optimizers_step);
     RUN_TEST(spring_lowers_the_helium_energy);
 }
