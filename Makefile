@@ -117,3 +117,37 @@ bench: $(BENCH_BINS)
 # KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
 $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# `make install PREFIX=/usr/local DESTDIR=`: the header, pkg-config files and a CMake package (README, "Using it
+# from another project"). PREFIX is written into psiformer.pc; DESTDIR only stages the files (packaging).
+#   include/psiformer.h
+#   lib/pkgconfig/psiformer.pc             -I<prefix>/include, -lm
+#   lib/pkgconfig/psiformer-openmp.pc      + -fopenmp          (pkg-config ... psiformer-openmp)
+#   lib/pkgconfig/psiformer-openblas.pc    + -DPSF_USE_CBLAS, -lopenblas
+#   lib/cmake/psiformer/psiformerConfig.cmake, psiformerConfigVersion.cmake: psiformer::psiformer (INTERFACE),
+#                                          psiformer::openblas
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION := $(shell sed -n 's/^\#define PSF_VERSION "\(.*\)"/\1/p' psiformer.h)
+PC_FILES    = psiformer.pc psiformer-openmp.pc psiformer-openblas.pc
+CMAKE_FILES = psiformerConfig.cmake psiformerConfigVersion.cmake
+SUBST       = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g'
+.PHONY: install uninstall consumer-check
+install:
+	install -d '$(DESTDIR)$(PREFIX)/include' '$(DESTDIR)$(PREFIX)/lib/pkgconfig' '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer'
+	install -m 644 psiformer.h '$(DESTDIR)$(PREFIX)/include/psiformer.h'
+	for f in $(PC_FILES); do $(SUBST) packaging/$$f.in > '$(DESTDIR)$(PREFIX)/lib/pkgconfig/'$$f || exit 1; done
+	for f in $(CMAKE_FILES); do $(SUBST) packaging/$$f.in > '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/'$$f || exit 1; done
+	chmod 644 $(addprefix '$(DESTDIR)$(PREFIX)/lib/pkgconfig/',$(PC_FILES)) $(addprefix '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/',$(CMAKE_FILES))
+
+uninstall:
+	rm -f '$(DESTDIR)$(PREFIX)/include/psiformer.h' $(addprefix '$(DESTDIR)$(PREFIX)/lib/pkgconfig/',$(PC_FILES)) \
+	    $(addprefix '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/',$(CMAKE_FILES))
+	rmdir '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer' 2>/dev/null || true
+
+# `make consumer-check`: installs into a temporary prefix and builds tests/consumer/ from the installed files with
+# pkg-config (C99, C11, OpenMP, OpenBLAS when BLAS=1), CMake find_package(psiformer) and g++ -std=c++17, runs each
+# program, compiles the implementation with gcc and clang -Wall -Wextra -Werror, then checks DESTDIR and
+# uninstall (tests/consumer/check.sh). Needs pkg-config, cmake, g++ and clang.
+consumer-check:
+	@CC='$(CC)' CXX='$(CXX)' BLAS='$(BLAS)' MAKE='$(MAKE)' sh tests/consumer/check.sh
