@@ -48,6 +48,17 @@ $(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h 
 run: $(BUILD)/psiformer
 	./$(BUILD)/psiformer $(RUN_ARGS)
 
+# `make plot RUN=runs/carbon`: RUN/training.png from the plot.gp the driver wrote there (gnuplot 5.4; Debian:
+# gnuplot-nox). The driver does this itself at the end of a run when gnuplot is installed; this target redraws a
+# finished run, or one that is still training.
+RUN ?= runs/carbon
+.PHONY: plot
+plot:
+	@test -f '$(RUN)/plot.gp' || { echo "make plot: $(RUN)/plot.gp not found (build/psiformer writes it into its --out directory at the end of a run)"; exit 1; }
+	@command -v gnuplot >/dev/null || { echo "make plot: gnuplot not found (Debian: apt-get install gnuplot-nox)"; exit 1; }
+	cd '$(RUN)' && gnuplot plot.gp
+	@echo "make plot: $(RUN)/training.png"
+
 test: $(BUILD)/test_psiformer
 	./$(BUILD)/test_psiformer
 
@@ -128,7 +139,7 @@ $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 #                                          psiformer::openblas
 PREFIX  ?= /usr/local
 DESTDIR ?=
-VERSION := $(shell sed -n 's/^\#define PSF_VERSION "\(.*\)"/\1/p' psiformer.h)
+VERSION  = $(shell sed -n 's/^\#define PSF_VERSION "\(.*\)"/\1/p' psiformer.h)
 PC_FILES    = psiformer.pc psiformer-openmp.pc psiformer-openblas.pc
 CMAKE_FILES = psiformerConfig.cmake psiformerConfigVersion.cmake
 SUBST       = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g'
