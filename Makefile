@@ -1,4 +1,5 @@
-# psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ...
+# psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ... | make install
+# | make consumer-check | make plot RUN=runs/carbon
 CC      ?= cc
 OPENMP  ?= 1
 # OpenBLAS (Debian: libopenblas-dev) is used for the large products (SPRING's kernel, KFAC's factors) when a
