@@ -1,4 +1,5 @@
-# psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ...
+# psiformer.h — build, run, test.   make run | make test | make OPENMP=0 test | make BLAS=1 ... | make install
+# | make consumer-check | make plot RUN=runs/carbon
 CC      ?= cc
 OPENMP  ?= 1
 # OpenBLAS (Debian: libopenblas-dev) is used for the large products (SPRING's kernel, KFAC's factors) when a
@@ -47,6 +48,17 @@ $(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h 
 
 run: $(BUILD)/psiformer
 	./$(BUILD)/psiformer $(RUN_ARGS)
+
+# `make plot RUN=runs/carbon`: RUN/training.png from the plot.gp the driver wrote there (gnuplot 5.4; Debian:
+# gnuplot-nox). The driver does this itself at the end of a run when gnuplot is installed; this target redraws a
+# finished run, or one that is still training.
+RUN ?= runs/carbon
+.PHONY: plot
+plot:
+	@test -f '$(RUN)/plot.gp' || { echo "make plot: $(RUN)/plot.gp not found (build/psiformer writes it into its --out directory at the end of a run)"; exit 1; }
+	@command -v gnuplot >/dev/null || { echo "make plot: gnuplot not found (Debian: apt-get install gnuplot-nox)"; exit 1; }
+	cd '$(RUN)' && gnuplot plot.gp
+	@echo "make plot: $(RUN)/training.png"
 
 test: $(BUILD)/test_psiformer
 	./$(BUILD)/test_psiformer
@@ -117,3 +129,37 @@ bench: $(BENCH_BINS)
 # KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
 $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# `make install PREFIX=/usr/local DESTDIR=`: the header, pkg-config files and a CMake package (README, "Using it
+# from another project"). PREFIX is written into psiformer.pc; DESTDIR only stages the files (packaging).
+#   include/psiformer.h
+#   lib/pkgconfig/psiformer.pc             -I<prefix>/include, -lm
+#   lib/pkgconfig/psiformer-openmp.pc      + -fopenmp          (pkg-config ... psiformer-openmp)
+#   lib/pkgconfig/psiformer-openblas.pc    + -DPSF_USE_CBLAS, -lopenblas
+#   lib/cmake/psiformer/psiformerConfig.cmake, psiformerConfigVersion.cmake: psiformer::psiformer (INTERFACE),
+#                                          psiformer::openblas
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION  = $(shell sed -n 's/^\#define PSF_VERSION "\(.*\)"/\1/p' psiformer.h)
+PC_FILES    = psiformer.pc psiformer-openmp.pc psiformer-openblas.pc
+CMAKE_FILES = psiformerConfig.cmake psiformerConfigVersion.cmake
+SUBST       = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g'
+.PHONY: install uninstall consumer-check
+install:
+	install -d '$(DESTDIR)$(PREFIX)/include' '$(DESTDIR)$(PREFIX)/lib/pkgconfig' '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer'
+	install -m 644 psiformer.h '$(DESTDIR)$(PREFIX)/include/psiformer.h'
+	for f in $(PC_FILES); do $(SUBST) packaging/$$f.in > '$(DESTDIR)$(PREFIX)/lib/pkgconfig/'$$f || exit 1; done
+	for f in $(CMAKE_FILES); do $(SUBST) packaging/$$f.in > '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/'$$f || exit 1; done
+	chmod 644 $(addprefix '$(DESTDIR)$(PREFIX)/lib/pkgconfig/',$(PC_FILES)) $(addprefix '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/',$(CMAKE_FILES))
+
+uninstall:
+	rm -f '$(DESTDIR)$(PREFIX)/include/psiformer.h' $(addprefix '$(DESTDIR)$(PREFIX)/lib/pkgconfig/',$(PC_FILES)) \
+	    $(addprefix '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer/',$(CMAKE_FILES))
+	rmdir '$(DESTDIR)$(PREFIX)/lib/cmake/psiformer' 2>/dev/null || true
+
+# `make consumer-check`: installs into a temporary prefix and builds tests/consumer/ from the installed files with
+# pkg-config (C99, C11, OpenMP, OpenBLAS when BLAS=1), CMake find_package(psiformer) and g++ -std=c++17, runs each
+# program, compiles the implementation with gcc and clang -Wall -Wextra -Werror, then checks DESTDIR and
+# uninstall (tests/consumer/check.sh). Needs pkg-config, cmake, g++ and clang.
+consumer-check:
+	@CC='$(CC)' CXX='$(CXX)' BLAS='$(BLAS)' MAKE='$(MAKE)' sh tests/consumer/check.sh

@@ -10,7 +10,8 @@
  *   Do this:
  *       #define PSIFORMER_IMPLEMENTATION
  *   before you include this file in *one* C file to create the implementation. Link with -lm (and -fopenmp to
- *   parallelise over walkers; without OpenMP everything still works, serially). C11 (C++17 also compiles it).
+ *   parallelise over walkers; without OpenMP everything still works, serially). C99 on POSIX systems, C11
+ *   elsewhere; C++17 also compiles it. `make install` adds pkg-config and CMake files (README).
  *
  *   Configuration macros (define before the implementation include):
  *       PSF_MALLOC(n) / PSF_FREE(p)   allocator (default malloc/free)
@@ -85,6 +86,13 @@ extern "C" {
 /* ============================================================================================================
  *  [API]
  * ============================================================================================================ */
+
+/* The library's version (semantic versioning: the major number changes when the API does). `make install` writes
+ * it into the pkg-config and CMake package files. */
+#define PSF_VERSION_MAJOR 0
+#define PSF_VERSION_MINOR 1
+#define PSF_VERSION_PATCH 0
+#define PSF_VERSION "0.1.0"
 
 /* The real type of coordinates, parameters and tape values. Only double is supported today: the matrix products
  * call cblas_dgemm, the Cholesky and LU routines and the checkpoints assume 8-byte reals (a static assertion in
@@ -701,6 +709,16 @@ PSFDEF int psf_test_thread_id(void);
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+/* psf_time without OpenMP: clock_gettime(CLOCK_MONOTONIC) where <time.h> declares it (POSIX, e.g. C11 with glibc's
+ * defaults or -D_POSIX_C_SOURCE=200809L); else, on a POSIX system in strict C99 mode, gettimeofday; else C11's
+ * timespec_get. So C99 suffices on POSIX systems and C11 elsewhere. */
+#if !defined(_OPENMP) && defined(CLOCK_MONOTONIC)
+#define PSF__CLOCK_MONOTONIC 1
+#elif !defined(_OPENMP) && !defined(__cplusplus) && (!defined(__STDC_VERSION__) || __STDC_VERSION__ < 201112L) && \
+    (defined(__unix__) || defined(__APPLE__))
+#include <sys/time.h>
+#define PSF__GETTIMEOFDAY 1
+#endif
 #ifndef PSF_MALLOC
 #define PSF_MALLOC(n) malloc(n)
 #define PSF_FREE(p) free(p)
@@ -722,8 +740,21 @@ PSFDEF int psf_test_thread_id(void);
 
 #ifdef __cplusplus
 #define PSF__STATIC_ASSERT(c, msg) static_assert(c, msg)
-#else
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 #define PSF__STATIC_ASSERT(c, msg) _Static_assert(c, msg)
+#else /* C99: an array of negative size if c is false (one name per line: C99 forbids repeating a typedef) */
+#define PSF__STATIC_ASSERT(c, msg) PSF__STATIC_ASSERT_AT(c, __LINE__)
+#define PSF__STATIC_ASSERT_AT(c, line) PSF__STATIC_ASSERT_NAMED(c, line)
+#define PSF__STATIC_ASSERT_NAMED(c, line) typedef char psf__static_assert_##line[(c) ? 1 : -1]
+#endif
+
+/* OpenMP directives as _Pragma (C99, C++11), emitted only when OpenMP is on: a build without -fopenmp then sees
+ * no unknown pragma and compiles cleanly under -Wall (-Wunknown-pragmas). */
+#ifdef _OPENMP
+#define PSF__OMP(...) _Pragma(PSF__STR(omp __VA_ARGS__))
+#define PSF__STR(...) #__VA_ARGS__
+#else
+#define PSF__OMP(...)
 #endif
 PSF__STATIC_ASSERT(sizeof(psf_real) == sizeof(double), "psiformer.h supports PSF_REAL double only (see [API])");
 
@@ -764,8 +795,16 @@ static void *psf__calloc(size_t n, size_t size) {
 }
 
 double psf_time(void) {
-#ifdef _OPENMP
+#if defined(_OPENMP)
     return omp_get_wtime();
+#elif defined(PSF__CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#elif defined(PSF__GETTIMEOFDAY)
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
 #else
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
@@ -3251,7 +3290,7 @@ int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, i
     const int D = 3 * w->n_elec;
     const int rc = psf__check_ws("psf_walkers_refresh", n_ws);
     if (rc) return rc;
-#pragma omp parallel for schedule(dynamic, 4)
+PSF__OMP(parallel for schedule(dynamic, 4))
     for (int b = 0; b < w->n_walkers; b++)
         w->logpsi[b] = wf->logpsi(wf->ctx, ws[psf__thread_id()], w->x + (size_t)b * D, &w->sign[b]);
     return PSF_OK;
@@ -3273,7 +3312,7 @@ double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws,
     long acc = 0;
     const double width = w->width;
     if (psf__check_ws("psf_mcmc", n_ws)) return -1.0;
-#pragma omp parallel for schedule(dynamic, 4) reduction(+ : acc)
+PSF__OMP(parallel for schedule(dynamic, 4) reduction(+ : acc))
     for (int b = 0; b < B; b++) {
         psf_real prop[3 * PSF_MAX_ELEC];
         psf_real *xb = w->x + (size_t)b * D;
@@ -3673,7 +3712,7 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
     /* reduce chunks in a fixed order */
     double *batch = k->chunk_stats; /* chunk 0 accumulates the others, each entry in chunk order */
     const int nch = v->n_chunks;
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
     for (long i = 0; i < (long)S; i++) {
         double acc = batch[i];
         for (int ch = 1; ch < nch; ch++) acc += k->chunk_stats[(size_t)ch * S + (size_t)i];
@@ -3697,7 +3736,7 @@ static int psf__kfac_update(psf_vmc *v, void *st, int n_walkers, double *step_si
         if (!k->is_dense[p]) k->ema[k->diag_off + p] = decay * k->ema[k->diag_off + p] + (1 - decay) * fs * batch[k->diag_off + p] / n_walkers;
     k->n_updates++;
     /* precondition: blocks are independent (thread t uses its own slice of the scratch) */
-#pragma omp parallel for schedule(dynamic, 1)
+PSF__OMP(parallel for schedule(dynamic, 1))
     for (int di = 0; di < k->n_dense; di++) {
         const psf__kfac_dense *d = &k->dense[di];
         if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(psf_real) * (size_t)d->rows * d->cols); continue; }
@@ -3845,7 +3884,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
     const psf_real *O = s->G;
-#pragma omp parallel for schedule(dynamic, 1)
+PSF__OMP(parallel for schedule(dynamic, 1))
     for (int t = 0; t < NB * NB; t++) {
         const int bi = t / NB, bj = t % NB;
         if (bj < bi) continue;
@@ -3865,7 +3904,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     memcpy(s->T0, T, sizeof(double) * B * B);
     /* e~ = e - mu Ō phi_prev */
     if (mu != 0) {
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
         for (int q = 0; q < PSF__SPRING_SLABS; q++) {
             const int i0 = B * q / PSF__SPRING_SLABS, i1 = B * (q + 1) / PSF__SPRING_SLABS;
             if (i1 > i0) psf__gemm(0, 0, i1 - i0, 1, P, 1.0, O + (size_t)i0 * P, P, s->phi_prev, 1, 0.0, v + i0, 1);
@@ -3906,7 +3945,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     for (int i = 0; i < B; i++) zbar += e[i];
     zbar /= B;
     for (int i = 0; i < B; i++) e[i] -= zbar;
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
     for (int q = 0; q < PSF__SPRING_SLABS; q++) { /* phi = mu phi_prev + Ō^T zeta, by fixed ranges of parameters */
         const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
         for (size_t p = p0; p < p1; p++) s->phi[p] = mu * s->phi_prev[p];
@@ -3926,7 +3965,7 @@ static int psf__spring_step(psf_vmc *v, psf__spring *s, double *step_size) {
     /* Ō in place of G: centre each parameter's column over the valid walkers and scale by 1/sqrt(n); the rows of
      * walkers without a finite local energy become 0. The means are summed by fixed parameter ranges. */
     psf_real *mean = s->phi; /* free until the direction is formed */
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
     for (int q = 0; q < PSF__SPRING_SLABS; q++) {
         const size_t p0 = P * q / PSF__SPRING_SLABS, p1 = P * (q + 1) / PSF__SPRING_SLABS;
         for (size_t p = p0; p < p1; p++) mean[p] = 0;
@@ -3937,7 +3976,7 @@ static int psf__spring_step(psf_vmc *v, psf__spring *s, double *step_size) {
             }
         for (size_t p = p0; p < p1; p++) mean[p] /= n;
     }
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
     for (int b = 0; b < B; b++) {
         psf_real *g = s->G + (size_t)b * P;
         if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
@@ -4122,7 +4161,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
 /* Local energies of the walkers w into v->eloc [B] (the jet pass); returns their finite mean, *n_finite their count. */
 static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w, int *n_finite) {
     const int B = w->n_walkers, D = v->model->n_dim;
-#pragma omp parallel for schedule(dynamic, 2)
+PSF__OMP(parallel for schedule(dynamic, 2))
     for (int b = 0; b < B; b++) {
         psf_real g[3 * PSF_MAX_ELEC];
         psf_eloc el;
@@ -4194,7 +4233,7 @@ static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
 static void psf__sum_chunks(psf_vmc *v) {
     const size_t P = v->model->n_params;
     const int C = v->n_chunks;
-#pragma omp parallel for schedule(static)
+PSF__OMP(parallel for schedule(static))
     for (long p = 0; p < (long)P; p++) {
         psf_real s = 0;
         for (int c = 0; c < C; c++) s += v->chunks[(size_t)c * P + (size_t)p];
@@ -4220,7 +4259,7 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
     }
     cm /= nf;
     for (int b = 0; b < B; b++) w[b] = isfinite(w[b]) ? 2.0 * (w[b] - cm) / nf : 0.0;
-#pragma omp parallel for schedule(dynamic, 1)
+PSF__OMP(parallel for schedule(dynamic, 1))
     for (int c = 0; c < C; c++) {
         psf_real *acc = v->chunks + (size_t)c * P;
         const int tid = psf__thread_id();
@@ -4413,7 +4452,7 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     if (!rc) rc = psf_walkers_refresh(&v->walkers, &rwf, rws, T);
     for (int s = 0; s < steps && !rc; s++) {
         psf_mcmc_adapt(&v->walkers, psf_mcmc(&v->walkers, &rwf, rws, T, v->cfg.mcmc_steps));
-#pragma omp parallel for schedule(dynamic, 1)
+PSF__OMP(parallel for schedule(dynamic, 1))
         for (int c = 0; c < C; c++) {
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
@@ -4484,8 +4523,12 @@ static int psf__crc32_file(FILE *f, long n, uint32_t *crc) {
 /* Flush a file's data to the disk before it is renamed into place (POSIX; elsewhere only the C library's
  * buffers are flushed). */
 #if (defined(__unix__) || defined(__APPLE__)) && !defined(PSF_NO_FSYNC)
-int fileno(FILE *);
+#ifdef __cplusplus
+#include <unistd.h> /* C++ must see them with their C linkage (g++ and clang++ on glibc define _GNU_SOURCE) */
+#else
+int fileno(FILE *); /* declared here: strict C99 / C11 <stdio.h>, <unistd.h> hide these POSIX functions */
 int fsync(int);
+#endif
 static int psf__sync(FILE *f) { return fflush(f) == 0 && fsync(fileno(f)) == 0; }
 #else
 static int psf__sync(FILE *f) { return fflush(f) == 0; }

@@ -7,7 +7,8 @@
  * gradient, optimizer update; a checkpoint every few steps), evaluate with the parameters frozen (reblocked error
  * bar), and write summary.json.
  *
- * Outputs in --out DIR: train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin (restart with --restore). */
+ * Outputs in --out DIR: train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin (restart with --restore),
+ * plot.gp and, when gnuplot is installed, training.png (the training curve). */
 #define PSIFORMER_IMPLEMENTATION
 #include "../psiformer.h"
 #include <errno.h>
@@ -16,7 +17,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef struct {
@@ -83,7 +86,8 @@ static void usage(FILE *f) {
             "  --seed S             random seed (default 1)\n"
             "  --threads T          OpenMP threads (default: all cores)\n"
             "output\n"
-            "  --out DIR            write train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin (default runs/ATOM)\n"
+            "  --out DIR            write train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin, plot.gp and\n"
+            "                       training.png (with gnuplot) (default runs/ATOM)\n"
             "  --restore FILE       continue from a checkpoint written by an earlier run with the same network\n"
             "  --checkpoint-every N write DIR/checkpoint.bin every N steps (default 100)\n"
             "  --print-every N      one line every N steps when stdout is not a terminal (default 25)\n"
@@ -539,6 +543,169 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     if (json_end(&j)) fprintf(stderr, "psiformer: cannot write %s\n", path);
 }
 
+/* ---- 5. The training curve: DIR/plot.gp, and DIR/training.png when gnuplot is on the PATH ----------------- */
+
+/* The part of plot.gp after its numbers (exact, hf, e_eval, e_err, title); gnuplot 5.4 syntax. It reads
+ * train_stats.csv when it runs, so `make plot RUN=DIR` also draws a run that is still training. */
+static const char plot_body[] =
+    "set datafile separator comma\n"
+    "stats \"train_stats.csv\" using 1 skip 1 nooutput\n"
+    "N = STATS_records\n"
+    "W = N >= 250 ? int(N / 50) : 5     # the moving averages' window (steps)\n"
+    "# moving average of the last W values of series i (1: energy, 2: variance) in a ring buffer; NaN is skipped\n"
+    "array buf[2 * W]\n"
+    "array cnt[2] = [0, 0]\n"
+    "array acc[2] = [0.0, 0.0]\n"
+    "ma(i, x) = x != x ? NaN : (cnt[i] = cnt[i] + 1, k = (i - 1) * W + (cnt[i] - 1) % W + 1, \\\n"
+    "                           acc[i] = acc[i] + x - (cnt[i] > W ? buf[k] : 0), buf[k] = x, acc[i] / (cnt[i] < W ? cnt[i] : W))\n"
+    "set table $avg separator comma      # columns: step, moving average of the energy, of the variance\n"
+    "plot \"train_stats.csv\" using 1:(ma(1, $2)):(ma(2, $3)) skip 1 with table\n"
+    "unset table\n"
+    "known = exact == exact && hf == hf\n"
+    "up(x) = x > 0 ? x : NaN             # the error's parts above and below the exact energy, for the log scale\n"
+    "down(x) = x < 0 ? -x : NaN\n"
+    "\n"
+    "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) { set terminal pngcairo size 900,1050 font \",10\" } else { set terminal png size 900,1050 }\n"
+    "set output \"training.png\"\n"
+    "set multiplot layout 3,1 title title\n"
+    "set grid\n"
+    "set lmargin 12\n"
+    "set xrange [0:*]\n"
+    "\n"
+    "# 1. energy: each step's batch mean, its moving average, the exact energy and the Hartree-Fock limit\n"
+    "set key outside top center horizontal maxrows 2 samplen 3    # above the panel: it hides no data\n"
+    "set ylabel \"energy (Ha)\"\n"
+    "# from a little below the exact energy to above the Hartree-Fock limit, widened to the last half of the\n"
+    "# moving average (a short run may still be far above the exact energy)\n"
+    "if (known) {\n"
+    "    lo = exact - 0.25 * (hf - exact); hi = hf + 0.75 * (hf - exact)\n"
+    "    stats $avg using 2 every ::int(0.5 * N) nooutput\n"
+    "    if (STATS_max + 0.1 * (hf - exact) > hi) { hi = STATS_max + 0.1 * (hf - exact) }\n"
+    "    if (STATS_min - 0.1 * (hf - exact) < lo) { lo = STATS_min - 0.1 * (hf - exact) }\n"
+    "    set yrange [lo : hi]\n"
+    "}\n"
+    "plot \"train_stats.csv\" using 1:2 skip 1 with points pt 7 ps 0.3 lc rgb \"#b0b0b0\" title \"E (batch mean)\", \\\n"
+    "     $avg using 1:2 with lines lw 2 lc rgb \"#1f77b4\" title sprintf(\"moving average (%d steps)\", W), \\\n"
+    "     exact with lines dt 2 lw 1.5 lc rgb \"black\" title sprintf(\"exact %.6f\", exact), \\\n"
+    "     hf with lines dt 4 lw 1.5 lc rgb \"#d62728\" title sprintf(\"Hartree-Fock limit %.6f\", hf)\n"
+    "\n"
+    "# 2. the moving average's error against the exact energy, log scale (mHa)\n"
+    "set key outside top center horizontal maxrows 2 samplen 3\n"
+    "set ylabel \"E - E_{exact} (mHa)\"\n"
+    "set yrange [*:*]\n"
+    "set logscale y\n"
+    "set format y \"10^{%L}\"\n"
+    "if (known) {\n"
+    "plot $avg using 1:(up(1000 * ($2 - exact))) with lines lw 2 lc rgb \"#1f77b4\" title \"moving average\", \\\n"
+    "     $avg using 1:(down(1000 * ($2 - exact))) with lines lw 1 lc rgb \"#9ecae1\" title \"moving average below exact: |E - E_{exact}|\", \\\n"
+    "     1000 * (hf - exact) with lines dt 4 lw 1.5 lc rgb \"#d62728\" title \"Hartree-Fock limit\", \\\n"
+    "     1.6 with lines dt 3 lw 1.5 lc rgb \"#2ca02c\" title \"chemical accuracy (1.6 mHa)\", \\\n"
+    "     up(1000 * (e_eval - exact)) with lines dt 2 lw 1.5 lc rgb \"black\" \\\n"
+    "         title sprintf(\"evaluated: %.2f +/- %.2f mHa\", 1000 * (e_eval - exact), 1000 * e_err)\n"
+    "} else {\n"
+    "set label 1 \"no exact energy for this spin\" at graph 0.5, 0.5 center\n"
+    "plot NaN notitle\n"
+    "unset label 1\n"
+    "}\n"
+    "\n"
+    "# 3. the variance of the local energy\n"
+    "set key outside top center horizontal maxrows 2 samplen 3    # above the panel: it hides no data\n"
+    "set ylabel \"var E_L (Ha^2)\"\n"
+    "set xlabel \"training step\"\n"
+    "plot \"train_stats.csv\" using 1:3 skip 1 with points pt 7 ps 0.3 lc rgb \"#b0b0b0\" title \"var E_L (batch)\", \\\n"
+    "     $avg using 1:3 with lines lw 2 lc rgb \"#ff7f0e\" title \"moving average\"\n"
+    "unset multiplot\n";
+
+static void gp_number(FILE *f, const char *name, double x, const char *comment) {
+    if (isfinite(x)) fprintf(f, "%-7s= %.10g    # %s\n", name, x, comment);
+    else fprintf(f, "%-7s= NaN    # %s\n", name, comment);
+}
+
+/* Writes DIR/plot.gp: the run's numbers (exact and Hartree-Fock energies when the spin is the ground state's, the
+ * evaluated energy) and plot_body. Returns 0 or -1. */
+static int write_plot_script(const char *outdir, const options *o, const psf_system *sys, const psf_atom_info *info,
+                             int ground, const results *r) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/plot.gp", outdir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "# plot.gp: the training curve of a psiformer run (written by build/psiformer into its --out directory).\n"
+               "# In this directory: gnuplot plot.gp (from the repository: make plot RUN=<this directory>). It reads\n"
+               "# train_stats.csv, also while a run is training, and writes training.png. Needs gnuplot 5.4.\n");
+    fprintf(f, "title  = \"%s (%d up, %d down): %s, batch %d, %ld training steps\"\n", o->atom, sys->n_up, sys->n_down,
+            psf_optimizer_name(o->vmc.optimizer), o->vmc.batch, r->done);
+    gp_number(f, "exact", ground ? info->exact : NAN, "Ha: exact energy (built-in table; NaN: not for this spin)");
+    gp_number(f, "hf", ground ? info->hf_limit : NAN, "Ha: Hartree-Fock limit (NaN: not for this spin)");
+    gp_number(f, "e_eval", r->energy, "Ha: the evaluated energy (NaN: not evaluated)");
+    gp_number(f, "e_err", r->error, "Ha: its reblocked error bar");
+    fputs("\n", f);
+    fputs(plot_body, f);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* The full path of an executable `name` on the PATH into out; 0 if there is none. */
+static int find_on_path(const char *name, char *out, size_t n) {
+    const char *p = getenv("PATH");
+    while (p && *p) {
+        const char *colon = strchr(p, ':');
+        const size_t len = colon ? (size_t)(colon - p) : strlen(p);
+        if (len == 0) snprintf(out, n, "./%s", name); /* an empty entry is the current directory */
+        else snprintf(out, n, "%.*s/%s", (int)len, p, name);
+        struct stat st;
+        if (stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0) return 1;
+        if (!colon) break;
+        p = colon + 1;
+    }
+    return 0;
+}
+
+/* Runs `gnuplot plot.gp` in DIR, its messages into DIR/plot.log. Returns gnuplot's exit status (-1: could not
+ * start it). */
+static int run_gnuplot(const char *gnuplot, const char *outdir) {
+    fflush(stdout);
+    fflush(stderr);
+    const pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        if (chdir(outdir) != 0) _exit(126);
+        const int fd = open("plot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
+        execl(gnuplot, "gnuplot", "plot.gp", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* plot.gp, then training.png if gnuplot is installed; otherwise one line on how to get it. Never fails the run:
+ * returns 1 if training.png was made, else 0. */
+static int plot_training(const char *outdir, const options *o, const psf_system *sys, const psf_atom_info *info,
+                         int ground, const results *r) {
+    if (write_plot_script(outdir, o, sys, info, ground, r)) {
+        fprintf(stderr, "psiformer: warning: cannot write %s/plot.gp: %s\n", outdir, strerror(errno));
+        return 0;
+    }
+    char gnuplot[1024];
+    if (!find_on_path("gnuplot", gnuplot, sizeof gnuplot)) {
+        printf("training curve: %s/plot.gp written; for the PNG, apt-get install gnuplot-nox, then make plot RUN=%s\n",
+               outdir, outdir);
+        return 0;
+    }
+    const int rc = run_gnuplot(gnuplot, outdir);
+    if (rc != 0) {
+        fprintf(stderr, "psiformer: warning: gnuplot %s/plot.gp failed (exit %d; its messages: %s/plot.log)\n", outdir,
+                rc, outdir);
+        return 0;
+    }
+    char log[1100];
+    snprintf(log, sizeof log, "%s/plot.log", outdir);
+    struct stat st;
+    if (stat(log, &st) == 0 && st.st_size == 0) remove(log); /* kept only when gnuplot said something */
+    return 1;
+}
+
 /* ---- The program -------------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -601,7 +768,9 @@ int main(int argc, char **argv) {
            r.block < 0 ? ", no plateau: error bar unreliable" : "", wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
     write_summary(path, &o, &m, &v, info, ground, &r, wall);
-    printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin)\n", outdir);
+    const int png = plot_training(outdir, &o, &sys, info, ground, &r);
+    printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin, plot.gp%s)\n", outdir,
+           png ? ", training.png" : "");
     if (ground)
         printf("E = %.6f +/- %.6f Ha  (exact %.6f, error %.1f mHa, %.1f%% of correlation energy)\n", r.energy, r.error,
                info->exact, (r.energy - info->exact) * 1e3, 100.0 * (info->hf_limit - r.energy) / (info->hf_limit - info->exact));

@@ -992,6 +992,61 @@ TEST driver_rejects_bad_arguments(void) {
 #endif
 }
 
+/* Issue 10, section 4: a driver run writes DIR/plot.gp (with the run's exact and Hartree-Fock energies; it reads
+ * train_stats.csv) and, when gnuplot is on the PATH, DIR/training.png, saying nothing more about it; with no
+ * gnuplot on the PATH the run still succeeds and prints one line on how to get the picture. */
+static long read_text(const char *path, char *buf, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    const size_t k = fread(buf, 1, n - 1, f);
+    fclose(f);
+    buf[k] = 0;
+    return (long)k;
+}
+
+TEST driver_writes_the_training_plot(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    static const char args[] = "--atom He --layers 1 --heads 1 --head-dim 4 --mlp 8 --dets 1 --batch 32 --mcmc-steps 2 "
+                               "--steps 12 --eval-steps 4 --pretrain-steps 2 --gap-every 0 --threads 1";
+    static char out[16384], script[16384];
+    char cmd[1024];
+    const int have_gnuplot = system("command -v gnuplot >/dev/null 2>&1") == 0;
+    remove("build/test_plot/plot.gp");
+    remove("build/test_plot/training.png");
+    snprintf(cmd, sizeof cmd, "%s %s --out build/test_plot >build/test_plot.out 2>&1", PSF_TEST_DRIVER, args);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_plot/plot.gp", script, sizeof script) > 0);
+    ASSERT(strstr(script, "exact  = -2.903724") != NULL);
+    ASSERT(strstr(script, "hf     = -2.86168") != NULL);
+    ASSERT(strstr(script, "\"train_stats.csv\"") != NULL && strstr(script, "set output \"training.png\"") != NULL);
+    ASSERT(strstr(script, "He (1 up, 1 down): spring, batch 32, 12 training steps") != NULL);
+    ASSERT(read_text("build/test_plot.out", out, sizeof out) > 0);
+    if (have_gnuplot) {
+        unsigned char sig[8] = {0};
+        FILE *f = fopen("build/test_plot/training.png", "rb");
+        ASSERTm("gnuplot is installed but the run made no training.png", f != NULL);
+        const size_t k = fread(sig, 1, sizeof sig, f);
+        fclose(f);
+        ASSERT(k == 8 && memcmp(sig, "\x89PNG\r\n\x1a\n", 8) == 0);
+        ASSERT(strstr(out, "plot.gp, training.png)") != NULL);
+        ASSERTm("with gnuplot the driver says nothing about it", strstr(out, "gnuplot") == NULL);
+    }
+    /* no gnuplot on the PATH */
+    remove("build/test_plot_nognuplot/training.png");
+    snprintf(cmd, sizeof cmd, "PATH=/nonexistent %s %s --out build/test_plot_nognuplot >build/test_plot_nognuplot.out 2>&1",
+             PSF_TEST_DRIVER, args);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_plot_nognuplot/plot.gp", script, sizeof script) > 0);
+    ASSERT(read_text("build/test_plot_nognuplot/training.png", out, sizeof out) < 0);
+    ASSERT(read_text("build/test_plot_nognuplot.out", out, sizeof out) > 0);
+    ASSERT(strstr(out, "apt-get install gnuplot-nox, then make plot RUN=build/test_plot_nognuplot\n") != NULL);
+    ASSERTm("the last line is still the energy", strstr(out, "\nE = ") != NULL && strstr(strstr(out, "\nE = ") + 1, "\n") == out + strlen(out) - 1);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 TEST bad_input_is_refused_with_a_message(void) {
     psf_system s;
     ASSERT_EQ(PSF_ERR_ARG, psf_system_atom(&s, "Xx", -1));
@@ -1021,6 +1076,7 @@ SUITE(training) {
     RUN_TEST(npy_roundtrip);
     RUN_TEST(bad_input_is_refused_with_a_message);
     RUN_TEST(driver_rejects_bad_arguments);
+    RUN_TEST(driver_writes_the_training_plot);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -1740,7 +1796,8 @@ static int wait_driver(pid_t pid) {
 static int file_exists(const char *path) { FILE *f = fopen(path, "rb"); if (f) fclose(f); return f != NULL; }
 static void remove_run(const char *dir) {
     static const char *files[] = {"train_stats.csv", "eval_stats.csv", "summary.json", "checkpoint.bin",
-                                  "checkpoint.prev.bin", "checkpoint.bin.tmp", "pretrain_stats.csv", "train_stats.csv.tmp"};
+                                  "checkpoint.prev.bin", "checkpoint.bin.tmp", "pretrain_stats.csv", "train_stats.csv.tmp",
+                                  "plot.gp", "plot.log", "training.png"};
     char path[600];
     for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) { snprintf(path, sizeof path, "%s/%s", dir, files[k]); remove(path); }
 }
