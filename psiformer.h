@@ -44,7 +44,8 @@
  *   [IMPL: BASICS]     errors, RNG, timers, matrix products
  *   [IMPL: LINALG]     LU log-determinant, Pfaffian (Parlett–Reid), Cholesky
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
- *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant and Pfaffian heads, Jastrow), init
+ *   [IMPL: ANSATZ]     systems (atoms, XYZ files, the molecule reference table), ansatz builders (Psiformer
+ *                      trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
