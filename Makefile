@@ -70,12 +70,12 @@ SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-san
 sanitize:
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/san$(if $(filter 0,$(OPENMP)),-serial) SAN="$(SAN_FLAGS)" test
 
-# `make fuzz FUZZ_SECONDS=N`: every parser under libFuzzer with ASan + UBSan (Debian's clang), N seconds each,
+# `make fuzz FUZZ_SECONDS=N`: every parser (.npy, checkpoint, XYZ) under libFuzzer with ASan + UBSan (Debian's clang), N seconds each,
 # starting from a scratch copy of its seed corpus in tests/corpus/; a crash, a leak or a report fails it and
 # leaves the input in $(BUILD)/fuzz/ (crash-*). Each crash found so far is a regression test in `make test`.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint
+FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint fuzz_xyz
 FUZZ_FLAGS    = -std=c11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 .PHONY: fuzz
 $(BUILD)/fuzz/%: tests/fuzz/%.c psiformer.h

@@ -45,7 +45,8 @@
  *   [IMPL: BASICS]     errors, RNG, timers, matrix products
  *   [IMPL: LINALG]     LU log-determinant, Pfaffian (Parlett–Reid), Cholesky
  *   [IMPL: TAPE]       one section per op (forward+jet, backward, scratch, sparsity), the rule table, passes
- *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant and Pfaffian heads, Jastrow), init
+ *   [IMPL: ANSATZ]     systems (atoms, XYZ files, the molecule reference table), ansatz builders (Psiformer
+ *                      trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
@@ -152,6 +153,45 @@ PSFDEF int psf_system_atom(psf_system *sys, const char *symbol, int spin);
 
 /* Nuclear repulsion sum_{I<J} Z_I Z_J / |R_I - R_J| (hartree). Cannot fail. */
 PSFDEF double psf_nuclear_repulsion(const psf_system *sys);
+
+/* The bohr radius in ångström (CODATA 2018): 1 Å = 1 / PSF_BOHR_ANGSTROM bohr. */
+#define PSF_BOHR_ANGSTROM 0.529177210903
+
+/* A molecule from standard XYZ text: line 1 the atom count, line 2 a comment (ignored), then one line
+ * `Symbol x y z` per atom (symbols H..Ar, any letter case; coordinates in ångström, or in bohr if units_bohr;
+ * each within ±1000 units); blank lines may follow, nothing else (one frame only). CRLF line ends are accepted.
+ * The nuclei keep the file's positions, converted to bohr; Z is the element's nuclear charge (units of e).
+ * Electrons: N = sum Z - charge, n_up - n_down = spin (spin = -1: the lowest, N mod 2), n_up = (N + spin) / 2.
+ * text[len] need not be NUL-terminated; name labels the messages ("name:line: what was expected").
+ * Errors: PSF_ERR_FORMAT for a malformed file (the line and what was expected), more than PSF_MAX_ATOMS atoms, or
+ * two nuclei closer than 1e-6 bohr; PSF_ERR_ARG for a charge leaving fewer than 1 or more than PSF_MAX_ELEC
+ * electrons, or a spin that is negative (other than -1), larger than N, or of the wrong parity (an odd N cannot
+ * have spin 0). sys is written only on success. */
+PSFDEF int psf_system_from_xyz_string(psf_system *sys, const char *text, size_t len, const char *name, int units_bohr,
+                                      int charge, int spin);
+
+/* The same, read from the file at path (at most 1 MiB; the messages name the path). Errors: those above, and
+ * PSF_ERR_IO if the file cannot be read. */
+PSFDEF int psf_system_from_xyz(psf_system *sys, const char *path, int units_bohr, int charge, int spin);
+
+/* Reference energies of small molecules (Born–Oppenheimer, non-relativistic, hartree) at standard geometries
+ * (bohr), for the error of a run. Sources per row in `source`; docs/method.md lists them. */
+typedef struct {
+    const char *name;
+    int n_atoms, charge, spin;
+    int Z[4];
+    double R[4][3];     /* bohr                                                              */
+    double energy;      /* exact or estimated exact (hartree)                                */
+    const char *source;
+} psf_molecule_info;
+
+/* The table's rows: *count receives their number. Cannot fail. */
+PSFDEF const psf_molecule_info *psf_molecule_table(int *count);
+
+/* The row whose molecule sys is (same charges, the same n_up and n_down, and every interatomic distance, sorted
+ * with its pair of charges, within tol bohr: for the table's molecules of at most three atoms this fixes the
+ * geometry up to rotation, translation and relabelling); NULL if none (no error is set). */
+PSFDEF const psf_molecule_info *psf_molecule_match(const psf_system *sys, double tol);
 
 /* ---- The tape: the op registry, graph, workspaces ------------------------------------------------------ */
 
@@ -2472,6 +2512,241 @@ double psf_nuclear_repulsion(const psf_system *sys) {
             v += sys->Z[at] * sys->Z[J] / sqrt(d2);
         }
     return v;
+}
+
+/* ---- XYZ files ------------------------------------------------------------------------------------------ */
+
+static const char *const psf__elements[] = {"H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",
+                                            "Ne", "Na", "Mg", "Al", "Si", "P",  "S",  "Cl", "Ar"};
+
+/* The nuclear charge of an element symbol H..Ar in any letter case; 0 if unknown. */
+static int psf__element_z(const char *s) {
+    for (int z = 1; z <= (int)(sizeof psf__elements / sizeof psf__elements[0]); z++) {
+        const char *e = psf__elements[z - 1];
+        size_t k = 0;
+        while (e[k] && s[k] && (s[k] | 0x20) == (e[k] | 0x20)) k++;
+        if (!e[k] && !s[k]) return z;
+    }
+    return 0;
+}
+
+/* Splits line (NUL-terminated, modified in place) at blanks into at most max fields; returns how many there
+ * were (possibly more than max, then only max are stored). */
+static int psf__fields(char *line, char **f, int max) {
+    int n = 0;
+    char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\v' || *p == '\f') p++;
+        if (!*p) return n;
+        if (n < max) f[n] = p;
+        n++;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\v' && *p != '\f') p++;
+        if (*p) *p++ = 0;
+    }
+}
+
+/* Quotes s for a message: at most 40 characters, then "...". */
+static const char *psf__quote(const char *s, char buf[48]) {
+    snprintf(buf, 48, "%.40s%s", s, strlen(s) > 40 ? "..." : "");
+    return buf;
+}
+
+int psf_system_from_xyz_string(psf_system *sys, const char *text, size_t len, const char *name, int units_bohr,
+                               int charge, int spin) {
+    static const char *const axis[3] = {"x", "y", "z"};
+    const double unit = units_bohr ? 1.0 : 1.0 / PSF_BOHR_ANGSTROM;
+    const char *const U = units_bohr ? "bohr" : "angstrom";
+    psf_system s;
+    int lines[PSF_MAX_ATOMS];
+    memset(&s, 0, sizeof s);
+    if (!name) name = "(xyz)";
+    if (!text) len = 0;
+    size_t pos = 0;
+    long n_atoms = 0;
+    char line[256], raw[256], q[48], *f[5];
+    for (int ln = 1;; ln++) {
+        const int want_count = ln == 1, atom = ln - 3; /* atom >= 0: line of atom `atom` */
+        if (pos >= len) { /* end of the text */
+            if (want_count) return psf__fail(PSF_ERR_FORMAT, "%s:1: expected the atom count, got an empty file", name);
+            if (ln == 2) return psf__fail(PSF_ERR_FORMAT, "%s:2: expected a comment line, got the end of the file", name);
+            if (atom < n_atoms)
+                return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected 'Symbol x y z' for atom %d of %ld, got the end of the file",
+                                 name, ln, atom + 1, n_atoms);
+            break;
+        }
+        const char *nl = (const char *)memchr(text + pos, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - (text + pos)) : len - pos;
+        const char *src = text + pos;
+        pos += n + (nl != NULL);
+        if (n > 0 && src[n - 1] == '\r') n--;
+        if (ln == 2) continue; /* the comment: anything */
+        if (memchr(src, 0, n)) return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected text, got a NUL byte", name, ln);
+        if (n >= sizeof line)
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected a line of at most %d characters, got %zu", name, ln,
+                             (int)sizeof line - 1, n);
+        memcpy(line, src, n);
+        line[n] = 0;
+        memcpy(raw, line, n + 1);
+        const int nf = psf__fields(line, f, 5);
+        if (want_count) {
+            char *end;
+            errno = 0;
+            const long c = nf == 1 ? strtol(f[0], &end, 10) : 0;
+            if (nf != 1 || errno || *end || c < 1)
+                return psf__fail(PSF_ERR_FORMAT, "%s:1: expected the atom count (a positive integer), got '%s'", name,
+                                 psf__quote(raw, q));
+            if (c > PSF_MAX_ATOMS)
+                return psf__fail(PSF_ERR_FORMAT, "%s:1: %ld atoms exceed PSF_MAX_ATOMS = %d (the most psf_system holds)",
+                                 name, c, PSF_MAX_ATOMS);
+            n_atoms = c;
+            continue;
+        }
+        if (atom >= n_atoms) { /* after the atoms: blank lines only */
+            if (nf == 0) continue;
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected the end of the file after the %ld atoms of line 1, got '%s' "
+                             "(one frame only)", name, ln, n_atoms, psf__quote(f[0], q));
+        }
+        if (nf != 4)
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected 'Symbol x y z' for atom %d of %ld, got %d field%s", name, ln,
+                             atom + 1, n_atoms, nf, nf == 1 ? "" : "s");
+        const int z = psf__element_z(f[0]);
+        if (!z) return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected an element symbol H..Ar, got '%s'", name, ln, psf__quote(f[0], q));
+        s.Z[atom] = z;
+        lines[atom] = ln;
+        for (int k = 0; k < 3; k++) {
+            char *end;
+            const double v = strtod(f[1 + k], &end);
+            if (end == f[1 + k] || *end || !(v >= -1000 && v <= 1000))
+                return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected the %s coordinate of atom %d, a number in [-1000, 1000] "
+                                 "(%s), got '%s'", name, ln, axis[k], atom + 1, U, psf__quote(f[1 + k], q));
+            s.R[atom][k] = v * unit;
+        }
+        for (int J = 0; J < atom; J++) {
+            double d2 = 0;
+            for (int k = 0; k < 3; k++) d2 += (s.R[atom][k] - s.R[J][k]) * (s.R[atom][k] - s.R[J][k]);
+            if (d2 < 1e-12)
+                return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected distinct positions, got atom %d on atom %d (line %d)",
+                                 name, ln, atom + 1, J + 1, lines[J]);
+        }
+    }
+    s.n_atoms = (int)n_atoms;
+    long zsum = 0;
+    for (int at = 0; at < s.n_atoms; at++) zsum += (long)s.Z[at];
+    const long N = zsum - (long)charge;
+    if (N < 1 || N > PSF_MAX_ELEC)
+        return psf__fail(PSF_ERR_ARG, "%s: charge %d leaves %ld electrons (nuclear charge %ld); expected 1..%d "
+                         "(PSF_MAX_ELEC = %d)", name, charge, N, zsum, PSF_MAX_ELEC, PSF_MAX_ELEC);
+    if (spin == -1) spin = (int)(N % 2);
+    if (spin < 0 || spin > N)
+        return psf__fail(PSF_ERR_ARG, "%s: spin %d impossible for %ld electrons: expected n_up - n_down in 0..%ld", name,
+                         spin, N, N);
+    if ((N - spin) % 2 != 0) {
+        if (spin == 0)
+            return psf__fail(PSF_ERR_ARG, "%s: spin 0 impossible: %ld electrons (nuclear charge %ld, charge %d) are an odd "
+                             "number, so n_up = n_down cannot hold; an odd count needs an odd spin (1, 3, ...)",
+                             name, N, zsum, charge);
+        return psf__fail(PSF_ERR_ARG, "%s: spin %d impossible for %ld electrons: n_up - n_down must have the parity of "
+                         "the electron count (%s)", name, spin, N, N % 2 ? "odd" : "even");
+    }
+    s.n_up = (int)((N + spin) / 2);
+    s.n_down = (int)((N - spin) / 2);
+    *sys = s;
+    return PSF_OK;
+}
+
+int psf_system_from_xyz(psf_system *sys, const char *path, int units_bohr, int charge, int spin) {
+    enum { MAX_BYTES = 1 << 20 };
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open: %s", path ? path : "(null)", path ? strerror(errno) : "no path");
+    char *buf = (char *)PSF_MALLOC(MAX_BYTES + 1);
+    if (!buf) { fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
+    const size_t n = fread(buf, 1, MAX_BYTES + 1, f);
+    const int bad = ferror(f);
+    fclose(f);
+    int rc;
+    if (bad) rc = psf__fail(PSF_ERR_IO, "%s: read error", path);
+    else if (n > MAX_BYTES) rc = psf__fail(PSF_ERR_FORMAT, "%s: expected an XYZ file of at most %d bytes", path, MAX_BYTES);
+    else rc = psf_system_from_xyz_string(sys, buf, n, path, units_bohr, charge, spin);
+    PSF_FREE(buf);
+    return rc;
+}
+
+/* Standard geometries and reference energies. Bond lengths and the exact / estimated-exact energies of LiH, Li2,
+ * N2 and CO are those of FermiNet's small-molecule table: D. Pfau, J. S. Spencer, A. G. D. G. Matthews,
+ * W. M. C. Foulkes, Phys. Rev. Research 2, 033429 (2020), Table II (CO: its CCSD(T)/CBS column, the table having no
+ * exact value). H2 and H2O are not in that table: H2 at its equilibrium distance 1.4011 bohr (W. Kolos,
+ * L. Wolniewicz, J. Chem. Phys. 49, 404 (1968)); H2O at the experimental r(OH) = 0.9572 Å, angle(HOH) = 104.52°
+ * (1.808846 bohr) with the experimentally derived non-relativistic, infinite-mass energy -76.438(3) Ha quoted by
+ * A. Lüchow, J. B. Anderson, D. Feller, J. Chem. Phys. 106, 7706 (1997). Diatomics lie on the z axis. */
+static const psf_molecule_info psf__molecules[] = {
+    {"H2", 2, 0, 0, {1, 1}, {{0, 0, 0}, {0, 0, 1.4011}}, -1.1744757,
+     "Kolos & Wolniewicz, J. Chem. Phys. 49, 404 (1968), R = 1.4011 bohr"},
+    {"LiH", 2, 0, 0, {3, 1}, {{0, 0, 0}, {0, 0, 3.015}}, -8.07054846, "Pfau et al., PRR 2, 033429 (2020), Table II: exact"},
+    {"Li2", 2, 0, 0, {3, 3}, {{0, 0, 0}, {0, 0, 5.051}}, -14.995447, "Pfau et al., PRR 2, 033429 (2020), Table II: exact"},
+    {"N2", 2, 0, 0, {7, 7}, {{0, 0, 0}, {0, 0, 2.068}}, -109.542347, "Pfau et al., PRR 2, 033429 (2020), Table II: exact"},
+    {"CO", 2, 0, 0, {6, 8}, {{0, 0, 0}, {0, 0, 2.173}}, -113.3255,
+     "Pfau et al., PRR 2, 033429 (2020), Table II: CCSD(T)/CBS (estimated exact)"},
+    {"H2O", 3, 0, 0, {8, 1, 1}, {{0, 0, 0}, {1.430428808, 1.107157044, 0}, {-1.430428808, 1.107157044, 0}}, -76.438,
+     "experiment-derived, +/- 0.003 (Luchow, Anderson, Feller, J. Chem. Phys. 106, 7706 (1997)); r(OH) 0.9572 A, 104.52 deg"},
+};
+
+const psf_molecule_info *psf_molecule_table(int *count) {
+    if (count) *count = (int)(sizeof psf__molecules / sizeof psf__molecules[0]);
+    return psf__molecules;
+}
+
+/* The sorted (min Z, max Z, distance) triples of the pairs of nuclei. */
+typedef struct { double za, zb, d; } psf__pair;
+static int psf__pair_cmp(const void *a, const void *b) {
+    const psf__pair *p = (const psf__pair *)a, *q = (const psf__pair *)b;
+    if (p->za != q->za) return p->za < q->za ? -1 : 1;
+    if (p->zb != q->zb) return p->zb < q->zb ? -1 : 1;
+    return p->d < q->d ? -1 : p->d > q->d;
+}
+static int psf__pairs(int n, const double *Z, const double (*R)[3], psf__pair *out) {
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        for (int J = i + 1; J < n; J++) {
+            double d2 = 0;
+            for (int k = 0; k < 3; k++) d2 += (R[i][k] - R[J][k]) * (R[i][k] - R[J][k]);
+            out[m].za = Z[i] < Z[J] ? Z[i] : Z[J];
+            out[m].zb = Z[i] < Z[J] ? Z[J] : Z[i];
+            out[m++].d = sqrt(d2);
+        }
+    qsort(out, (size_t)m, sizeof *out, psf__pair_cmp);
+    return m;
+}
+static int psf__double_cmp(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+const psf_molecule_info *psf_molecule_match(const psf_system *sys, double tol) {
+    int count;
+    const psf_molecule_info *t = psf_molecule_table(&count);
+    for (int r = 0; r < count; r++) {
+        const psf_molecule_info *e = &t[r];
+        const int n = e->n_atoms;
+        if (sys->n_atoms != n) continue;
+        long zsum = 0;
+        double za[4], zb[4];
+        for (int at = 0; at < n; at++) { za[at] = e->Z[at]; zb[at] = sys->Z[at]; zsum += e->Z[at]; }
+        const long N = zsum - e->charge;
+        if (sys->n_up != (N + e->spin) / 2 || sys->n_down != (N - e->spin) / 2) continue;
+        qsort(za, (size_t)n, sizeof(double), psf__double_cmp);
+        qsort(zb, (size_t)n, sizeof(double), psf__double_cmp);
+        int same = 1;
+        for (int at = 0; at < n; at++) same = same && za[at] == zb[at];
+        if (!same) continue;
+        psf__pair pa[6], pb[6];
+        double ze[4], zs[4]; /* unsorted: row for row with the positions */
+        for (int at = 0; at < n; at++) { ze[at] = e->Z[at]; zs[at] = sys->Z[at]; }
+        const int m = psf__pairs(n, ze, e->R, pa);
+        psf__pairs(n, zs, (const double(*)[3])sys->R, pb);
+        for (int p = 0; p < m; p++) same = same && pa[p].za == pb[p].za && pa[p].zb == pb[p].zb && fabs(pa[p].d - pb[p].d) <= tol;
+        if (same) return e;
+    }
+    return NULL;
 }
 
 void psf_config_default(psf_config *cfg) {

@@ -1,6 +1,8 @@
-/* psiformer — train a Psiformer on a first-row atom by variational Monte Carlo and report its energy.
+/* psiformer — train a Psiformer on a first-row atom or a small molecule by variational Monte Carlo and report its
+ * energy.
  *
  *   build/psiformer --atom C --out runs/carbon
+ *   build/psiformer --xyz data/xyz/lih.xyz --out runs/lih
  *   build/psiformer --help
  *
  * The program is four steps, each a function below: parse the options, train (Metropolis sampling, local energies,
@@ -23,8 +25,8 @@
 #include <unistd.h>
 
 typedef struct {
-    const char *atom, *out, *restore;
-    int scale_moves;
+    const char *atom, *out, *restore, *xyz;
+    int scale_moves, units_bohr, charge, atom_given, units_given, charge_given;
     int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
     double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
     double anneal, anneal_to, average; /* fractions of the training budget; the anneal's final step scale */
@@ -47,10 +49,14 @@ typedef struct {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: psiformer [options]\n"
-            "Trains a Psiformer (von Glehn et al. 2023) on an atom by VMC, then evaluates its energy.\n\n"
+            "Trains a Psiformer (von Glehn et al. 2023) on an atom or molecule by VMC, then evaluates its energy.\n\n"
             "system\n"
             "  --atom SYMBOL        H..Ne (default C)\n"
-            "  --spin S             n_up - n_down (default: ground state from the built-in table)\n"
+            "  --xyz FILE           a molecule instead: XYZ file (atom count, comment, then 'Symbol x y z' lines)\n"
+            "  --units U            the XYZ file's units: angstrom or bohr (default angstrom)\n"
+            "  --charge Q           --xyz: net charge; electrons = sum of nuclear charges - Q (default 0)\n"
+            "  --spin S             n_up - n_down (default: an atom's ground state from the built-in table; for\n"
+            "                       --xyz the lowest, 0 or 1)\n"
             "network\n"
             "  --layers L           self-attention layers (default 2)\n"
             "  --heads H            attention heads (default 4)\n"
@@ -171,7 +177,25 @@ static int parse_args(int argc, char **argv, options *o) {
         const char *v = argv[++i];
         if (v[0] == '-' && v[1] == '-') { fprintf(stderr, "psiformer: %s: missing value (got the option '%s')\n", a, v); return 1; }
         int rc = 0, iv;
-        if (!strcmp(a, "--atom")) o->atom = v;
+        if (!strcmp(a, "--atom")) { o->atom = v; o->atom_given = 1; }
+        else if (!strcmp(a, "--xyz")) o->xyz = v;
+        else if (!strcmp(a, "--units")) {
+            if (!strcmp(v, "bohr")) o->units_bohr = 1;
+            else if (!strcmp(v, "angstrom")) o->units_bohr = 0;
+            else { fprintf(stderr, "psiformer: --units: expected bohr or angstrom, got '%s'\n", v); return 1; }
+            o->units_given = 1;
+        }
+        else if (!strcmp(a, "--charge")) {
+            char *end;
+            errno = 0;
+            const long q = strtol(v, &end, 10);
+            if (errno || end == v || *end || q < -1000 || q > 1000) {
+                fprintf(stderr, "psiformer: --charge: expected an integer from -1000 to 1000, got '%s'\n", v);
+                return 1;
+            }
+            o->charge = (int)q;
+            o->charge_given = 1;
+        }
         else if (!strcmp(a, "--spin")) rc = parse_int(a, v, 0, &o->spin);
         else if (!strcmp(a, "--steps")) rc = parse_int(a, v, 0, &o->steps);
         else if (!strcmp(a, "--eval-steps")) rc = parse_int(a, v, 0, &o->eval_steps);
@@ -219,6 +243,11 @@ static int parse_args(int argc, char **argv, options *o) {
             o->vmc.optimizer = (psf_optimizer)k;
         } else { fprintf(stderr, "psiformer: unknown option '%s' (see --help)\n", a); return 1; }
         if (rc) return 1;
+    }
+    if (o->xyz && o->atom_given) { fprintf(stderr, "psiformer: --atom and --xyz exclude each other: give one system\n"); return 1; }
+    if (!o->xyz && (o->units_given || o->charge_given)) {
+        fprintf(stderr, "psiformer: --%s needs --xyz (an ion or a molecule is given as an XYZ file)\n", o->units_given ? "units" : "charge");
+        return 1;
     }
     /* --damping and --norm-constraint belong to the chosen optimizer */
     if (o->steps == 0 && !(o->train_minutes > 0)) {
@@ -489,23 +518,50 @@ static void json_str(json *j, const char *key, const char *s) { json_fmt(j, key,
 static void json_int(json *j, const char *key, long x) { json_fmt(j, key, "%ld", x); }
 static int json_end(json *j) { fprintf(j->f, "\n}\n"); return fclose(j->f); }
 
+/* The system of a run: an atom from the built-in table (info), or a molecule from --xyz (mol: its row of the
+ * reference table when the geometry, charge and spin match one, else NULL). */
+typedef struct {
+    const char *name;
+    const psf_atom_info *info;
+    const psf_molecule_info *mol;
+} sysinfo;
+
 static void write_summary(const char *path, const options *o, const psf_model *m, const psf_vmc *v,
-                          const psf_atom_info *info, int ground, const results *r, double wall) {
+                          const sysinfo *si, int ground, const results *r, double wall) {
     json j = {fopen(path, "w"), 0};
     if (!j.f) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return; }
-    const double error_mha = (r->energy - info->exact) * 1e3;
-    const double corr = (info->hf_limit - r->energy) / (info->hf_limit - info->exact);
     const psf_psiformer_config *pc = &m->cfg.psiformer;
-    json_str(&j, "system", o->atom);
-    json_int(&j, "n_up", m->sys.n_up);
-    json_int(&j, "n_down", m->sys.n_down);
-    json_num(&j, "energy", r->energy);
-    json_num(&j, "energy_error", r->error);
-    json_num(&j, "variance", r->variance);
-    json_fmt(&j, "exact", "%.6f", info->exact);
-    json_fmt(&j, "hf_limit", "%.6f", info->hf_limit);
-    json_num(&j, "error_mha", ground ? error_mha : NAN);
-    json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
+    json_str(&j, "system", si->name);
+    if (si->info) {
+        const psf_atom_info *info = si->info;
+        const double error_mha = (r->energy - info->exact) * 1e3;
+        const double corr = (info->hf_limit - r->energy) / (info->hf_limit - info->exact);
+        json_int(&j, "n_up", m->sys.n_up);
+        json_int(&j, "n_down", m->sys.n_down);
+        json_num(&j, "energy", r->energy);
+        json_num(&j, "energy_error", r->error);
+        json_num(&j, "variance", r->variance);
+        json_fmt(&j, "exact", "%.6f", info->exact);
+        json_fmt(&j, "hf_limit", "%.6f", info->hf_limit);
+        json_num(&j, "error_mha", ground ? error_mha : NAN);
+        json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
+    } else { /* a molecule: the error against the reference table when the geometry matched a row */
+        const psf_molecule_info *mol = si->mol;
+        json_str(&j, "xyz", o->xyz);
+        json_int(&j, "n_atoms", m->sys.n_atoms);
+        json_int(&j, "charge", o->charge);
+        json_int(&j, "spin", m->sys.n_up - m->sys.n_down);
+        json_int(&j, "n_up", m->sys.n_up);
+        json_int(&j, "n_down", m->sys.n_down);
+        json_num(&j, "nuclear_repulsion", psf_nuclear_repulsion(&m->sys));
+        json_num(&j, "energy", r->energy);
+        json_num(&j, "energy_error", r->error);
+        json_num(&j, "variance", r->variance);
+        json_num(&j, "exact", mol ? mol->energy : NAN);
+        if (mol) json_str(&j, "exact_source", mol->source);
+        else json_fmt(&j, "exact_source", "null");
+        json_num(&j, "error_mha", mol ? (r->energy - mol->energy) * 1e3 : NAN);
+    }
     json_str(&j, "units", "hartree");
     json_int(&j, "train_steps", r->done);
     json_fmt(&j, "anneal", "%g", o->anneal);
@@ -623,8 +679,8 @@ static void gp_number(FILE *f, const char *name, double x, const char *comment) 
 
 /* Writes DIR/plot.gp: the run's numbers (exact and Hartree-Fock energies when the spin is the ground state's, the
  * evaluated energy) and plot_body. Returns 0 or -1. */
-static int write_plot_script(const char *outdir, const options *o, const psf_system *sys, const psf_atom_info *info,
-                             int ground, const results *r) {
+static int write_plot_script(const char *outdir, const options *o, const char *name, const psf_system *sys,
+                             const psf_atom_info *info, int ground, const results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/plot.gp", outdir);
     FILE *f = fopen(path, "w");
@@ -632,10 +688,10 @@ static int write_plot_script(const char *outdir, const options *o, const psf_sys
     fprintf(f, "# plot.gp: the training curve of a psiformer run (written by build/psiformer into its --out directory).\n"
                "# In this directory: gnuplot plot.gp (from the repository: make plot RUN=<this directory>). It reads\n"
                "# train_stats.csv, also while a run is training, and writes training.png. Needs gnuplot 5.4.\n");
-    fprintf(f, "title  = \"%s (%d up, %d down): %s, batch %d, %ld training steps\"\n", o->atom, sys->n_up, sys->n_down,
+    fprintf(f, "title  = \"%s (%d up, %d down): %s, batch %d, %ld training steps\"\n", name, sys->n_up, sys->n_down,
             psf_optimizer_name(o->vmc.optimizer), o->vmc.batch, r->done);
-    gp_number(f, "exact", ground ? info->exact : NAN, "Ha: exact energy (built-in table; NaN: not for this spin)");
-    gp_number(f, "hf", ground ? info->hf_limit : NAN, "Ha: Hartree-Fock limit (NaN: not for this spin)");
+    gp_number(f, "exact", ground ? o->exact : NAN, "Ha: exact energy (built-in tables; NaN: none for this system and spin)");
+    gp_number(f, "hf", ground && info ? info->hf_limit : NAN, "Ha: Hartree-Fock limit (NaN: not for this system and spin)");
     gp_number(f, "e_eval", r->energy, "Ha: the evaluated energy (NaN: not evaluated)");
     gp_number(f, "e_err", r->error, "Ha: its reblocked error bar");
     fputs("\n", f);
@@ -681,9 +737,9 @@ static int run_gnuplot(const char *gnuplot, const char *outdir) {
 
 /* plot.gp, then training.png if gnuplot is installed; otherwise one line on how to get it. Never fails the run:
  * returns 1 if training.png was made, else 0. */
-static int plot_training(const char *outdir, const options *o, const psf_system *sys, const psf_atom_info *info,
-                         int ground, const results *r) {
-    if (write_plot_script(outdir, o, sys, info, ground, r)) {
+static int plot_training(const char *outdir, const options *o, const char *name, const psf_system *sys,
+                         const psf_atom_info *info, int ground, const results *r) {
+    if (write_plot_script(outdir, o, name, sys, info, ground, r)) {
         fprintf(stderr, "psiformer: warning: cannot write %s/plot.gp: %s\n", outdir, strerror(errno));
         return 0;
     }
@@ -713,12 +769,28 @@ int main(int argc, char **argv) {
     const int pa = parse_args(argc, argv, &o);
     if (pa) return pa < 0 ? 0 : 2;
     psf_system sys;
-    if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
-    const psf_atom_info *info = psf_atom_lookup(o.atom);
-    const int ground = (o.spin < 0 || o.spin == info->n_up - info->n_down);
-    o.exact = ground ? info->exact : NAN;
+    sysinfo si = {o.atom, NULL, NULL};
+    char xyzname[256];
+    int ground;
+    if (o.xyz) {
+        if (psf_system_from_xyz(&sys, o.xyz, o.units_bohr, o.charge, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+        si.mol = psf_molecule_match(&sys, 1e-3); /* bohr */
+        const char *base = strrchr(o.xyz, '/');
+        snprintf(xyzname, sizeof xyzname, "%s", base ? base + 1 : o.xyz);
+        char *dot = strrchr(xyzname, '.');
+        if (dot && dot != xyzname) *dot = 0;
+        si.name = si.mol ? si.mol->name : xyzname;
+        ground = si.mol != NULL;
+        o.exact = ground ? si.mol->energy : NAN;
+    } else {
+        if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+        si.info = psf_atom_lookup(o.atom);
+        ground = (o.spin < 0 || o.spin == si.info->n_up - si.info->n_down);
+        o.exact = ground ? si.info->exact : NAN;
+    }
+    const psf_atom_info *info = si.info;
     char outdir[512], path[1024];
-    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.atom);
+    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.xyz ? xyzname : o.atom);
     if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
     snprintf(path, sizeof path, "%s/.psiformer_write_test", outdir); /* before any training, not after it */
     FILE *probe = fopen(path, "w");
@@ -733,8 +805,16 @@ int main(int argc, char **argv) {
     v.walkers.scale_moves = o.scale_moves;
     if (o.restore && psf_vmc_load(&v, o.restore)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
     const psf_psiformer_config *pc = &o.net.psiformer;
-    printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
-           info->exact, ground ? "" : " (ground state; this run uses another spin)");
+    if (info)
+        printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
+               info->exact, ground ? "" : " (ground state; this run uses another spin)");
+    else if (si.mol)
+        printf("psiformer.h: %s from %s (%d atoms, charge %d, %d up, %d down), nuclear repulsion %.6f Ha, reference %.6f Ha (%s)\n",
+               si.name, o.xyz, sys.n_atoms, o.charge, sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys), si.mol->energy,
+               si.mol->source);
+    else
+        printf("psiformer.h: %s (%d atoms, charge %d, %d up, %d down), nuclear repulsion %.6f Ha, no reference energy "
+               "for this geometry\n", o.xyz, sys.n_atoms, o.charge, sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys));
     char head[64];
     if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
         snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
@@ -753,6 +833,13 @@ int main(int argc, char **argv) {
 
     results r;
     memset(&r, 0, sizeof r);
+    psf_reference probe_ref;
+    if (o.xyz && o.pretrain_steps > 0 && !o.restore && psf_reference_hf_atom(&probe_ref, &sys, NULL)) {
+        /* The built-in Hartree-Fock target is one neutral ground-state atom; a molecule's orbitals are not built in. */
+        printf("pretraining: skipped: the built-in Hartree-Fock orbitals are for one neutral atom H..Ne in its ground "
+               "state, not for this system; training starts from the network's initialisation\n");
+        o.pretrain_steps = 0;
+    }
     if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, &r)) return 1;
     if (train(&v, &o, outdir, &r)) return 1;
     if (r.averaged > 0 && use_average(&v, &o, outdir, &r)) return 1;
@@ -767,11 +854,16 @@ int main(int argc, char **argv) {
            r.train_seconds, r.eval_seconds, o.eval_steps, o.vmc.batch, r.block < 0 ? -r.block : r.block,
            r.block < 0 ? ", no plateau: error bar unreliable" : "", wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
-    write_summary(path, &o, &m, &v, info, ground, &r, wall);
-    const int png = plot_training(outdir, &o, &sys, info, ground, &r);
+    write_summary(path, &o, &m, &v, &si, ground, &r, wall);
+    const int png = plot_training(outdir, &o, si.name, &sys, info, ground, &r);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin, plot.gp%s)\n", outdir,
            png ? ", training.png" : "");
-    if (ground)
+    if (!info && si.mol)
+        printf("E = %.6f +/- %.6f Ha  (%s reference %.6f, error %.1f mHa)\n", r.energy, r.error, si.name, si.mol->energy,
+               (r.energy - si.mol->energy) * 1e3);
+    else if (!info)
+        printf("E = %.6f +/- %.6f Ha  (no reference energy for this geometry, charge and spin)\n", r.energy, r.error);
+    else if (ground)
         printf("E = %.6f +/- %.6f Ha  (exact %.6f, error %.1f mHa, %.1f%% of correlation energy)\n", r.energy, r.error,
                info->exact, (r.energy - info->exact) * 1e3, 100.0 * (info->hf_limit - r.energy) / (info->hf_limit - info->exact));
     else
