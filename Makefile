@@ -117,3 +117,13 @@ bench: $(BENCH_BINS)
 # KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
 $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# `make bench-pfaffian` (issue 9): psf_logpfaffian against psf_logdet on the same skew matrix, orders 4..64, median
+# per call, with the CPU model; one thread, timings never asserted. PF_BENCH_ARGS passes options, e.g.
+# PF_BENCH_ARGS="--samples 3 --target-us 100" for a quick look (bench/pfaffian_speed.c lists them).
+.PHONY: bench-pfaffian
+PF_BENCH_ARGS ?=
+$(BUILD)/pfaffian_speed: bench/pfaffian_speed.c psiformer.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDLIBS)
+bench-pfaffian: $(BUILD)/pfaffian_speed
+	./$(BUILD)/pfaffian_speed $(PF_BENCH_ARGS)
