@@ -23,8 +23,9 @@ The Pfaffian head (config "orbitals": "pfaffian"; Gao & Guennemann, NeurIPS 2024
 orbital features per electron M_k (N x F) and, for odd N, one more, the border orbital chi_k; the pair matrix
 Phi_k = M_k (W_k - W_k^T) M_k^T, bordered as [[Phi_k, chi_k], [-chi_k^T, 0]] for odd N; psi = e^J sum_k Pf Phi_k.
 Its Pfaffian is computed here by a Schur-complement elimination of its own (see logpfaffian), differentiable twice
-by autograd; before any comparison the routine is checked against the sum over perfect matchings (2n <= 8) and
-against Pf^2 = det (up to 16 x 16), so that a wrong reference Pfaffian cannot pass as agreement.
+by autograd; before any comparison the routine is checked against the sum over perfect matchings (2n <= 8),
+against Pf^2 = det (up to 16 x 16), and its first and second autograd derivatives against 1/2 tr(A^-1 E) and
+-1/2 tr(A^-1 E A^-1 E), so that a wrong reference Pfaffian cannot pass as agreement.
 """
 import json
 import math
@@ -114,6 +115,19 @@ def self_test_logpfaffian():
     lb, sb = logpfaffian(torch.from_numpy(B @ A @ B.T))
     sdet, ldet = np.linalg.slogdet(B)
     assert sb == s * int(sdet) and abs(float(lb) - float(la) - ldet) <= 1e-10
+    # derivatives along a skew direction E, by autograd through the elimination (pivots included), against the
+    # closed forms from Pf^2 = det: d/dt log|Pf(A + tE)| = 1/2 tr(A^-1 E), d^2/dt^2 = -1/2 tr(A^-1 E A^-1 E)
+    for n in (2, 4, 6, 10):
+        B, C = g.standard_normal((n, n)), g.standard_normal((n, n))
+        A, E = B - B.T, C - C.T
+        t = torch.zeros((), requires_grad=True)
+        la, _ = logpfaffian(torch.from_numpy(A) + t * torch.from_numpy(E))
+        (d1,) = torch.autograd.grad(la, t, create_graph=True)
+        (d2,) = torch.autograd.grad(d1, t)
+        Ai = np.linalg.inv(A)
+        e1, e2 = 0.5 * np.trace(Ai @ E), -0.5 * np.trace(Ai @ E @ Ai @ E)
+        assert abs(float(d1) - e1) <= 1e-10 * max(1.0, abs(e1)), (n, float(d1), e1)
+        assert abs(float(d2) - e2) <= 1e-10 * max(1.0, abs(e2)), (n, float(d2), e2)
     Z = np.zeros((4, 4))
     Z[0, 1], Z[1, 0] = 2.0, -2.0
     la, s = logpfaffian(torch.from_numpy(Z))
@@ -348,7 +362,8 @@ def main(argv):
         return 2
     torch.set_num_threads(1)
     self_test_logpfaffian()
-    print("reference Pfaffian: agrees with the matching sum (2n <= 8) and Pf^2 = det (2n <= 16)")
+    print("reference Pfaffian: agrees with the matching sum (2n <= 8), Pf^2 = det (2n <= 16) and the closed-form "
+          "first and second derivatives")
     results = [check(d) for d in argv[1:]]
     failed = results.count(False)
     print("crosscheck: %d configuration(s), %d failed (metric |C - ref| / max(1, |ref|); E_L: / max(1, |E_L|, "
