@@ -163,3 +163,13 @@ uninstall:
 # uninstall (tests/consumer/check.sh). Needs pkg-config, cmake, g++ and clang.
 consumer-check:
 	@CC='$(CC)' CXX='$(CXX)' BLAS='$(BLAS)' MAKE='$(MAKE)' sh tests/consumer/check.sh
+
+# `make bench-pfaffian` (issue 9): psf_logpfaffian against psf_logdet on the same skew matrix, orders 4..64, median
+# per call, with the CPU model; one thread, timings never asserted. PF_BENCH_ARGS passes options, e.g.
+# PF_BENCH_ARGS="--samples 3 --target-us 100" for a quick look (bench/pfaffian_speed.c lists them).
+.PHONY: bench-pfaffian
+PF_BENCH_ARGS ?=
+$(BUILD)/pfaffian_speed: bench/pfaffian_speed.c psiformer.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDLIBS)
+bench-pfaffian: $(BUILD)/pfaffian_speed
+	./$(BUILD)/pfaffian_speed $(PF_BENCH_ARGS)

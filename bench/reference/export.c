@@ -2,7 +2,10 @@
  * for the independent PyTorch cross-check in bench/reference/psiformer_ref.py.
  *
  *   export --atom C --layers 2 --heads 2 --head-dim 4 --mlp 8 --dets 2 --seed 1 --walkers 8 --out DIR
- *          [--layernorm 0|1] [--jastrow 0|1] [--perturb SCALE]
+ *          [--layernorm 0|1] [--jastrow 0|1] [--perturb SCALE] [--orbitals det|pfaffian] [--pf-orbitals F]
+ *
+ * --orbitals pfaffian selects the neural-Pfaffian head (K = --dets Pfaffians of pair matrices of F = --pf-orbitals
+ * orbital features per electron; 0, the default, is the library's default F = 2N).
  *
  * Writes into DIR (which must exist):
  *   <block>.npy     every parameter block of m.pblocks, rows x cols (1-D when cols = 1)
@@ -30,7 +33,7 @@
 static void usage(const char *prog) {
     fprintf(stderr,
             "usage: %s --atom SYM --layers L --heads H --head-dim d --mlp M --dets K --seed S --walkers W --out DIR\n"
-            "          [--layernorm 0|1] [--jastrow 0|1] [--perturb SCALE]\n",
+            "          [--layernorm 0|1] [--jastrow 0|1] [--perturb SCALE] [--orbitals det|pfaffian] [--pf-orbitals F]\n",
             prog);
 }
 
@@ -65,6 +68,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--seed")) seed = atoll(v);
         else if (!strcmp(k, "--walkers")) walkers = atoi(v);
         else if (!strcmp(k, "--perturb")) perturb = atof(v);
+        else if (!strcmp(k, "--pf-orbitals")) cfg.pf_orbitals = atoi(v);
+        else if (!strcmp(k, "--orbitals")) {
+            if (!strcmp(v, "det")) cfg.orbitals = PSF_ORBITALS_DET;
+            else if (!strcmp(v, "pfaffian")) cfg.orbitals = PSF_ORBITALS_PFAFFIAN;
+            else { fprintf(stderr, "export: --orbitals: expected det or pfaffian, got '%s'\n", v); return 2; }
+        }
         else { fprintf(stderr, "export: unknown option %s\n", k); usage(argv[0]); return 2; }
     }
     if (!atom || !out || walkers < 1) { usage(argv[0]); return 2; }
@@ -114,6 +123,10 @@ int main(int argc, char **argv) {
             cfg.psiformer.n_heads, cfg.psiformer.head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets);
     fprintf(f, "  \"layernorm\": %d,\n  \"jastrow\": %d,\n  \"seed\": %lld,\n  \"walkers\": %d,\n", cfg.psiformer.use_layernorm,
             cfg.use_jastrow, seed, walkers);
+    /* the head, and for the Pfaffian head the number F of orbital features actually used (0 means 2N) */
+    const int pf = cfg.orbitals == PSF_ORBITALS_PFAFFIAN;
+    fprintf(f, "  \"orbitals\": \"%s\",\n  \"pf_orbitals\": %d,\n", pf ? "pfaffian" : "det",
+            pf ? (cfg.pf_orbitals ? cfg.pf_orbitals : 2 * N) : 0);
     fprintf(f, "  \"blocks\": [");
     for (int b = 0; b < m.n_pblocks; b++)
         fprintf(f, "%s\n    {\"name\": \"%s\", \"rows\": %d, \"cols\": %d}", b ? "," : "", m.pblocks[b].name,
@@ -161,8 +174,8 @@ int main(int argc, char **argv) {
     free(x); free(grad); free(logpsi); free(logpsi_fwd); free(sign); free(lap); free(eloc); free(g2);
     psf_model_free(&m);
     if (rc) return 1;
-    printf("export: %s N=%d (%d up) L=%d H=%d d=%d M=%d K=%d ln=%d jas=%d, %zu params, %d walkers -> %s\n", atom, N,
-           sys.n_up, cfg.psiformer.n_layers, cfg.psiformer.n_heads, cfg.psiformer.head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets, cfg.psiformer.use_layernorm,
+    printf("export: %s N=%d (%d up) %s L=%d H=%d d=%d M=%d K=%d ln=%d jas=%d, %zu params, %d walkers -> %s\n", atom, N,
+           sys.n_up, cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pfaffian" : "det", cfg.psiformer.n_layers, cfg.psiformer.n_heads, cfg.psiformer.head_dim, cfg.psiformer.mlp_hidden, cfg.n_dets, cfg.psiformer.use_layernorm,
            cfg.use_jastrow, m.n_params, walkers, out);
     return 0;
 }
