@@ -65,7 +65,7 @@ static void usage(FILE *f) {
             "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
-            "  --batch B            walkers (default 512)\n"
+            "  --batch B            walkers (default 512; refused if the run would not fit in physical memory)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
             "  --lr X               learning rate at step 0 (default: spring, kfac 0.05; adam 3e-3), decays as 1/(1+t/1e4)\n"
             "  --damping X          KFAC Tikhonov damping / SPRING kernel damping (default 1e-3 for both)\n"
@@ -220,6 +220,35 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     if (o->damping > 0) { o->vmc.kfac_damping = o->damping; o->vmc.spring_damping = o->damping; }
     if (o->norm_constraint > 0) { o->vmc.kfac_norm_constraint = o->norm_constraint; o->vmc.spring_norm_constraint = o->norm_constraint; }
+    return 0;
+}
+
+/* The machine's physical memory in bytes (0 if the system does not say). */
+static double physical_memory(void) {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return (double)pages * (double)page;
+#endif
+    return 0;
+}
+
+/* Refuses, before anything is allocated for the walkers, a batch whose driver would not fit in the machine's
+ * physical memory (psf_vmc_memory); sets the library's own limit (max_bytes) to the same. Returns 0 or 1. */
+static int check_memory(const psf_model *m, options *o) {
+    size_t need;
+    if (psf_vmc_memory(m, &o->vmc, &need)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
+    const double have = physical_memory();
+    if (have > 0 && (need == SIZE_MAX || (double)need > have)) {
+        if (need == SIZE_MAX)
+            fprintf(stderr, "psiformer: --batch: %d walkers need more bytes of memory than size_t can count (%zu "
+                            "parameters), this machine has %.1f GB\n", o->vmc.batch, m->n_params, 1e-9 * have);
+        else
+            fprintf(stderr, "psiformer: --batch: %d walkers need %.1f GB of memory (%zu bytes, %zu parameters, %s), "
+                            "this machine has %.1f GB\n", o->vmc.batch, 1e-9 * (double)need, need, m->n_params,
+                    psf_optimizer_name(o->vmc.optimizer), 1e-9 * have);
+        return 1;
+    }
+    o->vmc.max_bytes = have;
     return 0;
 }
 
@@ -556,6 +585,7 @@ int main(int argc, char **argv) {
 
     psf_model m;
     if (psf_model_init(&m, &sys, &o.net, o.vmc.seed)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+    if (check_memory(&m, &o)) { psf_model_free(&m); return 2; }
     const double t_start = psf_time();
     psf_vmc v;
     if (psf_vmc_init(&v, &m, &o.vmc)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
