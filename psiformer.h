@@ -530,7 +530,8 @@ struct psf_vmc {
     const void *opt;     /* the optimizer's rules (internal)                           */
     void *opt_state;     /* the optimizer's state (internal)                           */
     long step;
-    int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints  */
+    int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints:
+                            psf_vmc_load sets it to 0                                                        */
     psf_real *backup;    /* [n_params + the optimizer's state] the state before the running update          */
     psf_real *good;      /* [n_params] the parameters after the last accepted update (valid if has_good)      */
     int has_good;        /* restores parameters a caller made non-finite between steps (psf_step_stats.restored) */
@@ -594,7 +595,11 @@ PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
 /* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer. The whole file
  * is checked (size, magic, version, CRC-32, header fields) before anything is loaded: a refused file changes
  * nothing. Errors: PSF_ERR_IO (cannot open), PSF_ERR_FORMAT naming the file and what is wrong: empty,
- * truncated, checksum mismatch, the field that does not match, an older or newer format. */
+ * truncated, checksum mismatch, the field that does not match, an older or newer format.
+ * Not in the file, so reset or kept by the caller: v->n_rejected, the count of consecutive rejected updates,
+ * restarts at 0 (a run restored in the middle of a streak of rejected updates may take up to PSF_MAX_REJECTED
+ * more before it stops; a rejected update leaves no other trace in the state, so the trajectory is the same);
+ * v->step_scale is kept (the caller's schedule sets it before each step). */
 PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
 
 /* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
@@ -4720,6 +4725,7 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     PSF_FREE(params); PSF_FREE(rng);
     v->step = step;
     v->has_good = 0;
+    v->n_rejected = 0; /* not in the file (see psf_vmc_load) */
     return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
 }
 

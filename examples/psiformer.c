@@ -269,23 +269,47 @@ static void fmt_time(double s, char *buf, size_t n) {
 
 /* ---- 2. Training ------------------------------------------------------------------------------------------ */
 
+#define TRAIN_CSV_HEADER "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n"
+
+static int count_commas(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == ',';
+    return n;
+}
+
 /* After --restore from a checkpoint of `step` completed steps, train_stats.csv keeps its header and the rows of
  * steps 0..step-1 only: rows written after that checkpoint (a run killed between checkpoints) would otherwise be
- * duplicated when training resumes. The file is rewritten through a temporary and a rename. Returns 0 or -1. */
-static int trim_train_csv(const char *path, long step) {
+ * duplicated when training resumes. A header of an older version of this program (the current one's first
+ * columns: train_stats.csv gained columns over time) is replaced by the current one and its rows get the new
+ * columns empty (*upgraded = the number of columns added); any other header is refused, nothing changed. The
+ * file is rewritten through a temporary and a rename. Returns 0, -1 (errno says why) or -2 (unknown header). */
+static int trim_train_csv(const char *path, long step, int *upgraded) {
+    *upgraded = 0;
     FILE *in = fopen(path, "r");
     if (!in) return errno == ENOENT ? 0 : -1;
-    char tmp[1100], line[512];
+    char tmp[1100], line[512], pad[64] = "";
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (!fgets(line, sizeof line, in)) { fclose(in); return 0; } /* empty: train() writes the header */
+    const size_t hl = strlen(line);
+    if (strcmp(line, TRAIN_CSV_HEADER) != 0) {
+        if (!(hl > 1 && line[hl - 1] == '\n' && strncmp(line, TRAIN_CSV_HEADER, hl - 1) == 0 && TRAIN_CSV_HEADER[hl - 1] == ',')) {
+            fclose(in);
+            return -2;
+        }
+        *upgraded = count_commas(TRAIN_CSV_HEADER) - count_commas(line);
+        for (int i = 0; i < *upgraded && i < (int)sizeof pad - 1; i++) pad[i] = ',';
+    }
     FILE *out = fopen(tmp, "w");
     if (!out) { fclose(in); return -1; }
-    int first = 1, ok = 1;
+    int ok = fputs(TRAIN_CSV_HEADER, out) != EOF;
     while (fgets(line, sizeof line, in)) {
         char *end;
         const long k = strtol(line, &end, 10);
         const int data = end != line && *end == ',';
-        if ((first && !data) || (data && k < step && strchr(line, '\n'))) ok = ok && fputs(line, out) != EOF;
-        first = 0;
+        char *nl = strchr(line, '\n');
+        if (!(data && k < step && nl)) continue;
+        *nl = 0;
+        ok = ok && fprintf(out, "%s%s\n", line, pad) > 0;
     }
     fclose(in);
     if (fclose(out) != 0 || !ok || rename(tmp, path) != 0) { remove(tmp); return -1; }
@@ -314,14 +338,23 @@ static double anneal_scale(const options *o, double p) {
 static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
-    if (o->restore && trim_train_csv(path, v->step)) {
+    int upgraded = 0, trc = o->restore ? trim_train_csv(path, v->step, &upgraded) : 0;
+    if (trc == -2) {
+        fprintf(stderr, "psiformer: --restore: %s has a header this program does not know (not a version of '%.*s'): "
+                        "move it away to restore into %s\n", path, (int)strlen(TRAIN_CSV_HEADER) - 1, TRAIN_CSV_HEADER, outdir);
+        return 1;
+    }
+    if (trc) {
         fprintf(stderr, "psiformer: cannot trim %s to the restored step %ld: %s\n", path, v->step, strerror(errno));
         return 1;
     }
+    if (upgraded)
+        printf("%s: written by an older version; its header is now this version's and its rows have the %d new "
+               "column%s empty\n", path, upgraded, upgraded > 1 ? "s" : "");
     FILE *csv = fopen(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
     fseek(csv, 0, SEEK_END);
-    if (ftell(csv) == 0) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n");
+    if (ftell(csv) == 0) fputs(TRAIN_CSV_HEADER, csv);
     const int tty = isatty(fileno(stdout));
     const double t_train = psf_time();
     psf_step_stats st;
@@ -463,7 +496,7 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
     const double t_eval = psf_time();
     snprintf(path, sizeof path, "%s/eval_stats.csv", outdir);
     FILE *csv = fopen(path, "w");
-    if (csv) fprintf(csv, "step,energy,variance,pmove\n");
+    if (csv) fprintf(csv, "step,energy,variance,pmove,walkers_reset\n");
     psf_step_stats st;
     for (int s = 0; s < n; s++) {
         if (psf_vmc_eval_step(v, &st)) {
@@ -474,7 +507,7 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
         }
         series[s] = st.energy;
         var_sum += st.variance;
-        if (csv) fprintf(csv, "%d,%.10f,%.8f,%.4f\n", s, st.energy, st.variance, st.pmove);
+        if (csv) fprintf(csv, "%d,%.10f,%.8f,%.4f,%d\n", s, st.energy, st.variance, st.pmove, st.n_reset);
         if (tty) { printf("\reval %4d/%d  E %12.6f Ha  pmove %.2f   ", s + 1, n, st.energy, st.pmove); fflush(stdout); }
     }
     if (csv) fclose(csv);

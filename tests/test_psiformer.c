@@ -1859,6 +1859,97 @@ static greatest_test_res killed_and_restored(const char *optimizer) {
 }
 #endif
 
+/* Fields of one CSV line (up to its newline). */
+#ifdef PSF_TEST_KILL
+static int csv_fields(const char *line) {
+    int n = 1;
+    for (; *line && *line != '\n'; line++) n += *line == ',';
+    return n;
+}
+#endif
+
+/* --restore into a directory whose train_stats.csv an older version wrote (8 columns, before walkers_reset and
+ * skipped): the header becomes this version's, the kept rows get the two new columns empty, the new rows are
+ * complete; a header that is no version of it is refused (status 1, the file unchanged). eval_stats.csv carries
+ * walkers_reset like train_stats.csv. */
+TEST driver_restore_upgrades_an_older_train_stats_header(void) {
+#ifdef PSF_TEST_KILL
+    const char *common = "--atom He --layers 1 --heads 1 --head-dim 4 --mlp 8 --dets 1 --batch 16 --mcmc-steps 2 "
+                         "--eval-steps 3 --pretrain-steps 0 --checkpoint-every 2 --gap-every 0 --threads 1 --seed 3";
+    const char *dir = "build/test_csv_upgrade";
+    char args[512], csv[600], ckpt[600], log[600], eval[600];
+    snprintf(csv, sizeof csv, "%s/train_stats.csv", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.bin", dir);
+    snprintf(log, sizeof log, "%s.log", dir);
+    snprintf(eval, sizeof eval, "%s/eval_stats.csv", dir);
+    remove_run(dir);
+    snprintf(args, sizeof args, "%s --steps 4", common);
+    ASSERT_EQ(0, wait_driver(start_driver(args, dir, NULL)));
+    unsigned char *b;
+    long n;
+    ASSERT(read_file_bytes(eval, &b, &n));
+    ASSERT(strncmp((char *)b, "step,energy,variance,pmove,walkers_reset\n", 41) == 0);
+    ASSERT_EQ(5, csv_fields(strchr((char *)b, '\n') + 1));
+    free(b);
+    /* the file as the previous version wrote it: its header and the first 8 fields of each row */
+    ASSERT(read_file_bytes(csv, &b, &n));
+    b[n] = 0;
+    FILE *f = fopen(csv, "wb");
+    ASSERT(f != NULL);
+    fputs("step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n", f);
+    int rows = 0;
+    for (char *l = strchr((char *)b, '\n') + 1; *l; l = strchr(l, '\n') + 1, rows++) {
+        int commas = 0;
+        for (char *c = l; *c != '\n'; c++) {
+            if (*c == ',' && ++commas == 8) break;
+            fputc(*c, f);
+        }
+        fputc('\n', f);
+    }
+    fclose(f);
+    free(b);
+    ASSERT_EQ(4, rows);
+    snprintf(args, sizeof args, "%s --steps 6", common);
+    ASSERT_EQ(0, wait_driver(start_driver(args, dir, ckpt)));
+    ASSERT(read_file_bytes(log, &b, &n));
+    b[n] = 0;
+    ASSERTm((char *)b, strstr((char *)b, "written by an older version") != NULL);
+    free(b);
+    ASSERT(read_file_bytes(csv, &b, &n));
+    b[n] = 0;
+    const char *header = "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n";
+    ASSERT(strncmp((char *)b, header, strlen(header)) == 0);
+    rows = 0;
+    for (char *l = strchr((char *)b, '\n') + 1; *l; l = strchr(l, '\n') + 1, rows++) {
+        ASSERT_EQ(rows, strtol(l, NULL, 10));
+        ASSERT_EQ(10, csv_fields(l));
+        const char *end = strchr(l, '\n');
+        const int empty_tail = end - l >= 2 && end[-1] == ',' && end[-2] == ',';
+        ASSERT_EQ(rows < 4, empty_tail); /* old rows: the new columns empty; new rows: filled */
+    }
+    ASSERT_EQ(6, rows);
+    free(b);
+    /* a header that is no version of train_stats.csv's: refused, the file left as it was */
+    f = fopen(csv, "wb");
+    ASSERT(f != NULL);
+    fputs("when,what\n0,1\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "%s --steps 8", common);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.bin", dir);
+    ASSERT_EQ(1, wait_driver(start_driver(args, dir, ckpt)));
+    ASSERT(read_file_bytes(log, &b, &n));
+    b[n] = 0;
+    ASSERTm((char *)b, strstr((char *)b, "train_stats.csv has a header this program does not know") != NULL);
+    free(b);
+    ASSERT(read_file_bytes(csv, &b, &n));
+    ASSERT(n == 14 && memcmp(b, "when,what\n0,1\n", 14) == 0);
+    free(b);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX fork");
+#endif
+}
+
 TEST driver_killed_and_restored_matches_uninterrupted_run(void) {
 #ifdef PSF_TEST_KILL
     const char *opts[3] = {"spring", "kfac", "adam"};
@@ -1878,6 +1969,7 @@ SUITE(nonfinite) {
     RUN_TEST(nonfinite_parameters_are_restored_and_training_continues);
     RUN_TEST(checkpoint_of_a_nonfinite_state_is_refused);
     RUN_TEST(driver_killed_and_restored_matches_uninterrupted_run);
+    RUN_TEST(driver_restore_upgrades_an_older_train_stats_header);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
