@@ -55,9 +55,18 @@
  *   [IMPL: DRIVER]     VMC training / evaluation, checkpoints, .npy I/O
  *   [IMPL: TESTS]      the internal test API (PSF_INTERNAL_TESTS only)
  *
- * Threads: psf_last_error() is thread-local. Everything else that is not a const query takes its state as an
- * argument; psf_vmc_init sets the OpenMP thread count only when cfg.threads > 0 and pins OpenBLAS to one thread
- * (documented at psf_vmc_init).
+ * Embedding: the library never exits or prints, and checks its input instead of asserting on it (PSF_ASSERT
+ * guards internal invariants only); every failure is a status code with its message in
+ * psf_last_error(), which is thread-local (one buffer per thread; a compiler without C11 _Thread_local, C++
+ * thread_local or GNU __thread gets one process-wide buffer). Everything else that is not a const query takes its
+ * state as an argument: there is no other global state. Process-wide settings are changed in one place only,
+ * psf_vmc_init, and only as documented there: omp_set_num_threads(cfg.threads) when cfg.threads > 0 (0, the
+ * default, leaves the OpenMP thread count alone), and, when built with PSF_USE_CBLAS against OpenBLAS,
+ * openblas_set_num_threads(1) (the library parallelises over walkers; a caller who needs another OpenBLAS
+ * thread count sets it again after psf_vmc_init). Allocation sizes are computed with overflow checks: a size
+ * that does not fit in size_t fails with PSF_ERR_NOMEM instead of wrapping, networks whose shapes overflow the
+ * int sizes of the tape are refused by psf_model_init (PSF_ERR_ARG), and psf_vmc_memory tells the bytes
+ * psf_vmc_init will need before it allocates them (cfg.max_bytes makes psf_vmc_init refuse more).
  *
  * License: MIT (see LICENSE).
  */
@@ -314,6 +323,8 @@ typedef struct {
     size_t ws_jet_reals;        /* workspace size: all node jets                          */
     size_t ws_adj_reals;        /* workspace size: all node adjoints                      */
     size_t ws_scratch_reals;    /* per-op scratch                                         */
+    int too_large;              /* set while building when the graph outgrows its tables or a shape its int
+                                   sizes; psf_model_init then refuses it (internal)              */
 } psf_model;
 
 /* Called by the LINEAR backward rule, when set in a workspace, with the node index, the layer input X
@@ -523,6 +534,9 @@ typedef struct {
                                double precision throughout                                           */
     uint64_t seed;
     int threads;          /* 0: OpenMP default                                                     */
+    double max_bytes;     /* psf_vmc_init refuses (PSF_ERR_NOMEM) a configuration for which psf_vmc_memory
+                             exceeds this many bytes; 0 (default): no limit but what size_t can count.
+                             The driver sets it to the machine's physical memory                   */
 } psf_vmc_config;
 
 /* Fills *c with the defaults above. Cannot fail. */
@@ -568,7 +582,8 @@ struct psf_vmc {
     const void *opt;     /* the optimizer's rules (internal)                           */
     void *opt_state;     /* the optimizer's state (internal)                           */
     long step;
-    int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints  */
+    int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints:
+                            psf_vmc_load sets it to 0                                                        */
     psf_real *backup;    /* [n_params + the optimizer's state] the state before the running update          */
     psf_real *good;      /* [n_params] the parameters after the last accepted update (valid if has_good)      */
     int has_good;        /* restores parameters a caller made non-finite between steps (psf_step_stats.restored) */
@@ -577,9 +592,23 @@ struct psf_vmc {
                             e.g. the driver's --anneal. 1 after psf_vmc_init; not saved in checkpoints */
 };
 
+/* The bytes psf_vmc_init(v, m, cfg) will allocate (through PSF_MALLOC), computed without allocating: the walkers
+ * (B x 3N coordinates, log|psi|, signs, RNG streams), one tape workspace per thread (node values with their jets,
+ * adjoints, op scratch), the B local energies and weights, the gradient and its per-chunk partial sums, the
+ * per-thread walker gradients (KFAC, SPRING), the optimizer's state (Adam: its two moments, 2 P reals; KFAC: the
+ * Kronecker factors, their per-chunk sums and per-thread inversion work; SPRING: the B x P per-walker gradients
+ * and the B x B kernel) and the copies that let a rejected update be undone (2 P reals + the optimizer's
+ * state). B = cfg->batch, P = m->n_params, threads = cfg->threads if > 0 (with OpenMP), else the current OpenMP
+ * maximum (1 without OpenMP). Not included: the model's own parameters (psf_model_init allocated them) and the
+ * temporaries of psf_vmc_pretrain, psf_vmc_gap and psf_vmc_load. *bytes is SIZE_MAX when the total does not fit in
+ * size_t. Errors: PSF_ERR_ARG (batch < 2, unknown optimizer); nothing else is checked. */
+PSFDEF int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes);
+
 /* Allocates the driver for model m (which it does not own) and burns the walkers in. With cfg->threads > 0 it
  * calls omp_set_num_threads (a process-wide setting); with OpenBLAS it sets OpenBLAS to one thread (parallelism
- * is over walkers). Errors: PSF_ERR_ARG (the message names the field), PSF_ERR_NOMEM. */
+ * is over walkers). Before allocating anything it refuses, with PSF_ERR_NOMEM and a message giving the bytes
+ * needed, a configuration for which psf_vmc_memory is SIZE_MAX or above cfg->max_bytes (when > 0).
+ * Errors: PSF_ERR_ARG (the message names the field), PSF_ERR_NOMEM. */
 PSFDEF int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg);
 PSFDEF void psf_vmc_free(psf_vmc *v);
 
@@ -618,7 +647,11 @@ PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
 /* Restores a checkpoint into an initialised driver with the same system, ansatz and optimizer. The whole file
  * is checked (size, magic, version, CRC-32, header fields) before anything is loaded: a refused file changes
  * nothing. Errors: PSF_ERR_IO (cannot open), PSF_ERR_FORMAT naming the file and what is wrong: empty,
- * truncated, checksum mismatch, the field that does not match, an older or newer format. */
+ * truncated, checksum mismatch, the field that does not match, an older or newer format.
+ * Not in the file, so reset or kept by the caller: v->n_rejected, the count of consecutive rejected updates,
+ * restarts at 0 (a run restored in the middle of a streak of rejected updates may take up to PSF_MAX_REJECTED
+ * more before it stops; a rejected update leaves no other trace in the state, so the trajectory is the same);
+ * v->step_scale is kept (the caller's schedule sets it before each step). */
 PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
 
 /* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
@@ -827,10 +860,24 @@ static int psf__fail(int code, const char *fmt, ...) {
     return code;
 }
 
+/* Allocation-size arithmetic saturates instead of wrapping: a product or sum that does not fit in size_t is
+ * SIZE_MAX, which stays SIZE_MAX through further products and sums and which psf__calloc refuses. */
+static size_t psf__mul(size_t a, size_t b) {
+    if (a == 0 || b == 0) return 0;
+    return a > SIZE_MAX / b ? SIZE_MAX : a * b;
+}
+static size_t psf__add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+/* The bytes psf__calloc(n, size) asks PSF_MALLOC for (SIZE_MAX: more than size_t can count). */
+static size_t psf__alloc_bytes(size_t n, size_t size) {
+    const size_t bytes = psf__mul(n, size);
+    return bytes > 0 ? bytes : 1;
+}
+/* n zeroed elements of `size` bytes, or NULL when PSF_MALLOC fails or n * size overflows size_t. */
 static void *psf__calloc(size_t n, size_t size) {
-    const size_t bytes = n * size;
-    void *p = PSF_MALLOC(bytes > 0 ? bytes : 1);
-    if (p) memset(p, 0, n * size);
+    const size_t bytes = psf__alloc_bytes(n, size);
+    if (bytes == SIZE_MAX) return NULL;
+    void *p = PSF_MALLOC(bytes);
+    if (p) memset(p, 0, bytes);
     return p;
 }
 
@@ -1352,8 +1399,21 @@ static int psf__sparse_rowwise(const psf_node *nodes, const psf_node *nd) { retu
 static size_t psf__scratch_none(const psf_node *nodes, const psf_node *nd, int D) { (void)nodes; (void)nd; (void)D; return 0; }
 
 /* ---- Graph building: a node and a parameter block (used by each op's constructor) ---------------------- */
+/* Marks the model being built as too large; the first reason stays in psf_last_error(). */
+static void psf__too_large(psf_model *m, const char *what, long long n, long long limit) {
+    if (!m->too_large)
+        psf__fail(PSF_ERR_ARG, "psf_model_init: network too large: %s %lld exceeds %lld", what, n, limit);
+    m->too_large = 1;
+}
+
+/* Appends a node. A full node table or a value of more than INT_MAX reals marks the model too large (the node
+ * is then not added or kept with its shape; psf_model_init refuses the model before using it). */
 static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int cols) {
-    PSF_ASSERT(m->n_nodes < PSF_MAX_NODES);
+    if (m->n_nodes >= PSF_MAX_NODES) {
+        psf__too_large(m, "node count", (long long)m->n_nodes + 1, PSF_MAX_NODES);
+        return m->n_nodes - 1;
+    }
+    if ((long long)rows * cols > INT_MAX) psf__too_large(m, "node size (reals)", (long long)rows * cols, INT_MAX);
     psf_node *nd = &m->nodes[m->n_nodes];
     memset(nd, 0, sizeof *nd);
     nd->op = op; nd->in0 = in0; nd->in1 = in1; nd->rows = rows; nd->cols = cols;
@@ -1362,7 +1422,15 @@ static int psf__node(psf_model *m, psf_op op, int in0, int in1, int rows, int co
 }
 
 static void psf__pblock(psf_model *m, int node, const char *name, int rows, int cols, psf_pblock_kind kind) {
-    PSF_ASSERT(m->n_pblocks < PSF_MAX_PBLOCKS);
+    if (m->n_pblocks >= PSF_MAX_PBLOCKS) {
+        psf__too_large(m, "parameter block count", (long long)m->n_pblocks + 1, PSF_MAX_PBLOCKS);
+        return;
+    }
+    const long long len = (long long)rows * cols;
+    if (len > INT_MAX - (long long)m->n_params || len > INT_MAX - (long long)m->nodes[node].p_len) {
+        psf__too_large(m, "parameter count", (long long)m->n_params + len, INT_MAX); /* offsets are int */
+        return;
+    }
     psf_pblock *b = &m->pblocks[m->n_pblocks++];
     snprintf(b->name, sizeof b->name, "%s", name);
     b->off = (int)m->n_params; b->rows = rows; b->cols = cols; b->kind = kind; b->node = node;
@@ -2003,7 +2071,7 @@ static size_t psf__envelope_scratch(const psf_node *nodes, const psf_node *nd, i
  * per spin channel. */
 static int psf__envelope_node(psf_model *m, int phi, int K) {
     const int N = m->n_elec, A = m->sys.n_atoms, KF = m->nodes[phi].cols, F = KF / K;
-    PSF_ASSERT(F * K == KF);
+    PSF_ASSERT(m->too_large || F * K == KF); /* a model too large is refused unused */
     const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, F);
     m->nodes[env].ia = K;
     psf__pblock(m, env, "env_up.pi", A, KF, PSF_PB_ENV_PI);
@@ -2287,7 +2355,7 @@ static size_t psf__pair_scratch(const psf_node *nodes, const psf_node *nd, int D
  * K > 1). border = 1 borders each with h's last column (odd N). */
 static int psf__pair_node(psf_model *m, int h, int K, int border, const char *name) {
     const int N = m->n_elec, n = N + border, F = m->nodes[h].cols - border;
-    PSF_ASSERT(m->nodes[h].rows == K * N && F >= 1);
+    PSF_ASSERT(m->too_large || (m->nodes[h].rows == K * N && F >= 1));
     const int k = psf__node(m, PSF_OP_PAIR, h, -1, K * n, n);
     char nm[40];
     m->nodes[k].ia = K; m->nodes[k].ib = border;
@@ -2382,7 +2450,7 @@ static size_t psf__logpf_scratch(const psf_node *nodes, const psf_node *nd, int 
 /* log|sum_k Pf M_k| of the K pair matrices of node `pairs` ((K n) x n, n even). */
 static int psf__logpf_node(psf_model *m, int pairs) {
     const int n = m->nodes[pairs].cols, K = m->nodes[pairs].rows / n;
-    PSF_ASSERT(K * n == m->nodes[pairs].rows && n % 2 == 0);
+    PSF_ASSERT(m->too_large || (K * n == m->nodes[pairs].rows && n % 2 == 0));
     const int lp = psf__node(m, PSF_OP_LOGPF, pairs, -1, 1, 1);
     m->nodes[lp].ia = K;
     return lp;
@@ -2771,7 +2839,7 @@ static int psf__build_psiformer(psf_model *m, int x, const psf_psiformer_config 
     const int N = m->n_elec, W = pc->n_heads * pc->head_dim;
     char nm[40];
     int h = psf__linear(m, psf__features_node(m, x), W, 0, N, "embed");
-    for (int l = 0; l < pc->n_layers; l++) {
+    for (int l = 0; l < pc->n_layers && !m->too_large; l++) { /* too many layers fill the node table */
         snprintf(nm, sizeof nm, "l%d.q", l); const int q = psf__linear(m, h, W, 0, N, nm);
         snprintf(nm, sizeof nm, "l%d.k", l); const int kk = psf__linear(m, h, W, 0, N, nm);
         snprintf(nm, sizeof nm, "l%d.v", l); const int v = psf__linear(m, h, W, 0, N, nm);
@@ -2791,10 +2859,15 @@ static int psf__build_psiformer(psf_model *m, int x, const psf_psiformer_config 
     return h;
 }
 
-static int psf__check_psiformer(const psf_psiformer_config *pc) {
+/* The shape's own limits: positive sizes, and the int products the builder forms (heads x head_dim, the width;
+ * heads x N, the attention rows) within int. The node and parameter tables are checked while building. */
+static int psf__check_psiformer(const psf_psiformer_config *pc, int n_elec) {
     if (pc->n_layers < 0 || pc->n_heads < 1 || pc->head_dim < 1 || pc->mlp_hidden < 1)
         return psf__fail(PSF_ERR_ARG, "psf_model_init: invalid Psiformer shape (layers %d, heads %d, head_dim %d, mlp %d)",
                          pc->n_layers, pc->n_heads, pc->head_dim, pc->mlp_hidden);
+    if ((long long)pc->n_heads * pc->head_dim > INT_MAX || (long long)pc->n_heads * n_elec > INT_MAX)
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: network too large: heads %d x head_dim %d (or x %d electrons) "
+                         "exceeds %d", pc->n_heads, pc->head_dim, n_elec, INT_MAX);
     return PSF_OK;
 }
 
@@ -2836,8 +2909,8 @@ static void psf__layout(psf_model *m) {
         psf_node *nd = &m->nodes[k];
         nd->off = m->ws_jet_reals;
         nd->adj_off = m->ws_adj_reals;
-        m->ws_jet_reals += (D + 2) * PSF__N(nd);
-        m->ws_adj_reals += PSF__N(nd);
+        m->ws_jet_reals = psf__add(m->ws_jet_reals, psf__mul(D + 2, PSF__N(nd)));
+        m->ws_adj_reals = psf__add(m->ws_adj_reals, PSF__N(nd));
         nd->sparse = psf__ops[nd->op].sparse(m->nodes, nd);
         const size_t need = psf__ops[nd->op].scratch(m->nodes, nd, m->n_dim);
         if (need > scratch) scratch = need;
@@ -2898,8 +2971,9 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     int h = -1;
     switch (cfg->ansatz) { /* the one place that knows every trunk */
     case PSF_ANSATZ_PSIFORMER:
-        if ((rc = psf__check_psiformer(&cfg->psiformer))) return rc;
+        if ((rc = psf__check_psiformer(&cfg->psiformer, m->n_elec))) return rc;
         h = psf__build_psiformer(m, x, &cfg->psiformer);
+        if (m->too_large) return PSF_ERR_ARG; /* the message was set where the graph outgrew its limits */
         break;
     default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown ansatz %d", (int)cfg->ansatz);
     }
@@ -2913,6 +2987,7 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
         const int j = psf__jastrow_node(m, x, cfg->use_jastrow, cfg->use_en_cusp);
         m->out_node = psf__node(m, PSF_OP_ADD, m->logdet_node, j, 1, 1);
     }
+    if (m->too_large) return PSF_ERR_ARG; /* the message was set where the graph outgrew its limits */
     psf__layout(m);
     return psf__init_params(m, seed);
 }
@@ -2922,11 +2997,20 @@ void psf_model_free(psf_model *m) {
     m->params = NULL;
 }
 
+/* The bytes psf_workspace_init allocates (psf_vmc_memory adds them up; keep the two in step). */
+static size_t psf__workspace_bytes(const psf_model *m) {
+    size_t b = psf__alloc_bytes(m->ws_jet_reals, sizeof(psf_real));
+    b = psf__add(b, psf__alloc_bytes(m->ws_adj_reals, sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes(psf__add(m->ws_scratch_reals, 1), sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int)));
+    return psf__add(b, psf__alloc_bytes((size_t)m->n_dim, sizeof(psf_real)));
+}
+
 int psf_workspace_init(psf_workspace *ws, const psf_model *m) {
     memset(ws, 0, sizeof *ws);
     ws->jet = (psf_real *)psf__calloc(m->ws_jet_reals, sizeof(psf_real));
     ws->adj = (psf_real *)psf__calloc(m->ws_adj_reals, sizeof(psf_real));
-    ws->scratch = (psf_real *)psf__calloc(m->ws_scratch_reals + 1, sizeof(psf_real));
+    ws->scratch = (psf_real *)psf__calloc(psf__add(m->ws_scratch_reals, 1), sizeof(psf_real));
     ws->iscratch = (int *)psf__calloc((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int));
     ws->dx = (psf_real *)psf__calloc((size_t)m->n_dim, sizeof(psf_real));
     if (!ws->jet || !ws->adj || !ws->scratch || !ws->iscratch || !ws->dx) {
@@ -3498,12 +3582,12 @@ static void *psf__ref_ws_new(void *ctx) {
     const size_t n = (size_t)(ref->n_up > ref->n_down ? ref->n_up : ref->n_down) + 1;
     psf__ref_ws *w = (psf__ref_ws *)psf__calloc(1, sizeof *w);
     if (!w) return NULL;
-    w->A = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
-    w->lu = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
-    w->inv = (psf_real *)psf__calloc(n * n, sizeof(psf_real));
+    w->A = (psf_real *)psf__calloc(psf__mul(n, n), sizeof(psf_real));
+    w->lu = (psf_real *)psf__calloc(psf__mul(n, n), sizeof(psf_real));
+    w->inv = (psf_real *)psf__calloc(psf__mul(n, n), sizeof(psf_real));
     w->val = (double *)psf__calloc(n, sizeof(double));
-    w->grad = (double *)psf__calloc(3 * n * n, sizeof(double));
-    w->lap = (double *)psf__calloc(n * n, sizeof(double));
+    w->grad = (double *)psf__calloc(psf__mul(3 * n, n), sizeof(double));
+    w->lap = (double *)psf__calloc(psf__mul(n, n), sizeof(double));
     w->piv = (int *)psf__calloc(n, sizeof(int));
     if (!w->A || !w->lu || !w->inv || !w->val || !w->grad || !w->lap || !w->piv) { psf__ref_ws_free(ctx, w); return NULL; }
     return w;
@@ -3518,13 +3602,21 @@ psf_wavefunction psf_reference_wavefunction(psf_reference *ref) {
  *  one RNG stream per walker so that the chain does not depend on how walkers are shared among threads.
  * ============================================================================================================ */
 
+/* The bytes psf_walkers_init allocates for n_walkers walkers of n_elec electrons (keep in step with it). */
+static size_t psf__walkers_bytes(int n_elec, int n_walkers) {
+    size_t b = psf__alloc_bytes(psf__mul((size_t)n_walkers, 3 * (size_t)n_elec), sizeof(psf_real));
+    b = psf__add(b, psf__alloc_bytes((size_t)n_walkers, sizeof(double)));
+    b = psf__add(b, psf__alloc_bytes((size_t)n_walkers, sizeof(int)));
+    return psf__add(b, psf__alloc_bytes((size_t)n_walkers, sizeof(psf_rng)));
+}
+
 int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed) {
     memset(w, 0, sizeof *w);
     const int N = sys->n_up + sys->n_down;
     if (n_walkers < 1) return psf__fail(PSF_ERR_ARG, "psf_walkers_init: n_walkers = %d must be positive", n_walkers);
     w->n_walkers = n_walkers;
     w->n_elec = N;
-    w->x = (psf_real *)psf__calloc((size_t)n_walkers * 3 * N, sizeof(psf_real));
+    w->x = (psf_real *)psf__calloc(psf__mul((size_t)n_walkers, 3 * (size_t)N), sizeof(psf_real));
     w->logpsi = (double *)psf__calloc((size_t)n_walkers, sizeof(double));
     w->sign = (int *)psf__calloc((size_t)n_walkers, sizeof(int));
     w->rng = (psf_rng *)psf__calloc((size_t)n_walkers, sizeof(psf_rng));
@@ -3638,7 +3730,7 @@ void psf_mcmc_adapt(psf_walkers *w, double pmove) {
 
 int psf_reblock(const double *x, int n, double *mean, double *err, int *block_size) {
     if (n < 2) return psf__fail(PSF_ERR_ARG, "psf_reblock: need at least 2 samples, got %d", n);
-    double *y = (double *)PSF_MALLOC(sizeof(double) * (size_t)n);
+    double *y = (double *)psf__calloc((size_t)n, sizeof(double));
     if (!y) return psf__fail(PSF_ERR_NOMEM, "psf_reblock: out of memory");
     memcpy(y, x, sizeof(double) * (size_t)n);
     double mu = 0;
@@ -3720,6 +3812,10 @@ typedef struct {
     /* The state update() carries from step to step, for rejecting a non-finite step: n[0] and n[1] reals at
      * a[0], a[1] (n = 0: unused) and a step counter (NULL: none). All zero is the initial state. */
     void (*state)(void *st, psf_real *a[2], size_t n[2], long **counter);
+    /* The bytes init() allocates for model m, configuration cfg, n_ws workspaces (threads) and n_chunks reduction chunks
+     * (SIZE_MAX when they do not fit in size_t), and in *state_reals the n[0] + n[1] of state(); no allocation.
+     * psf_vmc_memory adds them up; keep them in step with init(). */
+    size_t (*bytes)(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals);
 } psf__optimizer_rules;
 
 static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
@@ -3739,7 +3835,7 @@ static void psf__adam_free(void *st) {
 }
 static void *psf__adam_init(const psf_vmc *v) {
     psf__adam *a = (psf__adam *)psf__calloc(1, sizeof *a);
-    if (!a) return NULL;
+    if (!a) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for Adam"); return NULL; }
     a->P = v->model->n_params;
     a->m = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
     a->v = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
@@ -3776,9 +3872,15 @@ static void psf__adam_state(void *st, psf_real *a[2], size_t n[2], long **counte
     psf__adam *s = (psf__adam *)st;
     a[0] = s->m; a[1] = s->v; n[0] = n[1] = s->P; *counter = NULL; /* the step count is v->step */
 }
+static size_t psf__adam_bytes(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals) {
+    const int B = cfg->batch;
+    (void)B; (void)n_ws; (void)n_chunks;
+    *state_reals = psf__mul(2, m->n_params);
+    return psf__add(psf__alloc_bytes(1, sizeof(psf__adam)), psf__mul(2, psf__alloc_bytes(m->n_params, sizeof(psf_real))));
+}
 static const psf__optimizer_rules psf__adam_rules = {
     "adam", 0, 3e-3, psf__adam_init, psf__chunk_nothing, NULL, psf__chunk_nothing, psf__adam_update,
-    psf__adam_save, psf__adam_load, psf__adam_free, psf__adam_state};
+    psf__adam_save, psf__adam_load, psf__adam_free, psf__adam_state, psf__adam_bytes};
 
 
 /* ---- KFAC (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
@@ -3883,6 +3985,38 @@ static void psf__kfac_free(void *st) {
     PSF_FREE(k);
 }
 
+/* KFAC's layout without building it: the reals of all Kronecker factors (A and S of every dense block) and the
+ * largest A + S of one block (the per-thread inversion work). Mirrors the loop of psf__kfac_init. */
+static void psf__kfac_layout(const psf_model *m, size_t *factor_reals, size_t *max_block) {
+    size_t off = 0, maxw = 0;
+    for (int n = 0; n < m->n_nodes; n++) {
+        const psf_node *nd = &m->nodes[n];
+        if (nd->op != PSF_OP_LINEAR) continue;
+        const size_t rows = (size_t)m->nodes[nd->in0].cols + (nd->ib ? 1 : 0), cols = (size_t)nd->cols;
+        const size_t w = psf__add(psf__mul(rows, rows), psf__mul(cols, cols));
+        off = psf__add(off, psf__mul((size_t)nd->ic, w));
+        if (w > maxw) maxw = w;
+    }
+    *factor_reals = off;
+    *max_block = maxw;
+}
+static size_t psf__kfac_bytes(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals) {
+    const int B = cfg->batch;
+    size_t factors, maxw;
+    (void)B;
+    psf__kfac_layout(m, &factors, &maxw);
+    const size_t P = m->n_params, stat = psf__add(factors, P);
+    *state_reals = stat;
+    size_t b = psf__alloc_bytes(1, sizeof(psf_kfac));
+    b = psf__add(b, psf__alloc_bytes(2 * (size_t)m->n_nodes, sizeof(psf__kfac_dense)));
+    b = psf__add(b, psf__alloc_bytes(P, 1));
+    b = psf__add(b, psf__alloc_bytes(stat, sizeof(double)));
+    b = psf__add(b, psf__alloc_bytes(psf__mul(stat, (size_t)n_chunks), sizeof(double)));
+    b = psf__add(b, psf__alloc_bytes((size_t)n_chunks, sizeof(psf__kfac_collector)));
+    b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));
+    return psf__add(b, psf__alloc_bytes(psf__mul(psf__add(maxw, 1), (size_t)n_ws), sizeof(double)));
+}
+
 static void *psf__kfac_init(const psf_vmc *v) {
     const psf_model *m = v->model;
     const int n_chunks = v->n_chunks, n_threads = v->n_ws;
@@ -3906,21 +4040,24 @@ static void *psf__kfac_init(const psf_vmc *v) {
             d->rows = a + (nd->ib ? 1 : 0);
             d->in_cols = a;
             d->cols = nd->cols;
-            d->a_off = off; off += (size_t)d->rows * d->rows;
-            d->s_off = off; off += (size_t)d->cols * d->cols;
+            d->a_off = off; off = psf__add(off, psf__mul((size_t)d->rows, (size_t)d->rows));
+            d->s_off = off; off = psf__add(off, psf__mul((size_t)d->cols, (size_t)d->cols));
             memset(k->is_dense + d->poff, 1, (size_t)d->rows * d->cols);
-            const size_t w = (size_t)d->rows * d->rows + (size_t)d->cols * d->cols;
+            const size_t w = psf__add(psf__mul((size_t)d->rows, (size_t)d->rows), psf__mul((size_t)d->cols, (size_t)d->cols));
             if (w > maxw) maxw = w;
         }
     }
+    size_t lay_off, lay_maxw;
+    psf__kfac_layout(m, &lay_off, &lay_maxw);
+    PSF_ASSERT(lay_off == off && lay_maxw == maxw); /* psf_vmc_memory counts with the layout */
     k->diag_off = off;
-    k->stat_reals = off + P;
+    k->stat_reals = psf__add(off, P);
     k->ema = (double *)psf__calloc(k->stat_reals, sizeof(double));
-    k->chunk_stats = (double *)psf__calloc(k->stat_reals * (size_t)n_chunks, sizeof(double));
+    k->chunk_stats = (double *)psf__calloc(psf__mul(k->stat_reals, (size_t)n_chunks), sizeof(double));
     k->col = (psf__kfac_collector *)psf__calloc((size_t)n_chunks, sizeof(psf__kfac_collector));
     k->delta = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    k->work_stride = maxw + 1;
-    k->work = (double *)psf__calloc(k->work_stride * (size_t)n_threads, sizeof(double));
+    k->work_stride = psf__add(maxw, 1);
+    k->work = (double *)psf__calloc(psf__mul(k->work_stride, (size_t)n_threads), sizeof(double));
     if (!k->ema || !k->chunk_stats || !k->col || !k->delta || !k->work) {
         psf__kfac_free(k);
         psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for KFAC");
@@ -4060,7 +4197,7 @@ static void psf__kfac_state(void *st, psf_real *a[2], size_t n[2], long **counte
 }
 static const psf__optimizer_rules psf__kfac_rules = {
     "kfac", 1, 0.05, psf__kfac_init, psf__kfac_chunk_begin, psf__kfac_walker, psf__kfac_chunk_end,
-    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free, psf__kfac_state};
+    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free, psf__kfac_state, psf__kfac_bytes};
 
 /* ---- SPRING (Goldshlager, Abrahamsen, Lin, "A Kaczmarz-inspired approach to accelerate the optimization of
  *      neural network wavefunctions", J. Comput. Phys. 516, 113351 (2024), arXiv:2401.10190), as in its
@@ -4120,18 +4257,18 @@ static void *psf__spring_init(const psf_vmc *v) {
     psf__spring *s = (psf__spring *)psf__calloc(1, sizeof *s);
     if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
     s->B = B; s->P = P;
-    s->G = (psf_real *)psf__calloc(P * (size_t)B, sizeof(psf_real));
+    s->G = (psf_real *)psf__calloc(psf__mul(P, (size_t)B), sizeof(psf_real));
     s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
     s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    s->T = (double *)psf__calloc((size_t)B * B, sizeof(double));
-    s->T0 = (double *)psf__calloc((size_t)B * B, sizeof(double));
+    s->T = (double *)psf__calloc(psf__mul((size_t)B, (size_t)B), sizeof(double));
+    s->T0 = (double *)psf__calloc(psf__mul((size_t)B, (size_t)B), sizeof(double));
     s->r = (double *)psf__calloc((size_t)B, sizeof(double));
     s->u = (double *)psf__calloc((size_t)B, sizeof(double));
     if (!v->cfg.spring_kernel_fp64) {
-        s->n_pack = psf__max_threads();
-        s->Of = (float *)psf__calloc(P * (size_t)B, sizeof(float));
-        s->pack = (float *)psf__calloc((size_t)s->n_pack * PSF__GPACK, sizeof(float));
+        s->n_pack = v->n_ws; /* one per thread */
+        s->Of = (float *)psf__calloc(psf__mul(P, (size_t)B), sizeof(float));
+        s->pack = (float *)psf__calloc(psf__mul((size_t)s->n_pack, PSF__GPACK), sizeof(float));
     }
     if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->T0 || !s->r || !s->u ||
         (!v->cfg.spring_kernel_fp64 && (!s->Of || !s->pack))) {
@@ -4302,9 +4439,25 @@ static void psf__spring_state(void *st, psf_real *a[2], size_t n[2], long **coun
     psf__spring *s = (psf__spring *)st;
     a[0] = s->phi_prev; n[0] = s->P; a[1] = NULL; n[1] = 0; *counter = &s->n_steps;
 }
+static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals) {
+    const int B = cfg->batch;
+    (void)n_chunks;
+    const size_t P = m->n_params, b = (size_t)B;
+    *state_reals = P;
+    size_t n = psf__alloc_bytes(1, sizeof(psf__spring));
+    n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), sizeof(psf_real))); /* the B x P per-walker gradients */
+    n = psf__add(n, psf__alloc_bytes(b, 1));
+    n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(psf_real))));
+    n = psf__add(n, psf__mul(2, psf__alloc_bytes(psf__mul(b, b), sizeof(double)))); /* the B x B kernel and T0 */
+    if (!cfg->spring_kernel_fp64) { /* the float32 copy of Ō and the packing buffers of the kernel's threads */
+        n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), sizeof(float)));
+        n = psf__add(n, psf__alloc_bytes(psf__mul((size_t)n_ws, PSF__GPACK), sizeof(float)));
+    }
+    return psf__add(n, psf__mul(2, psf__alloc_bytes(b, sizeof(double))));
+}
 static const psf__optimizer_rules psf__spring_rules = {
     "spring", 1, 0.05, psf__spring_init, psf__chunk_nothing, psf__spring_walker, psf__chunk_nothing,
-    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free, psf__spring_state};
+    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free, psf__spring_state, psf__spring_bytes};
 
 /* ---- The optimizer table: the one place that knows every optimizer -------------------------------------- */
 static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules,
@@ -4363,6 +4516,38 @@ static int psf__keep_state(psf_vmc *v, int keep, long *saved) {
     return 1;
 }
 
+/* The workspaces psf_vmc_init makes: one per OpenMP thread, after it applied cfg->threads. */
+static int psf__vmc_threads(const psf_vmc_config *cfg) {
+#ifdef _OPENMP
+    return cfg->threads > 0 ? cfg->threads : psf__max_threads();
+#else
+    (void)cfg;
+    return 1;
+#endif
+}
+
+int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes) {
+    *bytes = 0;
+    if (cfg->batch < 2) return psf__fail(PSF_ERR_ARG, "psf_vmc_memory: batch = %d must be at least 2", cfg->batch);
+    if ((int)cfg->optimizer < 0 || cfg->optimizer >= PSF_OPT_COUNT)
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_memory: unknown optimizer %d", (int)cfg->optimizer);
+    const psf__optimizer_rules *opt = psf__optimizers[cfg->optimizer];
+    const size_t P = m->n_params, B = (size_t)cfg->batch;
+    const int n_ws = psf__vmc_threads(cfg), n_chunks = cfg->batch < PSF__CHUNKS ? cfg->batch : PSF__CHUNKS;
+    size_t state = 0, b = opt->bytes(m, cfg, n_ws, n_chunks, &state); /* the optimizer's init */
+    b = psf__add(b, psf__alloc_bytes((size_t)n_ws, sizeof(psf_workspace)));
+    b = psf__add(b, psf__alloc_bytes((size_t)n_ws, sizeof(void *)));
+    b = psf__add(b, psf__mul(2, psf__alloc_bytes(B, sizeof(double))));                 /* eloc, weight */
+    b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));                            /* grad */
+    b = psf__add(b, psf__alloc_bytes(psf__mul(P, (size_t)n_chunks), sizeof(psf_real))); /* chunks */
+    if (opt->per_walker) b = psf__add(b, psf__alloc_bytes(psf__mul(P, (size_t)n_ws), sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes(psf__add(P, state), sizeof(psf_real)));           /* backup */
+    b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));                            /* good */
+    b = psf__add(b, psf__mul((size_t)n_ws, psf__workspace_bytes(m)));
+    *bytes = psf__add(b, psf__walkers_bytes(m->n_elec, cfg->batch));
+    return PSF_OK;
+}
+
 void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
     PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->weight); PSF_FREE(v->grad); PSF_FREE(v->chunks);
@@ -4382,6 +4567,17 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     if (cfg->optimizer == PSF_OPT_KFAC && (!(cfg->kfac_damping > 0) || !(cfg->kfac_decay >= 0 && cfg->kfac_decay < 1) ||
                                            !(cfg->kfac_norm_constraint > 0)))
         return psf__fail(PSF_ERR_ARG, "psf_vmc_init: KFAC needs damping > 0, 0 <= decay < 1, norm_constraint > 0");
+    if (!(cfg->max_bytes >= 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_init: max_bytes = %g must be >= 0", cfg->max_bytes);
+    size_t need;
+    int rc = psf_vmc_memory(m, cfg, &need);
+    if (rc) return rc;
+    if (need == SIZE_MAX)
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: batch %d with %zu parameters needs more bytes than size_t can "
+                         "count", cfg->batch, m->n_params);
+    if (cfg->max_bytes > 0 && (double)need > cfg->max_bytes)
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: batch %d with %zu parameters needs %zu bytes (%.3g GB), more "
+                         "than max_bytes = %.0f (%.3g GB)", cfg->batch, m->n_params, need, 1e-9 * (double)need,
+                         cfg->max_bytes, 1e-9 * cfg->max_bytes);
 #ifdef _OPENMP
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
 #endif
@@ -4403,14 +4599,14 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     v->eloc = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
     v->weight = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
     v->grad = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    v->chunks = (psf_real *)psf__calloc(P * (size_t)v->n_chunks, sizeof(psf_real));
-    if (opt->per_walker) v->gwalker = (psf_real *)psf__calloc(P * (size_t)v->n_ws, sizeof(psf_real));
+    v->chunks = (psf_real *)psf__calloc(psf__mul(P, (size_t)v->n_chunks), sizeof(psf_real));
+    if (opt->per_walker) v->gwalker = (psf_real *)psf__calloc(psf__mul(P, (size_t)v->n_ws), sizeof(psf_real));
     if (!v->ws || !v->wsp || !v->eloc || !v->weight || !v->grad || !v->chunks || (opt->per_walker && !v->gwalker)) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
     if (!(v->opt_state = opt->init(v))) { psf_vmc_free(v); return PSF_ERR_NOMEM; }
-    if (!(v->backup = (psf_real *)psf__calloc(P + psf__state_reals(v), sizeof(psf_real))) ||
+    if (!(v->backup = (psf_real *)psf__calloc(psf__add(P, psf__state_reals(v)), sizeof(psf_real))) ||
         !(v->good = (psf_real *)psf__calloc(P, sizeof(psf_real)))) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
@@ -4420,7 +4616,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
         if (rc) { psf_vmc_free(v); return rc; }
         v->wsp[t] = &v->ws[t];
     }
-    int rc = psf_walkers_init(&v->walkers, &m->sys, cfg->batch, cfg->seed);
+    rc = psf_walkers_init(&v->walkers, &m->sys, cfg->batch, cfg->seed);
     if (rc) { psf_vmc_free(v); return rc; }
     v->walkers.width = cfg->mcmc_width;
     psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
@@ -4639,10 +4835,10 @@ int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelate
     const psf_walkers *w = &v->walkers;
     const int B = w->n_walkers, D = v->model->n_dim;
     psf_walkers c = *w;
-    c.x = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (size_t)B * D);
-    c.logpsi = (double *)PSF_MALLOC(sizeof(double) * (size_t)B);
-    c.sign = (int *)PSF_MALLOC(sizeof(int) * (size_t)B);
-    c.rng = (psf_rng *)PSF_MALLOC(sizeof(psf_rng) * (size_t)B);
+    c.x = (psf_real *)psf__calloc(psf__mul((size_t)B, (size_t)D), sizeof(psf_real));
+    c.logpsi = (double *)psf__calloc((size_t)B, sizeof(double));
+    c.sign = (int *)psf__calloc((size_t)B, sizeof(int));
+    c.rng = (psf_rng *)psf__calloc((size_t)B, sizeof(psf_rng));
     int rc = PSF_OK;
     if (!c.x || !c.logpsi || !c.sign || !c.rng) rc = psf__fail(PSF_ERR_NOMEM, "psf_vmc_gap: out of memory");
     else {
@@ -4718,7 +4914,7 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
     psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
     const size_t per = nM + NN + nn + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
-    double *buf = (double *)psf__calloc((size_t)T * per, sizeof(double));
+    double *buf = (double *)psf__calloc(psf__mul((size_t)T, per), sizeof(double));
     double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
     void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
     int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
@@ -4949,8 +5145,8 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     }
     /* parameters and walkers into temporaries: the driver changes only when the whole body has been read */
     const size_t nx = (size_t)v->cfg.batch * m->n_dim;
-    psf_real *params = (psf_real *)PSF_MALLOC(sizeof(psf_real) * (m->n_params + nx));
-    psf_rng *rng = (psf_rng *)PSF_MALLOC(sizeof(psf_rng) * (size_t)v->cfg.batch);
+    psf_real *params = (psf_real *)psf__calloc(psf__add(m->n_params, nx), sizeof(psf_real));
+    psf_rng *rng = (psf_rng *)psf__calloc((size_t)v->cfg.batch, sizeof(psf_rng));
     if (!params || !rng) { PSF_FREE(params); PSF_FREE(rng); fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
     double width = 0;
     ok = ok && psf__rd(f, params, sizeof(psf_real), m->n_params) && psf__rd(f, &width, sizeof(double), 1) &&
@@ -4995,6 +5191,7 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     PSF_FREE(params); PSF_FREE(rng);
     v->step = step;
     v->has_good = 0;
+    v->n_rejected = 0; /* not in the file (see psf_vmc_load) */
     return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
 }
 
@@ -5058,7 +5255,7 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
         fclose(f);
         return psf__fail(PSF_ERR_FORMAT, "%s: data shorter than shape (%d, %d)", path, r, c);
     }
-    *data = (double *)PSF_MALLOC(sizeof(double) * ((size_t)r * c + 1));
+    *data = (double *)psf__calloc(psf__add(psf__mul((size_t)r, (size_t)c), 1), sizeof(double));
     if (!*data) { fclose(f); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path); }
     if (!psf__rd(f, *data, sizeof(double), (size_t)r * c)) {
         fclose(f); PSF_FREE(*data); *data = NULL;

@@ -74,7 +74,7 @@ static void usage(FILE *f) {
             "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
             "  --eval-steps N       evaluation iterations with frozen parameters (default 300)\n"
-            "  --batch B            walkers (default 512)\n"
+            "  --batch B            walkers (default 512; refused if the run would not fit in physical memory)\n"
             "  --mcmc-steps M       Metropolis sweeps per iteration (default 10)\n"
             "  --lr X               learning rate at step 0 (default: spring, kfac 0.05; adam 3e-3), decays as 1/(1+t/1e4)\n"
             "  --damping X          KFAC Tikhonov damping / SPRING kernel damping (default 1e-3 for both)\n"
@@ -259,6 +259,35 @@ static int parse_args(int argc, char **argv, options *o) {
     return 0;
 }
 
+/* The machine's physical memory in bytes (0 if the system does not say). */
+static double physical_memory(void) {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return (double)pages * (double)page;
+#endif
+    return 0;
+}
+
+/* Refuses, before anything is allocated for the walkers, a batch whose driver would not fit in the machine's
+ * physical memory (psf_vmc_memory); sets the library's own limit (max_bytes) to the same. Returns 0 or 1. */
+static int check_memory(const psf_model *m, options *o) {
+    size_t need;
+    if (psf_vmc_memory(m, &o->vmc, &need)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
+    const double have = physical_memory();
+    if (have > 0 && (need == SIZE_MAX || (double)need > have)) {
+        if (need == SIZE_MAX)
+            fprintf(stderr, "psiformer: --batch: %d walkers need more bytes of memory than size_t can count (%zu "
+                            "parameters), this machine has %.1f GB\n", o->vmc.batch, m->n_params, 1e-9 * have);
+        else
+            fprintf(stderr, "psiformer: --batch: %d walkers need %.1f GB of memory (%zu bytes, %zu parameters, %s), "
+                            "this machine has %.1f GB\n", o->vmc.batch, 1e-9 * (double)need, need, m->n_params,
+                    psf_optimizer_name(o->vmc.optimizer), 1e-9 * have);
+        return 1;
+    }
+    o->vmc.max_bytes = have;
+    return 0;
+}
+
 static int mkdir_p(const char *path) {
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", path);
@@ -276,23 +305,47 @@ static void fmt_time(double s, char *buf, size_t n) {
 
 /* ---- 2. Training ------------------------------------------------------------------------------------------ */
 
+#define TRAIN_CSV_HEADER "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n"
+
+static int count_commas(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == ',';
+    return n;
+}
+
 /* After --restore from a checkpoint of `step` completed steps, train_stats.csv keeps its header and the rows of
  * steps 0..step-1 only: rows written after that checkpoint (a run killed between checkpoints) would otherwise be
- * duplicated when training resumes. The file is rewritten through a temporary and a rename. Returns 0 or -1. */
-static int trim_train_csv(const char *path, long step) {
+ * duplicated when training resumes. A header of an older version of this program (the current one's first
+ * columns: train_stats.csv gained columns over time) is replaced by the current one and its rows get the new
+ * columns empty (*upgraded = the number of columns added); any other header is refused, nothing changed. The
+ * file is rewritten through a temporary and a rename. Returns 0, -1 (errno says why) or -2 (unknown header). */
+static int trim_train_csv(const char *path, long step, int *upgraded) {
+    *upgraded = 0;
     FILE *in = fopen(path, "r");
     if (!in) return errno == ENOENT ? 0 : -1;
-    char tmp[1100], line[512];
+    char tmp[1100], line[512], pad[64] = "";
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (!fgets(line, sizeof line, in)) { fclose(in); return 0; } /* empty: train() writes the header */
+    const size_t hl = strlen(line);
+    if (strcmp(line, TRAIN_CSV_HEADER) != 0) {
+        if (!(hl > 1 && line[hl - 1] == '\n' && strncmp(line, TRAIN_CSV_HEADER, hl - 1) == 0 && TRAIN_CSV_HEADER[hl - 1] == ',')) {
+            fclose(in);
+            return -2;
+        }
+        *upgraded = count_commas(TRAIN_CSV_HEADER) - count_commas(line);
+        for (int i = 0; i < *upgraded && i < (int)sizeof pad - 1; i++) pad[i] = ',';
+    }
     FILE *out = fopen(tmp, "w");
     if (!out) { fclose(in); return -1; }
-    int first = 1, ok = 1;
+    int ok = fputs(TRAIN_CSV_HEADER, out) != EOF;
     while (fgets(line, sizeof line, in)) {
         char *end;
         const long k = strtol(line, &end, 10);
         const int data = end != line && *end == ',';
-        if ((first && !data) || (data && k < step && strchr(line, '\n'))) ok = ok && fputs(line, out) != EOF;
-        first = 0;
+        char *nl = strchr(line, '\n');
+        if (!(data && k < step && nl)) continue;
+        *nl = 0;
+        ok = ok && fprintf(out, "%s%s\n", line, pad) > 0;
     }
     fclose(in);
     if (fclose(out) != 0 || !ok || rename(tmp, path) != 0) { remove(tmp); return -1; }
@@ -321,14 +374,23 @@ static double anneal_scale(const options *o, double p) {
 static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
-    if (o->restore && trim_train_csv(path, v->step)) {
+    int upgraded = 0, trc = o->restore ? trim_train_csv(path, v->step, &upgraded) : 0;
+    if (trc == -2) {
+        fprintf(stderr, "psiformer: --restore: %s has a header this program does not know (not a version of '%.*s'): "
+                        "move it away to restore into %s\n", path, (int)strlen(TRAIN_CSV_HEADER) - 1, TRAIN_CSV_HEADER, outdir);
+        return 1;
+    }
+    if (trc) {
         fprintf(stderr, "psiformer: cannot trim %s to the restored step %ld: %s\n", path, v->step, strerror(errno));
         return 1;
     }
+    if (upgraded)
+        printf("%s: written by an older version; its header is now this version's and its rows have the %d new "
+               "column%s empty\n", path, upgraded, upgraded > 1 ? "s" : "");
     FILE *csv = fopen(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
     fseek(csv, 0, SEEK_END);
-    if (ftell(csv) == 0) fprintf(csv, "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n");
+    if (ftell(csv) == 0) fputs(TRAIN_CSV_HEADER, csv);
     const int tty = isatty(fileno(stdout));
     const double t_train = psf_time();
     psf_step_stats st;
@@ -470,7 +532,7 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
     const double t_eval = psf_time();
     snprintf(path, sizeof path, "%s/eval_stats.csv", outdir);
     FILE *csv = fopen(path, "w");
-    if (csv) fprintf(csv, "step,energy,variance,pmove\n");
+    if (csv) fprintf(csv, "step,energy,variance,pmove,walkers_reset\n");
     psf_step_stats st;
     for (int s = 0; s < n; s++) {
         if (psf_vmc_eval_step(v, &st)) {
@@ -481,7 +543,7 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
         }
         series[s] = st.energy;
         var_sum += st.variance;
-        if (csv) fprintf(csv, "%d,%.10f,%.8f,%.4f\n", s, st.energy, st.variance, st.pmove);
+        if (csv) fprintf(csv, "%d,%.10f,%.8f,%.4f,%d\n", s, st.energy, st.variance, st.pmove, st.n_reset);
         if (tty) { printf("\reval %4d/%d  E %12.6f Ha  pmove %.2f   ", s + 1, n, st.energy, st.pmove); fflush(stdout); }
     }
     if (csv) fclose(csv);
@@ -799,6 +861,7 @@ int main(int argc, char **argv) {
 
     psf_model m;
     if (psf_model_init(&m, &sys, &o.net, o.vmc.seed)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+    if (check_memory(&m, &o)) { psf_model_free(&m); return 2; }
     const double t_start = psf_time();
     psf_vmc v;
     if (psf_vmc_init(&v, &m, &o.vmc)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }

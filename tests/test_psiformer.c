@@ -5,6 +5,21 @@
 #if defined(__unix__) || defined(__APPLE__)
 #define _POSIX_C_SOURCE 200809L /* fork, kill, nanosleep for the kill -9 test */
 #endif
+#include <stdlib.h>
+/* The library's allocator, counted: while test_alloc_counting is set, test_alloc_bytes sums the bytes asked of
+ * PSF_MALLOC (psf_vmc_memory is checked against it). PSF_FREE stays free, so memory the library hands out may
+ * still be released with free(). */
+static size_t test_alloc_bytes;
+static int test_alloc_counting;
+static void *test_malloc(size_t n) {
+    if (test_alloc_counting) {
+#pragma omp atomic
+        test_alloc_bytes += n;
+    }
+    return malloc(n);
+}
+#define PSF_MALLOC(n) test_malloc(n)
+#define PSF_FREE(p) free(p)
 #define PSIFORMER_IMPLEMENTATION
 #define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
@@ -984,6 +999,12 @@ TEST driver_rejects_bad_arguments(void) {
         {"--xyz tests/corpus/xyz/short_line.xyz", "psiformer: tests/corpus/xyz/short_line.xyz:4: expected 'Symbol x y z' for atom 2 of 3, got 3 fields"},
         {"--xyz data/xyz/lih.xyz --charge 1 --spin 0", "psiformer: data/xyz/lih.xyz: spin 0 impossible: 3 electrons (nuclear charge 4, charge 1) are an odd number"},
         {"--xyz data/xyz/h2.xyz --charge 2", "psiformer: data/xyz/h2.xyz: charge 2 leaves 0 electrons (nuclear charge 2); expected 1..64 (PSF_MAX_ELEC = 64)"},
+        /* sizes: refused after the (small) model is built, before the walkers and the optimizer are allocated */
+        {"--batch 100000000", "psiformer: --batch: 100000000 walkers need "},
+        {"--batch 5000000", "psiformer: --batch: 5000000 walkers need "}, /* SPRING's B x B kernel alone: 200 TB */
+        {"--layers 100", "psf_model_init: network too large: node count 257 exceeds 256"},
+        {"--mlp 100000000", "psf_model_init: network too large: parameter count"},
+        {"--heads 100000000 --head-dim 100", "psf_model_init: network too large: heads 100000000 x head_dim 100"},
     };
     for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
         char cmd[512], err[512] = {0};
@@ -994,7 +1015,8 @@ TEST driver_rejects_bad_arguments(void) {
         const size_t n = fread(err, 1, sizeof err - 1, f);
         fclose(f);
         err[n] = 0;
-        if (!(st != -1 && (st >> 8) == 2 && strstr(err, rows[k].message))) {
+        if (!(st != -1 && (st >> 8) == 2 && strstr(err, rows[k].message) &&
+              (!strstr(rows[k].message, "walkers need") || (strstr(err, "GB of memory (") && strstr(err, ", this machine has "))))) {
             fprintf(stderr, "    %s: status %d, stderr: %s", rows[k].args, st == -1 ? -1 : st >> 8, err);
             FAILm("a bad argument was not refused with status 2 and its message");
         }
@@ -1060,6 +1082,82 @@ TEST driver_writes_the_training_plot(void) {
 #endif
 }
 
+/* psf_vmc_memory equals the bytes psf_vmc_init asks of PSF_MALLOC (counted through the hook at the top of this
+ * file) for each optimizer, with fewer and more walkers than reduction chunks; psf_vmc_init refuses a limit one
+ * byte below it without allocating anything, and a batch whose size overflows size_t (SPRING's B x B kernel at
+ * B = INT_MAX) with PSF_ERR_NOMEM, also without allocating. */
+TEST vmc_memory_estimate_matches_allocations(void) {
+    psf_system li;
+    psf_system_atom(&li, "Li", -1);
+    psf_config c;
+    psf_config_default(&c);
+    c.psiformer.n_layers = 1; c.psiformer.n_heads = 2; c.psiformer.head_dim = 4; c.psiformer.mlp_hidden = 8; c.n_dets = 2;
+    psf_model m;
+    ASSERT_EQ(PSF_OK, psf_model_init(&m, &li, &c, 7));
+    static const int batches[] = {5, 40};
+    for (int opt = 0; opt < PSF_OPT_COUNT; opt++) {
+        for (int k = 0; k < 2; k++) {
+            psf_vmc_config vc;
+            psf_vmc_config_default(&vc);
+            vc.batch = batches[k]; vc.burn_in = 1; vc.optimizer = (psf_optimizer)opt;
+            size_t est = 0;
+            ASSERT_EQ(PSF_OK, psf_vmc_memory(&m, &vc, &est));
+            psf_vmc v;
+            test_alloc_bytes = 0; test_alloc_counting = 1;
+            const int rc = psf_vmc_init(&v, &m, &vc);
+            test_alloc_counting = 0;
+            ASSERT_EQ(PSF_OK, rc);
+            if (est != test_alloc_bytes) {
+                fprintf(stderr, "    %s, batch %d: estimated %zu bytes, allocated %zu\n", psf_optimizer_name(opt), vc.batch,
+                        est, test_alloc_bytes);
+                FAILm("psf_vmc_memory differs from what psf_vmc_init allocates");
+            }
+            psf_vmc_free(&v);
+            /* one byte below the estimate: refused before any allocation, the message naming the bytes */
+            vc.max_bytes = (double)(est - 1);
+            char want[64];
+            snprintf(want, sizeof want, "needs %zu bytes", est);
+            test_alloc_bytes = 0; test_alloc_counting = 1;
+            const int rc2 = psf_vmc_init(&v, &m, &vc);
+            test_alloc_counting = 0;
+            ASSERT_EQ(PSF_ERR_NOMEM, rc2);
+            ASSERT_EQ((size_t)0, test_alloc_bytes);
+            ASSERTm(psf_last_error(), strstr(psf_last_error(), want) != NULL);
+            vc.max_bytes = (double)est; /* exactly enough */
+            ASSERT_EQ(PSF_OK, psf_vmc_init(&v, &m, &vc));
+            psf_vmc_free(&v);
+        }
+    }
+    /* the estimate grows with the batch: SPRING's B x P gradients dominate */
+    psf_vmc_config vc;
+    psf_vmc_config_default(&vc);
+    vc.optimizer = PSF_OPT_SPRING;
+    size_t e1, e2;
+    vc.batch = 1000; ASSERT_EQ(PSF_OK, psf_vmc_memory(&m, &vc, &e1));
+    vc.batch = 2000; ASSERT_EQ(PSF_OK, psf_vmc_memory(&m, &vc, &e2));
+    ASSERT(e2 - e1 >= (size_t)1000 * m.n_params * sizeof(psf_real));
+    /* sizes that overflow size_t: refused, nothing allocated */
+    vc.batch = INT_MAX;
+    ASSERT_EQ(PSF_OK, psf_vmc_memory(&m, &vc, &e1));
+    ASSERT_EQ(SIZE_MAX, e1);
+    psf_vmc v;
+    test_alloc_bytes = 0; test_alloc_counting = 1;
+    const int rc = psf_vmc_init(&v, &m, &vc);
+    test_alloc_counting = 0;
+    ASSERT_EQ(PSF_ERR_NOMEM, rc);
+    ASSERT_EQ((size_t)0, test_alloc_bytes);
+    ASSERT(strstr(psf_last_error(), "more bytes than size_t can count") != NULL);
+    vc.batch = 1;
+    ASSERT_EQ(PSF_ERR_ARG, psf_vmc_memory(&m, &vc, &e1));
+    /* a workspace whose byte count wraps (2^61 + 1 reals of 8 bytes = 2^64 + 8) is refused, not allocated as 8 bytes */
+    psf_model big = m;
+    big.ws_jet_reals = SIZE_MAX / sizeof(psf_real) + 2;
+    psf_workspace ws;
+    ASSERT_EQ(PSF_ERR_NOMEM, psf_workspace_init(&ws, &big));
+    psf_model_free(&m);
+    PASS();
+}
+
 TEST bad_input_is_refused_with_a_message(void) {
     psf_system s;
     ASSERT_EQ(PSF_ERR_ARG, psf_system_atom(&s, "Xx", -1));
@@ -1079,6 +1177,26 @@ TEST bad_input_is_refused_with_a_message(void) {
     c.pf_orbitals = 5;
     ASSERT_EQ(PSF_ERR_ARG, psf_model_init(&m, &s, &c, 1));
     ASSERT(strstr(psf_last_error(), "pf_orbitals = 5") != NULL);
+    /* networks too large for the node table or the int sizes: refused, not an assertion or a wrapped size */
+    static const struct { int layers, heads, head_dim, mlp; const char *want; } big[] = {
+        {100, 4, 16, 64, "node count 257 exceeds 256"},
+        {2, 4, 16, 100000000, "parameter count"},
+        {2, 4, 50000, 64, "parameter count"}, /* the 200000 x 200000 query weights */
+        {2, 100000000, 100, 64, "heads 100000000 x head_dim 100"},
+        {2, 2, 2000000000, 64, "heads 2 x head_dim 2000000000"},
+        {2, 400000000, 1, 64, "heads 400000000 x head_dim 1 (or x 6 electrons)"}, /* 2.4e9 attention rows */
+    };
+    for (size_t k = 0; k < sizeof big / sizeof big[0]; k++) {
+        psf_config_default(&c);
+        c.psiformer.n_layers = big[k].layers; c.psiformer.n_heads = big[k].heads;
+        c.psiformer.head_dim = big[k].head_dim; c.psiformer.mlp_hidden = big[k].mlp;
+        const int rc = psf_model_init(&m, &s, &c, 1);
+        if (rc != PSF_ERR_ARG || !strstr(psf_last_error(), big[k].want) || m.params != NULL) {
+            fprintf(stderr, "    layers %d heads %d head_dim %d mlp %d: rc %d, %s\n", big[k].layers, big[k].heads,
+                    big[k].head_dim, big[k].mlp, rc, psf_last_error());
+            FAILm("a network too large was not refused with its message");
+        }
+    }
     PASS();
 }
 
@@ -1088,6 +1206,7 @@ SUITE(training) {
     RUN_TEST(checkpoint_roundtrip_and_errors);
     RUN_TEST(npy_roundtrip);
     RUN_TEST(bad_input_is_refused_with_a_message);
+    RUN_TEST(vmc_memory_estimate_matches_allocations);
     RUN_TEST(driver_rejects_bad_arguments);
     RUN_TEST(driver_writes_the_training_plot);
 }
@@ -1944,6 +2063,97 @@ static greatest_test_res killed_and_restored(const char *optimizer) {
 }
 #endif
 
+/* Fields of one CSV line (up to its newline). */
+#ifdef PSF_TEST_KILL
+static int csv_fields(const char *line) {
+    int n = 1;
+    for (; *line && *line != '\n'; line++) n += *line == ',';
+    return n;
+}
+#endif
+
+/* --restore into a directory whose train_stats.csv an older version wrote (8 columns, before walkers_reset and
+ * skipped): the header becomes this version's, the kept rows get the two new columns empty, the new rows are
+ * complete; a header that is no version of it is refused (status 1, the file unchanged). eval_stats.csv carries
+ * walkers_reset like train_stats.csv. */
+TEST driver_restore_upgrades_an_older_train_stats_header(void) {
+#ifdef PSF_TEST_KILL
+    const char *common = "--atom He --layers 1 --heads 1 --head-dim 4 --mlp 8 --dets 1 --batch 16 --mcmc-steps 2 "
+                         "--eval-steps 3 --pretrain-steps 0 --checkpoint-every 2 --gap-every 0 --threads 1 --seed 3";
+    const char *dir = "build/test_csv_upgrade";
+    char args[512], csv[600], ckpt[600], log[600], eval[600];
+    snprintf(csv, sizeof csv, "%s/train_stats.csv", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.bin", dir);
+    snprintf(log, sizeof log, "%s.log", dir);
+    snprintf(eval, sizeof eval, "%s/eval_stats.csv", dir);
+    remove_run(dir);
+    snprintf(args, sizeof args, "%s --steps 4", common);
+    ASSERT_EQ(0, wait_driver(start_driver(args, dir, NULL)));
+    unsigned char *b;
+    long n;
+    ASSERT(read_file_bytes(eval, &b, &n));
+    ASSERT(strncmp((char *)b, "step,energy,variance,pmove,walkers_reset\n", 41) == 0);
+    ASSERT_EQ(5, csv_fields(strchr((char *)b, '\n') + 1));
+    free(b);
+    /* the file as the previous version wrote it: its header and the first 8 fields of each row */
+    ASSERT(read_file_bytes(csv, &b, &n));
+    b[n] = 0;
+    FILE *f = fopen(csv, "wb");
+    ASSERT(f != NULL);
+    fputs("step,energy,variance,pmove,seconds,step_size,grad_norm,gap\n", f);
+    int rows = 0;
+    for (char *l = strchr((char *)b, '\n') + 1; *l; l = strchr(l, '\n') + 1, rows++) {
+        int commas = 0;
+        for (char *c = l; *c != '\n'; c++) {
+            if (*c == ',' && ++commas == 8) break;
+            fputc(*c, f);
+        }
+        fputc('\n', f);
+    }
+    fclose(f);
+    free(b);
+    ASSERT_EQ(4, rows);
+    snprintf(args, sizeof args, "%s --steps 6", common);
+    ASSERT_EQ(0, wait_driver(start_driver(args, dir, ckpt)));
+    ASSERT(read_file_bytes(log, &b, &n));
+    b[n] = 0;
+    ASSERTm((char *)b, strstr((char *)b, "written by an older version") != NULL);
+    free(b);
+    ASSERT(read_file_bytes(csv, &b, &n));
+    b[n] = 0;
+    const char *header = "step,energy,variance,pmove,seconds,step_size,grad_norm,gap,walkers_reset,skipped\n";
+    ASSERT(strncmp((char *)b, header, strlen(header)) == 0);
+    rows = 0;
+    for (char *l = strchr((char *)b, '\n') + 1; *l; l = strchr(l, '\n') + 1, rows++) {
+        ASSERT_EQ(rows, strtol(l, NULL, 10));
+        ASSERT_EQ(10, csv_fields(l));
+        const char *end = strchr(l, '\n');
+        const int empty_tail = end - l >= 2 && end[-1] == ',' && end[-2] == ',';
+        ASSERT_EQ(rows < 4, empty_tail); /* old rows: the new columns empty; new rows: filled */
+    }
+    ASSERT_EQ(6, rows);
+    free(b);
+    /* a header that is no version of train_stats.csv's: refused, the file left as it was */
+    f = fopen(csv, "wb");
+    ASSERT(f != NULL);
+    fputs("when,what\n0,1\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "%s --steps 8", common);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.bin", dir);
+    ASSERT_EQ(1, wait_driver(start_driver(args, dir, ckpt)));
+    ASSERT(read_file_bytes(log, &b, &n));
+    b[n] = 0;
+    ASSERTm((char *)b, strstr((char *)b, "train_stats.csv has a header this program does not know") != NULL);
+    free(b);
+    ASSERT(read_file_bytes(csv, &b, &n));
+    ASSERT(n == 14 && memcmp(b, "when,what\n0,1\n", 14) == 0);
+    free(b);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX fork");
+#endif
+}
+
 TEST driver_killed_and_restored_matches_uninterrupted_run(void) {
 #ifdef PSF_TEST_KILL
     const char *opts[3] = {"spring", "kfac", "adam"};
@@ -1963,6 +2173,7 @@ SUITE(nonfinite) {
     RUN_TEST(nonfinite_parameters_are_restored_and_training_continues);
     RUN_TEST(checkpoint_of_a_nonfinite_state_is_refused);
     RUN_TEST(driver_killed_and_restored_matches_uninterrupted_run);
+    RUN_TEST(driver_restore_upgrades_an_older_train_stats_header);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
