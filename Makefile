@@ -63,7 +63,7 @@ sanitize:
 # leaves the input in $(BUILD)/fuzz/ (crash-*). Each crash found so far is a regression test in `make test`.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint
+FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint fuzz_molden
 FUZZ_FLAGS    = -std=c11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 .PHONY: fuzz
 $(BUILD)/fuzz/%: tests/fuzz/%.c psiformer.h
@@ -117,3 +117,13 @@ bench: $(BENCH_BINS)
 # KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
 $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# `make molden-check` (issue 10, item 2): psi4's UHF orbitals (tools/hf_orbitals.sh, Molden files) for LiH, N2 and
+# OH; VMC of each bare determinant read by psiformer.h reproduces psi4's SCF energy within 3 error bars
+# (tests/molden_check.sh). Needs Debian's psi4.
+.PHONY: molden-check
+$(BUILD)/molden_check: tests/molden_check.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+molden-check: $(BUILD)/molden_check
+	sh tests/molden_check.sh $(BUILD)
