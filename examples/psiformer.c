@@ -21,6 +21,8 @@
 
 typedef struct {
     const char *atom, *out, *restore;
+    const char *orbitals_from; /* --orbitals-from: a Molden file (NULL: none) */
+    int atom_given;            /* --atom was on the command line               */
     int scale_moves;
     int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
     double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
@@ -47,6 +49,9 @@ static void usage(FILE *f) {
             "Trains a Psiformer (von Glehn et al. 2023) on an atom by VMC, then evaluates its energy.\n\n"
             "system\n"
             "  --atom SYMBOL        H..Ne (default C)\n"
+            "  --orbitals-from F    a Molden file (e.g. psi4's, tools/hf_orbitals.sh): its occupied orbitals are the\n"
+            "                       pretraining target, and its [Atoms] and occupations the system unless --atom is\n"
+            "                       given (default: an atom and its built-in Hartree-Fock orbitals)\n"
             "  --spin S             n_up - n_down (default: ground state from the built-in table)\n"
             "network\n"
             "  --layers L           self-attention layers (default 2)\n"
@@ -165,7 +170,8 @@ static int parse_args(int argc, char **argv, options *o) {
         const char *v = argv[++i];
         if (v[0] == '-' && v[1] == '-') { fprintf(stderr, "psiformer: %s: missing value (got the option '%s')\n", a, v); return 1; }
         int rc = 0, iv;
-        if (!strcmp(a, "--atom")) o->atom = v;
+        if (!strcmp(a, "--atom")) { o->atom = v; o->atom_given = 1; }
+        else if (!strcmp(a, "--orbitals-from")) o->orbitals_from = v;
         else if (!strcmp(a, "--spin")) rc = parse_int(a, v, 0, &o->spin);
         else if (!strcmp(a, "--steps")) rc = parse_int(a, v, 0, &o->steps);
         else if (!strcmp(a, "--eval-steps")) rc = parse_int(a, v, 0, &o->eval_steps);
@@ -212,6 +218,11 @@ static int parse_args(int argc, char **argv, options *o) {
             o->vmc.optimizer = (psf_optimizer)k;
         } else { fprintf(stderr, "psiformer: unknown option '%s' (see --help)\n", a); return 1; }
         if (rc) return 1;
+    }
+    if (o->orbitals_from && !o->atom_given && o->spin >= 0) {
+        fprintf(stderr, "psiformer: --spin: the spins of a system read with --orbitals-from are its Molden file's "
+                        "occupations (give --atom to train an atom on these orbitals)\n");
+        return 1;
     }
     /* --damping and --norm-constraint belong to the chosen optimizer */
     if (o->steps == 0 && !(o->train_minutes > 0)) {
@@ -377,15 +388,26 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
 
 /* ---- 2a. Hartree–Fock pretraining (before the first VMC step of a new run) ------------------------------ */
 
-static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_system *sys, results *r) {
+/* The target: the occupied orbitals of the Molden file mol (--orbitals-from) or, when mol is NULL, the built-in
+ * Hartree-Fock orbitals of the atom. */
+static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_system *sys, const psf_molden *mol,
+                    results *r) {
     psf_reference ref;
-    double e_hf;
-    if (psf_reference_hf_atom(&ref, sys, &e_hf)) { fprintf(stderr, "psiformer: --pretrain-steps: %s\n", psf_last_error()); return 1; }
+    double e_hf = NAN;
+    if (mol ? psf_reference_molden(&ref, mol) : psf_reference_hf_atom(&ref, sys, &e_hf)) {
+        fprintf(stderr, "psiformer: %s: %s\n", mol ? "--orbitals-from" : "--pretrain-steps", psf_last_error());
+        return 1;
+    }
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
-           o->pretrain_lr, v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals", e_hf);
+    const char *target = v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals";
+    if (mol)
+        printf("pretraining: %d steps of Adam (lr %.3g) toward the %s of %s (%d up, %d down occupied)\n",
+               o->pretrain_steps, o->pretrain_lr, target, o->orbitals_from, ref.n_up, ref.n_down);
+    else
+        printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
+               o->pretrain_lr, target, e_hf);
     fflush(stdout);
     const int rc = psf_vmc_pretrain(v, &ref, o->pretrain_steps, o->pretrain_lr, loss);
     r->pretrain_seconds = psf_time() - t0;
@@ -482,21 +504,22 @@ static void json_str(json *j, const char *key, const char *s) { json_fmt(j, key,
 static void json_int(json *j, const char *key, long x) { json_fmt(j, key, "%ld", x); }
 static int json_end(json *j) { fprintf(j->f, "\n}\n"); return fclose(j->f); }
 
-static void write_summary(const char *path, const options *o, const psf_model *m, const psf_vmc *v,
+static void write_summary(const char *path, const options *o, const char *name, const psf_model *m, const psf_vmc *v,
                           const psf_atom_info *info, int ground, const results *r, double wall) {
     json j = {fopen(path, "w"), 0};
     if (!j.f) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return; }
     const double error_mha = (r->energy - info->exact) * 1e3;
     const double corr = (info->hf_limit - r->energy) / (info->hf_limit - info->exact);
     const psf_psiformer_config *pc = &m->cfg.psiformer;
-    json_str(&j, "system", o->atom);
+    json_str(&j, "system", name);
+    if (o->orbitals_from) json_str(&j, "orbitals_from", o->orbitals_from);
     json_int(&j, "n_up", m->sys.n_up);
     json_int(&j, "n_down", m->sys.n_down);
     json_num(&j, "energy", r->energy);
     json_num(&j, "energy_error", r->error);
     json_num(&j, "variance", r->variance);
-    json_fmt(&j, "exact", "%.6f", info->exact);
-    json_fmt(&j, "hf_limit", "%.6f", info->hf_limit);
+    if (isfinite(info->exact)) json_fmt(&j, "exact", "%.6f", info->exact); else json_num(&j, "exact", NAN);
+    if (isfinite(info->hf_limit)) json_fmt(&j, "hf_limit", "%.6f", info->hf_limit); else json_num(&j, "hf_limit", NAN);
     json_num(&j, "error_mha", ground ? error_mha : NAN);
     json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
     json_str(&j, "units", "hartree");
@@ -542,12 +565,30 @@ int main(int argc, char **argv) {
     const int pa = parse_args(argc, argv, &o);
     if (pa) return pa < 0 ? 0 : 2;
     psf_system sys;
-    if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
-    const psf_atom_info *info = psf_atom_lookup(o.atom);
-    const int ground = (o.spin < 0 || o.spin == info->n_up - info->n_down);
+    /* --orbitals-from without --atom: a molecule (or atom) defined by the Molden file, named after it */
+    psf_molden mol;
+    memset(&mol, 0, sizeof mol);
+    if (o.orbitals_from && psf_molden_load(&mol, o.orbitals_from)) { fprintf(stderr, "psiformer: --orbitals-from: %s\n", psf_last_error()); return 2; }
+    const int molecule = o.orbitals_from && !o.atom_given;
+    char name[128];
+    psf_atom_info mol_info = {name, 0, 0, 0, "", NAN, NAN};
+    const psf_atom_info *info = &mol_info;
+    if (molecule) {
+        const char *b = strrchr(o.orbitals_from, '/') ? strrchr(o.orbitals_from, '/') + 1 : o.orbitals_from;
+        snprintf(name, sizeof name, "%s", b);
+        if (strrchr(name, '.') && strrchr(name, '.') != name) *strrchr(name, '.') = 0;
+        if (psf_molden_system(&mol, &sys)) { fprintf(stderr, "psiformer: --orbitals-from: %s\n", psf_last_error()); return 2; }
+        mol_info.n_up = sys.n_up;
+        mol_info.n_down = sys.n_down;
+    } else {
+        snprintf(name, sizeof name, "%s", o.atom);
+        if (psf_system_atom(&sys, o.atom, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+        info = psf_atom_lookup(o.atom);
+    }
+    const int ground = !molecule && (o.spin < 0 || o.spin == info->n_up - info->n_down);
     o.exact = ground ? info->exact : NAN;
     char outdir[512], path[1024];
-    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.atom);
+    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", name);
     if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
     snprintf(path, sizeof path, "%s/.psiformer_write_test", outdir); /* before any training, not after it */
     FILE *probe = fopen(path, "w");
@@ -562,8 +603,12 @@ int main(int argc, char **argv) {
     v.walkers.scale_moves = o.scale_moves;
     if (o.restore && psf_vmc_load(&v, o.restore)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
     const psf_psiformer_config *pc = &o.net.psiformer;
-    printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
-           info->exact, ground ? "" : " (ground state; this run uses another spin)");
+    if (molecule)
+        printf("psiformer.h: %s (%d atoms, %d up, %d down, nuclear repulsion %.6f Ha) from %s\n", name, sys.n_atoms,
+               sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys), o.orbitals_from);
+    else
+        printf("psiformer.h: %s (Z = %d, %d up, %d down), exact %.6f Ha%s\n", o.atom, info->Z, sys.n_up, sys.n_down,
+               info->exact, ground ? "" : " (ground state; this run uses another spin)");
     char head[64];
     if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
         snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
@@ -582,7 +627,7 @@ int main(int argc, char **argv) {
 
     results r;
     memset(&r, 0, sizeof r);
-    if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, &r)) return 1;
+    if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, o.orbitals_from ? &mol : NULL, &r)) return 1;
     if (train(&v, &o, outdir, &r)) return 1;
     if (r.averaged > 0 && use_average(&v, &o, outdir, &r)) return 1;
     if (evaluate(&v, &o, outdir, &r)) return 1;
@@ -596,9 +641,11 @@ int main(int argc, char **argv) {
            r.train_seconds, r.eval_seconds, o.eval_steps, o.vmc.batch, r.block < 0 ? -r.block : r.block,
            r.block < 0 ? ", no plateau: error bar unreliable" : "", wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
-    write_summary(path, &o, &m, &v, info, ground, &r, wall);
+    write_summary(path, &o, name, &m, &v, info, ground, &r, wall);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin)\n", outdir);
-    if (ground)
+    if (molecule)
+        printf("E = %.6f +/- %.6f Ha  (%s; no reference energy is known for it here)\n", r.energy, r.error, name);
+    else if (ground)
         printf("E = %.6f +/- %.6f Ha  (exact %.6f, error %.1f mHa, %.1f%% of correlation energy)\n", r.energy, r.error,
                info->exact, (r.energy - info->exact) * 1e3, 100.0 * (info->hf_limit - r.energy) / (info->hf_limit - info->exact));
     else
@@ -606,5 +653,6 @@ int main(int argc, char **argv) {
                sys.n_up - sys.n_down, info->exact);
     psf_vmc_free(&v);
     psf_model_free(&m);
+    psf_molden_free(&mol);
     return 0;
 }

@@ -965,6 +965,8 @@ TEST driver_rejects_bad_arguments(void) {
         {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
         {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
         {"--atom Xx", "unknown element 'Xx'"},
+        {"--orbitals-from tests/data/small.molden --spin 1", "psiformer: --spin: the spins of a system read with --orbitals-from are its Molden file's occupations"},
+        {"--orbitals-from build/no-such.molden", "psiformer: --orbitals-from: build/no-such.molden: cannot open"},
         {"--anneal 1.5", "psiformer: --anneal: expected a number from 0 to 1, got '1.5'"},
         {"--anneal-to 0", "psiformer: --anneal-to: expected a number above 0, at most 1, got '0'"},
         {"--average x", "psiformer: --average: expected a number from 0 to 1, got 'x'"},
@@ -2342,6 +2344,38 @@ TEST molden_malformed_lines_are_refused_with_their_line(void) {
     PASS();
 }
 
+/* The driver with --orbitals-from and no --atom: the system is the file's (Li and H, 2 up and 1 down), named after
+ * it in summary.json, and pretraining toward its orbitals lowers the loss. */
+TEST driver_trains_a_molecule_from_a_molden_file(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s --orbitals-from " SMALL_MOLDEN " --out build/test_molden_run --steps 2 --eval-steps 2 "
+             "--pretrain-steps 30 --batch 16 --layers 1 --mcmc-steps 2 --gap-every 0 >/dev/null 2>&1", PSF_TEST_DRIVER);
+    const int st = system(cmd);
+    ASSERT(st != -1 && (st >> 8) == 0);
+    size_t len;
+    char *sum = t_read_text("build/test_molden_run/summary.json", &len);
+    ASSERT(sum != NULL);
+    const int ok = strstr(sum, "\"system\": \"small\"") && strstr(sum, "\"orbitals_from\": \"" SMALL_MOLDEN "\"") &&
+                   strstr(sum, "\"n_up\": 2,") && strstr(sum, "\"n_down\": 1,") && strstr(sum, "\"exact\": null");
+    free(sum);
+    ASSERTm("summary.json names the system from the Molden file", ok);
+    FILE *f = fopen("build/test_molden_run/pretrain_stats.csv", "r");
+    ASSERT(f != NULL);
+    double first = NAN, last = NAN, x;
+    int step;
+    char head[64];
+    ASSERT(fgets(head, sizeof head, f) != NULL);
+    while (fscanf(f, "%d,%lf", &step, &x) == 2) { if (step == 0) first = x; last = x; }
+    fclose(f);
+    if (greatest_info.verbose) printf("    pretraining loss %.4g -> %.4g\n", first, last);
+    ASSERT_LT(last, 0.5 * first);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 SUITE(reference_and_pretraining) {
     RUN_TEST(reference_jet_matches_finite_differences);
     RUN_TEST(hf_determinant_energy_of_carbon);
@@ -2356,6 +2390,7 @@ SUITE(molden) {
     RUN_TEST(molden_basis_is_normalised);
     RUN_TEST(molden_derivatives_match_finite_differences);
     RUN_TEST(molden_malformed_lines_are_refused_with_their_line);
+    RUN_TEST(driver_trains_a_molecule_from_a_molden_file);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
