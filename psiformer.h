@@ -47,6 +47,7 @@
  *   [IMPL: ANSATZ]     systems, ansatz builders (Psiformer trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
+ *   [IMPL: MOLDEN]     Molden files: the parser, contracted Gaussians, their occupied orbitals as a reference
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
  *   [IMPL: STATISTICS] reblocking
  *   [IMPL: OPTIMIZERS] the optimizer interface; Adam, KFAC
@@ -624,8 +625,9 @@ PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, dou
  * https://www.theochem.ru.nl/molden/molden_format.html) read into memory: nuclei, contracted Gaussian basis and
  * molecular orbitals. Sections read: [Atoms] AU|Angs (also "(AU)", "(Angs)"; 1 angstrom = 1/0.529177210903 bohr,
  * CODATA 2018), [GTO] with s, p, d, f and sp shells (and the optional scale factor: exponents times its square),
- * the flags [5D] (5D and 7F), [5D7F], [5D10F], [7F] (6D and 7F) (cartesian otherwise; [9G] and [10F] are
- * accepted as flags, g shells are not), and [MO] with Sym=, Ene=, Spin= Alpha|Beta, Occup= and "index
+ * the flags [5D] (5D and 7F), [5D7F], [5D10F], [7F] (7F; with no other flag 6D and 7F), [6D], [10F], [6D10F]
+ * (cartesian otherwise; the flags apply in the file's order, so PySCF's "[5d] [7f]" is 5D and 7F; [9G] is accepted,
+ * g shells are not), and [MO] with Sym=, Ene=, Spin= Alpha|Beta, Occup= and "index
  * coefficient" lines (indices not given are 0). Other sections ([Title], [Molden Format], [SCFCONV], ...) are
  * skipped. Numbers may use a Fortran D exponent.
  *
@@ -3356,8 +3358,8 @@ static int psf__md_finish(psf__md_parser *q, psf_molden *mol, int pure_d, int pu
     if (!mol->occ[0] || !mol->occ[1]) return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", q->name);
     for (int k = 0; k < mol->n_mo; k++) {
         const double o = mol->occup[k];
-        const int n = (int)floor(o + 0.5);
-        if (fabs(o - n) > 1e-6 || n < 0 || n > (mol->unrestricted ? 1 : 2)) { if (!mol->fractional) mol->fractional = k + 1; continue; }
+        const int n = o > -0.5 && o < 2.5 ? (int)floor(o + 0.5) : -1; /* (int) of 1e80 would be undefined */
+        if (n < 0 || fabs(o - n) > 1e-6 || n > (mol->unrestricted ? 1 : 2)) { if (!mol->fractional) mol->fractional = k + 1; continue; }
         if (mol->unrestricted) { if (n == 1) mol->occ[mol->spin[k]][mol->n_occ[mol->spin[k]]++] = k; }
         else {
             if (n >= 1) mol->occ[0][mol->n_occ[0]++] = k;
@@ -3409,9 +3411,11 @@ static int psf__md_parse(psf__md_parser *q, psf_molden *mol) {
                 mo_line = 0;
             } else if (PSF__MD_IS("5D") || PSF__MD_IS("5D7F")) { pure_d = pure_f = 1; section = PSF__MD_NONE; }
             else if (PSF__MD_IS("5D10F")) { pure_d = 1; pure_f = 0; section = PSF__MD_NONE; }
-            else if (PSF__MD_IS("7F")) { pure_d = 0; pure_f = 1; section = PSF__MD_NONE; }
-            else if (PSF__MD_IS("9G") || PSF__MD_IS("10F") || PSF__MD_IS("6D") || PSF__MD_IS("6D10F") || PSF__MD_IS("15G"))
-                section = PSF__MD_NONE; /* g shells are refused where they appear; 6D / 10F are the default */
+            else if (PSF__MD_IS("7F")) { pure_f = 1; section = PSF__MD_NONE; } /* d as before: PySCF writes [5d] [7f] */
+            else if (PSF__MD_IS("10F")) { pure_f = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("6D")) { pure_d = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("6D10F")) { pure_d = pure_f = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("9G") || PSF__MD_IS("15G")) section = PSF__MD_NONE; /* g shells are refused where they appear */
             else section = PSF__MD_SKIP;
 #undef PSF__MD_IS
             continue;

@@ -2302,6 +2302,18 @@ TEST molden_malformed_lines_are_refused_with_their_line(void) {
     ASSERT_EQ(5, mol.n_bf);
     psf_molden_free(&mol);
     char text[2048];
+    /* the flags, in the file's order: a d and an f shell on atom 2 give 5 + 7, 6 + 7, 5 + 10 or 6 + 10 functions */
+    static const struct { const char *flags; int n_bf; } flag_rows[] = {
+        {"", 5 + 6 + 10}, {"[5D]\n", 5 + 5 + 7}, {"[5D7F]\n", 5 + 5 + 7}, {"[5d]\n[7f]\n[9g]\n", 5 + 5 + 7},
+        {"[7F]\n", 5 + 6 + 7}, {"[5D10F]\n", 5 + 5 + 10}, {"[5D]\n[10F]\n", 5 + 5 + 10}, {"[5D]\n[6D10F]\n", 5 + 6 + 10}};
+    for (size_t k = 0; k < sizeof flag_rows / sizeof flag_rows[0]; k++) {
+        char with[256];
+        snprintf(with, sizeof with, " 0.8 1.0 1.0\n d 1\n 0.7 1.0\n f 1\n 0.6 1.0\n\n%s[MO]", flag_rows[k].flags);
+        t_replace(t_molden_base, " 0.8 1.0 1.0\n\n[MO]", with, text, sizeof text);
+        ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_parse(&mol, text, strlen(text), "flags.molden"));
+        ASSERT_EQm(flag_rows[k].flags, flag_rows[k].n_bf, mol.n_bf);
+        psf_molden_free(&mol);
+    }
     for (int c = 0; c < n_cases; c++) {
         ASSERT(strstr(t_molden_base, cases[c].from) != NULL);
         t_replace(t_molden_base, cases[c].from, cases[c].to, text, sizeof text);
@@ -2329,6 +2341,13 @@ TEST molden_malformed_lines_are_refused_with_their_line(void) {
     ASSERT_EQ(PSF_ERR_ARG, psf_reference_molden(&ref, &mol));
     ASSERT(strstr(psf_last_error(), "orbital 1 has Occup= 1.5") != NULL);
     psf_molden_free(&mol);
+    /* found by fuzz_molden: an occupation too large for an int (its conversion was undefined behaviour) */
+    t_replace(t_molden_base, " Occup= 2.0", " Occup= 1e80", text, sizeof text);
+    ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text, strlen(text), "big.molden"));
+    ASSERT_EQ(1, mol.fractional);
+    ASSERT_EQ(PSF_ERR_ARG, psf_reference_molden(&ref, &mol));
+    ASSERT(strstr(psf_last_error(), "orbital 1 has Occup= 1e+80") != NULL);
+    psf_molden_free(&mol);
     /* unrestricted: Spin= Beta makes Occup= 1 occupy the beta spin, and Occup= 2 impossible */
     t_replace(t_molden_base, " Sym= A\n Occup= 0.0", " Spin= Beta\n Occup= 1.0", text, sizeof text);
     ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text, strlen(text), "u.molden"));
@@ -2340,6 +2359,38 @@ TEST molden_malformed_lines_are_refused_with_their_line(void) {
     ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text2, strlen(text2), "u.molden"));
     ASSERT_EQ(0, mol.fractional);
     ASSERT_EQ(1, mol.n_occ[0]); ASSERT_EQ(1, mol.n_occ[1]); ASSERT_EQ(1, mol.occ[1][0]);
+    psf_molden_free(&mol);
+    PASS();
+}
+
+/* The local energy of a molecule includes the nuclear repulsion sum_{I<J} Z_I Z_J / R_IJ of every pair of nuclei
+ * (three here, summed by hand) and adds up its parts; the Molden determinant's local energy is finite. */
+TEST molecular_local_energy_includes_nuclear_repulsion(void) {
+    psf_molden mol;
+    ASSERT_EQ(PSF_OK, psf_molden_load(&mol, SMALL_MOLDEN));
+    psf_system sys;
+    ASSERT_EQ(PSF_OK, psf_molden_system(&mol, &sys));
+    sys.n_atoms = 3; /* a third nucleus: Be at (1, -1, 2) bohr */
+    sys.R[2][0] = 1; sys.R[2][1] = -1; sys.R[2][2] = 2; sys.Z[2] = 4;
+    double vnn = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++) {
+            const double dx = sys.R[a][0] - sys.R[b][0], dy = sys.R[a][1] - sys.R[b][1], dz = sys.R[a][2] - sys.R[b][2];
+            vnn += sys.Z[a] * sys.Z[b] / sqrt(dx * dx + dy * dy + dz * dz);
+        }
+    ASSERT_IN_RANGE(vnn, psf_nuclear_repulsion(&sys), 1e-12);
+    psf_reference ref;
+    ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+    psf_wavefunction wf = psf_reference_wavefunction(&ref);
+    void *ws = wf.ws_new(wf.ctx);
+    const psf_real x[9] = {0.3, -0.2, 0.1, -0.5, 0.4, 2.6, 0.9, -0.8, 1.7};
+    psf_real g[9];
+    psf_eloc el;
+    psf_local_energy(&sys, &wf, ws, x, g, &el);
+    ASSERT_IN_RANGE(vnn, el.v_nn, 1e-12);
+    ASSERT(isfinite(el.total));
+    ASSERT_IN_RANGE(el.kinetic + el.v_en + el.v_ee + el.v_nn, el.total, 1e-12);
+    wf.ws_free(wf.ctx, ws);
     psf_molden_free(&mol);
     PASS();
 }
@@ -2390,6 +2441,7 @@ SUITE(molden) {
     RUN_TEST(molden_basis_is_normalised);
     RUN_TEST(molden_derivatives_match_finite_differences);
     RUN_TEST(molden_malformed_lines_are_refused_with_their_line);
+    RUN_TEST(molecular_local_energy_includes_nuclear_repulsion);
     RUN_TEST(driver_trains_a_molecule_from_a_molden_file);
 }
 
