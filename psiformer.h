@@ -638,10 +638,11 @@ PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, dou
  * 2^(l+2) (2a)^(l+1) sqrt(2a/pi) / (2l+1)!!, S = sum_pq c_p c_q (2 sqrt(a_p a_q)/(a_p + a_q))^(l+3/2), so that
  * int r^(2l) R^2 r^2 dr = 1. P is a real solid harmonic r^l Y_lm (Y normalised on the unit sphere) in the order
  * D0, D+1, D-1, D+2, D-2 / F0, F+1, F-1, F+2, F-2, F+3, F-3 (m > 0: cos(m phi), m < 0: sin(|m| phi), no
- * Condon-Shortley phase), or a cartesian monomial x^i y^j z^k times sqrt((2l+1)!! / (4 pi (2i-1)!! (2j-1)!!
- * (2k-1)!!)) (every cartesian function normalised by itself) in the order xx, yy, zz, xy, xz, yz / xxx, yyy,
- * zzz, xyy, xxy, xxz, xzz, yzz, yyz, xyz; p: x, y, z. Every basis function has norm 1 (cartesian d and f
- * functions are not orthogonal to each other).
+ * Condon-Shortley phase), or a cartesian monomial x^i y^j z^k times sqrt((2l+1) / (4 pi)) in the order xx, yy,
+ * zz, xy, xz, yz / xxx, yyy, zzz, xyy, xxy, xxz, xzz, yzz, yyz, xyz; p: x, y, z. Every cartesian component of a
+ * shell carries the factor that normalises x^l (Molden's convention, which psi4 writes: its 6-31G* orbitals are
+ * orthonormal so, tests/data/ne_631gs_psi4.molden), so xx has norm 1 and xy norm 1/sqrt(3), xyy 1/sqrt(5), xyz
+ * 1/sqrt(15); the spherical functions have norm 1.
  *
  * Occupations: with any Spin= Beta orbital the file is unrestricted and an orbital of either spin is occupied
  * when Occup= 1; otherwise (restricted) Occup= 2 occupies both spins and Occup= 1 the alpha (up) spin only. Other
@@ -3624,7 +3625,7 @@ static int psf__md_angular(int l, int pure, psf__md_poly *P) {
             const unsigned char *e = cart[l][f];
             P[f].n = 1;
             memcpy(P[f].e[0], e, 3);
-            P[f].c[0] = sqrt(psf__md_dfact[l + 1] / (4 * pi * psf__md_dfact[e[0]] * psf__md_dfact[e[1]] * psf__md_dfact[e[2]]));
+            P[f].c[0] = sqrt((2 * l + 1) / (4 * pi)); /* x^l's factor for every component (see psf_molden) */
         }
         return n;
     }

@@ -1947,7 +1947,7 @@ static int t_polys(int l, int pure, t_poly *P) {
 
 /* Every basis function of mol at x by the textbook route: primitives normalised as x^l exp(-a r^2), N^2 =
  * (2a/pi)^(3/2) (4a)^l / (2l-1)!!, the contraction normalised with the Gaussian overlap (pi/(a+b))^(3/2)
- * (2l-1)!!/(2(a+b))^l, the polynomial divided by its norm relative to x^l from the moments. */
+ * (2l-1)!!/(2(a+b))^l, a spherical polynomial divided by its norm relative to x^l from the moments. */
 static void t_direct_basis(const psf_molden *mol, const double *x, double *val) {
     for (int s = 0; s < mol->n_shells; s++) {
         const psf_molden_shell *sh = &mol->shells[s];
@@ -1975,7 +1975,8 @@ static void t_direct_basis(const psf_molden *mol, const double *x, double *val) 
                 for (int u = 0; u < P[f].n; u++)
                     n2 += P[f].c[t] * P[f].c[u] * t_moment(P[f].e[t][0] + P[f].e[u][0], P[f].e[t][1] + P[f].e[u][1], P[f].e[t][2] + P[f].e[u][2]);
             }
-            val[sh->bf0 + f] = R * v / sqrt(n2 / t_moment(2 * l, 0, 0));
+            /* spherical: normalised; cartesian: every component with x^l's normalisation (Molden, psi4) */
+            val[sh->bf0 + f] = sh->pure ? R * v / sqrt(n2 / t_moment(2 * l, 0, 0)) : R * v;
         }
     }
 }
@@ -2098,9 +2099,9 @@ static void t_gauss_legendre(int n, double *x, double *w) {
 }
 
 /* Overlaps of the basis functions on one nucleus by quadrature around it (radial trapezoid, Gauss-Legendre in
- * cos(theta), uniform in phi: exact for these polynomials): every function has norm 1; spherical functions of a
- * shell are orthonormal; cartesian ones have the known overlaps <xx|yy> = 1/3, <xxx|xyy> = 1/sqrt(5), 0 between
- * different parities. */
+ * cos(theta), uniform in phi: exact for these polynomials): spherical functions of a shell are orthonormal;
+ * cartesian ones, all with x^l's normalisation, have the overlaps of their monomials relative to x^l's:
+ * <xx|xx> = 1, <xy|xy> = <xx|yy> = 1/3, <xyz|xyz> = 1/15, 0 between different parities. */
 TEST molden_basis_is_normalised(void) {
     size_t len;
     char *text = t_read_text(SMALL_MOLDEN, &len), *cart = malloc(len + 64);
@@ -2134,14 +2135,13 @@ TEST molden_basis_is_normalised(void) {
             for (int f = 0; f < nf; f++)
                 for (int g = 0; g < nf; g++) {
                     double expect = f == g;
-                    if (!sh->pure && sh->l == 2 && f < 3 && g < 3 && f != g) expect = 1.0 / 3;
-                    if (!sh->pure && sh->l == 3) {
+                    if (!sh->pure) {
                         t_poly P[10];
-                        t_polys(3, 0, P);
+                        t_polys(sh->l, 0, P);
                         const int *a = P[f].e[0], *b = P[g].e[0];
-                        expect = t_moment(a[0] + b[0], a[1] + b[1], a[2] + b[2]) /
-                                 sqrt(t_moment(2 * a[0], 2 * a[1], 2 * a[2]) * t_moment(2 * b[0], 2 * b[1], 2 * b[2]));
-                        if (f == 0 && g == 3) ASSERT_IN_RANGE(1 / sqrt(5.0), expect, 1e-15); /* <xxx|xyy> */
+                        expect = t_moment(a[0] + b[0], a[1] + b[1], a[2] + b[2]) / t_moment(2 * sh->l, 0, 0);
+                        if (sh->l == 2 && f == 3 && g == 3) ASSERT_IN_RANGE(1 / 3.0, expect, 1e-15);  /* <xy|xy> */
+                        if (sh->l == 3 && f == 9 && g == 9) ASSERT_IN_RANGE(1 / 15.0, expect, 1e-15); /* <xyz|xyz> */
                     }
                     worst = fmax(worst, fabs(S[(sh->bf0 + f) * nb + sh->bf0 + g] - expect));
                 }
@@ -2152,6 +2152,53 @@ TEST molden_basis_is_normalised(void) {
         psf_molden_free(&mol);
     }
     free(text); free(cart);
+    PASS();
+}
+
+/* The conventions against psi4's own metric: psi4 1.3.2 (tools/hf_orbitals.sh) wrote the UHF orbitals of the Ne
+ * atom in 6-31G* (cartesian d: [GTO] without flags) and in cc-pVDZ (spherical d: [5D]), all 15 / 14 alpha orbitals
+ * including the virtual d ones. Read with the reader's normalisation and component conventions they must be
+ * orthonormal: <phi_i|phi_j> = delta_ij by quadrature around the nucleus (u = ln r trapezoid, Gauss-Legendre in
+ * cos(theta), uniform in phi). Every cartesian component normalised by itself instead would make these xy-type
+ * virtual orbitals' norms about 3 (found so: psi4 writes x^l's factor for every component). */
+TEST molden_psi4_orbitals_are_orthonormal(void) {
+    static const char *files[2] = {"tests/data/ne_631gs_psi4.molden", "tests/data/ne_ccpvdz_psi4.molden"};
+    static const int n_bf[2] = {15, 14};
+    enum { NU = 1500, NT = 14, NP = 16 };
+    double ct[NT], wt[NT];
+    t_gauss_legendre(NT, ct, wt);
+    for (int f = 0; f < 2; f++) {
+        psf_molden mol;
+        ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_load(&mol, files[f]));
+        ASSERT_EQ(n_bf[f], mol.n_bf);
+        ASSERT_EQ(1, mol.unrestricted);
+        ASSERT_EQ(5, mol.n_occ[0]); ASSERT_EQ(5, mol.n_occ[1]);
+        const int nb = mol.n_bf, n = nb; /* the alpha orbitals come first */
+        for (int k = 0; k < n; k++) ASSERT_EQ(0, mol.spin[k]);
+        double *S = calloc((size_t)n * n, sizeof(double)), v[32], phi[32];
+        const double u0 = -12, u1 = 3.6, du = (u1 - u0) / NU;
+        for (int iu = 0; iu <= NU; iu++)
+            for (int it = 0; it < NT; it++)
+                for (int ip = 0; ip < NP; ip++) {
+                    const double rr = exp(u0 + iu * du), st = sqrt(1 - ct[it] * ct[it]), ph = 2 * T_PI * ip / NP;
+                    const psf_real x[3] = {mol.R[0] + rr * st * cos(ph), mol.R[1] + rr * st * sin(ph), mol.R[2] + rr * ct[it]};
+                    psf_molden_basis(&mol, x, v, NULL, NULL);
+                    for (int i = 0; i < n; i++) {
+                        phi[i] = 0;
+                        for (int b = 0; b < nb; b++) phi[i] += mol.mo[(size_t)i * nb + b] * v[b];
+                    }
+                    const double w = du * rr * rr * rr * wt[it] * 2 * T_PI / NP * (iu == 0 || iu == NU ? 0.5 : 1);
+                    for (int i = 0; i < n; i++)
+                        for (int j = 0; j < n; j++) S[i * n + j] += w * phi[i] * phi[j];
+                }
+        double worst = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) worst = fmax(worst, fabs(S[i * n + j] - (i == j)));
+        if (greatest_info.verbose) printf("    %s: worst |<i|j> - delta_ij| %.2e\n", files[f], worst);
+        ASSERT_IN_RANGE(0.0, worst, 1e-6);
+        free(S);
+        psf_molden_free(&mol);
+    }
     PASS();
 }
 
@@ -2439,6 +2486,7 @@ SUITE(molden) {
     RUN_TEST(molden_reads_the_small_file);
     RUN_TEST(molden_basis_matches_direct_evaluation);
     RUN_TEST(molden_basis_is_normalised);
+    RUN_TEST(molden_psi4_orbitals_are_orthonormal);
     RUN_TEST(molden_derivatives_match_finite_differences);
     RUN_TEST(molden_malformed_lines_are_refused_with_their_line);
     RUN_TEST(molecular_local_energy_includes_nuclear_repulsion);
