@@ -30,5 +30,14 @@ lih_ccpvdz lih 0 0 cc-pVDZ 0.004 6000
 n2_ccpvdz n2 0 0 cc-pVDZ 0.03 6000
 oh_ccpvdz oh 0 1 cc-pVDZ 0.02 6000
 LIST
+# The reader's d and f conventions against psi4's on a molecule without symmetry (H2O, cc-pVTZ: f on O, d on H),
+# spherical and cartesian: its orbitals must stay orthonormal (BUILD/molden_overlap).
+printf '3\nwater, bent off its symmetric geometry\nO 0.0 0.1 -0.05\nH 0.757 0.586 0.1\nH -0.8 0.5 -0.2\n' > "$work/h2o_tz.xyz"
+cp "$work/h2o_tz.xyz" "$work/h2o_tz_cart.xyz"
+for name in h2o_tz h2o_tz_cart; do
+    pure=; [ "$name" = h2o_tz_cart ] && pure=false
+    PUREAM=$pure sh tools/hf_orbitals.sh "$work/$name.xyz" 0 0 cc-pVTZ >/dev/null || { echo "$name: psi4 failed"; fail=1; continue; }
+    "./$build/molden_overlap" "$work/$name.molden" 0.05 || fail=1
+done
 if [ "$fail" -ne 0 ]; then echo "make molden-check: FAILED"; exit 1; fi
 echo "make molden-check: all passed"

@@ -2155,27 +2155,29 @@ TEST molden_basis_is_normalised(void) {
     PASS();
 }
 
-/* The conventions against psi4's own metric: psi4 1.3.2 (tools/hf_orbitals.sh) wrote the UHF orbitals of the Ne
- * atom in 6-31G* (cartesian d: [GTO] without flags) and in cc-pVDZ (spherical d: [5D]), all 15 / 14 alpha orbitals
- * including the virtual d ones. Read with the reader's normalisation and component conventions they must be
+/* The conventions against psi4's own metric: psi4 1.3.2 (tools/hf_orbitals.sh; for F, the same input with
+ * `puream` set) wrote the UHF orbitals of the Ne atom in 6-31G* (cartesian d: [GTO] without flags) and cc-pVDZ
+ * (spherical d: [5D]) and of the F atom (doublet) in cc-pVTZ with spherical and with cartesian d and f, all alpha
+ * orbitals including the virtual d and f ones. Read with the reader's normalisation and component conventions they must be
  * orthonormal: <phi_i|phi_j> = delta_ij by quadrature around the nucleus (u = ln r trapezoid, Gauss-Legendre in
  * cos(theta), uniform in phi). Every cartesian component normalised by itself instead would make these xy-type
  * virtual orbitals' norms about 3 (found so: psi4 writes x^l's factor for every component). */
 TEST molden_psi4_orbitals_are_orthonormal(void) {
-    static const char *files[2] = {"tests/data/ne_631gs_psi4.molden", "tests/data/ne_ccpvdz_psi4.molden"};
-    static const int n_bf[2] = {15, 14};
+    static const char *files[4] = {"tests/data/ne_631gs_psi4.molden", "tests/data/ne_ccpvdz_psi4.molden",
+                                   "tests/data/f_ccpvtz_psi4.molden", "tests/data/f_ccpvtz_cart_psi4.molden"};
+    static const int n_bf[4] = {15, 14, 30, 35}, n_down[4] = {5, 5, 4, 4};
     enum { NU = 1500, NT = 14, NP = 16 };
     double ct[NT], wt[NT];
     t_gauss_legendre(NT, ct, wt);
-    for (int f = 0; f < 2; f++) {
+    for (int f = 0; f < 4; f++) {
         psf_molden mol;
         ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_load(&mol, files[f]));
         ASSERT_EQ(n_bf[f], mol.n_bf);
         ASSERT_EQ(1, mol.unrestricted);
-        ASSERT_EQ(5, mol.n_occ[0]); ASSERT_EQ(5, mol.n_occ[1]);
+        ASSERT_EQ(5, mol.n_occ[0]); ASSERT_EQ(n_down[f], mol.n_occ[1]);
         const int nb = mol.n_bf, n = nb; /* the alpha orbitals come first */
         for (int k = 0; k < n; k++) ASSERT_EQ(0, mol.spin[k]);
-        double *S = calloc((size_t)n * n, sizeof(double)), v[32], phi[32];
+        double *S = calloc((size_t)n * n, sizeof(double)), v[40], phi[40];
         const double u0 = -12, u1 = 3.6, du = (u1 - u0) / NU;
         for (int iu = 0; iu <= NU; iu++)
             for (int it = 0; it < NT; it++)

@@ -6,7 +6,8 @@
 # SPIN = n_up - n_down (psi4's multiplicity is SPIN + 1), in BASIS (default cc-pVDZ). Leaves FILE.molden
 # (psi4's Molden writer: the alpha and beta orbitals with their occupations) next to FILE.xyz and prints
 #     SCF_ENERGY <E in hartree>
-# as its last line. The psi4 input and output stay in FILE.psi4/ (input.dat, output.dat).
+# as its last line. The psi4 input and output stay in FILE.psi4/ (input.dat, output.dat). PUREAM=false in the
+# environment asks psi4 for cartesian d and f functions (default: the basis set's own choice).
 set -eu
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then
     echo "usage: $0 FILE.xyz CHARGE SPIN [BASIS]" >&2
@@ -17,6 +18,8 @@ xyz=$1 charge=$2 spin=$3 basis=${4:-cc-pVDZ}
 case $charge in ''|*[!0-9-]*) echo "$0: CHARGE must be an integer, got '$charge'" >&2; exit 2;; esac
 case $spin in ''|*[!0-9]*) echo "$0: SPIN (n_up - n_down) must be a non-negative integer, got '$spin'" >&2; exit 2;; esac
 command -v psi4 >/dev/null || { echo "$0: psi4 not found (Debian: apt-get install psi4)" >&2; exit 2; }
+puream_line=
+case ${PUREAM:-} in '') ;; true|false) puream_line="  puream $PUREAM";; *) echo "$0: PUREAM must be true or false" >&2; exit 2;; esac
 base=${xyz%.xyz}
 molden=$(cd "$(dirname "$base")" && pwd)/$(basename "$base").molden
 work=$base.psi4
@@ -43,6 +46,7 @@ set {
   e_convergence 1e-10
   d_convergence 1e-8
   guess sad
+$puream_line
 }
 e, wfn = energy('scf', return_wfn=True)
 molden(wfn, '$molden')
