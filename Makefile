@@ -75,7 +75,7 @@ sanitize:
 # leaves the input in $(BUILD)/fuzz/ (crash-*). Each crash found so far is a regression test in `make test`.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint fuzz_xyz
+FUZZ_TARGETS  = fuzz_npy fuzz_checkpoint fuzz_xyz fuzz_molden
 FUZZ_FLAGS    = -std=c11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 .PHONY: fuzz
 $(BUILD)/fuzz/%: tests/fuzz/%.c psiformer.h
@@ -173,3 +173,16 @@ $(BUILD)/pfaffian_speed: bench/pfaffian_speed.c psiformer.h | $(BUILD)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDLIBS)
 bench-pfaffian: $(BUILD)/pfaffian_speed
 	./$(BUILD)/pfaffian_speed $(PF_BENCH_ARGS)
+
+# `make molden-check` (issue 10, item 2): psi4's UHF orbitals (tools/hf_orbitals.sh, Molden files) for LiH, N2 and
+# OH; VMC of each bare determinant read by psiformer.h reproduces psi4's SCF energy within 3 error bars; psi4's H2O
+# orbitals in cc-pVTZ (spherical and cartesian d, f) stay orthonormal (tests/molden_check.sh). Needs Debian's psi4.
+.PHONY: molden-check
+$(BUILD)/molden_check: tests/molden_check.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD)/molden_overlap: tests/molden_overlap.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+molden-check: $(BUILD)/molden_check $(BUILD)/molden_overlap
+	sh tests/molden_check.sh $(BUILD)

@@ -49,6 +49,7 @@
  *                      trunk, determinant and Pfaffian heads, Jastrow), init
  *   [IMPL: HAMILTONIAN] potential and local energy
  *   [IMPL: REFERENCE]  Hartree–Fock orbitals of H..Ne (Slater-type tables), the reference determinant
+ *   [IMPL: MOLDEN]     Molden files: the parser, contracted Gaussians, their occupied orbitals as a reference
  *   [IMPL: SAMPLER]    Metropolis–Hastings walkers
  *   [IMPL: STATISTICS] reblocking
  *   [IMPL: OPTIMIZERS] the optimizer interface; Adam, KFAC
@@ -702,6 +703,87 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a
  * non-finite loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
+
+/* ---- Orbitals from Molden files ---------------------------------------------------------------------------- */
+
+/* A Molden file (G. Schaftenaar, J. H. Noordik, J. Comput.-Aided Mol. Design 14, 123 (2000); the format:
+ * https://www.theochem.ru.nl/molden/molden_format.html) read into memory: nuclei, contracted Gaussian basis and
+ * molecular orbitals. Sections read: [Atoms] AU|Angs (also "(AU)", "(Angs)"; 1 angstrom = 1/0.529177210903 bohr,
+ * CODATA 2018), [GTO] with s, p, d, f and sp shells (and the optional scale factor: exponents times its square),
+ * the flags [5D] (5D and 7F), [5D7F], [5D10F], [7F] (7F; with no other flag 6D and 7F), [6D], [10F], [6D10F]
+ * (cartesian otherwise; the flags apply in the file's order, so PySCF's "[5d] [7f]" is 5D and 7F; [9G] is accepted,
+ * g shells are not), and [MO] with Sym=, Ene=, Spin= Alpha|Beta, Occup= and "index
+ * coefficient" lines (indices not given are 0). Other sections ([Title], [Molden Format], [SCFCONV], ...) are
+ * skipped. Numbers may use a Fortran D exponent.
+ *
+ * Basis functions (the conventions psi4's and PySCF's Molden writers use, checked against psi4's UHF energies in
+ * `make molden-check`): a shell on nucleus A with exponents a_p and coefficients c_p ("for normalised
+ * primitives") is chi(r) = R(|r - R_A|) P(r - R_A), R(r) = sum_p d_p exp(-a_p r^2), where the reader
+ * normalises each primitive and then the contraction: d_p = c_p N_l(a_p) / sqrt(S), N_l(a)^2 =
+ * 2^(l+2) (2a)^(l+1) sqrt(2a/pi) / (2l+1)!!, S = sum_pq c_p c_q (2 sqrt(a_p a_q)/(a_p + a_q))^(l+3/2), so that
+ * int r^(2l) R^2 r^2 dr = 1. P is a real solid harmonic r^l Y_lm (Y normalised on the unit sphere) in the order
+ * D0, D+1, D-1, D+2, D-2 / F0, F+1, F-1, F+2, F-2, F+3, F-3 (m > 0: cos(m phi), m < 0: sin(|m| phi), no
+ * Condon-Shortley phase), or a cartesian monomial x^i y^j z^k times sqrt((2l+1) / (4 pi)) in the order xx, yy,
+ * zz, xy, xz, yz / xxx, yyy, zzz, xyy, xxy, xxz, xzz, yzz, yyz, xyz; p: x, y, z. Every cartesian component of a
+ * shell carries the factor that normalises x^l (Molden's convention, which psi4 writes: its 6-31G* orbitals are
+ * orthonormal so, tests/data/ne_631gs_psi4.molden), so xx has norm 1 and xy norm 1/sqrt(3), xyy 1/sqrt(5), xyz
+ * 1/sqrt(15); the spherical functions have norm 1.
+ *
+ * Occupations: with any Spin= Beta orbital the file is unrestricted and an orbital of either spin is occupied
+ * when Occup= 1; otherwise (restricted) Occup= 2 occupies both spins and Occup= 1 the alpha (up) spin only. Other
+ * occupations (natural orbitals) are read but refused by psf_molden_system and psf_reference_molden. */
+typedef struct {
+    int atom;       /* nucleus, 0-based index into R and Z                                       */
+    int l;          /* 0..3 (s, p, d, f)                                                         */
+    int pure;       /* 1: 2l+1 spherical functions, 0: (l+1)(l+2)/2 cartesian ones (from the flags) */
+    int n_prim;     /* primitives: exps[p0 .. p0+n_prim-1]                                       */
+    int p0;
+    int bf0;        /* index of the shell's first basis function                                 */
+} psf_molden_shell;
+
+typedef struct {
+    int n_atoms;
+    double *R;              /* [n_atoms][3] nuclear positions, bohr                                   */
+    double *Z;              /* [n_atoms] nuclear charges (the [Atoms] section's third column)          */
+    int n_shells, n_prims, n_bf;
+    psf_molden_shell *shells; /* [n_shells], in the file's order (an sp shell is an s and a p shell)     */
+    double *exps;           /* [n_prims] exponents a_p, 1/bohr^2 (scale factor applied)                 */
+    double *coefs;          /* [n_prims] contraction coefficients as written in the file                */
+    double *norm;           /* [n_prims] d_p: primitive and contraction normalisation applied (above)   */
+    int n_mo;
+    double *mo;             /* [n_mo][n_bf] coefficients of orbital k over the basis functions          */
+    double *energy;         /* [n_mo] Ene= (hartree; 0 if absent)                                       */
+    double *occup;          /* [n_mo] Occup=                                                            */
+    int *spin;              /* [n_mo] 0 alpha, 1 beta                                                   */
+    int unrestricted;       /* 1 if any orbital has Spin= Beta                                          */
+    int n_occ[2];           /* occupied orbitals of the up (alpha) and down (beta) spin                 */
+    int *occ[2];            /* [n_occ[s]] their indices, in the file's order                            */
+    int fractional;         /* index + 1 of the first orbital whose occupation is none of the above, or 0 */
+} psf_molden;
+
+/* Parses a Molden file held in memory (text[len], need not be NUL-terminated); `name` (the file name) prefixes
+ * every message. On failure nothing is left allocated (*mol is zeroed) and psf_last_error() says
+ * "name:line: what was expected, got 'the line'" (or "name: ..." for what spans lines: a missing section, an
+ * orbital coefficient index beyond the basis). Errors: PSF_ERR_FORMAT, PSF_ERR_NOMEM. */
+PSFDEF int psf_molden_parse(psf_molden *mol, const char *text, size_t len, const char *name);
+/* psf_molden_parse of the file at `path`. Errors: also PSF_ERR_IO (cannot open or read it). */
+PSFDEF int psf_molden_load(psf_molden *mol, const char *path);
+/* Frees what psf_molden_parse allocated and zeroes *mol (a zeroed *mol is fine). */
+PSFDEF void psf_molden_free(psf_molden *mol);
+
+/* All n_bf basis functions at x[3] (bohr): val[n_bf] and, when not NULL, grad[3 n_bf] (1/bohr; d/dx_c of
+ * function b at 3 b + c) and lap[n_bf] (1/bohr^2). Cannot fail. */
+PSFDEF void psf_molden_basis(const psf_molden *mol, const psf_real *x, double *val, double *grad, double *lap);
+
+/* The system a Molden file defines: its nuclei and n_up / n_down = its occupied alpha / beta orbitals.
+ * Errors: PSF_ERR_ARG (more than PSF_MAX_ATOMS nuclei or PSF_MAX_ELEC electrons, a nucleus with Z < 1 (ghost
+ * atom), a fractional occupation, no electrons). */
+PSFDEF int psf_molden_system(const psf_molden *mol, psf_system *sys);
+
+/* The occupied orbitals of a Molden file as a psf_reference (the pretraining target; psi_ref its UHF / RHF
+ * determinant): ref->ctx = mol, which must outlive ref; spin 0 takes the occupied alpha orbitals, spin 1 the
+ * beta ones, in the file's order. Errors: PSF_ERR_ARG (fractional occupations; more than PSF_MAX_ELEC). */
+PSFDEF int psf_reference_molden(psf_reference *ref, const psf_molden *mol);
 
 /* Wall-clock seconds (monotonic under OpenMP). Cannot fail. */
 PSFDEF double psf_time(void);
@@ -3595,6 +3677,610 @@ static void *psf__ref_ws_new(void *ctx) {
 psf_wavefunction psf_reference_wavefunction(psf_reference *ref) {
     psf_wavefunction wf = {ref->n_up + ref->n_down, ref, psf__ref_logpsi, psf__ref_jet, psf__ref_ws_new, psf__ref_ws_free};
     return wf;
+}
+
+/* ============================================================================================================
+ *  [IMPL: MOLDEN] Molden files: the parser (line by line, every malformed line an error naming it), contracted
+ *  Gaussians with value, gradient and Laplacian, the occupied orbitals as a psf_reference
+ * ============================================================================================================ */
+
+typedef struct {
+    const char *name;                 /* file name for messages                            */
+    const char *p, *end;              /* the rest of the text                              */
+    int line;                         /* number of the current line (1-based)              */
+    char buf[256];                    /* the current line (truncated copy, NUL-terminated) */
+    int truncated;
+    /* growing arrays */
+    int cap_atoms;
+    int *atom_num, *shell_line, *shell_atomnum;
+    int n_c;                          /* MO coefficients read: (orbital, index, value, line) */
+    int *c_mo, *c_idx, *c_line;
+    double *c_val;
+    int *mo_line;
+} psf__md_parser;
+
+static int psf__md_err(psf__md_parser *q, const char *what) {
+    return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected %s, got '%s%s'", q->name, q->line, what, q->buf,
+                     q->truncated ? "..." : "");
+}
+
+/* The next line into q->buf; 0 at the end of the text. */
+static int psf__md_next(psf__md_parser *q) {
+    if (q->p >= q->end) return 0;
+    const char *s = q->p, *e = s;
+    while (e < q->end && *e != '\n') e++;
+    q->p = e < q->end ? e + 1 : e;
+    size_t n = (size_t)(e - s);
+    if (n && s[n - 1] == '\r') n--;
+    q->truncated = n >= sizeof q->buf;
+    if (q->truncated) n = sizeof q->buf - 1;
+    for (size_t i = 0; i < n; i++) q->buf[i] = s[i] ? s[i] : ' '; /* a NUL byte reads as a space */
+    q->buf[n] = 0;
+    q->line++;
+    return 1;
+}
+
+static const char *psf__md_skip(const char *s) {
+    while (*s == ' ' || *s == '\t' || *s == '\f' || *s == '\v') s++;
+    return s;
+}
+
+/* One whitespace-delimited number at *s (Fortran's D exponent allowed), finite; advances *s. Returns 0 or -1. */
+static int psf__md_num(const char **s, double *out) {
+    char tok[64];
+    const char *a = psf__md_skip(*s);
+    size_t n = 0;
+    while (a[n] && a[n] != ' ' && a[n] != '\t' && a[n] != '\f' && a[n] != '\v') n++;
+    if (n == 0 || n >= sizeof tok) return -1;
+    for (size_t i = 0; i < n; i++) tok[i] = (a[i] == 'D' || a[i] == 'd') ? 'E' : a[i];
+    tok[n] = 0;
+    for (size_t i = 0; i < n; i++) /* plain decimal notation only: no inf, nan, hex */
+        if (!strchr("0123456789+-.Ee", tok[i])) return -1;
+    char *stop;
+    errno = 0;
+    const double v = strtod(tok, &stop);
+    if (*stop || !isfinite(v) || errno == ERANGE) return -1;
+    *out = v;
+    *s = a + n;
+    return 0;
+}
+
+/* An integer in [lo, hi] (written as an integer). */
+static int psf__md_int(const char **s, long lo, long hi, long *out) {
+    const char *a = psf__md_skip(*s);
+    char *stop;
+    errno = 0;
+    if (!((*a >= '0' && *a <= '9') || *a == '-' || *a == '+')) return -1;
+    const long v = strtol(a, &stop, 10);
+    if (stop == a || errno == ERANGE || v < lo || v > hi) return -1;
+    if (*stop && *stop != ' ' && *stop != '\t' && *stop != '\f' && *stop != '\v') return -1;
+    *out = v;
+    *s = stop;
+    return 0;
+}
+
+static int psf__md_eol(const char *s) { return *psf__md_skip(s) == 0; }
+
+/* Array a of `size`-byte elements grown to hold at least n + 1 (a itself when it does); NULL when out of memory
+ * (a is then freed). */
+static void *psf__md_grow(void *a, int *cap, int n, size_t size) {
+    if (n < *cap) return a;
+    const int c = *cap ? 2 * *cap : 16;
+    void *b = n < INT_MAX / 4 ? psf__calloc((size_t)c, size) : NULL;
+    if (b && a) memcpy(b, a, (size_t)n * size);
+    PSF_FREE(a);
+    *cap = b ? c : 0;
+    return b;
+}
+
+static int psf__md_ieq(const char *a, const char *b, size_t n) { /* case-insensitive prefix compare */
+    for (size_t i = 0; i < n; i++) {
+        const int x = a[i] >= 'A' && a[i] <= 'Z' ? a[i] + 32 : a[i], y = b[i] >= 'A' && b[i] <= 'Z' ? b[i] + 32 : b[i];
+        if (x != y) return 0;
+        if (!x) return 1;
+    }
+    return 1;
+}
+
+void psf_molden_free(psf_molden *mol) {
+    if (!mol) return;
+    PSF_FREE(mol->R); PSF_FREE(mol->Z); PSF_FREE(mol->shells); PSF_FREE(mol->exps); PSF_FREE(mol->coefs);
+    PSF_FREE(mol->norm); PSF_FREE(mol->mo); PSF_FREE(mol->energy); PSF_FREE(mol->occup); PSF_FREE(mol->spin);
+    PSF_FREE(mol->occ[0]); PSF_FREE(mol->occ[1]);
+    memset(mol, 0, sizeof *mol);
+}
+
+static void psf__md_parser_free(psf__md_parser *q) {
+    PSF_FREE(q->atom_num); PSF_FREE(q->shell_line); PSF_FREE(q->shell_atomnum);
+    PSF_FREE(q->c_mo); PSF_FREE(q->c_idx); PSF_FREE(q->c_line); PSF_FREE(q->c_val); PSF_FREE(q->mo_line);
+}
+
+/* (2n - 1)!! for n = 0..7 ((-1)!! = 1) */
+static const double psf__md_dfact[8] = {1, 1, 3, 15, 105, 945, 10395, 135135};
+
+enum { PSF__MD_NONE, PSF__MD_ATOMS, PSF__MD_GTO, PSF__MD_MO, PSF__MD_SKIP };
+
+/* Normalisation (see psf_molden), the basis-function offsets from the flags, the orbital matrix, occupations. */
+static int psf__md_finish(psf__md_parser *q, psf_molden *mol, int pure_d, int pure_f) {
+    const double pi = 3.14159265358979323846;
+    for (int s = 0; s < mol->n_shells; s++) {
+        psf_molden_shell *sh = &mol->shells[s];
+        int a = -1;
+        for (int i = 0; i < mol->n_atoms; i++) if (q->atom_num[i] == q->shell_atomnum[s]) { a = i; break; }
+        if (a < 0)
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected a shell of an atom that [Atoms] lists, got one of atom %d",
+                             q->name, q->shell_line[s], q->shell_atomnum[s]);
+        sh->atom = a;
+        sh->pure = sh->l == 2 ? pure_d : sh->l == 3 ? pure_f : 0;
+        sh->bf0 = mol->n_bf;
+        const int nf = sh->pure ? 2 * sh->l + 1 : (sh->l + 1) * (sh->l + 2) / 2;
+        if (mol->n_bf > 1000000) return psf__fail(PSF_ERR_FORMAT, "%s: expected at most 10^6 basis functions", q->name);
+        mol->n_bf += nf;
+        const double e = sh->l + 1.5;
+        double S = 0;
+        for (int i = 0; i < sh->n_prim; i++)
+            for (int j = 0; j < sh->n_prim; j++) {
+                const double ai = mol->exps[sh->p0 + i], aj = mol->exps[sh->p0 + j];
+                S += mol->coefs[sh->p0 + i] * mol->coefs[sh->p0 + j] * pow(2 * sqrt(ai * aj) / (ai + aj), e);
+            }
+        if (!(S > 0) || !isfinite(S))
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected a contraction with a nonzero norm, got coefficients whose norm is %g",
+                             q->name, q->shell_line[s], S);
+        for (int i = 0; i < sh->n_prim; i++) {
+            const double a2 = 2 * mol->exps[sh->p0 + i];
+            const double N2 = pow(2.0, sh->l + 2) * pow(a2, sh->l + 1) * sqrt(a2 / pi) / psf__md_dfact[sh->l + 1];
+            mol->norm[sh->p0 + i] = mol->coefs[sh->p0 + i] * sqrt(N2 / S);
+            if (!isfinite(mol->norm[sh->p0 + i]))
+                return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected exponents and coefficients with finite normalised values",
+                                 q->name, q->shell_line[s]);
+        }
+    }
+    if (mol->n_bf == 0) return psf__fail(PSF_ERR_FORMAT, "%s: expected a [GTO] section with at least one shell", q->name);
+    if ((size_t)mol->n_mo * (size_t)mol->n_bf > ((size_t)1 << 27))
+        return psf__fail(PSF_ERR_FORMAT, "%s: expected at most 2^27 orbital coefficients, got %d orbitals x %d basis functions",
+                         q->name, mol->n_mo, mol->n_bf);
+    mol->mo = (double *)psf__calloc((size_t)mol->n_mo * (size_t)mol->n_bf, sizeof(double));
+    unsigned char *seen = (unsigned char *)psf__calloc((size_t)mol->n_mo * (size_t)mol->n_bf, 1);
+    if (!mol->mo || !seen) { PSF_FREE(seen); return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", q->name); }
+    for (int c = 0; c < q->n_c; c++) {
+        if (q->c_idx[c] > mol->n_bf) {
+            PSF_FREE(seen);
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected an orbital coefficient index 1..%d (the basis functions of [GTO]), got %d",
+                             q->name, q->c_line[c], mol->n_bf, q->c_idx[c]);
+        }
+        const size_t at = (size_t)q->c_mo[c] * mol->n_bf + (size_t)(q->c_idx[c] - 1);
+        if (seen[at]) {
+            PSF_FREE(seen);
+            return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected each coefficient index once per orbital, got index %d again",
+                             q->name, q->c_line[c], q->c_idx[c]);
+        }
+        seen[at] = 1;
+        mol->mo[at] = q->c_val[c];
+    }
+    PSF_FREE(seen);
+    for (int k = 0; k < mol->n_mo; k++) if (mol->spin[k]) mol->unrestricted = 1;
+    mol->occ[0] = (int *)psf__calloc((size_t)mol->n_mo + 1, sizeof(int));
+    mol->occ[1] = (int *)psf__calloc((size_t)mol->n_mo + 1, sizeof(int));
+    if (!mol->occ[0] || !mol->occ[1]) return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", q->name);
+    for (int k = 0; k < mol->n_mo; k++) {
+        const double o = mol->occup[k];
+        const int n = o > -0.5 && o < 2.5 ? (int)floor(o + 0.5) : -1; /* (int) of 1e80 would be undefined */
+        if (n < 0 || fabs(o - n) > 1e-6 || n > (mol->unrestricted ? 1 : 2)) { if (!mol->fractional) mol->fractional = k + 1; continue; }
+        if (mol->unrestricted) { if (n == 1) mol->occ[mol->spin[k]][mol->n_occ[mol->spin[k]]++] = k; }
+        else {
+            if (n >= 1) mol->occ[0][mol->n_occ[0]++] = k;
+            if (n == 2) mol->occ[1][mol->n_occ[1]++] = k;
+        }
+    }
+    return PSF_OK;
+}
+
+static int psf__md_parse(psf__md_parser *q, psf_molden *mol) {
+    const double bohr_per_angstrom = 1 / 0.529177210903; /* CODATA 2018 */
+    int section = PSF__MD_NONE, seen_atoms = 0, seen_gto = 0, seen_mo = 0, pure_d = 0, pure_f = 0;
+    double unit = 1;
+    int gto_atom = -1;   /* the [GTO] atom being read (its number in [Atoms]), -1: none yet */
+    int mo_has_coef = 0; /* the current orbital has coefficient lines (the next key starts a new one) */
+    int mo_occ_set = 0, mo_line = 0;
+    int cap_R = 0, cap_Z = 0, cap_sh = 0, cap_e = 0, cap_c = 0, cap_n = 0, cap_en = 0, cap_oc = 0, cap_sp = 0, cap_ml = 0;
+    int cap_shl = 0, cap_sha = 0, cap_cm = 0, cap_ci = 0, cap_cl = 0, cap_cv = 0;
+#define PSF__MD_GROW(arr, cap, n, type) \
+    if (!((arr) = (type *)psf__md_grow((arr), &(cap), (n), sizeof(type)))) return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", q->name)
+    while (psf__md_next(q)) {
+        const char *s = psf__md_skip(q->buf);
+        if (*s == '[') {
+            const char *close = strchr(s, ']');
+            if (!close) return psf__md_err(q, "a section name in brackets, [NAME]");
+            const size_t n = (size_t)(close - s - 1);
+            const char *nm = s + 1, *rest = psf__md_skip(close + 1);
+            if (section == PSF__MD_MO && mo_line && !mo_occ_set) {
+                return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected an Occup= line for the orbital that starts here", q->name, mo_line);
+            }
+#define PSF__MD_IS(lit) (n == sizeof(lit) - 1 && psf__md_ieq(nm, lit, n))
+            if (PSF__MD_IS("Atoms")) {
+                if (seen_atoms) return psf__md_err(q, "one [Atoms] section");
+                seen_atoms = 1;
+                section = PSF__MD_ATOMS;
+                if (psf__md_ieq(rest, "AU", 2) || psf__md_ieq(rest, "(AU)", 4) || psf__md_ieq(rest, "bohr", 4)) unit = 1;
+                else if (psf__md_ieq(rest, "Ang", 3) || psf__md_ieq(rest, "(Ang", 4)) unit = bohr_per_angstrom;
+                else return psf__md_err(q, "[Atoms] AU or [Atoms] Angs (the unit of the coordinates)");
+            } else if (PSF__MD_IS("GTO")) {
+                if (seen_gto) return psf__md_err(q, "one [GTO] section");
+                seen_gto = 1;
+                section = PSF__MD_GTO;
+                gto_atom = -1;
+            } else if (PSF__MD_IS("MO")) {
+                if (seen_mo) return psf__md_err(q, "one [MO] section");
+                seen_mo = 1;
+                section = PSF__MD_MO;
+                mo_has_coef = 1; /* so that the first key line starts orbital 1 */
+                mo_line = 0;
+            } else if (PSF__MD_IS("5D") || PSF__MD_IS("5D7F")) { pure_d = pure_f = 1; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("5D10F")) { pure_d = 1; pure_f = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("7F")) { pure_f = 1; section = PSF__MD_NONE; } /* d as before: PySCF writes [5d] [7f] */
+            else if (PSF__MD_IS("10F")) { pure_f = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("6D")) { pure_d = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("6D10F")) { pure_d = pure_f = 0; section = PSF__MD_NONE; }
+            else if (PSF__MD_IS("9G") || PSF__MD_IS("15G")) section = PSF__MD_NONE; /* g shells are refused where they appear */
+            else section = PSF__MD_SKIP;
+#undef PSF__MD_IS
+            continue;
+        }
+        if (section == PSF__MD_NONE || section == PSF__MD_SKIP) continue;
+        if (*s == 0) { if (section == PSF__MD_GTO) gto_atom = -1; continue; } /* a blank line ends a [GTO] atom */
+        if (q->truncated) return psf__md_err(q, "a line shorter than 255 characters");
+        if (section == PSF__MD_ATOMS) {
+            /* name number Z x y z */
+            const char *t = s;
+            while (*t && *t != ' ' && *t != '\t') t++;
+            long num, Zi;
+            double Z = 0, x[3];
+            if (psf__md_int(&t, 1, INT_MAX, &num) || psf__md_int(&t, 0, 200, &Zi) || psf__md_num(&t, &x[0]) ||
+                psf__md_num(&t, &x[1]) || psf__md_num(&t, &x[2]) || !psf__md_eol(t))
+                return psf__md_err(q, "an atom line 'name number Z x y z' (number >= 1, Z in 0..200, coordinates)");
+            Z = (double)Zi;
+            for (int i = 0; i < mol->n_atoms; i++)
+                if (q->atom_num[i] == (int)num) return psf__md_err(q, "a new atom number (each atom's number once)");
+            const int k = mol->n_atoms;
+            PSF__MD_GROW(mol->R, cap_R, 3 * k + 2, double);
+            PSF__MD_GROW(mol->Z, cap_Z, k, double);
+            PSF__MD_GROW(q->atom_num, q->cap_atoms, k, int);
+            for (int c = 0; c < 3; c++) mol->R[3 * k + c] = x[c] * unit;
+            mol->Z[k] = Z;
+            q->atom_num[k] = (int)num;
+            mol->n_atoms++;
+        } else if (section == PSF__MD_GTO) {
+            const char *t = s;
+            if (gto_atom < 0) {
+                long num, zero;
+                if (psf__md_int(&t, 1, INT_MAX, &num) || (!psf__md_eol(t) && (psf__md_int(&t, 0, 0, &zero) || !psf__md_eol(t))))
+                    return psf__md_err(q, "a [GTO] atom line 'atom_number 0'");
+                gto_atom = (int)num;
+                continue;
+            }
+            /* shell line: label n_prim [scale] */
+            char lab[4] = {0};
+            int nl = 0;
+            while (*t && *t != ' ' && *t != '\t' && nl < 3) { lab[nl++] = (char)(*t >= 'A' && *t <= 'Z' ? *t + 32 : *t); t++; }
+            int l = -1, sp = 0;
+            if (*t == ' ' || *t == '\t') {
+                if (!strcmp(lab, "s")) l = 0;
+                else if (!strcmp(lab, "p")) l = 1;
+                else if (!strcmp(lab, "d")) l = 2;
+                else if (!strcmp(lab, "f")) l = 3;
+                else if (!strcmp(lab, "sp")) { l = 0; sp = 1; }
+            }
+            long np;
+            double scale = 1;
+            if (l < 0 || psf__md_int(&t, 1, 1000, &np) || (!psf__md_eol(t) && (psf__md_num(&t, &scale) || !psf__md_eol(t))) ||
+                !(scale > 0))
+                return psf__md_err(q, "a shell line 'label n_primitives [scale]' (label s, p, d, f or sp; 1..1000 "
+                                      "primitives; a positive scale) or a blank line");
+            const int sh_line = q->line;
+            for (int part = 0; part <= sp; part++) {
+                const int k = mol->n_shells;
+                PSF__MD_GROW(mol->shells, cap_sh, k, psf_molden_shell);
+                PSF__MD_GROW(q->shell_line, cap_shl, k, int);
+                PSF__MD_GROW(q->shell_atomnum, cap_sha, k, int);
+                mol->shells[k].l = part ? 1 : l;
+                mol->shells[k].n_prim = (int)np;
+                mol->shells[k].p0 = mol->n_prims + part * (int)np;
+                q->shell_line[k] = sh_line;
+                q->shell_atomnum[k] = gto_atom;
+                mol->n_shells++;
+            }
+            for (int i = 0; i < (sp + 1) * (int)np; i++) {
+                PSF__MD_GROW(mol->exps, cap_e, mol->n_prims + i, double);
+                PSF__MD_GROW(mol->coefs, cap_c, mol->n_prims + i, double);
+                PSF__MD_GROW(mol->norm, cap_n, mol->n_prims + i, double);
+            }
+            for (int i = 0; i < (int)np; i++) {
+                if (!psf__md_next(q)) {
+                    q->buf[0] = 0;
+                    return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected %ld primitive lines after the shell line %d, got the end of the file",
+                                     q->name, q->line + 1, np, sh_line);
+                }
+                const char *u = q->buf;
+                double a, c, c2 = 0;
+                if (q->truncated || psf__md_num(&u, &a) || psf__md_num(&u, &c) || (sp && psf__md_num(&u, &c2)) ||
+                    !psf__md_eol(u) || !(a > 0))
+                    return psf__md_err(q, sp ? "a primitive line 'exponent s_coefficient p_coefficient' (exponent > 0)"
+                                             : "a primitive line 'exponent coefficient' (exponent > 0)");
+                if (!isfinite(a * scale * scale)) return psf__md_err(q, "an exponent whose scaled value is finite");
+                mol->exps[mol->n_prims + i] = a * scale * scale;
+                mol->coefs[mol->n_prims + i] = c;
+                if (sp) { mol->exps[mol->n_prims + np + i] = a * scale * scale; mol->coefs[mol->n_prims + np + i] = c2; }
+            }
+            mol->n_prims += (sp + 1) * (int)np;
+        } else { /* [MO] */
+            const char *eq = strchr(s, '=');
+            if (eq) {
+                if (mo_has_coef) { /* a new orbital */
+                    if (mo_line && !mo_occ_set)
+                        return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected an Occup= line for the orbital that starts here", q->name, mo_line);
+                    const int k = mol->n_mo;
+                    PSF__MD_GROW(mol->energy, cap_en, k, double);
+                    PSF__MD_GROW(mol->occup, cap_oc, k, double);
+                    PSF__MD_GROW(mol->spin, cap_sp, k, int);
+                    PSF__MD_GROW(q->mo_line, cap_ml, k, int);
+                    mol->energy[k] = 0; mol->occup[k] = 0; mol->spin[k] = 0;
+                    q->mo_line[k] = q->line;
+                    mol->n_mo++;
+                    mo_has_coef = 0; mo_occ_set = 0; mo_line = q->line;
+                }
+                const int k = mol->n_mo - 1;
+                const size_t kn = (size_t)(eq - s);
+                const char *v = eq + 1;
+                size_t kl = kn;
+                while (kl && (s[kl - 1] == ' ' || s[kl - 1] == '\t')) kl--;
+                if (kl == 3 && psf__md_ieq(s, "Sym", 3)) { /* any label */ }
+                else if (kl == 3 && psf__md_ieq(s, "Ene", 3)) {
+                    if (psf__md_num(&v, &mol->energy[k]) || !psf__md_eol(v)) return psf__md_err(q, "'Ene= number'");
+                } else if (kl == 4 && psf__md_ieq(s, "Spin", 4)) {
+                    const char *w = psf__md_skip(v);
+                    size_t wl = 0;
+                    while (w[wl] && w[wl] != ' ' && w[wl] != '\t') wl++;
+                    if (wl == 5 && psf__md_ieq(w, "Alpha", 5)) mol->spin[k] = 0;
+                    else if (wl == 4 && psf__md_ieq(w, "Beta", 4)) mol->spin[k] = 1;
+                    else return psf__md_err(q, "'Spin= Alpha' or 'Spin= Beta'");
+                    if (!psf__md_eol(w + wl)) return psf__md_err(q, "'Spin= Alpha' or 'Spin= Beta'");
+                } else if (kl == 5 && psf__md_ieq(s, "Occup", 5)) {
+                    if (psf__md_num(&v, &mol->occup[k]) || !psf__md_eol(v) || mol->occup[k] < 0)
+                        return psf__md_err(q, "'Occup= number' (not negative)");
+                    mo_occ_set = 1;
+                } else return psf__md_err(q, "an orbital key Sym=, Ene=, Spin= or Occup=");
+                continue;
+            }
+            if (mol->n_mo == 0) return psf__md_err(q, "an orbital's Sym=, Ene=, Spin= or Occup= line before its coefficients");
+            const char *t = s;
+            long idx;
+            double c;
+            if (psf__md_int(&t, 1, INT_MAX, &idx) || psf__md_num(&t, &c) || !psf__md_eol(t))
+                return psf__md_err(q, "an orbital coefficient line 'index coefficient' (index >= 1) or a key line");
+            mo_has_coef = 1;
+            const int n = q->n_c;
+            PSF__MD_GROW(q->c_mo, cap_cm, n, int);
+            PSF__MD_GROW(q->c_idx, cap_ci, n, int);
+            PSF__MD_GROW(q->c_line, cap_cl, n, int);
+            PSF__MD_GROW(q->c_val, cap_cv, n, double);
+            q->c_mo[n] = mol->n_mo - 1; q->c_idx[n] = (int)idx; q->c_line[n] = q->line; q->c_val[n] = c;
+            q->n_c++;
+        }
+    }
+#undef PSF__MD_GROW
+    if (section == PSF__MD_MO && mo_line && !mo_occ_set)
+        return psf__fail(PSF_ERR_FORMAT, "%s:%d: expected an Occup= line for the orbital that starts here", q->name, mo_line);
+    if (!seen_atoms || mol->n_atoms == 0) return psf__fail(PSF_ERR_FORMAT, "%s: expected an [Atoms] section with at least one atom", q->name);
+    if (!seen_gto) return psf__fail(PSF_ERR_FORMAT, "%s: expected a [GTO] section", q->name);
+    if (!seen_mo || mol->n_mo == 0) return psf__fail(PSF_ERR_FORMAT, "%s: expected an [MO] section with at least one orbital", q->name);
+    return psf__md_finish(q, mol, pure_d, pure_f);
+}
+
+int psf_molden_parse(psf_molden *mol, const char *text, size_t len, const char *name) {
+    memset(mol, 0, sizeof *mol);
+    psf__md_parser q;
+    memset(&q, 0, sizeof q);
+    q.name = name ? name : "(molden)";
+    q.p = text;
+    q.end = text + len;
+    const int rc = text || !len ? psf__md_parse(&q, mol) : psf__fail(PSF_ERR_ARG, "psf_molden_parse: no text");
+    psf__md_parser_free(&q);
+    if (rc) psf_molden_free(mol);
+    return rc;
+}
+
+int psf_molden_load(psf_molden *mol, const char *path) {
+    memset(mol, 0, sizeof *mol);
+    FILE *f = fopen(path, "rb");
+    if (!f) return psf__fail(PSF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = (char *)PSF_MALLOC(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *b = cap < ((size_t)1 << 34) ? (char *)PSF_MALLOC(2 * cap) : NULL;
+        if (b) memcpy(b, buf, n);
+        PSF_FREE(buf);
+        buf = b;
+        cap *= 2;
+    }
+    const int bad = ferror(f);
+    fclose(f);
+    if (!buf) return psf__fail(PSF_ERR_NOMEM, "%s: out of memory", path);
+    if (bad) { PSF_FREE(buf); return psf__fail(PSF_ERR_IO, "%s: read error", path); }
+    const int rc = psf_molden_parse(mol, buf, n, path);
+    PSF_FREE(buf);
+    return rc;
+}
+
+/* The angular factors P of one shell: up to 10 functions, each a sum of up to 3 terms c x^i y^j z^k (see
+ * psf_molden for the conventions). Returns the number of functions. */
+typedef struct { int n; double c[3]; unsigned char e[3][3]; } psf__md_poly;
+
+static int psf__md_angular(int l, int pure, psf__md_poly *P) {
+    static const unsigned char cart[4][10][3] = {
+        {{0, 0, 0}},
+        {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}},
+        {{2, 0, 0}, {0, 2, 0}, {0, 0, 2}, {1, 1, 0}, {1, 0, 1}, {0, 1, 1}},
+        {{3, 0, 0}, {0, 3, 0}, {0, 0, 3}, {1, 2, 0}, {2, 1, 0}, {2, 0, 1}, {1, 0, 2}, {0, 1, 2}, {0, 2, 1}, {1, 1, 1}}};
+    const double pi = 3.14159265358979323846;
+    if (!pure || l < 2) {
+        const int n = (l + 1) * (l + 2) / 2;
+        for (int f = 0; f < n; f++) {
+            const unsigned char *e = cart[l][f];
+            P[f].n = 1;
+            memcpy(P[f].e[0], e, 3);
+            P[f].c[0] = sqrt((2 * l + 1) / (4 * pi)); /* x^l's factor for every component (see psf_molden) */
+        }
+        return n;
+    }
+    /* real solid harmonics r^l Y_lm, Y normalised on the unit sphere, Molden's order m = 0, +1, -1, +2, -2, ... */
+#define PSF__T(F, K, C, I, J, L) (P[F].c[K] = (C), P[F].e[K][0] = (I), P[F].e[K][1] = (J), P[F].e[K][2] = (L))
+    if (l == 2) {
+        const double a = 0.25 * sqrt(5 / pi), b = 0.5 * sqrt(15 / pi), c = 0.25 * sqrt(15 / pi);
+        P[0].n = 3; PSF__T(0, 0, 2 * a, 0, 0, 2); PSF__T(0, 1, -a, 2, 0, 0); PSF__T(0, 2, -a, 0, 2, 0); /* D0  */
+        P[1].n = 1; PSF__T(1, 0, b, 1, 0, 1);                                                        /* D+1 xz */
+        P[2].n = 1; PSF__T(2, 0, b, 0, 1, 1);                                                        /* D-1 yz */
+        P[3].n = 2; PSF__T(3, 0, c, 2, 0, 0); PSF__T(3, 1, -c, 0, 2, 0);                             /* D+2 x2-y2 */
+        P[4].n = 1; PSF__T(4, 0, b, 1, 1, 0);                                                        /* D-2 xy */
+        return 5;
+    }
+    {
+        const double a = 0.25 * sqrt(7 / pi), b = 0.25 * sqrt(21 / (2 * pi)), c = 0.25 * sqrt(105 / pi),
+                     d = 0.5 * sqrt(105 / pi), e = 0.25 * sqrt(35 / (2 * pi));
+        P[0].n = 3; PSF__T(0, 0, 2 * a, 0, 0, 3); PSF__T(0, 1, -3 * a, 2, 0, 1); PSF__T(0, 2, -3 * a, 0, 2, 1); /* F0 */
+        P[1].n = 3; PSF__T(1, 0, 4 * b, 1, 0, 2); PSF__T(1, 1, -b, 3, 0, 0); PSF__T(1, 2, -b, 1, 2, 0);         /* F+1 */
+        P[2].n = 3; PSF__T(2, 0, 4 * b, 0, 1, 2); PSF__T(2, 1, -b, 2, 1, 0); PSF__T(2, 2, -b, 0, 3, 0);         /* F-1 */
+        P[3].n = 2; PSF__T(3, 0, c, 2, 0, 1); PSF__T(3, 1, -c, 0, 2, 1);                                        /* F+2 */
+        P[4].n = 1; PSF__T(4, 0, d, 1, 1, 1);                                                                   /* F-2 */
+        P[5].n = 2; PSF__T(5, 0, e, 3, 0, 0); PSF__T(5, 1, -3 * e, 1, 2, 0);                                    /* F+3 */
+        P[6].n = 2; PSF__T(6, 0, 3 * e, 2, 1, 0); PSF__T(6, 1, -e, 0, 3, 0);                                    /* F-3 */
+        return 7;
+    }
+#undef PSF__T
+}
+
+/* The functions of shell sh at x: v[nf], g[3 nf], L[nf] (g, L when want_d). chi = P R(r^2): grad chi = grad P R +
+ * 2 r P R', lap chi = lap P R + P (4 l R' + 6 R' + 4 r^2 R'') by Euler's theorem (r . grad P = l P), with
+ * R' = dR/d(r^2) = -sum a d e^{-a r^2}, R'' = sum a^2 d e^{-a r^2}. */
+static int psf__md_shell(const psf_molden *mol, const psf_molden_shell *sh, const psf_real *x, int want_d,
+                         double *v, double *g, double *L) {
+    const double *A = mol->R + 3 * sh->atom;
+    const double r[3] = {x[0] - A[0], x[1] - A[1], x[2] - A[2]}, r2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+    double R = 0, R1 = 0, R2 = 0;
+    for (int p = sh->p0; p < sh->p0 + sh->n_prim; p++) {
+        const double a = mol->exps[p], t = mol->norm[p] * exp(-a * r2);
+        R += t; R1 -= a * t; R2 += a * a * t;
+    }
+    psf__md_poly P[10];
+    const int nf = psf__md_angular(sh->l, sh->pure, P);
+    double pw[3][4];
+    for (int c = 0; c < 3; c++) { pw[c][0] = 1; pw[c][1] = r[c]; pw[c][2] = r[c] * r[c]; pw[c][3] = pw[c][2] * r[c]; }
+    const double radial_lap = (4 * sh->l + 6) * R1 + 4 * r2 * R2;
+    for (int f = 0; f < nf; f++) {
+        double pv = 0, pg[3] = {0, 0, 0}, pl = 0;
+        for (int t = 0; t < P[f].n; t++) {
+            const unsigned char *e = P[f].e[t];
+            const double c = P[f].c[t];
+            pv += c * pw[0][e[0]] * pw[1][e[1]] * pw[2][e[2]];
+            if (!want_d) continue;
+            for (int k = 0; k < 3; k++) {
+                if (!e[k]) continue;
+                const int k1 = (k + 1) % 3, k2 = (k + 2) % 3;
+                pg[k] += c * e[k] * pw[k][e[k] - 1] * pw[k1][e[k1]] * pw[k2][e[k2]];
+                if (e[k] >= 2) pl += c * e[k] * (e[k] - 1) * pw[k][e[k] - 2] * pw[k1][e[k1]] * pw[k2][e[k2]];
+            }
+        }
+        v[f] = pv * R;
+        if (!want_d) continue;
+        for (int k = 0; k < 3; k++) g[3 * f + k] = pg[k] * R + 2 * r[k] * pv * R1;
+        L[f] = pl * R + pv * radial_lap;
+    }
+    return nf;
+}
+
+void psf_molden_basis(const psf_molden *mol, const psf_real *x, double *val, double *grad, double *lap) {
+    double v[10], g[30], L[10];
+    for (int s = 0; s < mol->n_shells; s++) {
+        const psf_molden_shell *sh = &mol->shells[s];
+        const int nf = psf__md_shell(mol, sh, x, grad || lap, v, g, L);
+        for (int f = 0; f < nf; f++) {
+            val[sh->bf0 + f] = v[f];
+            if (grad) for (int k = 0; k < 3; k++) grad[3 * (sh->bf0 + f) + k] = g[3 * f + k];
+            if (lap) lap[sh->bf0 + f] = L[f];
+        }
+    }
+}
+
+static int psf__md_check_occ(const psf_molden *mol, const char *who) {
+    if (mol->fractional)
+        return psf__fail(PSF_ERR_ARG, "%s: orbital %d has Occup= %g; a determinant needs occupations 0 or 1%s", who,
+                         mol->fractional, mol->occup[mol->fractional - 1], mol->unrestricted ? "" : " or 2 (restricted)");
+    if (mol->n_occ[0] + mol->n_occ[1] > PSF_MAX_ELEC)
+        return psf__fail(PSF_ERR_ARG, "%s: %d electrons, more than PSF_MAX_ELEC = %d", who, mol->n_occ[0] + mol->n_occ[1], PSF_MAX_ELEC);
+    if (mol->n_occ[0] + mol->n_occ[1] == 0) return psf__fail(PSF_ERR_ARG, "%s: no occupied orbitals", who);
+    return PSF_OK;
+}
+
+int psf_molden_system(const psf_molden *mol, psf_system *sys) {
+    memset(sys, 0, sizeof *sys);
+    int rc = psf__md_check_occ(mol, "psf_molden_system");
+    if (rc) return rc;
+    if (mol->n_atoms < 1 || mol->n_atoms > PSF_MAX_ATOMS)
+        return psf__fail(PSF_ERR_ARG, "psf_molden_system: %d atoms, more than PSF_MAX_ATOMS = %d (or none)", mol->n_atoms, PSF_MAX_ATOMS);
+    for (int a = 0; a < mol->n_atoms; a++) {
+        if (!(mol->Z[a] >= 1)) return psf__fail(PSF_ERR_ARG, "psf_molden_system: atom %d has charge %g (ghost atoms are not supported)", a + 1, mol->Z[a]);
+        for (int c = 0; c < 3; c++) sys->R[a][c] = mol->R[3 * a + c];
+        sys->Z[a] = mol->Z[a];
+    }
+    sys->n_atoms = mol->n_atoms;
+    sys->n_up = mol->n_occ[0];
+    sys->n_down = mol->n_occ[1];
+    return PSF_OK;
+}
+
+static int psf__md_orbitals(const psf_reference *ref, int spin, const psf_real *x, int n, double *val, double *grad,
+                            double *lap) {
+    const psf_molden *mol = (const psf_molden *)ref->ctx;
+    if (spin < 0 || spin > 1 || n > mol->n_occ[spin])
+        return psf__fail(PSF_ERR_ARG, "psf_reference_molden: %d orbitals of spin %d asked for, %d occupied", n, spin,
+                         spin == 0 || spin == 1 ? mol->n_occ[spin] : 0);
+    const int d = grad || lap;
+    for (int o = 0; o < n; o++) {
+        val[o] = 0;
+        if (grad) grad[3 * o] = grad[3 * o + 1] = grad[3 * o + 2] = 0;
+        if (lap) lap[o] = 0;
+    }
+    double v[10], g[30], L[10];
+    for (int s = 0; s < mol->n_shells; s++) {
+        const psf_molden_shell *sh = &mol->shells[s];
+        const int nf = psf__md_shell(mol, sh, x, d, v, g, L);
+        for (int o = 0; o < n; o++) {
+            const double *C = mol->mo + (size_t)mol->occ[spin][o] * mol->n_bf + sh->bf0;
+            double cv = 0, cg[3] = {0, 0, 0}, cl = 0;
+            for (int f = 0; f < nf; f++) {
+                cv += C[f] * v[f];
+                if (!d) continue;
+                cg[0] += C[f] * g[3 * f]; cg[1] += C[f] * g[3 * f + 1]; cg[2] += C[f] * g[3 * f + 2];
+                cl += C[f] * L[f];
+            }
+            val[o] += cv;
+            if (grad) { grad[3 * o] += cg[0]; grad[3 * o + 1] += cg[1]; grad[3 * o + 2] += cg[2]; }
+            if (lap) lap[o] += cl;
+        }
+    }
+    return PSF_OK;
+}
+
+int psf_reference_molden(psf_reference *ref, const psf_molden *mol) {
+    memset(ref, 0, sizeof *ref);
+    const int rc = psf__md_check_occ(mol, "psf_reference_molden");
+    if (rc) return rc;
+    ref->n_up = mol->n_occ[0];
+    ref->n_down = mol->n_occ[1];
+    ref->orbitals = psf__md_orbitals;
+    ref->ctx = (void *)mol;
+    return PSF_OK;
 }
 
 /* ============================================================================================================

@@ -26,6 +26,7 @@
 
 typedef struct {
     const char *atom, *out, *restore, *xyz;
+    const char *orbitals_from; /* --orbitals-from: a Molden file (NULL: none) */
     int scale_moves, units_bohr, charge, atom_given, units_given, charge_given;
     int spin, steps, eval_steps, checkpoint_every, print_every, pretrain_steps, gap_every;
     double train_minutes, pretrain_lr, damping, norm_constraint; /* damping / constraint: 0 = the optimizer's */
@@ -56,8 +57,11 @@ static void usage(FILE *f) {
             "  --units U            the XYZ file's units: angstrom or bohr (default angstrom)\n"
             "  --charge Q           --xyz: net charge; electrons = sum of nuclear charges - Q (default 0)\n"
             "  --spin S             n_up - n_down (default: an atom's ground state from the built-in table; for\n"
-            "                       --xyz the lowest, 0 or 1)\n"
-            "network\n"
+            "                       --xyz the lowest, 0 or 1; with --orbitals-from alone, the file's occupations)\n"
+            "  --orbitals-from F    a Molden file (e.g. psi4's, tools/hf_orbitals.sh): its occupied orbitals are the\n"
+            "                       pretraining target, and its [Atoms] and occupations the system unless --atom is\n"
+            "                       given (default: an atom and its built-in Hartree-Fock orbitals)\n"
+                        "network\n"
             "  --layers L           self-attention layers (default 2)\n"
             "  --heads H            attention heads (default 4)\n"
             "  --head-dim D         width per head (default 16)\n"
@@ -196,6 +200,7 @@ static int parse_args(int argc, char **argv, options *o) {
             o->charge = (int)q;
             o->charge_given = 1;
         }
+        else if (!strcmp(a, "--orbitals-from")) o->orbitals_from = v;
         else if (!strcmp(a, "--spin")) rc = parse_int(a, v, 0, &o->spin);
         else if (!strcmp(a, "--steps")) rc = parse_int(a, v, 0, &o->steps);
         else if (!strcmp(a, "--eval-steps")) rc = parse_int(a, v, 0, &o->eval_steps);
@@ -247,6 +252,11 @@ static int parse_args(int argc, char **argv, options *o) {
     if (o->xyz && o->atom_given) { fprintf(stderr, "psiformer: --atom and --xyz exclude each other: give one system\n"); return 1; }
     if (!o->xyz && (o->units_given || o->charge_given)) {
         fprintf(stderr, "psiformer: --%s needs --xyz (an ion or a molecule is given as an XYZ file)\n", o->units_given ? "units" : "charge");
+        return 1;
+    }
+    if (o->orbitals_from && !o->atom_given && !o->xyz && o->spin >= 0) {
+        fprintf(stderr, "psiformer: --spin: the spins of a system read with --orbitals-from are its Molden file's "
+                        "occupations (give --atom or --xyz to train that system on these orbitals)\n");
         return 1;
     }
     /* --damping and --norm-constraint belong to the chosen optimizer */
@@ -475,15 +485,26 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
 
 /* ---- 2a. Hartree–Fock pretraining (before the first VMC step of a new run) ------------------------------ */
 
-static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_system *sys, results *r) {
+/* The target: the occupied orbitals of the Molden file mol (--orbitals-from) or, when mol is NULL, the built-in
+ * Hartree-Fock orbitals of the atom. */
+static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_system *sys, const psf_molden *mol,
+                    results *r) {
     psf_reference ref;
-    double e_hf;
-    if (psf_reference_hf_atom(&ref, sys, &e_hf)) { fprintf(stderr, "psiformer: --pretrain-steps: %s\n", psf_last_error()); return 1; }
+    double e_hf = NAN;
+    if (mol ? psf_reference_molden(&ref, mol) : psf_reference_hf_atom(&ref, sys, &e_hf)) {
+        fprintf(stderr, "psiformer: %s: %s\n", mol ? "--orbitals-from" : "--pretrain-steps", psf_last_error());
+        return 1;
+    }
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
-           o->pretrain_lr, v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals", e_hf);
+    const char *target = v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals";
+    if (mol)
+        printf("pretraining: %d steps of Adam (lr %.3g) toward the %s of %s (%d up, %d down occupied)\n",
+               o->pretrain_steps, o->pretrain_lr, target, o->orbitals_from, ref.n_up, ref.n_down);
+    else
+        printf("pretraining: %d steps of Adam (lr %.3g) toward the Hartree-Fock %s (E_HF = %.6f Ha)\n", o->pretrain_steps,
+               o->pretrain_lr, target, e_hf);
     fflush(stdout);
     const int rc = psf_vmc_pretrain(v, &ref, o->pretrain_steps, o->pretrain_lr, loss);
     r->pretrain_seconds = psf_time() - t0;
@@ -580,6 +601,13 @@ static void json_str(json *j, const char *key, const char *s) { json_fmt(j, key,
 static void json_int(json *j, const char *key, long x) { json_fmt(j, key, "%ld", x); }
 static int json_end(json *j) { fprintf(j->f, "\n}\n"); return fclose(j->f); }
 
+/* The net charge of a system: its nuclear charges minus its electrons. */
+static int system_charge(const psf_system *sys) {
+    double z = 0;
+    for (int a = 0; a < sys->n_atoms; a++) z += sys->Z[a];
+    return (int)lround(z) - sys->n_up - sys->n_down;
+}
+
 /* The system of a run: an atom from the built-in table (info), or a molecule from --xyz (mol: its row of the
  * reference table when the geometry, charge and spin match one, else NULL). */
 typedef struct {
@@ -594,6 +622,7 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     if (!j.f) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return; }
     const psf_psiformer_config *pc = &m->cfg.psiformer;
     json_str(&j, "system", si->name);
+    if (o->orbitals_from) json_str(&j, "orbitals_from", o->orbitals_from);
     if (si->info) {
         const psf_atom_info *info = si->info;
         const double error_mha = (r->energy - info->exact) * 1e3;
@@ -609,9 +638,9 @@ static void write_summary(const char *path, const options *o, const psf_model *m
         json_num(&j, "correlation_fraction", ground && info->hf_limit != info->exact ? corr : NAN);
     } else { /* a molecule: the error against the reference table when the geometry matched a row */
         const psf_molecule_info *mol = si->mol;
-        json_str(&j, "xyz", o->xyz);
+        json_str(&j, o->xyz ? "xyz" : "molden", o->xyz ? o->xyz : o->orbitals_from);
         json_int(&j, "n_atoms", m->sys.n_atoms);
-        json_int(&j, "charge", o->charge);
+        json_int(&j, "charge", system_charge(&m->sys));
         json_int(&j, "spin", m->sys.n_up - m->sys.n_down);
         json_int(&j, "n_up", m->sys.n_up);
         json_int(&j, "n_down", m->sys.n_down);
@@ -834,11 +863,18 @@ int main(int argc, char **argv) {
     sysinfo si = {o.atom, NULL, NULL};
     char xyzname[256];
     int ground;
-    if (o.xyz) {
-        if (psf_system_from_xyz(&sys, o.xyz, o.units_bohr, o.charge, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+    /* --orbitals-from: the pretraining target; without --atom or --xyz also the system (its [Atoms] and occupations) */
+    psf_molden mol;
+    memset(&mol, 0, sizeof mol);
+    if (o.orbitals_from && psf_molden_load(&mol, o.orbitals_from)) { fprintf(stderr, "psiformer: --orbitals-from: %s\n", psf_last_error()); return 2; }
+    const int from_molden = o.orbitals_from && !o.atom_given && !o.xyz;
+    const char *source = o.xyz ? o.xyz : o.orbitals_from; /* the file a molecule comes from */
+    if (o.xyz || from_molden) {
+        if (o.xyz && psf_system_from_xyz(&sys, o.xyz, o.units_bohr, o.charge, o.spin)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
+        if (from_molden && psf_molden_system(&mol, &sys)) { fprintf(stderr, "psiformer: --orbitals-from: %s\n", psf_last_error()); return 2; }
         si.mol = psf_molecule_match(&sys, 1e-3); /* bohr */
-        const char *base = strrchr(o.xyz, '/');
-        snprintf(xyzname, sizeof xyzname, "%s", base ? base + 1 : o.xyz);
+        const char *base = strrchr(source, '/');
+        snprintf(xyzname, sizeof xyzname, "%s", base ? base + 1 : source);
         char *dot = strrchr(xyzname, '.');
         if (dot && dot != xyzname) *dot = 0;
         si.name = si.mol ? si.mol->name : xyzname;
@@ -852,7 +888,7 @@ int main(int argc, char **argv) {
     }
     const psf_atom_info *info = si.info;
     char outdir[512], path[1024];
-    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", o.xyz ? xyzname : o.atom);
+    if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", si.info ? o.atom : xyzname);
     if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
     snprintf(path, sizeof path, "%s/.psiformer_write_test", outdir); /* before any training, not after it */
     FILE *probe = fopen(path, "w");
@@ -873,11 +909,11 @@ int main(int argc, char **argv) {
                info->exact, ground ? "" : " (ground state; this run uses another spin)");
     else if (si.mol)
         printf("psiformer.h: %s from %s (%d atoms, charge %d, %d up, %d down), nuclear repulsion %.6f Ha, reference %.6f Ha (%s)\n",
-               si.name, o.xyz, sys.n_atoms, o.charge, sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys), si.mol->energy,
+               si.name, source, sys.n_atoms, system_charge(&sys), sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys), si.mol->energy,
                si.mol->source);
     else
         printf("psiformer.h: %s (%d atoms, charge %d, %d up, %d down), nuclear repulsion %.6f Ha, no reference energy "
-               "for this geometry\n", o.xyz, sys.n_atoms, o.charge, sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys));
+               "for this geometry\n", source, sys.n_atoms, system_charge(&sys), sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys));
     char head[64];
     if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
         snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
@@ -897,13 +933,16 @@ int main(int argc, char **argv) {
     results r;
     memset(&r, 0, sizeof r);
     psf_reference probe_ref;
-    if (o.xyz && o.pretrain_steps > 0 && !o.restore && psf_reference_hf_atom(&probe_ref, &sys, NULL)) {
-        /* The built-in Hartree-Fock target is one neutral ground-state atom; a molecule's orbitals are not built in. */
+    if ((o.xyz || from_molden) && !o.orbitals_from && o.pretrain_steps > 0 && !o.restore &&
+        psf_reference_hf_atom(&probe_ref, &sys, NULL)) {
+        /* The built-in Hartree-Fock target is one neutral ground-state atom; a molecule's orbitals come from a
+         * Molden file (--orbitals-from). */
         printf("pretraining: skipped: the built-in Hartree-Fock orbitals are for one neutral atom H..Ne in its ground "
-               "state, not for this system; training starts from the network's initialisation\n");
+               "state, not for this system (give its orbitals with --orbitals-from FILE.molden); training starts from "
+               "the network's initialisation\n");
         o.pretrain_steps = 0;
     }
-    if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, &r)) return 1;
+    if (o.pretrain_steps > 0 && !o.restore && pretrain(&v, &o, outdir, &sys, o.orbitals_from ? &mol : NULL, &r)) return 1;
     if (train(&v, &o, outdir, &r)) return 1;
     if (r.averaged > 0 && use_average(&v, &o, outdir, &r)) return 1;
     if (evaluate(&v, &o, outdir, &r)) return 1;
@@ -934,5 +973,6 @@ int main(int argc, char **argv) {
                sys.n_up - sys.n_down, info->exact);
     psf_vmc_free(&v);
     psf_model_free(&m);
+    psf_molden_free(&mol);
     return 0;
 }

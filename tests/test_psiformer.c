@@ -981,6 +981,8 @@ TEST driver_rejects_bad_arguments(void) {
         {"carbon", "psiformer: unexpected argument 'carbon' (options start with --; see --help)"},
         {"--steps 0", "psiformer: --steps 0 trains until a wall-time budget: give --train-minutes too"},
         {"--atom Xx", "unknown element 'Xx'"},
+        {"--orbitals-from tests/data/small.molden --spin 1", "psiformer: --spin: the spins of a system read with --orbitals-from are its Molden file's occupations"},
+        {"--orbitals-from build/no-such.molden", "psiformer: --orbitals-from: build/no-such.molden: cannot open"},
         {"--anneal 1.5", "psiformer: --anneal: expected a number from 0 to 1, got '1.5'"},
         {"--anneal-to 0", "psiformer: --anneal-to: expected a number above 0, at most 1, got '0'"},
         {"--average x", "psiformer: --average: expected a number from 0 to 1, got 'x'"},
@@ -2321,12 +2323,591 @@ TEST pfaffian_pretraining_fits_the_hf_pair_matrix(void) {
     PASS();
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * Molden files: the reader, the contracted Gaussians, the occupied orbitals as a reference (issue 10, item 2)
+ * --------------------------------------------------------------------------------------------------------- */
+
+#define SMALL_MOLDEN "tests/data/small.molden"
+#define T_PI 3.14159265358979323846
+
+/* (2n-1)!! with (-1)!! = 1; 0 for the Gaussian moment of an odd power */
+static double t_dfact(int n) { double r = 1; for (int k = 2 * n - 1; k > 1; k -= 2) r *= k; return r; }
+static double t_moment(int i, int j, int k) { /* int x^i y^j z^k e^{-r^2/2}-like moments, up to a common factor */
+    if ((i | j | k) & 1) return 0;
+    return t_dfact(i / 2) * t_dfact(j / 2) * t_dfact(k / 2);
+}
+typedef struct { int n; double c[3]; int e[3][3]; } t_poly;
+
+/* The test's own listing of the angular factors in Molden's order, unnormalised: cartesian monomials, and the
+ * real solid harmonics written as in the Molden format's description (D0 ~ 2z^2 - x^2 - y^2, D+1 ~ xz, ...). */
+static int t_polys(int l, int pure, t_poly *P) {
+    static const int cart[4][10][3] = {
+        {{0, 0, 0}},
+        {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}},
+        {{2, 0, 0}, {0, 2, 0}, {0, 0, 2}, {1, 1, 0}, {1, 0, 1}, {0, 1, 1}},
+        {{3, 0, 0}, {0, 3, 0}, {0, 0, 3}, {1, 2, 0}, {2, 1, 0}, {2, 0, 1}, {1, 0, 2}, {0, 1, 2}, {0, 2, 1}, {1, 1, 1}}};
+    static const t_poly d5[5] = {
+        {3, {2, -1, -1}, {{0, 0, 2}, {2, 0, 0}, {0, 2, 0}}}, {1, {1}, {{1, 0, 1}}}, {1, {1}, {{0, 1, 1}}},
+        {2, {1, -1}, {{2, 0, 0}, {0, 2, 0}}}, {1, {1}, {{1, 1, 0}}}};
+    static const t_poly f7[7] = {
+        {3, {2, -3, -3}, {{0, 0, 3}, {2, 0, 1}, {0, 2, 1}}}, {3, {4, -1, -1}, {{1, 0, 2}, {3, 0, 0}, {1, 2, 0}}},
+        {3, {4, -1, -1}, {{0, 1, 2}, {2, 1, 0}, {0, 3, 0}}}, {2, {1, -1}, {{2, 0, 1}, {0, 2, 1}}},
+        {1, {1}, {{1, 1, 1}}}, {2, {1, -3}, {{3, 0, 0}, {1, 2, 0}}}, {2, {3, -1}, {{2, 1, 0}, {0, 3, 0}}}};
+    if (pure && l == 2) { memcpy(P, d5, sizeof d5); return 5; }
+    if (pure && l == 3) { memcpy(P, f7, sizeof f7); return 7; }
+    const int n = (l + 1) * (l + 2) / 2;
+    for (int f = 0; f < n; f++) { P[f].n = 1; P[f].c[0] = 1; memcpy(P[f].e[0], cart[l][f], sizeof cart[l][f]); }
+    return n;
+}
+
+/* Every basis function of mol at x by the textbook route: primitives normalised as x^l exp(-a r^2), N^2 =
+ * (2a/pi)^(3/2) (4a)^l / (2l-1)!!, the contraction normalised with the Gaussian overlap (pi/(a+b))^(3/2)
+ * (2l-1)!!/(2(a+b))^l, a spherical polynomial divided by its norm relative to x^l from the moments. */
+static void t_direct_basis(const psf_molden *mol, const double *x, double *val) {
+    for (int s = 0; s < mol->n_shells; s++) {
+        const psf_molden_shell *sh = &mol->shells[s];
+        const int l = sh->l;
+        const double *A = mol->R + 3 * sh->atom, r[3] = {x[0] - A[0], x[1] - A[1], x[2] - A[2]};
+        const double r2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+        double S = 0, R = 0;
+        for (int p = 0; p < sh->n_prim; p++) {
+            const double a = mol->exps[sh->p0 + p], ca = mol->coefs[sh->p0 + p];
+            const double Na = sqrt(pow(2 * a / T_PI, 1.5) * pow(4 * a, l) / t_dfact(l));
+            R += ca * Na * exp(-a * r2);
+            for (int q = 0; q < sh->n_prim; q++) {
+                const double b = mol->exps[sh->p0 + q], cb = mol->coefs[sh->p0 + q];
+                const double Nb = sqrt(pow(2 * b / T_PI, 1.5) * pow(4 * b, l) / t_dfact(l));
+                S += ca * cb * Na * Nb * pow(T_PI / (a + b), 1.5) * t_dfact(l) / pow(2 * (a + b), l);
+            }
+        }
+        R /= sqrt(S);
+        t_poly P[10];
+        const int nf = t_polys(l, sh->pure, P);
+        for (int f = 0; f < nf; f++) {
+            double v = 0, n2 = 0;
+            for (int t = 0; t < P[f].n; t++) {
+                v += P[f].c[t] * pow(r[0], P[f].e[t][0]) * pow(r[1], P[f].e[t][1]) * pow(r[2], P[f].e[t][2]);
+                for (int u = 0; u < P[f].n; u++)
+                    n2 += P[f].c[t] * P[f].c[u] * t_moment(P[f].e[t][0] + P[f].e[u][0], P[f].e[t][1] + P[f].e[u][1], P[f].e[t][2] + P[f].e[u][2]);
+            }
+            /* spherical: normalised; cartesian: every component with x^l's normalisation (Molden, psi4) */
+            val[sh->bf0 + f] = sh->pure ? R * v / sqrt(n2 / t_moment(2 * l, 0, 0)) : R * v;
+        }
+    }
+}
+
+static char *t_read_text(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *b = malloc(1 << 16);
+    *len = fread(b, 1, (1 << 16) - 1, f);
+    b[*len] = 0;
+    fclose(f);
+    return b;
+}
+
+/* The hand-written file: atoms converted from angstrom, the sp shell split in two, the scale factor squared on the
+ * exponent, D exponents, spherical d and f from [5D7F], the occupations (2: both spins, 1: alpha only). */
+TEST molden_reads_the_small_file(void) {
+    psf_molden mol;
+    ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_load(&mol, SMALL_MOLDEN));
+    ASSERT_EQ(2, mol.n_atoms);
+    ASSERT_IN_RANGE(1.6 / 0.529177210903, mol.R[5], 1e-12);
+    ASSERT_IN_RANGE(-0.2 / 0.529177210903, mol.R[1], 1e-12);
+    ASSERT_EQ(3.0, mol.Z[0]);
+    ASSERT_EQ(1.0, mol.Z[1]);
+    ASSERT_EQ(7, mol.n_shells); /* s, sp = s + p, d, f; s, p */
+    int ls[7] = {0, 0, 1, 2, 3, 0, 1}, pure[7] = {0, 0, 0, 1, 1, 0, 0}, atom[7] = {0, 0, 0, 0, 0, 1, 1};
+    for (int s = 0; s < 7; s++) {
+        ASSERT_EQ(ls[s], mol.shells[s].l);
+        ASSERT_EQ(pure[s], mol.shells[s].pure);
+        ASSERT_EQ(atom[s], mol.shells[s].atom);
+    }
+    ASSERT_EQ(0.3, mol.coefs[mol.shells[2].p0]); /* the sp shell's p coefficients */
+    ASSERT_IN_RANGE(0.5 * 1.2 * 1.2, mol.exps[mol.shells[6].p0], 1e-15);
+    ASSERT_EQ(1.0, mol.coefs[mol.shells[6].p0]);
+    ASSERT_EQ(1 + 1 + 3 + 5 + 7 + 1 + 3, mol.n_bf);
+    ASSERT_EQ(3, mol.n_mo);
+    ASSERT_EQ(-0.3, mol.energy[1]);
+    ASSERT_EQ(0, mol.unrestricted);
+    ASSERT_EQ(2, mol.n_occ[0]);
+    ASSERT_EQ(1, mol.n_occ[1]);
+    ASSERT_EQ(0, mol.occ[0][0]); ASSERT_EQ(1, mol.occ[0][1]); ASSERT_EQ(0, mol.occ[1][0]);
+    ASSERT_EQ(0.6, mol.mo[2 * mol.n_bf + 17]);
+    ASSERT_EQ(0.0, mol.mo[2 * mol.n_bf + 5]); /* not given: 0 */
+    psf_system sys;
+    ASSERT_EQ(PSF_OK, psf_molden_system(&mol, &sys));
+    ASSERT_EQ(2, sys.n_atoms); ASSERT_EQ(2, sys.n_up); ASSERT_EQ(1, sys.n_down);
+    ASSERT_EQ(mol.R[3], sys.R[1][0]);
+    ASSERT_EQ(1.0, sys.Z[1]);
+    psf_reference ref;
+    ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+    ASSERT_EQ(2, ref.n_up); ASSERT_EQ(1, ref.n_down);
+    psf_molden_free(&mol);
+    ASSERT_EQ(NULL, mol.mo);
+    PASS();
+}
+
+/* Replaces the first occurrence of `from` in text by `to` (into out). */
+static void t_replace(const char *text, const char *from, const char *to, char *out, size_t cap) {
+    const char *at = strstr(text, from);
+    if (!at) { snprintf(out, cap, "%s", text); return; }
+    snprintf(out, cap, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+}
+
+/* Basis function values against the textbook evaluation above, spherical ([5D7F]) and cartesian (flag removed),
+ * at points around both nuclei; and the orbitals of the reference as the coefficient-weighted sums. */
+TEST molden_basis_matches_direct_evaluation(void) {
+    size_t len;
+    char *text = t_read_text(SMALL_MOLDEN, &len), *cart = malloc(len + 64);
+    ASSERT(text != NULL);
+    t_replace(text, "[5D7F]", "", cart, len + 64);
+    for (int variant = 0; variant < 2; variant++) {
+        psf_molden mol;
+        const char *t = variant ? cart : text;
+        ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_parse(&mol, t, strlen(t), variant ? "cart" : "sph"));
+        ASSERT_EQ(variant ? 1 + 1 + 3 + 6 + 10 + 1 + 3 : 21, mol.n_bf);
+        psf_rng r;
+        psf_rng_seed(&r, 5, (uint64_t)variant);
+        double worst = 0;
+        for (int k = 0; k < 20; k++) {
+            psf_real x[3];
+            for (int c = 0; c < 3; c++) x[c] = mol.R[3 * (k & 1) + c] + 1.1 * psf_rng_normal(&r);
+            double v[32], d[32];
+            psf_molden_basis(&mol, x, v, NULL, NULL);
+            t_direct_basis(&mol, x, d);
+            for (int b = 0; b < mol.n_bf; b++) worst = fmax(worst, fabs(v[b] - d[b]) / fmax(1e-3, fabs(d[b])));
+            /* the reference's orbitals: sum_b C_ob chi_b */
+            psf_reference ref;
+            ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+            double phi[2];
+            ASSERT_EQ(PSF_OK, ref.orbitals(&ref, 0, x, 2, phi, NULL, NULL));
+            for (int o = 0; o < 2; o++) {
+                double e = 0;
+                for (int b = 0; b < mol.n_bf; b++) e += mol.mo[(size_t)mol.occ[0][o] * mol.n_bf + b] * d[b];
+                worst = fmax(worst, fabs(phi[o] - e) / fmax(1e-3, fabs(e)));
+            }
+        }
+        if (greatest_info.verbose) printf("    %s: worst rel. error %.2e\n", variant ? "cartesian" : "spherical", worst);
+        ASSERT_IN_RANGE(0.0, worst, 1e-12);
+        psf_molden_free(&mol);
+    }
+    free(text); free(cart);
+    PASS();
+}
+
+/* Gauss-Legendre nodes and weights on [-1, 1] (Newton on P_n) */
+static void t_gauss_legendre(int n, double *x, double *w) {
+    for (int i = 0; i < n; i++) {
+        double z = cos(T_PI * (i + 0.75) / (n + 0.5)), dp = 1;
+        for (int it = 0; it < 100; it++) {
+            double p0 = 1, p1 = z;
+            for (int k = 2; k <= n; k++) { const double p2 = ((2 * k - 1) * z * p1 - (k - 1) * p0) / k; p0 = p1; p1 = p2; }
+            dp = n * (z * p1 - p0) / (z * z - 1);
+            const double dz = p1 / dp;
+            z -= dz;
+            if (fabs(dz) < 1e-15) break;
+        }
+        x[i] = z;
+        w[i] = 2 / ((1 - z * z) * dp * dp);
+    }
+}
+
+/* Overlaps of the basis functions on one nucleus by quadrature around it (radial trapezoid, Gauss-Legendre in
+ * cos(theta), uniform in phi: exact for these polynomials): spherical functions of a shell are orthonormal;
+ * cartesian ones, all with x^l's normalisation, have the overlaps of their monomials relative to x^l's:
+ * <xx|xx> = 1, <xy|xy> = <xx|yy> = 1/3, <xyz|xyz> = 1/15, 0 between different parities. */
+TEST molden_basis_is_normalised(void) {
+    size_t len;
+    char *text = t_read_text(SMALL_MOLDEN, &len), *cart = malloc(len + 64);
+    ASSERT(text != NULL);
+    t_replace(text, "[5D7F]", "", cart, len + 64);
+    enum { NR = 600, NT = 14, NP = 16 };
+    double ct[NT], wt[NT];
+    t_gauss_legendre(NT, ct, wt);
+    for (int variant = 0; variant < 2; variant++) {
+        psf_molden mol;
+        const char *t = variant ? cart : text;
+        ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, t, strlen(t), "x"));
+        const int nb = mol.n_bf;
+        double *S = calloc((size_t)nb * nb, sizeof(double)), v[32];
+        const double rmax = 16, h = rmax / NR;
+        for (int ir = 1; ir <= NR; ir++)
+            for (int it = 0; it < NT; it++)
+                for (int ip = 0; ip < NP; ip++) {
+                    const double rr = ir * h, st = sqrt(1 - ct[it] * ct[it]), ph = 2 * T_PI * ip / NP;
+                    const psf_real x[3] = {mol.R[0] + rr * st * cos(ph), mol.R[1] + rr * st * sin(ph), mol.R[2] + rr * ct[it]};
+                    psf_molden_basis(&mol, x, v, NULL, NULL);
+                    const double w = h * rr * rr * wt[it] * 2 * T_PI / NP;
+                    for (int a = 0; a < nb; a++)
+                        for (int b = 0; b < nb; b++) S[a * nb + b] += w * v[a] * v[b];
+                }
+        double worst = 0;
+        for (int s = 0; s < mol.n_shells; s++) {
+            const psf_molden_shell *sh = &mol.shells[s];
+            if (sh->atom != 0) continue;
+            const int nf = sh->pure ? 2 * sh->l + 1 : (sh->l + 1) * (sh->l + 2) / 2;
+            for (int f = 0; f < nf; f++)
+                for (int g = 0; g < nf; g++) {
+                    double expect = f == g;
+                    if (!sh->pure) {
+                        t_poly P[10];
+                        t_polys(sh->l, 0, P);
+                        const int *a = P[f].e[0], *b = P[g].e[0];
+                        expect = t_moment(a[0] + b[0], a[1] + b[1], a[2] + b[2]) / t_moment(2 * sh->l, 0, 0);
+                        if (sh->l == 2 && f == 3 && g == 3) ASSERT_IN_RANGE(1 / 3.0, expect, 1e-15);  /* <xy|xy> */
+                        if (sh->l == 3 && f == 9 && g == 9) ASSERT_IN_RANGE(1 / 15.0, expect, 1e-15); /* <xyz|xyz> */
+                    }
+                    worst = fmax(worst, fabs(S[(sh->bf0 + f) * nb + sh->bf0 + g] - expect));
+                }
+        }
+        if (greatest_info.verbose) printf("    %s: worst overlap error %.2e\n", variant ? "cartesian" : "spherical", worst);
+        ASSERT_IN_RANGE(0.0, worst, 1e-9);
+        free(S);
+        psf_molden_free(&mol);
+    }
+    free(text); free(cart);
+    PASS();
+}
+
+/* The conventions against psi4's own metric: psi4 1.3.2 (tools/hf_orbitals.sh; for F, the same input with
+ * `puream` set) wrote the UHF orbitals of the Ne atom in 6-31G* (cartesian d: [GTO] without flags) and cc-pVDZ
+ * (spherical d: [5D]) and of the F atom (doublet) in cc-pVTZ with spherical and with cartesian d and f, all alpha
+ * orbitals including the virtual d and f ones. Read with the reader's normalisation and component conventions they must be
+ * orthonormal: <phi_i|phi_j> = delta_ij by quadrature around the nucleus (u = ln r trapezoid, Gauss-Legendre in
+ * cos(theta), uniform in phi). Every cartesian component normalised by itself instead would make these xy-type
+ * virtual orbitals' norms about 3 (found so: psi4 writes x^l's factor for every component). */
+TEST molden_psi4_orbitals_are_orthonormal(void) {
+    static const char *files[4] = {"tests/data/ne_631gs_psi4.molden", "tests/data/ne_ccpvdz_psi4.molden",
+                                   "tests/data/f_ccpvtz_psi4.molden", "tests/data/f_ccpvtz_cart_psi4.molden"};
+    static const int n_bf[4] = {15, 14, 30, 35}, n_down[4] = {5, 5, 4, 4};
+    enum { NU = 1500, NT = 14, NP = 16 };
+    double ct[NT], wt[NT];
+    t_gauss_legendre(NT, ct, wt);
+    for (int f = 0; f < 4; f++) {
+        psf_molden mol;
+        ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_load(&mol, files[f]));
+        ASSERT_EQ(n_bf[f], mol.n_bf);
+        ASSERT_EQ(1, mol.unrestricted);
+        ASSERT_EQ(5, mol.n_occ[0]); ASSERT_EQ(n_down[f], mol.n_occ[1]);
+        const int nb = mol.n_bf, n = nb; /* the alpha orbitals come first */
+        for (int k = 0; k < n; k++) ASSERT_EQ(0, mol.spin[k]);
+        double *S = calloc((size_t)n * n, sizeof(double)), v[40], phi[40];
+        const double u0 = -12, u1 = 3.6, du = (u1 - u0) / NU;
+        for (int iu = 0; iu <= NU; iu++)
+            for (int it = 0; it < NT; it++)
+                for (int ip = 0; ip < NP; ip++) {
+                    const double rr = exp(u0 + iu * du), st = sqrt(1 - ct[it] * ct[it]), ph = 2 * T_PI * ip / NP;
+                    const psf_real x[3] = {mol.R[0] + rr * st * cos(ph), mol.R[1] + rr * st * sin(ph), mol.R[2] + rr * ct[it]};
+                    psf_molden_basis(&mol, x, v, NULL, NULL);
+                    for (int i = 0; i < n; i++) {
+                        phi[i] = 0;
+                        for (int b = 0; b < nb; b++) phi[i] += mol.mo[(size_t)i * nb + b] * v[b];
+                    }
+                    const double w = du * rr * rr * rr * wt[it] * 2 * T_PI / NP * (iu == 0 || iu == NU ? 0.5 : 1);
+                    for (int i = 0; i < n; i++)
+                        for (int j = 0; j < n; j++) S[i * n + j] += w * phi[i] * phi[j];
+                }
+        double worst = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) worst = fmax(worst, fabs(S[i * n + j] - (i == j)));
+        if (greatest_info.verbose) printf("    %s: worst |<i|j> - delta_ij| %.2e\n", files[f], worst);
+        ASSERT_IN_RANGE(0.0, worst, 1e-6);
+        free(S);
+        psf_molden_free(&mol);
+    }
+    PASS();
+}
+
+/* Gradients against central differences of the values, Laplacians against central differences of the analytic
+ * gradients: every basis function (spherical and cartesian), the reference's orbitals, and log|psi_ref| of the
+ * Molden determinant through psf_reference_wavefunction. */
+TEST molden_derivatives_match_finite_differences(void) {
+    size_t len;
+    char *text = t_read_text(SMALL_MOLDEN, &len), *cart = malloc(len + 64);
+    ASSERT(text != NULL);
+    t_replace(text, "[5D7F]", "", cart, len + 64);
+    const double h = 1e-5;
+    for (int variant = 0; variant < 2; variant++) {
+        psf_molden mol;
+        const char *t = variant ? cart : text;
+        ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, t, strlen(t), "x"));
+        const int nb = mol.n_bf;
+        psf_rng r;
+        psf_rng_seed(&r, 8, (uint64_t)variant);
+        double worst = 0;
+        for (int k = 0; k < 10; k++) {
+            psf_real x[3], xp[3];
+            for (int c = 0; c < 3; c++) x[c] = mol.R[3 * (k & 1) + c] + 0.9 * psf_rng_normal(&r);
+            double v[32], g[96], L[32], vp[32], vm[32], gp[96], gm[96], lfd[32] = {0};
+            psf_molden_basis(&mol, x, v, g, L);
+            for (int c = 0; c < 3; c++) {
+                memcpy(xp, x, sizeof xp); xp[c] += h; psf_molden_basis(&mol, xp, vp, gp, NULL);
+                memcpy(xp, x, sizeof xp); xp[c] -= h; psf_molden_basis(&mol, xp, vm, gm, NULL);
+                for (int b = 0; b < nb; b++) {
+                    worst = fmax(worst, fabs((vp[b] - vm[b]) / (2 * h) - g[3 * b + c]) / fmax(1, fabs(g[3 * b + c])));
+                    lfd[b] += (gp[3 * b + c] - gm[3 * b + c]) / (2 * h);
+                }
+            }
+            for (int b = 0; b < nb; b++) worst = fmax(worst, fabs(lfd[b] - L[b]) / fmax(1, fabs(L[b])));
+            /* the reference's orbitals of both spins */
+            psf_reference ref;
+            ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+            for (int s = 0; s < 2; s++) {
+                const int n = s ? ref.n_down : ref.n_up;
+                double ov[4], og[12], ol[4], ovp[4], ovm[4], ogp[12], ogm[12], olfd[4] = {0};
+                ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, x, n, ov, og, ol));
+                for (int c = 0; c < 3; c++) {
+                    memcpy(xp, x, sizeof xp); xp[c] += h; ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, xp, n, ovp, ogp, NULL));
+                    memcpy(xp, x, sizeof xp); xp[c] -= h; ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, xp, n, ovm, ogm, NULL));
+                    for (int o = 0; o < n; o++) {
+                        worst = fmax(worst, fabs((ovp[o] - ovm[o]) / (2 * h) - og[3 * o + c]) / fmax(1, fabs(og[3 * o + c])));
+                        olfd[o] += (ogp[3 * o + c] - ogm[3 * o + c]) / (2 * h);
+                    }
+                }
+                for (int o = 0; o < n; o++) worst = fmax(worst, fabs(olfd[o] - ol[o]) / fmax(1, fabs(ol[o])));
+            }
+        }
+        /* log|psi_ref| of 3 electrons */
+        psf_reference ref;
+        ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+        psf_wavefunction wf = psf_reference_wavefunction(&ref);
+        void *ws = wf.ws_new(wf.ctx);
+        ASSERT(ws != NULL);
+        const int D = 3 * wf.n_elec;
+        psf_real x[9], xp[9], g[9], gp[9], gm[9], lap;
+        for (int d = 0; d < D; d++) x[d] = mol.R[d % 3 + 3 * (d >= 6)] + 0.8 * psf_rng_normal(&r);
+        int sg;
+        wf.jet(wf.ctx, ws, x, g, &lap, &sg);
+        ASSERT(sg != 0);
+        double lfd = 0;
+        for (int d = 0; d < D; d++) {
+            memcpy(xp, x, sizeof(psf_real) * D);
+            xp[d] += h; const double fp = wf.jet(wf.ctx, ws, xp, gp, NULL, &sg);
+            xp[d] -= 2 * h; const double fm = wf.jet(wf.ctx, ws, xp, gm, NULL, &sg);
+            worst = fmax(worst, fabs((fp - fm) / (2 * h) - g[d]) / fmax(1, fabs(g[d])));
+            lfd += (gp[d] - gm[d]) / (2 * h);
+        }
+        worst = fmax(worst, fabs(lfd - lap) / fmax(1, fabs(lap)));
+        wf.ws_free(wf.ctx, ws);
+        if (greatest_info.verbose) printf("    %s: worst rel. error %.2e\n", variant ? "cartesian" : "spherical", worst);
+        ASSERT_IN_RANGE(0.0, worst, 1e-6);
+        psf_molden_free(&mol);
+    }
+    free(text); free(cart);
+    PASS();
+}
+
+/* Every malformed line is refused with "file:line: expected ..." naming it, nothing is left allocated, and a
+ * well-formed variant of each mutation's neighbourhood parses (the base text below). */
+static const char t_molden_base[] =
+    "[Molden Format]\n"                 /*  1 */
+    "[Atoms] AU\n"                      /*  2 */
+    "H 1 1 0.0 0.0 0.0\n"               /*  3 */
+    "H 2 1 0.0 0.0 1.4\n"               /*  4 */
+    "[GTO]\n"                           /*  5 */
+    "1 0\n"                             /*  6 */
+    " s 2 1.00\n"                       /*  7 */
+    " 1.2 0.5\n"                        /*  8 */
+    " 0.3 0.6\n"                        /*  9 */
+    "\n"                                /* 10 */
+    "2 0\n"                             /* 11 */
+    " sp 1 1.00\n"                      /* 12 */
+    " 0.8 1.0 1.0\n"                    /* 13 */
+    "\n"                                /* 14 */
+    "[MO]\n"                            /* 15 */
+    " Sym= A\n"                         /* 16 */
+    " Ene= -0.6\n"                      /* 17 */
+    " Spin= Alpha\n"                    /* 18 */
+    " Occup= 2.0\n"                     /* 19 */
+    " 1 0.5\n"                          /* 20 */
+    " 2 0.5\n"                          /* 21 */
+    " Sym= A\n"                         /* 22 */
+    " Occup= 0.0\n"                     /* 23 */
+    " 1 0.5\n";                         /* 24 */
+
+TEST molden_malformed_lines_are_refused_with_their_line(void) {
+    static const struct { const char *from, *to, *msg; } cases[] = {
+        {"[Atoms] AU", "[Atoms] furlongs", "bad.molden:2: expected [Atoms] AU or [Atoms] Angs"},
+        {"[Atoms] AU", "[Atoms]", "bad.molden:2: expected [Atoms] AU or [Atoms] Angs"},
+        {"H 2 1 0.0 0.0 1.4", "H 2 1 0.0 0.0", "bad.molden:4: expected an atom line 'name number Z x y z'"},
+        {"H 2 1 0.0 0.0 1.4", "H 2 one 0.0 0.0 1.4", "bad.molden:4: expected an atom line"},
+        {"H 2 1 0.0 0.0 1.4", "H 2 1 0.0 nan 1.4", "bad.molden:4: expected an atom line"},
+        {"H 2 1 0.0 0.0 1.4", "H 2 1 0.0 0.0 1.4 7", "bad.molden:4: expected an atom line"},
+        {"H 2 1 0.0 0.0 1.4", "H 1 1 0.0 0.0 1.4", "bad.molden:4: expected a new atom number"},
+        {"[GTO]\n1 0", "[GTO]\none 0", "bad.molden:6: expected a [GTO] atom line 'atom_number 0'"},
+        {" s 2 1.00", " g 2 1.00", "bad.molden:7: expected a shell line 'label n_primitives [scale]'"},
+        {" s 2 1.00", " s two", "bad.molden:7: expected a shell line"},
+        {" s 2 1.00", " s 2 -1.0", "bad.molden:7: expected a shell line"},
+        {" 1.2 0.5", " 1.2", "bad.molden:8: expected a primitive line 'exponent coefficient' (exponent > 0)"},
+        {" 1.2 0.5", " -1.2 0.5", "bad.molden:8: expected a primitive line 'exponent coefficient'"},
+        {" 1.2 0.5", " 1.2 0x1p3", "bad.molden:8: expected a primitive line 'exponent coefficient'"},
+        {" 0.8 1.0 1.0", " 0.8 1.0", "bad.molden:13: expected a primitive line 'exponent s_coefficient p_coefficient'"},
+        {" 1.2 0.5\n 0.3 0.6", " 1.2 0.0\n 0.3 0.0", "bad.molden:7: expected a contraction with a nonzero norm"},
+        {"2 0\n sp", "3 0\n sp", "bad.molden:12: expected a shell of an atom that [Atoms] lists, got one of atom 3"},
+        {" Spin= Alpha", " Spin= Gamma", "bad.molden:18: expected 'Spin= Alpha' or 'Spin= Beta'"},
+        {" Ene= -0.6", " Ene= low", "bad.molden:17: expected 'Ene= number'"},
+        {" Occup= 2.0", " Occup= two", "bad.molden:19: expected 'Occup= number' (not negative)"},
+        {" Occup= 2.0", " Occup= -1", "bad.molden:19: expected 'Occup= number' (not negative)"},
+        {" Sym= A\n Ene", " Colour= A\n Ene", "bad.molden:16: expected an orbital key Sym=, Ene=, Spin= or Occup="},
+        {" 1 0.5\n 2 0.5", " 1 0.5\n 2 half", "bad.molden:21: expected an orbital coefficient line 'index coefficient'"},
+        {" 1 0.5\n 2 0.5", " 1 0.5\n 0 0.5", "bad.molden:21: expected an orbital coefficient line 'index coefficient'"},
+        {" 1 0.5\n 2 0.5", " 1 0.5\n 9 0.5", "bad.molden:21: expected an orbital coefficient index 1..5 (the basis functions of [GTO]), got 9"},
+        {" 1 0.5\n 2 0.5", " 1 0.5\n 1 0.5", "bad.molden:21: expected each coefficient index once per orbital"},
+        {" Sym= A\n Occup= 0.0", " Sym= A\n Ene= 0.0", "bad.molden:22: expected an Occup= line for the orbital that starts here"},
+        {"[MO]\n Sym= A", "[MO]\n 1 0.5", "bad.molden:16: expected an orbital's Sym=, Ene=, Spin= or Occup= line"},
+        {"[GTO]", "[GTO", "bad.molden:5: expected a section name in brackets, [NAME]"},
+        {"[MO]", "[Orbitals]", "bad.molden: expected an [MO] section with at least one orbital"},
+        {"[Atoms] AU\nH 1 1 0.0 0.0 0.0\nH 2 1 0.0 0.0 1.4\n", "", "bad.molden: expected an [Atoms] section"},
+    };
+    const int n_cases = (int)(sizeof cases / sizeof cases[0]);
+    psf_molden mol;
+    ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_parse(&mol, t_molden_base, strlen(t_molden_base), "bad.molden"));
+    ASSERT_EQ(5, mol.n_bf);
+    psf_molden_free(&mol);
+    char text[2048];
+    /* the flags, in the file's order: a d and an f shell on atom 2 give 5 + 7, 6 + 7, 5 + 10 or 6 + 10 functions */
+    static const struct { const char *flags; int n_bf; } flag_rows[] = {
+        {"", 5 + 6 + 10}, {"[5D]\n", 5 + 5 + 7}, {"[5D7F]\n", 5 + 5 + 7}, {"[5d]\n[7f]\n[9g]\n", 5 + 5 + 7},
+        {"[7F]\n", 5 + 6 + 7}, {"[5D10F]\n", 5 + 5 + 10}, {"[5D]\n[10F]\n", 5 + 5 + 10}, {"[5D]\n[6D10F]\n", 5 + 6 + 10}};
+    for (size_t k = 0; k < sizeof flag_rows / sizeof flag_rows[0]; k++) {
+        char with[256];
+        snprintf(with, sizeof with, " 0.8 1.0 1.0\n d 1\n 0.7 1.0\n f 1\n 0.6 1.0\n\n%s[MO]", flag_rows[k].flags);
+        t_replace(t_molden_base, " 0.8 1.0 1.0\n\n[MO]", with, text, sizeof text);
+        ASSERT_EQm(psf_last_error(), PSF_OK, psf_molden_parse(&mol, text, strlen(text), "flags.molden"));
+        ASSERT_EQm(flag_rows[k].flags, flag_rows[k].n_bf, mol.n_bf);
+        psf_molden_free(&mol);
+    }
+    for (int c = 0; c < n_cases; c++) {
+        ASSERT(strstr(t_molden_base, cases[c].from) != NULL);
+        t_replace(t_molden_base, cases[c].from, cases[c].to, text, sizeof text);
+        memset(&mol, 0x55, sizeof mol);
+        const int rc = psf_molden_parse(&mol, text, strlen(text), "bad.molden");
+        if (greatest_info.verbose) printf("    %s\n", psf_last_error());
+        ASSERT_EQm(cases[c].msg, PSF_ERR_FORMAT, rc);
+        ASSERTm(psf_last_error(), strncmp(psf_last_error(), cases[c].msg, strlen(cases[c].msg)) == 0);
+        ASSERT(mol.mo == NULL && mol.R == NULL && mol.shells == NULL && mol.n_mo == 0);
+    }
+    /* truncated inside a shell: the line after the end */
+    const char *cut = strstr(t_molden_base, " 0.3 0.6");
+    ASSERT_EQ(PSF_ERR_FORMAT, psf_molden_parse(&mol, t_molden_base, (size_t)(cut - t_molden_base), "bad.molden"));
+    ASSERTm(psf_last_error(), strncmp(psf_last_error(), "bad.molden:9: expected 2 primitive lines after the shell line 7", 63) == 0);
+    /* a file that is not there */
+    ASSERT_EQ(PSF_ERR_IO, psf_molden_load(&mol, "tests/data/no-such-file.molden"));
+    ASSERT(strstr(psf_last_error(), "tests/data/no-such-file.molden: cannot open") != NULL);
+    /* fractional occupations parse, but make no determinant */
+    t_replace(t_molden_base, " Occup= 2.0", " Occup= 1.5", text, sizeof text);
+    ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text, strlen(text), "nat.molden"));
+    psf_system sys;
+    psf_reference ref;
+    ASSERT_EQ(PSF_ERR_ARG, psf_molden_system(&mol, &sys));
+    ASSERT_STR_EQ("psf_molden_system: orbital 1 has Occup= 1.5; a determinant needs occupations 0 or 1 or 2 (restricted)", psf_last_error());
+    ASSERT_EQ(PSF_ERR_ARG, psf_reference_molden(&ref, &mol));
+    ASSERT(strstr(psf_last_error(), "orbital 1 has Occup= 1.5") != NULL);
+    psf_molden_free(&mol);
+    /* found by fuzz_molden: an occupation too large for an int (its conversion was undefined behaviour) */
+    t_replace(t_molden_base, " Occup= 2.0", " Occup= 1e80", text, sizeof text);
+    ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text, strlen(text), "big.molden"));
+    ASSERT_EQ(1, mol.fractional);
+    ASSERT_EQ(PSF_ERR_ARG, psf_reference_molden(&ref, &mol));
+    ASSERT(strstr(psf_last_error(), "orbital 1 has Occup= 1e+80") != NULL);
+    psf_molden_free(&mol);
+    /* unrestricted: Spin= Beta makes Occup= 1 occupy the beta spin, and Occup= 2 impossible */
+    t_replace(t_molden_base, " Sym= A\n Occup= 0.0", " Spin= Beta\n Occup= 1.0", text, sizeof text);
+    ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text, strlen(text), "u.molden"));
+    ASSERT_EQ(1, mol.unrestricted);
+    ASSERT_EQ(1, mol.fractional); /* orbital 1's Occup= 2 */
+    psf_molden_free(&mol);
+    char text2[2048];
+    t_replace(text, " Occup= 2.0", " Occup= 1.0", text2, sizeof text2);
+    ASSERT_EQ(PSF_OK, psf_molden_parse(&mol, text2, strlen(text2), "u.molden"));
+    ASSERT_EQ(0, mol.fractional);
+    ASSERT_EQ(1, mol.n_occ[0]); ASSERT_EQ(1, mol.n_occ[1]); ASSERT_EQ(1, mol.occ[1][0]);
+    psf_molden_free(&mol);
+    PASS();
+}
+
+/* The local energy of a molecule includes the nuclear repulsion sum_{I<J} Z_I Z_J / R_IJ of every pair of nuclei
+ * (three here, summed by hand) and adds up its parts; the Molden determinant's local energy is finite. */
+TEST molecular_local_energy_includes_nuclear_repulsion(void) {
+    psf_molden mol;
+    ASSERT_EQ(PSF_OK, psf_molden_load(&mol, SMALL_MOLDEN));
+    psf_system sys;
+    ASSERT_EQ(PSF_OK, psf_molden_system(&mol, &sys));
+    sys.n_atoms = 3; /* a third nucleus: Be at (1, -1, 2) bohr */
+    sys.R[2][0] = 1; sys.R[2][1] = -1; sys.R[2][2] = 2; sys.Z[2] = 4;
+    double vnn = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++) {
+            const double dx = sys.R[a][0] - sys.R[b][0], dy = sys.R[a][1] - sys.R[b][1], dz = sys.R[a][2] - sys.R[b][2];
+            vnn += sys.Z[a] * sys.Z[b] / sqrt(dx * dx + dy * dy + dz * dz);
+        }
+    ASSERT_IN_RANGE(vnn, psf_nuclear_repulsion(&sys), 1e-12);
+    psf_reference ref;
+    ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
+    psf_wavefunction wf = psf_reference_wavefunction(&ref);
+    void *ws = wf.ws_new(wf.ctx);
+    const psf_real x[9] = {0.3, -0.2, 0.1, -0.5, 0.4, 2.6, 0.9, -0.8, 1.7};
+    psf_real g[9];
+    psf_eloc el;
+    psf_local_energy(&sys, &wf, ws, x, g, &el);
+    ASSERT_IN_RANGE(vnn, el.v_nn, 1e-12);
+    ASSERT(isfinite(el.total));
+    ASSERT_IN_RANGE(el.kinetic + el.v_en + el.v_ee + el.v_nn, el.total, 1e-12);
+    wf.ws_free(wf.ctx, ws);
+    psf_molden_free(&mol);
+    PASS();
+}
+
+/* The driver with --orbitals-from and no --atom: the system is the file's (Li and H, 2 up and 1 down), named after
+ * it in summary.json, and pretraining toward its orbitals lowers the loss. */
+TEST driver_trains_a_molecule_from_a_molden_file(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s --orbitals-from " SMALL_MOLDEN " --out build/test_molden_run --steps 2 --eval-steps 2 "
+             "--pretrain-steps 30 --batch 16 --layers 1 --mcmc-steps 2 --gap-every 0 >/dev/null 2>&1", PSF_TEST_DRIVER);
+    const int st = system(cmd);
+    ASSERT(st != -1 && (st >> 8) == 0);
+    size_t len;
+    char *sum = t_read_text("build/test_molden_run/summary.json", &len);
+    ASSERT(sum != NULL);
+    const int ok = strstr(sum, "\"system\": \"small\"") && strstr(sum, "\"orbitals_from\": \"" SMALL_MOLDEN "\"") &&
+                   strstr(sum, "\"n_up\": 2,") && strstr(sum, "\"n_down\": 1,") && strstr(sum, "\"exact\": null");
+    free(sum);
+    ASSERTm("summary.json names the system from the Molden file", ok);
+    FILE *f = fopen("build/test_molden_run/pretrain_stats.csv", "r");
+    ASSERT(f != NULL);
+    double first = NAN, last = NAN, x;
+    int step;
+    char head[64];
+    ASSERT(fgets(head, sizeof head, f) != NULL);
+    while (fscanf(f, "%d,%lf", &step, &x) == 2) { if (step == 0) first = x; last = x; }
+    fclose(f);
+    if (greatest_info.verbose) printf("    pretraining loss %.4g -> %.4g\n", first, last);
+    ASSERT_LT(last, 0.5 * first);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 SUITE(reference_and_pretraining) {
     RUN_TEST(reference_jet_matches_finite_differences);
     RUN_TEST(hf_determinant_energy_of_carbon);
     RUN_TEST(hf_determinant_energy_of_neon);
     RUN_TEST(pretraining_fits_the_hf_orbitals);
     RUN_TEST(pfaffian_pretraining_fits_the_hf_pair_matrix);
+}
+
+SUITE(molden) {
+    RUN_TEST(molden_reads_the_small_file);
+    RUN_TEST(molden_basis_matches_direct_evaluation);
+    RUN_TEST(molden_basis_is_normalised);
+    RUN_TEST(molden_psi4_orbitals_are_orthonormal);
+    RUN_TEST(molden_derivatives_match_finite_differences);
+    RUN_TEST(molden_malformed_lines_are_refused_with_their_line);
+    RUN_TEST(molecular_local_energy_includes_nuclear_repulsion);
+    RUN_TEST(driver_trains_a_molecule_from_a_molden_file);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -3061,6 +3642,7 @@ int main(int argc, char **argv) {
     RUN_SUITE(spring);
     RUN_SUITE(nonfinite);
     RUN_SUITE(reference_and_pretraining);
+    RUN_SUITE(molden);
     RUN_SUITE(pfaffian);
     RUN_SUITE(molecules);
     GREATEST_MAIN_END();
