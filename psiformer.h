@@ -4898,7 +4898,7 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *      and the raw phi (before lr and constraint) is kept as phi_prev. With mu = 0 this is the damped
  *      stochastic-reconfiguration step (Ō^T Ō + lambda I)^{-1} Ō^T e by the Woodbury identity; phi approximates
  *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō is formed in place of the per-walker gradients (one row
- *      per walker); the kernel Ō Ō^T is computed by the tiles of a fixed 8 x 8 grid on or above the diagonal,
+ *      per walker); the kernel Ō Ō^T is computed by the tiles of a fixed 4 x 4 grid on or above the diagonal,
  *      and the two matrix-vector products are split into fixed row ranges: the bits do not depend on the thread
  *      count. By default (cfg.spring_kernel_fp64 = 0) the kernel is formed from a float32 copy of Ō, in blocks of
  *      128 terms summed in float and added in double (psf__gram_f32): twice the speed of the double product, with
@@ -4978,7 +4978,7 @@ enum { PSF__SPRING_SLABS = 16, PSF__SPRING_RAISES = 8 };
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
  * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
 static int psf__spring_direction(psf__spring *s, double *e, double mu, double lambda) {
-    enum { NB = 8 }; /* T = Ō Ō^T by tiles of a fixed 8 x 8 grid: the upper ones computed, the lower mirrored */
+    enum { NB = 4 }; /* T = Ō Ō^T by tiles of a fixed 4 x 4 grid: the upper ones computed, the lower mirrored */
     const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
     const psf_real *O = s->G;
