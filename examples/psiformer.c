@@ -436,7 +436,7 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
             for (size_t i = 0; i < P; i++) r->average[i] += (v->model->params[i] - r->average[i]) / (double)r->averaged;
         }
         r->seconds[0] += st.t_sample; r->seconds[1] += st.t_jet; r->seconds[2] += st.t_backward; r->seconds[3] += st.t_optimizer;
-        double gap = NAN, e_w, e_d;
+        double gap = NAN, e_w = NAN, e_d = NAN;
         if (o->gap_every > 0 && (s + 1) % o->gap_every == 0 && psf_vmc_gap(v, 50, &e_w, &e_d) == PSF_OK) gap = e_w - e_d;
         fprintf(csv, "%ld,%.10f,%.8f,%.4f,%.3f,%.6g,%.6g,", st.step, st.energy, st.variance, st.pmove,
                 psf_time() - t_train, st.step_size, st.grad_norm);

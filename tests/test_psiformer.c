@@ -2619,6 +2619,37 @@ TEST molden_psi4_orbitals_are_orthonormal(void) {
     PASS();
 }
 
+/* n functions of one point with values, gradients [3 n] and Laplacians (NULL: not wanted) by f(ctx, x, ...); the
+ * largest relative error of the gradients against central differences of the values and of the Laplacians against
+ * central differences of the gradients, at x with step h (n <= 32). Returns -1 if f fails. */
+typedef int (*t_vgl_fn)(void *ctx, const psf_real *x, double *v, double *g, double *L);
+static double t_vgl_fd_error(t_vgl_fn f, void *ctx, const psf_real *x, int n, double h) {
+    double v[32], g[96], L[32], vp[32], vm[32], gp[96], gm[96], lfd[32] = {0}, worst = 0;
+    psf_real xp[3];
+    if (f(ctx, x, v, g, L)) return -1;
+    for (int c = 0; c < 3; c++) {
+        memcpy(xp, x, sizeof xp); xp[c] += h;
+        if (f(ctx, xp, vp, gp, NULL)) return -1;
+        memcpy(xp, x, sizeof xp); xp[c] -= h;
+        if (f(ctx, xp, vm, gm, NULL)) return -1;
+        for (int b = 0; b < n; b++) {
+            worst = fmax(worst, fabs((vp[b] - vm[b]) / (2 * h) - g[3 * b + c]) / fmax(1, fabs(g[3 * b + c])));
+            lfd[b] += (gp[3 * b + c] - gm[3 * b + c]) / (2 * h);
+        }
+    }
+    for (int b = 0; b < n; b++) worst = fmax(worst, fabs(lfd[b] - L[b]) / fmax(1, fabs(L[b])));
+    return worst;
+}
+static int t_molden_basis_vgl(void *ctx, const psf_real *x, double *v, double *g, double *L) {
+    psf_molden_basis((const psf_molden *)ctx, x, v, g, L);
+    return 0;
+}
+typedef struct { psf_reference *ref; int spin, n; } t_orbitals_ctx;
+static int t_reference_orbitals_vgl(void *ctx, const psf_real *x, double *v, double *g, double *L) {
+    const t_orbitals_ctx *o = (const t_orbitals_ctx *)ctx;
+    return o->ref->orbitals(o->ref, o->spin, x, o->n, v, g, L);
+}
+
 /* Gradients against central differences of the values, Laplacians against central differences of the analytic
  * gradients: every basis function (spherical and cartesian), the reference's orbitals, and log|psi_ref| of the
  * Molden determinant through psf_reference_wavefunction. */
@@ -2637,35 +2668,21 @@ TEST molden_derivatives_match_finite_differences(void) {
         psf_rng_seed(&r, 8, (uint64_t)variant);
         double worst = 0;
         for (int k = 0; k < 10; k++) {
-            psf_real x[3], xp[3];
+            psf_real x[3];
             for (int c = 0; c < 3; c++) x[c] = mol.R[3 * (k & 1) + c] + 0.9 * psf_rng_normal(&r);
-            double v[32], g[96], L[32], vp[32], vm[32], gp[96], gm[96], lfd[32] = {0};
-            psf_molden_basis(&mol, x, v, g, L);
-            for (int c = 0; c < 3; c++) {
-                memcpy(xp, x, sizeof xp); xp[c] += h; psf_molden_basis(&mol, xp, vp, gp, NULL);
-                memcpy(xp, x, sizeof xp); xp[c] -= h; psf_molden_basis(&mol, xp, vm, gm, NULL);
-                for (int b = 0; b < nb; b++) {
-                    worst = fmax(worst, fabs((vp[b] - vm[b]) / (2 * h) - g[3 * b + c]) / fmax(1, fabs(g[3 * b + c])));
-                    lfd[b] += (gp[3 * b + c] - gm[3 * b + c]) / (2 * h);
-                }
-            }
-            for (int b = 0; b < nb; b++) worst = fmax(worst, fabs(lfd[b] - L[b]) / fmax(1, fabs(L[b])));
+            ASSERT(nb <= 32);
+            const double eb = t_vgl_fd_error(t_molden_basis_vgl, &mol, x, nb, h);
+            ASSERT(eb >= 0);
+            worst = fmax(worst, eb);
             /* the reference's orbitals of both spins */
             psf_reference ref;
             ASSERT_EQ(PSF_OK, psf_reference_molden(&ref, &mol));
             for (int s = 0; s < 2; s++) {
-                const int n = s ? ref.n_down : ref.n_up;
-                double ov[4], og[12], ol[4], ovp[4], ovm[4], ogp[12], ogm[12], olfd[4] = {0};
-                ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, x, n, ov, og, ol));
-                for (int c = 0; c < 3; c++) {
-                    memcpy(xp, x, sizeof xp); xp[c] += h; ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, xp, n, ovp, ogp, NULL));
-                    memcpy(xp, x, sizeof xp); xp[c] -= h; ASSERT_EQ(PSF_OK, ref.orbitals(&ref, s, xp, n, ovm, ogm, NULL));
-                    for (int o = 0; o < n; o++) {
-                        worst = fmax(worst, fabs((ovp[o] - ovm[o]) / (2 * h) - og[3 * o + c]) / fmax(1, fabs(og[3 * o + c])));
-                        olfd[o] += (ogp[3 * o + c] - ogm[3 * o + c]) / (2 * h);
-                    }
-                }
-                for (int o = 0; o < n; o++) worst = fmax(worst, fabs(olfd[o] - ol[o]) / fmax(1, fabs(ol[o])));
+                t_orbitals_ctx oc = {&ref, s, s ? ref.n_down : ref.n_up};
+                ASSERT(oc.n <= 32);
+                const double eo = t_vgl_fd_error(t_reference_orbitals_vgl, &oc, x, oc.n, h);
+                ASSERT(eo >= 0);
+                worst = fmax(worst, eo);
             }
         }
         /* log|psi_ref| of 3 electrons */
