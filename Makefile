@@ -17,6 +17,14 @@ CFLAGS  += -DPSF_USE_CBLAS
 LDLIBS  += -lopenblas
 endif
 
+# MPI=1: build with mpicc (Debian: openmpi-bin libopenmpi-dev) and PSF_USE_MPI into build/mpi/; the driver then
+# splits the walkers over the ranks of `mpirun -np R build/mpi/psiformer ...` with the same bits as one process.
+MPI     ?= 0
+ifeq ($(MPI),1)
+CC      := mpicc
+CFLAGS  += -DPSF_USE_MPI
+endif
+
 # SAN: extra compiler flags appended last (`make sanitize` sets them); empty by default.
 SAN     ?=
 CFLAGS  += $(SAN)
@@ -24,7 +32,7 @@ CFLAGS  += $(SAN)
 # OpenMP threads sleep instead of spinning while they wait (a shared or busy machine otherwise loses much time)
 export OMP_WAIT_POLICY ?= passive
 
-BUILD   := build
+BUILD   := build$(if $(filter 1,$(MPI)),/mpi)
 # `make run` trains carbon for a fixed wall-time budget: 11 minutes of training whatever the machine's speed, with
 # 400 Hartree-Fock pretraining steps before and 300 evaluation steps after, so it finishes in about 13 minutes on
 # any 2-core machine (docs/results.md justifies the configuration). `--steps N` instead of `--steps 0` gives the
@@ -94,6 +102,15 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 
 clean:
 	rm -rf $(BUILD)
+
+# `make mpi-check` (issue 13): 1 process (the plain build and the MPI build) against 2 MPI ranks x 1 thread, for
+# He and Li with KFAC, Adam and SPRING: bitwise-identical energies, variances and training curves; and a checkpoint
+# written by 2 ranks restored on 1 continues identically. Needs openmpi-bin and libopenmpi-dev.
+.PHONY: mpi-check
+mpi-check:
+	$(MAKE) --no-print-directory MPI=0 build/psiformer
+	$(MAKE) --no-print-directory MPI=1 build/mpi/psiformer
+	sh tests/mpi_check.sh build/psiformer build/mpi/psiformer build/mpi-check
 
 # `make crosscheck`: the C numbers against the independent PyTorch reference (bench/reference/, issue 4).
 # Needs Debian's python3-torch and python3-numpy (PYTHON=/usr/bin/python3 by default).

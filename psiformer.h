@@ -20,6 +20,10 @@
  *                                     default 2^22: SPRING's kernel, KFAC's factors) to cblas_dgemm (OpenBLAS);
  *                                     the tape's small products stay with the built-in kernel, which is faster
  *                                     there (measured: bench/). Results equal the built-in product up to rounding
+ *       PSF_USE_MPI                   split the walkers of psf_vmc over the ranks of an MPI communicator
+ *                                     (psf_vmc_config.mpi_comm; include <mpi.h>, build with mpicc). Every
+ *                                     reduction keeps the fixed chunk order, so 1 process and R ranks x T
+ *                                     threads give the same bits (docs/scaling.md)
  *       PSF_STATIC                    make every public function static (PSFDEF), so that two libraries can
  *                                     each carry a private copy of the implementation
  *       PSF_INTERNAL_TESTS            expose the named internal test API (psf_test_*) used by tests/ and bench/
@@ -128,7 +132,8 @@ enum {
     PSF_ERR_NOMEM = 2,   /* allocation failed */
     PSF_ERR_IO = 3,      /* file could not be opened / read / written */
     PSF_ERR_FORMAT = 4,  /* file has the wrong magic, version or shape */
-    PSF_ERR_NUMERIC = 5  /* non-finite values where finite ones are required */
+    PSF_ERR_NUMERIC = 5, /* non-finite values where finite ones are required */
+    PSF_ERR_MPI = 6      /* an MPI call failed (PSF_USE_MPI builds) */
 };
 
 /* The message of the most recent failure in the calling thread (thread-local; empty string if none). */
@@ -467,6 +472,8 @@ typedef struct {
     int scale_moves;    /* 1: moves scaled by the distance to the nuclei (psf_walkers_init: 0)     */
     psf_system nuclei;  /* the nuclei the moves are scaled by (copied by psf_walkers_init)           */
     long n_accepted, n_proposed;
+    int lo, hi;         /* psf_mcmc and psf_walkers_refresh move walkers lo..hi-1 only (psf_walkers_init:
+                           0 and n_walkers; hi <= lo: all). psf_vmc sets its MPI rank's share          */
 } psf_walkers;
 
 /* Allocates walkers and places electrons around the nuclei (Gaussian of width 1 bohr around the nucleus each
@@ -475,11 +482,12 @@ typedef struct {
 PSFDEF int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint64_t seed);
 PSFDEF void psf_walkers_free(psf_walkers *w);
 
-/* Re-evaluates log|psi| of every walker (after a parameter change). ws: one per OpenMP thread (n_ws of them).
+/* Re-evaluates log|psi| of every walker it moves (w->lo..hi-1; all by default) (after a parameter change). ws: one per OpenMP thread (n_ws of them).
  * Errors: PSF_ERR_ARG if n_ws is smaller than the number of OpenMP threads. */
 PSFDEF int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws);
 
-/* n_steps Metropolis–Hastings sweeps; returns the acceptance fraction (pmove) of these sweeps, or -1 with
+/* n_steps Metropolis–Hastings sweeps of walkers w->lo..hi-1 (all by default); returns the acceptance fraction
+ * (pmove) of these sweeps, or -1 with
  * PSF_ERR_ARG in psf_last_error() if n_ws is smaller than the number of OpenMP threads. */
 PSFDEF double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps);
 
@@ -538,6 +546,12 @@ typedef struct {
     double max_bytes;     /* psf_vmc_init refuses (PSF_ERR_NOMEM) a configuration for which psf_vmc_memory
                              exceeds this many bytes; 0 (default): no limit but what size_t can count.
                              The driver sets it to the machine's physical memory                   */
+    const void *mpi_comm; /* PSF_USE_MPI builds: a pointer to the caller's MPI_Comm, whose ranks share the walkers
+                             (each runs the chunks of the fixed reduction tree C r / R .. C (r+1) / R - 1, C the
+                             chunk count, and gathers the others' before every reduction, so that the results
+                             are bitwise those of one process). The caller owns MPI: MPI_Init before psf_vmc_init,
+                             MPI_Finalize after psf_vmc_free; every rank makes the same calls with the same
+                             configuration. NULL (default): this process alone. Ignored without PSF_USE_MPI  */
 } psf_vmc_config;
 
 /* Fills *c with the defaults above. Cannot fail. */
@@ -591,6 +605,9 @@ struct psf_vmc {
     double step_scale;   /* multiplies the learning rate and the bound on the step's norm (the norm
                             constraint becomes C step_scale^2) of the following steps: a caller's schedule,
                             e.g. the driver's --anneal. 1 after psf_vmc_init; not saved in checkpoints */
+    int rank, n_ranks;   /* this process's rank and the rank count (0 and 1 without cfg.mpi_comm)           */
+    int chunk_lo, chunk_hi; /* the reduction chunks this rank computes (all of them on one process)        */
+    int *mpi_rows;       /* [4 n_ranks] each rank's first chunk and chunk count, first walker and walker count */
 };
 
 /* The bytes psf_vmc_init(v, m, cfg) will allocate (through PSF_MALLOC), computed without allocating: the walkers
@@ -654,6 +671,15 @@ PSFDEF int psf_vmc_save(const psf_vmc *v, const char *path);
  * more before it stops; a rejected update leaves no other trace in the state, so the trajectory is the same);
  * v->step_scale is kept (the caller's schedule sets it before each step). */
 PSFDEF int psf_vmc_load(psf_vmc *v, const char *path);
+
+/* MPI (PSF_USE_MPI with cfg.mpi_comm; otherwise: rank 0 of 1, and psf_vmc_bcast does nothing). The ranks hold the
+ * same parameters, optimizer state and walkers after every call above (the walkers each rank moved are gathered),
+ * so any rank can report; psf_vmc_save writes on rank 0 only (the others return PSF_OK) and psf_vmc_load reads the
+ * file on every rank, so a checkpoint written by P ranks restores on Q. A caller whose decisions depend on
+ * something else that differs between ranks, such as the wall clock (a time budget), must take rank 0's value:
+ * psf_vmc_bcast copies `bytes` bytes at buf from rank 0 to every rank. Errors: PSF_ERR_MPI. */
+PSFDEF int psf_vmc_rank(const psf_vmc *v);
+PSFDEF int psf_vmc_bcast(const psf_vmc *v, void *buf, size_t bytes);
 
 /* NumPy .npy (format 1.0, little-endian float64, C order) writer and reader for 1- or 2-D arrays.
  * psf_load_npy fills shape[2] (shape[1] = 1 for 1-D) and allocates *data with PSF_MALLOC.
@@ -884,6 +910,9 @@ PSFDEF int psf_test_thread_id(void);
 #endif
 #ifdef PSF_USE_CBLAS
 #include <cblas.h>
+#endif
+#ifdef PSF_USE_MPI
+#include <mpi.h>
 #endif
 #ifndef PSF_CBLAS_MIN_MNK
 #define PSF_CBLAS_MIN_MNK 4194304.0 /* products with fewer multiply-adds run the built-in kernel */
@@ -4309,6 +4338,8 @@ int psf_walkers_init(psf_walkers *w, const psf_system *sys, int n_walkers, uint6
     if (!w->x || !w->logpsi || !w->sign || !w->rng) { psf_walkers_free(w); return psf__fail(PSF_ERR_NOMEM, "psf_walkers_init: out of memory"); }
     w->width = 0.2;
     w->nuclei = *sys;
+    w->lo = 0;
+    w->hi = n_walkers;
     /* assign electrons to atoms: up electrons first, then down, filling atoms in order of remaining charge */
     int owner[PSF_MAX_ELEC];
     double left[PSF_MAX_ATOMS];
@@ -4339,12 +4370,21 @@ static int psf__check_ws(const char *fn, int n_ws) {
     return PSF_OK;
 }
 
+/* The walkers this process moves: lo..hi-1 (hi <= lo: all). */
+static void psf__walker_range(const psf_walkers *w, int *lo, int *hi) {
+    const int ok = w->hi > w->lo && w->lo >= 0 && w->hi <= w->n_walkers;
+    *lo = ok ? w->lo : 0;
+    *hi = ok ? w->hi : w->n_walkers;
+}
+
 int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws) {
     const int D = 3 * w->n_elec;
     const int rc = psf__check_ws("psf_walkers_refresh", n_ws);
     if (rc) return rc;
+    int lo, hi;
+    psf__walker_range(w, &lo, &hi);
 PSF__OMP(parallel for schedule(dynamic, 4))
-    for (int b = 0; b < w->n_walkers; b++)
+    for (int b = lo; b < hi; b++)
         w->logpsi[b] = wf->logpsi(wf->ctx, ws[psf__thread_id()], w->x + (size_t)b * D, &w->sign[b]);
     return PSF_OK;
 }
@@ -4361,12 +4401,15 @@ static double psf__move_scale(const psf_system *sys, const psf_real *xi) {
 }
 
 double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps) {
-    const int D = 3 * w->n_elec, B = w->n_walkers;
+    const int D = 3 * w->n_elec;
     long acc = 0;
     const double width = w->width;
     if (psf__check_ws("psf_mcmc", n_ws)) return -1.0;
+    int lo, hi;
+    psf__walker_range(w, &lo, &hi);
+    const int B = hi - lo;
 PSF__OMP(parallel for schedule(dynamic, 4) reduction(+ : acc))
-    for (int b = 0; b < B; b++) {
+    for (int b = lo; b < hi; b++) {
         psf_real prop[3 * PSF_MAX_ELEC];
         psf_real *xb = w->x + (size_t)b * D;
         void *wsp = ws[psf__thread_id()];
@@ -4502,7 +4545,13 @@ typedef struct {
      * (SIZE_MAX when they do not fit in size_t), and in *state_reals the n[0] + n[1] of state(); no allocation.
      * psf_vmc_memory adds them up; keep them in step with init(). */
     size_t (*bytes)(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals);
+    /* MPI: after this rank's chunks, copy what chunk_begin .. chunk_end collected for them to every rank with
+     * psf__mpi_gather (per chunk or per walker), so that update() sees all chunks on every rank (NULL: nothing
+     * beyond the energy gradient's chunks, which the driver gathers). Returns a status code. */
+    int (*gather)(const psf_vmc *v, void *st);
 } psf__optimizer_rules;
+
+static int psf__mpi_gather(const psf_vmc *v, void *buf, size_t row_bytes, int by_walker);
 
 static int psf__wr(FILE *f, const void *p, size_t sz, size_t n) { return fwrite(p, sz, n, f) == n; }
 static int psf__rd(FILE *f, void *p, size_t sz, size_t n) { return fread(p, sz, n, f) == n; }
@@ -4566,7 +4615,7 @@ static size_t psf__adam_bytes(const psf_model *m, const psf_vmc_config *cfg, int
 }
 static const psf__optimizer_rules psf__adam_rules = {
     "adam", 0, 3e-3, psf__adam_init, psf__chunk_nothing, NULL, psf__chunk_nothing, psf__adam_update,
-    psf__adam_save, psf__adam_load, psf__adam_free, psf__adam_state, psf__adam_bytes};
+    psf__adam_save, psf__adam_load, psf__adam_free, psf__adam_state, psf__adam_bytes, NULL};
 
 
 /* ---- KFAC (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
@@ -4881,9 +4930,13 @@ static void psf__kfac_state(void *st, psf_real *a[2], size_t n[2], long **counte
     psf_kfac *k = (psf_kfac *)st;
     a[0] = k->ema; n[0] = k->stat_reals; a[1] = NULL; n[1] = 0; *counter = &k->n_updates;
 }
+static int psf__kfac_gather(const psf_vmc *v, void *st) {
+    psf_kfac *k = (psf_kfac *)st;
+    return psf__mpi_gather(v, k->chunk_stats, sizeof(double) * k->stat_reals, 0);
+}
 static const psf__optimizer_rules psf__kfac_rules = {
     "kfac", 1, 0.05, psf__kfac_init, psf__kfac_chunk_begin, psf__kfac_walker, psf__kfac_chunk_end,
-    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free, psf__kfac_state, psf__kfac_bytes};
+    psf__kfac_update, psf__kfac_save, psf__kfac_load, psf__kfac_free, psf__kfac_state, psf__kfac_bytes, psf__kfac_gather};
 
 /* ---- SPRING (Goldshlager, Abrahamsen, Lin, "A Kaczmarz-inspired approach to accelerate the optimization of
  *      neural network wavefunctions", J. Comput. Phys. 516, 113351 (2024), arXiv:2401.10190), as in its
@@ -4919,6 +4972,8 @@ typedef struct {
     float *Of, *pack;      /* [B x P] Ō in float32 for the kernel; [threads x PSF__GPACK] packing (NULL: fp64)  */
     int n_pack;
     long n_steps;
+    int rank, n_ranks;     /* MPI: the kernel's upper tiles u = 0..9 are computed by rank u mod n_ranks       */
+    const void *comm;      /* cfg.mpi_comm                                                                */
 } psf__spring;
 
 static void psf__spring_free(void *st) {
@@ -4943,6 +4998,7 @@ static void *psf__spring_init(const psf_vmc *v) {
     psf__spring *s = (psf__spring *)psf__calloc(1, sizeof *s);
     if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
     s->B = B; s->P = P;
+    s->rank = v->rank; s->n_ranks = v->n_ranks; s->comm = v->cfg.mpi_comm;
     s->G = (psf_real *)psf__calloc(psf__mul(P, (size_t)B), sizeof(psf_real));
     s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
     s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
@@ -4975,8 +5031,37 @@ static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
 /* Fixed row ranges for the matrix-vector products over the B x P rows (the same split for any thread count). */
 enum { PSF__SPRING_SLABS = 16, PSF__SPRING_RAISES = 8 };
 
+/* MPI: upper tile (bi, bj) of the NB x NB grid, number u in row order, is computed by rank u mod n_ranks. */
+static int psf__spring_tile_owner(const psf__spring *s, int bi, int bj, int NB) {
+    const int u = bi * NB - bi * (bi - 1) / 2 + (bj - bi);
+    return u % s->n_ranks;
+}
+/* MPI: each upper tile of T from the rank that computed it to all (packed through T0, free at this point).
+ * Returns 0, or 1 with the error set. */
+static int psf__spring_share_tiles(psf__spring *s, int NB) {
+#ifdef PSF_USE_MPI
+    const int B = s->B;
+    for (int bi = 0; bi < NB; bi++)
+        for (int bj = bi; bj < NB; bj++) {
+            const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
+            const int owner = psf__spring_tile_owner(s, bi, bj, NB), w = j1 - j0, n = (i1 - i0) * w;
+            if (n <= 0) continue;
+            if (owner == s->rank)
+                for (int i = i0; i < i1; i++) memcpy(s->T0 + (size_t)(i - i0) * w, s->T + (size_t)i * B + j0, sizeof(double) * w);
+            const int rc = MPI_Bcast(s->T0, n, MPI_DOUBLE, owner, *(const MPI_Comm *)s->comm);
+            if (rc != MPI_SUCCESS) { psf__fail(PSF_ERR_MPI, "SPRING: MPI_Bcast of a kernel tile failed (MPI error %d)", rc); return 1; }
+            if (owner != s->rank)
+                for (int i = i0; i < i1; i++) memcpy(s->T + (size_t)i * B + j0, s->T0 + (size_t)(i - i0) * w, sizeof(double) * w);
+        }
+#else
+    (void)s; (void)NB;
+#endif
+    return 0;
+}
+
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
- * Returns 0, or 1 if the kernel is not positive definite to working precision (phi is then untouched). */
+ * Returns 0, 1 if the kernel is not positive definite to working precision (phi is then untouched), or 2 if an
+ * MPI call failed (the error says which). */
 static int psf__spring_direction(psf__spring *s, double *e, double mu, double lambda) {
     enum { NB = 4 }; /* T = Ō Ō^T by tiles of a fixed 4 x 4 grid: the upper ones computed, the lower mirrored */
     const int B = s->B, P = (int)s->P;
@@ -4985,7 +5070,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
 PSF__OMP(parallel for schedule(dynamic, 1))
     for (int t = 0; t < NB * NB; t++) {
         const int bi = t / NB, bj = t % NB;
-        if (bj < bi) continue;
+        if (bj < bi || psf__spring_tile_owner(s, bi, bj, NB) != s->rank) continue;
         const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
         if (i1 <= i0 || j1 <= j0) continue;
         if (s->Of)
@@ -4995,6 +5080,7 @@ PSF__OMP(parallel for schedule(dynamic, 1))
             psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
                       T + (size_t)i0 * B + j0, B);
     }
+    if (s->n_ranks > 1 && psf__spring_share_tiles(s, NB)) return 2;
     for (int bi = 1; bi < NB; bi++) /* mirror the tiles left of the diagonal tile of each tile row */
         for (int i = B * bi / NB; i < B * (bi + 1) / NB; i++)
             for (int j = 0; j < B * bi / NB; j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
@@ -5084,7 +5170,9 @@ PSF__OMP(parallel for schedule(static))
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
     const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
-    if (psf__spring_direction(s, s->r, mu, c->spring_damping))
+    const int drc = psf__spring_direction(s, s->r, mu, c->spring_damping);
+    if (drc == 2) return PSF_ERR_MPI;
+    if (drc)
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: the SPRING kernel is not positive definite "
                          "(damping %g raised to %g)", v->step, c->spring_damping, c->spring_damping * 1e8);
     if (s->lambda_used != c->spring_damping) s->n_raised++;
@@ -5141,9 +5229,15 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
     }
     return psf__add(n, psf__mul(2, psf__alloc_bytes(b, sizeof(double))));
 }
+static int psf__spring_gather(const psf_vmc *v, void *st) {
+    psf__spring *s = (psf__spring *)st;
+    const int rc = psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1);
+    return rc ? rc : psf__mpi_gather(v, s->valid, 1, 1);
+}
 static const psf__optimizer_rules psf__spring_rules = {
     "spring", 1, 0.05, psf__spring_init, psf__chunk_nothing, psf__spring_walker, psf__chunk_nothing,
-    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free, psf__spring_state, psf__spring_bytes};
+    psf__spring_update, psf__spring_save, psf__spring_load, psf__spring_free, psf__spring_state, psf__spring_bytes,
+    psf__spring_gather};
 
 /* ---- The optimizer table: the one place that knows every optimizer -------------------------------------- */
 static const psf__optimizer_rules *const psf__optimizers[PSF_OPT_COUNT] = {&psf__adam_rules, &psf__kfac_rules,
@@ -5203,6 +5297,97 @@ static int psf__keep_state(psf_vmc *v, int keep, long *saved) {
 }
 
 /* The workspaces psf_vmc_init makes: one per OpenMP thread, after it applied cfg->threads. */
+/* ---- MPI: the ranks share the chunks of the fixed reduction tree ------------------------------------------
+ *  Rank r of R computes the reduction chunks C r / R .. C (r+1) / R - 1 (C = v->n_chunks) and moves their walkers.
+ *  Before anything is reduced, psf__mpi_gather copies every rank's rows (per chunk or per walker) to every rank,
+ *  so each rank reduces all chunks in the one fixed order and holds the same bits as a single process would. Only
+ *  integer counts are summed by MPI itself (exact in any order). docs/scaling.md gives the volumes.          */
+static void psf__mpi_layout(int R, int C, int B, int *rows) { /* rows: chunk displs, counts; walker displs, counts */
+    for (int r = 0; r < R; r++) {
+        const int c0 = (int)((long)C * r / R), c1 = (int)((long)C * (r + 1) / R);
+        const int b0 = (int)((long)B * c0 / C), b1 = (int)((long)B * c1 / C);
+        rows[r] = c0; rows[R + r] = c1 - c0; rows[2 * R + r] = b0; rows[3 * R + r] = b1 - b0;
+    }
+}
+/* Every rank's rows of buf (rows of row_bytes bytes, one per chunk, or per walker if by_walker) onto every rank. */
+static int psf__mpi_gather(const psf_vmc *v, void *buf, size_t row_bytes, int by_walker) {
+#ifdef PSF_USE_MPI
+    if (v->n_ranks <= 1) return PSF_OK;
+    if (row_bytes > INT_MAX) return psf__fail(PSF_ERR_MPI, "psf_vmc: MPI rows of %zu bytes are too long", row_bytes);
+    const int R = v->n_ranks, *d = v->mpi_rows + (by_walker ? 2 * R : 0);
+    MPI_Datatype row;
+    int rc = MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &row);
+    if (rc == MPI_SUCCESS && (rc = MPI_Type_commit(&row)) == MPI_SUCCESS) {
+        rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, d + R, d, row, *(const MPI_Comm *)v->cfg.mpi_comm);
+        MPI_Type_free(&row);
+    }
+    if (rc != MPI_SUCCESS) return psf__fail(PSF_ERR_MPI, "psf_vmc: MPI_Allgatherv of %zu-byte rows failed (MPI error %d)", row_bytes, rc);
+#else
+    (void)v; (void)buf; (void)row_bytes; (void)by_walker;
+#endif
+    return PSF_OK;
+}
+/* *x = the sum of every rank's *x (integers: exact in any order). */
+static int psf__mpi_sum_long(const psf_vmc *v, long *x) {
+#ifdef PSF_USE_MPI
+    if (v->n_ranks <= 1) return PSF_OK;
+    const int rc = MPI_Allreduce(MPI_IN_PLACE, x, 1, MPI_LONG, MPI_SUM, *(const MPI_Comm *)v->cfg.mpi_comm);
+    if (rc != MPI_SUCCESS) return psf__fail(PSF_ERR_MPI, "psf_vmc: MPI_Allreduce of a count failed (MPI error %d)", rc);
+#else
+    (void)v; (void)x;
+#endif
+    return PSF_OK;
+}
+int psf_vmc_rank(const psf_vmc *v) { return v->rank; }
+int psf_vmc_bcast(const psf_vmc *v, void *buf, size_t bytes) {
+#ifdef PSF_USE_MPI
+    if (v->n_ranks <= 1) return PSF_OK;
+    if (bytes > INT_MAX) return psf__fail(PSF_ERR_MPI, "psf_vmc_bcast: %zu bytes is too many", bytes);
+    const int rc = MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, *(const MPI_Comm *)v->cfg.mpi_comm);
+    if (rc != MPI_SUCCESS) return psf__fail(PSF_ERR_MPI, "psf_vmc_bcast: MPI_Bcast failed (MPI error %d)", rc);
+#else
+    (void)v; (void)buf; (void)bytes;
+#endif
+    return PSF_OK;
+}
+/* After the ranks moved their walkers: everybody's positions, log|psi|, signs and RNG states on every rank. */
+static int psf__vmc_sync_walkers(const psf_vmc *v, psf_walkers *w) {
+    if (v->n_ranks <= 1) return PSF_OK;
+    int rc = psf__mpi_gather(v, w->x, sizeof(psf_real) * 3 * (size_t)w->n_elec, 1);
+    if (!rc) rc = psf__mpi_gather(v, w->logpsi, sizeof(double), 1);
+    if (!rc) rc = psf__mpi_gather(v, w->sign, sizeof(int), 1);
+    if (!rc) rc = psf__mpi_gather(v, w->rng, sizeof(psf_rng), 1);
+    return rc;
+}
+/* psf_mcmc on this rank's walkers, then gathered; returns the pmove of all walkers, or -1 with the error set. */
+static double psf__vmc_mcmc(const psf_vmc *v, psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int sweeps) {
+    const long a0 = w->n_accepted, p0 = w->n_proposed;
+    if (psf_mcmc(w, wf, ws, n_ws, sweeps) < 0) return -1.0;
+    long acc = w->n_accepted - a0;
+    if (psf__mpi_sum_long(v, &acc) || psf__vmc_sync_walkers(v, w)) return -1.0;
+    w->n_accepted = a0 + acc;
+    w->n_proposed = p0 + (long)w->n_walkers * sweeps;
+    return sweeps > 0 ? (double)acc / ((double)w->n_walkers * sweeps) : 0.0;
+}
+/* psf_walkers_refresh on this rank's walkers, then gathered. */
+static int psf__vmc_refresh(const psf_vmc *v, psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws) {
+    int rc = psf_walkers_refresh(w, wf, ws, n_ws);
+    if (!rc && v->n_ranks > 1) rc = psf__mpi_gather(v, w->logpsi, sizeof(double), 1);
+    if (!rc && v->n_ranks > 1) rc = psf__mpi_gather(v, w->sign, sizeof(int), 1);
+    return rc;
+}
+
+/* The MPI rank count of cfg->mpi_comm (1 without one). */
+static int psf__vmc_ranks(const psf_vmc_config *cfg) {
+    int R = 1;
+#ifdef PSF_USE_MPI
+    if (cfg->mpi_comm && MPI_Comm_size(*(const MPI_Comm *)cfg->mpi_comm, &R) != MPI_SUCCESS) R = 1;
+#else
+    (void)cfg;
+#endif
+    return R > 0 ? R : 1;
+}
+
 static int psf__vmc_threads(const psf_vmc_config *cfg) {
 #ifdef _OPENMP
     return cfg->threads > 0 ? cfg->threads : psf__max_threads();
@@ -5223,6 +5408,7 @@ int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes)
     size_t state = 0, b = opt->bytes(m, cfg, n_ws, n_chunks, &state); /* the optimizer's init */
     b = psf__add(b, psf__alloc_bytes((size_t)n_ws, sizeof(psf_workspace)));
     b = psf__add(b, psf__alloc_bytes((size_t)n_ws, sizeof(void *)));
+    b = psf__add(b, psf__alloc_bytes(4 * (size_t)psf__vmc_ranks(cfg), sizeof(int)));   /* the MPI layout */
     b = psf__add(b, psf__mul(2, psf__alloc_bytes(B, sizeof(double))));                 /* eloc, weight */
     b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));                            /* grad */
     b = psf__add(b, psf__alloc_bytes(psf__mul(P, (size_t)n_chunks), sizeof(psf_real))); /* chunks */
@@ -5237,7 +5423,7 @@ int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes)
 void psf_vmc_free(psf_vmc *v) {
     if (v->ws) for (int t = 0; t < v->n_ws; t++) psf_workspace_free(&v->ws[t]);
     PSF_FREE(v->ws); PSF_FREE(v->wsp); PSF_FREE(v->eloc); PSF_FREE(v->weight); PSF_FREE(v->grad); PSF_FREE(v->chunks);
-    PSF_FREE(v->gwalker); PSF_FREE(v->backup); PSF_FREE(v->good);
+    PSF_FREE(v->gwalker); PSF_FREE(v->backup); PSF_FREE(v->good); PSF_FREE(v->mpi_rows);
     if (v->opt && v->opt_state) psf__opt(v)->free(v->opt_state);
     psf_walkers_free(&v->walkers);
     memset(v, 0, sizeof *v);
@@ -5280,6 +5466,30 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     v->wf = psf_model_wavefunction(m);
     v->n_ws = psf__max_threads();
     v->n_chunks = cfg->batch < PSF__CHUNKS ? cfg->batch : PSF__CHUNKS;
+    v->rank = 0;
+    v->n_ranks = 1;
+#ifdef PSF_USE_MPI
+    if (cfg->mpi_comm) {
+        const MPI_Comm comm = *(const MPI_Comm *)cfg->mpi_comm;
+        if (MPI_Comm_rank(comm, &v->rank) != MPI_SUCCESS || MPI_Comm_size(comm, &v->n_ranks) != MPI_SUCCESS) {
+            v->rank = 0; v->n_ranks = 1;
+            return psf__fail(PSF_ERR_MPI, "psf_vmc_init: MPI_Comm_rank / MPI_Comm_size failed (is MPI initialised?)");
+        }
+        if (v->n_ranks > v->n_chunks) {
+            const int R = v->n_ranks;
+            v->rank = 0; v->n_ranks = 1;
+            return psf__fail(PSF_ERR_ARG, "psf_vmc_init: %d MPI ranks for %d reduction chunks: at most one rank per chunk "
+                             "(a batch of %d walkers has %d)", R, v->n_chunks, cfg->batch, v->n_chunks);
+        }
+    }
+#endif
+    v->chunk_lo = v->n_chunks * v->rank / v->n_ranks;
+    v->chunk_hi = v->n_chunks * (v->rank + 1) / v->n_ranks;
+    if (!(v->mpi_rows = (int *)psf__calloc(4 * (size_t)v->n_ranks, sizeof(int)))) {
+        v->rank = 0; v->n_ranks = 1;
+        return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
+    }
+    psf__mpi_layout(v->n_ranks, v->n_chunks, cfg->batch, v->mpi_rows);
     v->ws = (psf_workspace *)psf__calloc((size_t)v->n_ws, sizeof(psf_workspace));
     v->wsp = (void **)psf__calloc((size_t)v->n_ws, sizeof(void *));
     v->eloc = (double *)psf__calloc((size_t)cfg->batch, sizeof(double));
@@ -5305,9 +5515,12 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
     rc = psf_walkers_init(&v->walkers, &m->sys, cfg->batch, cfg->seed);
     if (rc) { psf_vmc_free(v); return rc; }
     v->walkers.width = cfg->mcmc_width;
-    psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    v->walkers.lo = v->mpi_rows[2 * v->n_ranks + v->rank];
+    v->walkers.hi = v->walkers.lo + v->mpi_rows[3 * v->n_ranks + v->rank];
+    if ((rc = psf__vmc_refresh(v, &v->walkers, &v->wf, v->wsp, v->n_ws))) { psf_vmc_free(v); return rc; }
     for (int s = 0; s < cfg->burn_in; s++) {
-        double pm = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, 1);
+        double pm = psf__vmc_mcmc(v, &v->walkers, &v->wf, v->wsp, v->n_ws, 1);
+        if (pm < 0) { psf_vmc_free(v); return PSF_ERR_MPI; }
         psf_mcmc_adapt(&v->walkers, pm);
     }
     return PSF_OK;
@@ -5318,12 +5531,18 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
 /* Local energies of the walkers w into v->eloc [B] (the jet pass); returns their finite mean, *n_finite their count. */
 static double psf__mean_eloc(psf_vmc *v, const psf_walkers *w, int *n_finite) {
     const int B = w->n_walkers, D = v->model->n_dim;
+    int lo, hi;
+    psf__walker_range(w, &lo, &hi);
 PSF__OMP(parallel for schedule(dynamic, 2))
-    for (int b = 0; b < B; b++) {
+    for (int b = lo; b < hi; b++) {
         psf_real g[3 * PSF_MAX_ELEC];
         psf_eloc el;
         psf_local_energy(&v->model->sys, &v->wf, v->wsp[psf__thread_id()], w->x + (size_t)b * D, g, &el);
         v->eloc[b] = el.total;
+    }
+    if (psf__mpi_gather(v, v->eloc, sizeof(double), 1)) { /* an MPI failure (the error says so): no energy */
+        if (n_finite) *n_finite = 0;
+        return NAN;
     }
     double s = 0;
     int n = 0;
@@ -5360,8 +5579,8 @@ static int psf__reset_walkers(psf_vmc *v) {
 static void psf__sample_and_measure(psf_vmc *v, psf_step_stats *st, int adapt) {
     const int B = v->cfg.batch;
     double t0 = psf_time();
-    st->pmove = psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.mcmc_steps);
-    if (adapt) psf_mcmc_adapt(&v->walkers, st->pmove);
+    st->pmove = psf__vmc_mcmc(v, &v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.mcmc_steps);
+    if (adapt && st->pmove >= 0) psf_mcmc_adapt(&v->walkers, st->pmove);
     st->width = v->walkers.width;
     double t1 = psf_time();
     int nf;
@@ -5417,7 +5636,7 @@ static int psf__energy_gradient(psf_vmc *v, double mean) {
     cm /= nf;
     for (int b = 0; b < B; b++) w[b] = isfinite(w[b]) ? 2.0 * (w[b] - cm) / nf : 0.0;
 PSF__OMP(parallel for schedule(dynamic, 1))
-    for (int c = 0; c < C; c++) {
+    for (int c = v->chunk_lo; c < v->chunk_hi; c++) { /* this rank's chunks (all of them on one process) */
         psf_real *acc = v->chunks + (size_t)c * P;
         const int tid = psf__thread_id();
         psf_workspace *ws = &v->ws[tid];
@@ -5448,6 +5667,11 @@ PSF__OMP(parallel for schedule(dynamic, 1))
         }
         opt->chunk_end(v->opt_state, c, ws);
     }
+    if (v->n_ranks > 1) {
+        int rc = psf__mpi_gather(v, v->chunks, sizeof(psf_real) * P, 0);
+        if (!rc && opt->gather) rc = opt->gather(v, v->opt_state);
+        if (rc) return rc;
+    }
     psf__sum_chunks(v);
     return 0;
 }
@@ -5466,7 +5690,7 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
             psf__keep_state(v, 1, &c); /* only to zero the state: keep, then restore the non-finite copy */
             psf__keep_state(v, 0, &c);
         }
-        psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+        if (psf__vmc_refresh(v, &v->walkers, &v->wf, v->wsp, v->n_ws)) return PSF_ERR_MPI;
         st->restored = 1;
     }
     psf__sample_and_measure(v, st, 1);
@@ -5474,8 +5698,9 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
     if (!isfinite(st->energy))
         return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: no walker has a finite log|psi| and local energy", v->step);
     double t0 = psf_time();
-    if (psf__energy_gradient(v, st->energy))
-        return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
+    const int grc = psf__energy_gradient(v, st->energy);
+    if (grc == PSF_ERR_MPI) return grc;
+    if (grc) return psf__fail(PSF_ERR_NUMERIC, "psf_vmc_train_step: step %ld: gradient failed", v->step);
     double t1 = psf_time();
     double g2 = 0;
     for (size_t p = 0; p < P; p++) g2 += v->grad[p] * v->grad[p];
@@ -5508,7 +5733,7 @@ int psf_vmc_train_step(psf_vmc *v, psf_step_stats *st) {
         v->n_rejected = 0;
         memcpy(v->good, v->model->params, sizeof(psf_real) * P);
         v->has_good = 1;
-        psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+        if (psf__vmc_refresh(v, &v->walkers, &v->wf, v->wsp, v->n_ws)) return PSF_ERR_MPI;
     }
     double t2 = psf_time();
     st->t_backward = t1 - t0;
@@ -5533,7 +5758,7 @@ int psf_vmc_gap(psf_vmc *v, int sweeps, double *e_walkers, double *e_decorrelate
         memcpy(c.sign, w->sign, sizeof(int) * (size_t)B);
         for (int b = 0; b < B; b++) psf_rng_seed(&c.rng[b], v->cfg.seed + 0x9E37ULL * (uint64_t)v->step, 0x2000000ULL + (uint64_t)b);
         *e_walkers = psf__mean_eloc(v, w, NULL);
-        if (psf_mcmc(&c, &v->wf, v->wsp, v->n_ws, sweeps) < 0) rc = PSF_ERR_ARG;
+        if (psf__vmc_mcmc(v, &c, &v->wf, v->wsp, v->n_ws, sweeps) < 0) rc = PSF_ERR_ARG;
         else *e_decorrelated = psf__mean_eloc(v, &c, NULL);
         if (!rc && (!isfinite(*e_walkers) || !isfinite(*e_decorrelated)))
             rc = psf__fail(PSF_ERR_NUMERIC, "psf_vmc_gap: no finite local energy");
@@ -5606,11 +5831,13 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
     for (int t = 0; t < T && !rc; t++)
         if (!(rws[t] = rwf.ws_new(rwf.ctx))) rc = psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory");
-    if (!rc) rc = psf_walkers_refresh(&v->walkers, &rwf, rws, T);
+    if (!rc) rc = psf__vmc_refresh(v, &v->walkers, &rwf, rws, T);
     for (int s = 0; s < steps && !rc; s++) {
-        psf_mcmc_adapt(&v->walkers, psf_mcmc(&v->walkers, &rwf, rws, T, v->cfg.mcmc_steps));
+        const double pm = psf__vmc_mcmc(v, &v->walkers, &rwf, rws, T, v->cfg.mcmc_steps);
+        if (pm < 0) { rc = PSF_ERR_MPI; break; }
+        psf_mcmc_adapt(&v->walkers, pm);
 PSF__OMP(parallel for schedule(dynamic, 1))
-        for (int c = 0; c < C; c++) {
+        for (int c = v->chunk_lo; c < v->chunk_hi; c++) { /* this rank's chunks */
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
             double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + nn, l = 0;
@@ -5631,6 +5858,9 @@ PSF__OMP(parallel for schedule(dynamic, 1))
             }
             closs[c] = l;
         }
+        if (v->n_ranks > 1 && ((rc = psf__mpi_gather(v, closs, sizeof(double), 0)) ||
+                               (rc = psf__mpi_gather(v, v->chunks, sizeof(psf_real) * P, 0))))
+            break;
         double loss = 0;
         for (int c = 0; c < C; c++) loss += closs[c];
         if (losses) losses[s] = loss;
@@ -5643,8 +5873,12 @@ PSF__OMP(parallel for schedule(dynamic, 1))
     if (rc) return rc;
     /* back to |psi_net|^2: the walkers start from the reference's distribution */
     v->walkers.width = v->cfg.mcmc_width;
-    if ((rc = psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws))) return rc;
-    for (int s = 0; s < v->cfg.burn_in; s++) psf_mcmc_adapt(&v->walkers, psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, 1));
+    if ((rc = psf__vmc_refresh(v, &v->walkers, &v->wf, v->wsp, v->n_ws))) return rc;
+    for (int s = 0; s < v->cfg.burn_in; s++) {
+        const double pm = psf__vmc_mcmc(v, &v->walkers, &v->wf, v->wsp, v->n_ws, 1);
+        if (pm < 0) return PSF_ERR_MPI;
+        psf_mcmc_adapt(&v->walkers, pm);
+    }
     return PSF_OK;
 }
 
@@ -5725,6 +5959,7 @@ static int psf__ckpt_header(const psf_vmc *v, int32_t *val, const char **name) {
 int psf_vmc_save(const psf_vmc *v, const char *path) {
     char tmp[1024], opt_name[16] = {0};
     size_t bad; /* nothing non-finite reaches the disk: the file there, if any, stays as it was */
+    if (v->rank != 0) return PSF_OK; /* MPI: every rank holds the same state; rank 0 writes it */
     if (!psf__all_finite(v->model->params, v->model->n_params, &bad))
         return psf__fail(PSF_ERR_NUMERIC, "%s: not written: parameter %zu is not finite (an existing checkpoint is kept)", path, bad);
     if (!psf__all_finite(v->walkers.x, (size_t)v->cfg.batch * v->model->n_dim, &bad) || !isfinite(v->walkers.width))
@@ -5878,7 +6113,7 @@ int psf_vmc_load(psf_vmc *v, const char *path) {
     v->step = step;
     v->has_good = 0;
     v->n_rejected = 0; /* not in the file (see psf_vmc_load) */
-    return psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws);
+    return psf__vmc_refresh(v, &v->walkers, &v->wf, v->wsp, v->n_ws);
 }
 
 /* ---- NumPy .npy ----------------------------------------------------------------------------------------- */

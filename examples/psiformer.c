@@ -23,6 +23,18 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef PSF_USE_MPI
+#include <mpi.h>
+#endif
+
+/* MPI (make MPI=1): the ranks share the walkers and hold the same state after every step (psiformer.h, PSF_USE_MPI);
+ * only rank 0 prints and writes files. Without MPI this is rank 0 of 1. */
+static int g_rank = 0;
+#ifdef PSF_USE_MPI
+static MPI_Comm g_comm;
+#endif
+/* fopen for the outputs; on the other ranks the null device. */
+static FILE *out_open(const char *path, const char *mode) { return g_rank == 0 ? fopen(path, mode) : fopen("/dev/null", "w"); }
 
 typedef struct {
     const char *atom, *out, *restore, *xyz;
@@ -384,7 +396,7 @@ static double anneal_scale(const options *o, double p) {
 static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/train_stats.csv", outdir);
-    int upgraded = 0, trc = o->restore ? trim_train_csv(path, v->step, &upgraded) : 0;
+    int upgraded = 0, trc = o->restore && g_rank == 0 ? trim_train_csv(path, v->step, &upgraded) : 0;
     if (trc == -2) {
         fprintf(stderr, "psiformer: --restore: %s has a header this program does not know (not a version of '%.*s'): "
                         "move it away to restore into %s\n", path, (int)strlen(TRAIN_CSV_HEADER) - 1, TRAIN_CSV_HEADER, outdir);
@@ -397,7 +409,7 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     if (upgraded)
         printf("%s: written by an older version; its header is now this version's and its rows have the %d new "
                "column%s empty\n", path, upgraded, upgraded > 1 ? "s" : "");
-    FILE *csv = fopen(path, o->restore ? "a" : "w");
+    FILE *csv = out_open(path, o->restore ? "a" : "w");
     if (!csv) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return 1; }
     fseek(csv, 0, SEEK_END);
     if (ftell(csv) == 0) fputs(TRAIN_CSV_HEADER, csv);
@@ -412,11 +424,15 @@ static int train(psf_vmc *v, const options *o, const char *outdir, results *r) {
     char total[32];
     if (o->steps > 0) snprintf(total, sizeof total, "/%d", o->steps); else snprintf(total, sizeof total, " (%.0f min)", o->train_minutes);
     for (long s = r->first; s < last; s++) {
-        if (o->train_minutes > 0 && psf_time() - t_train > 60.0 * o->train_minutes) {
+        /* the budget by rank 0's clock: every rank must take the same decisions (MPI) */
+        double clock[2] = {o->train_minutes > 0 && psf_time() - t_train > 60.0 * o->train_minutes,
+                           progress(o, s, psf_time() - t_train)};
+        if ((rc = psf_vmc_bcast(v, clock, sizeof clock))) break;
+        if (clock[0] != 0) {
             printf("%sstopping training at step %ld: --train-minutes %g reached\n", tty ? "\n" : "", s, o->train_minutes);
             break;
         }
-        const double p = progress(o, s, psf_time() - t_train);
+        const double p = clock[1];
         v->step_scale = anneal_scale(o, p);
         if ((rc = psf_vmc_train_step(v, &st))) break;
         if (st.restored)
@@ -511,7 +527,7 @@ static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_
     if (rc) { fprintf(stderr, "psiformer: pretraining failed: %s\n", psf_last_error()); free(loss); return 1; }
     char path[1024];
     snprintf(path, sizeof path, "%s/pretrain_stats.csv", outdir);
-    FILE *f = fopen(path, "w");
+    FILE *f = out_open(path, "w");
     if (f) {
         fprintf(f, "step,loss\n");
         for (int s = 0; s < o->pretrain_steps; s++) fprintf(f, "%d,%.8g\n", s, loss[s]);
@@ -532,7 +548,7 @@ static int use_average(psf_vmc *v, const options *o, const char *outdir, results
     const size_t P = v->model->n_params;
     memcpy(v->model->params, r->average, sizeof(psf_real) * P);
     snprintf(path, sizeof path, "%s/params_evaluated.npy", outdir);
-    if (sizeof(psf_real) == sizeof(double) && psf_save_npy(path, (const double *)r->average, (int)P, 1))
+    if (g_rank == 0 && sizeof(psf_real) == sizeof(double) && psf_save_npy(path, (const double *)r->average, (int)P, 1))
         fprintf(stderr, "psiformer: warning: %s\n", psf_last_error());
     if (psf_walkers_refresh(&v->walkers, &v->wf, v->wsp, v->n_ws) ||
         psf_mcmc(&v->walkers, &v->wf, v->wsp, v->n_ws, v->cfg.burn_in) < 0) {
@@ -552,7 +568,7 @@ static int evaluate(psf_vmc *v, const options *o, const char *outdir, results *r
     if (!series) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t_eval = psf_time();
     snprintf(path, sizeof path, "%s/eval_stats.csv", outdir);
-    FILE *csv = fopen(path, "w");
+    FILE *csv = out_open(path, "w");
     if (csv) fprintf(csv, "step,energy,variance,pmove,walkers_reset\n");
     psf_step_stats st;
     for (int s = 0; s < n; s++) {
@@ -618,7 +634,7 @@ typedef struct {
 
 static void write_summary(const char *path, const options *o, const psf_model *m, const psf_vmc *v,
                           const sysinfo *si, int ground, const results *r, double wall) {
-    json j = {fopen(path, "w"), 0};
+    json j = {out_open(path, "w"), 0};
     if (!j.f) { fprintf(stderr, "psiformer: cannot write %s: %s\n", path, strerror(errno)); return; }
     const psf_psiformer_config *pc = &m->cfg.psiformer;
     json_str(&j, "system", si->name);
@@ -680,6 +696,7 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "en_cusp", m->cfg.use_en_cusp);
     json_fmt(&j, "seed", "%llu", (unsigned long long)o->vmc.seed);
     json_int(&j, "threads", v->n_ws);
+    json_int(&j, "mpi_ranks", v->n_ranks);
     json_int(&j, "reblock_size", r->block < 0 ? -r->block : r->block);
     json_fmt(&j, "error_bar_reliable", "%s", r->block > 0 ? "true" : "false");
     json_fmt(&j, "wall_seconds", "%.2f", wall);
@@ -774,7 +791,7 @@ static int write_plot_script(const char *outdir, const options *o, const char *n
                              const psf_atom_info *info, int ground, const results *r) {
     char path[1024];
     snprintf(path, sizeof path, "%s/plot.gp", outdir);
-    FILE *f = fopen(path, "w");
+    FILE *f = out_open(path, "w");
     if (!f) return -1;
     fprintf(f, "# plot.gp: the training curve of a psiformer run (written by build/psiformer into its --out directory).\n"
                "# In this directory: gnuplot plot.gp (from the repository: make plot RUN=<this directory>). It reads\n"
@@ -855,7 +872,7 @@ static int plot_training(const char *outdir, const options *o, const char *name,
 
 /* ---- The program -------------------------------------------------------------------------------------------- */
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
     options o;
     const int pa = parse_args(argc, argv, &o);
     if (pa) return pa < 0 ? 0 : 2;
@@ -889,17 +906,20 @@ int main(int argc, char **argv) {
     const psf_atom_info *info = si.info;
     char outdir[512], path[1024];
     if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", si.info ? o.atom : xyzname);
-    if (mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
+    if (g_rank == 0 && mkdir_p(outdir)) { fprintf(stderr, "psiformer: cannot create output directory %s: %s\n", outdir, strerror(errno)); return 1; }
     snprintf(path, sizeof path, "%s/.psiformer_write_test", outdir); /* before any training, not after it */
-    FILE *probe = fopen(path, "w");
+    FILE *probe = out_open(path, "w");
     if (!probe || fclose(probe) != 0) { fprintf(stderr, "psiformer: --out: cannot write into %s: %s\n", outdir, strerror(errno)); return 1; }
-    remove(path);
+    if (g_rank == 0) remove(path);
 
     psf_model m;
     if (psf_model_init(&m, &sys, &o.net, o.vmc.seed)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 2; }
     if (check_memory(&m, &o)) { psf_model_free(&m); return 2; }
     const double t_start = psf_time();
     psf_vmc v;
+#ifdef PSF_USE_MPI
+    o.vmc.mpi_comm = &g_comm;
+#endif
     if (psf_vmc_init(&v, &m, &o.vmc)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
     v.walkers.scale_moves = o.scale_moves;
     if (o.restore && psf_vmc_load(&v, o.restore)) { fprintf(stderr, "psiformer: %s\n", psf_last_error()); return 1; }
@@ -925,9 +945,11 @@ int main(int argc, char **argv) {
     if (o.steps > 0 && o.train_minutes > 0) snprintf(budget, sizeof budget, "%d train steps (at most %.1f min)", o.steps, o.train_minutes);
     else if (o.steps > 0) snprintf(budget, sizeof budget, "%d train steps", o.steps);
     else snprintf(budget, sizeof budget, "%.1f min of training", o.train_minutes);
-    printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %s + %d eval steps, seed %llu, %d threads%s%s\n",
+    char ranks[48] = "";
+    if (v.n_ranks > 1) snprintf(ranks, sizeof ranks, " on each of %d MPI ranks", v.n_ranks);
+    printf("vmc: %s lr %.3g, batch %d, %d mcmc steps/iter, %s + %d eval steps, seed %llu, %d threads%s%s%s\n",
            psf_optimizer_name(o.vmc.optimizer), v.cfg.lr, o.vmc.batch, o.vmc.mcmc_steps, budget, o.eval_steps,
-           (unsigned long long)o.vmc.seed, v.n_ws, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
+           (unsigned long long)o.vmc.seed, v.n_ws, ranks, o.restore ? ", restored from " : "", o.restore ? o.restore : "");
     fflush(stdout);
 
     results r;
@@ -957,7 +979,7 @@ int main(int argc, char **argv) {
            r.block < 0 ? ", no plateau: error bar unreliable" : "", wall);
     snprintf(path, sizeof path, "%s/summary.json", outdir);
     write_summary(path, &o, &m, &v, &si, ground, &r, wall);
-    const int png = plot_training(outdir, &o, si.name, &sys, info, ground, &r);
+    const int png = g_rank == 0 && plot_training(outdir, &o, si.name, &sys, info, ground, &r);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin, plot.gp%s)\n", outdir,
            png ? ", training.png" : "");
     if (!info && si.mol)
@@ -975,4 +997,19 @@ int main(int argc, char **argv) {
     psf_model_free(&m);
     psf_molden_free(&mol);
     return 0;
+}
+
+int main(int argc, char **argv) {
+#ifdef PSF_USE_MPI
+    MPI_Init(&argc, &argv);
+    g_comm = MPI_COMM_WORLD;
+    MPI_Comm_rank(g_comm, &g_rank);
+    if (g_rank != 0 && (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr))) MPI_Abort(g_comm, 1);
+    const int rc = run(argc, argv);
+    if (rc) MPI_Abort(g_comm, rc); /* a rank that stops alone would leave the others waiting in a collective */
+    MPI_Finalize();
+    return rc;
+#else
+    return run(argc, argv);
+#endif
 }

@@ -588,6 +588,46 @@ static greatest_test_res hydrogen_mean_radius(int scaled) {
 TEST sampler_reproduces_hydrogen_mean_radius(void) { return hydrogen_mean_radius(0); }
 TEST scaled_moves_reproduce_hydrogen_mean_radius(void) { return hydrogen_mean_radius(1); }
 
+/* The walker range behind MPI (issue 13): psf_mcmc with lo..hi-1 moves exactly those walkers, each through the
+ * same states as when all walkers move (one RNG stream per walker), and leaves the others untouched; the counts
+ * are of the moved walkers only. Then the parts moved by two "ranks" put together equal the whole. */
+TEST walker_range_moves_its_share_with_the_same_bits(void) {
+    psf_system h;
+    psf_system_atom(&h, "He", -1);
+    psf_hydrogenic hy = {2, 27.0 / 16.0, {0, 0, 0}};
+    psf_wavefunction wf = psf_hydrogenic_wavefunction(&hy);
+    void *ws[64] = {0};
+    enum { B = 96, LO = 40, HI = 71, SWEEPS = 7 };
+    psf_walkers all, part[2];
+    ASSERT_EQ(PSF_OK, psf_walkers_init(&all, &h, B, 5));
+    for (int k = 0; k < 2; k++) ASSERT_EQ(PSF_OK, psf_walkers_init(&part[k], &h, B, 5));
+    ASSERT_EQ(0, all.lo); ASSERT_EQ(B, all.hi);
+    part[0].lo = 0;  part[0].hi = LO;
+    part[1].lo = LO; part[1].hi = HI; /* walkers HI..B-1 are nobody's here: they must not move */
+    const psf_real *x0 = part[1].x;
+    static psf_real start[B * 6];
+    memcpy(start, x0, sizeof start);
+    ASSERT_EQ(PSF_OK, psf_walkers_refresh(&all, &wf, ws, 64));
+    for (int k = 0; k < 2; k++) ASSERT_EQ(PSF_OK, psf_walkers_refresh(&part[k], &wf, ws, 64));
+    ASSERT(psf_mcmc(&all, &wf, ws, 64, SWEEPS) > 0);
+    for (int k = 0; k < 2; k++) ASSERT(psf_mcmc(&part[k], &wf, ws, 64, SWEEPS) > 0);
+    ASSERT_EQ((long)(HI - LO) * SWEEPS, part[1].n_proposed);
+    ASSERT_EQ((long)LO * SWEEPS, part[0].n_proposed);
+    ASSERT_EQ((long)B * SWEEPS, all.n_proposed);
+    for (int b = 0; b < B; b++) {
+        const psf_walkers *own = b < LO ? &part[0] : &part[1];
+        for (int d = 0; d < 6; d++) {
+            if (b < HI) ASSERT_EQm("a moved walker equals the one moved with all", 0,
+                                   memcmp(&own->x[b * 6 + d], &all.x[b * 6 + d], sizeof(psf_real)));
+            else ASSERT_EQm("a walker outside the range did not move", 0, memcmp(&part[1].x[b * 6 + d], &start[b * 6 + d], sizeof(psf_real)));
+        }
+        if (b < HI) ASSERT_EQ(0, memcmp(&own->logpsi[b], &all.logpsi[b], sizeof(double)));
+    }
+    psf_walkers_free(&all);
+    for (int k = 0; k < 2; k++) psf_walkers_free(&part[k]);
+    PASS();
+}
+
 /* Helium with the hydrogenic trial function e^{-zeta(r1+r2)}, zeta = 27/16: E = -zeta^2 = -2.84765625 Ha. */
 TEST helium_hydrogenic_energy(void) {
     psf_system he;
@@ -672,6 +712,7 @@ SUITE(hamiltonian_and_sampler) {
     RUN_TEST(electron_electron_cusp);
     RUN_TEST(sampler_reproduces_hydrogen_mean_radius);
     RUN_TEST(scaled_moves_reproduce_hydrogen_mean_radius);
+    RUN_TEST(walker_range_moves_its_share_with_the_same_bits);
     RUN_TEST(helium_hydrogenic_energy);
     RUN_TEST(reblocking_recovers_correlated_error);
 }
