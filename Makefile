@@ -143,6 +143,10 @@ $(BUILD)/bench_peak: bench/peak.c | $(BUILD)
 bench: $(BENCH_BINS)
 	BENCH_BLAS=$(BLAS) sh bench/run.sh $(BUILD)
 
+# What MPI moves and costs, and FermiNet's carbon protocol projected on 8-512 nodes (docs/scaling.md): build/mpi_scaling
+$(BUILD)/mpi_scaling: bench/mpi_scaling.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
 # KFAC cost beside the jet pass, for three widths (carbon, batch 256): build/kfac_cost [iterations]
 $(BUILD)/kfac_cost: bench/kfac_cost.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)

@@ -24,6 +24,9 @@
  *                                     (psf_vmc_config.mpi_comm; include <mpi.h>, build with mpicc). Every
  *                                     reduction keeps the fixed chunk order, so 1 process and R ranks x T
  *                                     threads give the same bits (docs/scaling.md)
+ *       PSF_CHUNKS                    reduction chunks of the fixed tree over walkers (default 32): at most this
+ *                                     many MPI ranks; C P reals of partial sums. Results depend on it (not on the
+ *                                     thread or rank count)
  *       PSF_STATIC                    make every public function static (PSFDEF), so that two libraries can
  *                                     each carry a private copy of the implementation
  *       PSF_INTERNAL_TESTS            expose the named internal test API (psf_test_*) used by tests/ and bench/
@@ -912,6 +915,12 @@ PSFDEF int psf_test_thread_id(void);
 #include <cblas.h>
 #endif
 #ifdef PSF_USE_MPI
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1 /* the C API only: MPI's deprecated C++ bindings are not needed (and not C-linkable) */
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 #endif
 #ifndef PSF_CBLAS_MIN_MNK
@@ -1010,7 +1019,10 @@ double psf_time(void) {
 #endif
 }
 
-#define PSF__CHUNKS 32 /* fixed reduction tree over walkers: results do not depend on the thread count */
+#ifndef PSF_CHUNKS
+#define PSF_CHUNKS 32 /* fixed reduction tree over walkers: results do not depend on the thread or rank count */
+#endif
+#define PSF__CHUNKS PSF_CHUNKS
 
 static int psf__thread_id(void) {
 #ifdef _OPENMP
@@ -5479,7 +5491,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
             const int R = v->n_ranks;
             v->rank = 0; v->n_ranks = 1;
             return psf__fail(PSF_ERR_ARG, "psf_vmc_init: %d MPI ranks for %d reduction chunks: at most one rank per chunk "
-                             "(a batch of %d walkers has %d)", R, v->n_chunks, cfg->batch, v->n_chunks);
+                             "(a batch of %d walkers has %d; PSF_CHUNKS sets more)", R, v->n_chunks, cfg->batch, v->n_chunks);
         }
     }
 #endif

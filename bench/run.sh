@@ -124,4 +124,19 @@ if command -v "$REPORT_PY" >/dev/null 2>&1; then
 else
     echo "   (no Python: the raw CSVs are in $OUT)"
 fi
+echo "== 6. MPI: 1 rank x $T threads against $T ranks x 1 thread (carbon, 20 training steps, batch 512; issue 13)"
+if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && make -s MPI=1 build/mpi/psiformer >/dev/null; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    mpi_args="--atom C --steps 20 --eval-steps 2 --pretrain-steps 0 --gap-every 0 --checkpoint-every 1000 --print-every 1000"
+    step_time() { sed -n 's/^time per training step: \([0-9.]*\) s.*/\1/p' "$1"; }
+    build/mpi/psiformer $mpi_args --threads "$T" --out "$OUT/mpi-1x$T" > "$OUT/mpi-1x$T.log" 2>&1
+    mpirun --allow-run-as-root --oversubscribe -np "$T" build/mpi/psiformer $mpi_args --threads 1 --out "$OUT/mpi-${T}x1" > "$OUT/mpi-${T}x1.log" 2>&1
+    a=$(step_time "$OUT/mpi-1x$T.log"); b=$(step_time "$OUT/mpi-${T}x1.log")
+    if [ -n "$a" ] && [ -n "$b" ]; then
+        same=$(cmp -s "$OUT/mpi-1x$T/checkpoint.bin" "$OUT/mpi-${T}x1/checkpoint.bin" && echo "identical" || echo "DIFFERENT")
+        echo "   1 rank x $T threads: $a s/step; $T ranks x 1 thread: $b s/step; ratio $(awk "BEGIN { printf \"%.2f\", $b / $a }"); checkpoints $same"
+    else echo "   (a run failed: $OUT/mpi-*.log)"; fi
+else
+    echo "   (no mpicc / mpirun: apt-get install openmpi-bin libopenmpi-dev)"
+fi
 echo "bench: done in $(( $(date +%s) - t_start )) s; CSVs in $OUT/ (bench.csv is the merged table)"
