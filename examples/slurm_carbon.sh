@@ -1,7 +1,7 @@
 #!/bin/bash
 # examples/slurm_carbon.sh — carbon with FermiNet's protocol (4096 walkers, 2 x 10^5 iterations, KFAC) on a SLURM
 # cluster: one MPI rank per node, its OpenMP threads on the node's cores. docs/scaling.md projects the wall time
-# (about 17 days on 8 two-core nodes, 2.5 on 64) and the bytes each rank exchanges per iteration.
+# (with KFAC, about 13 hours on 8 two-core nodes and 3 on 64) and the bytes each rank exchanges per iteration.
 #
 #   make MPI=1 build/mpi/psiformer        (mpicc; Debian: openmpi-bin libopenmpi-dev, or the cluster's MPI module)
 #   sbatch examples/slurm_carbon.sh       submit; `sbatch examples/slurm_carbon.sh --restore` resumes
