@@ -1006,7 +1006,11 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(g_comm, &g_rank);
     if (g_rank != 0 && (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr))) MPI_Abort(g_comm, 1);
     const int rc = run(argc, argv);
-    if (rc) MPI_Abort(g_comm, rc); /* a rank that stops alone would leave the others waiting in a collective */
+    if (rc) { /* a rank that stops alone would leave the others waiting in a collective: abort them all, but give
+                 rank 0, the one that prints, a moment to say why when every rank fails at once */
+        if (g_rank != 0) sleep(1);
+        MPI_Abort(g_comm, rc);
+    }
     MPI_Finalize();
     return rc;
 #else

@@ -64,5 +64,12 @@ d=$work/restart
 $run2 "$mpi" --atom Li --optimizer spring --steps 10 --anneal 0 $common --threads 1 --out "$d" > "$d-a.log" 2>&1 || { echo "FAIL restart: 2-rank first half (log $d-a.log)"; fail=1; }
 "$plain" --atom Li --optimizer spring --steps 20 --anneal 0 $common --threads 2 --restore "$d/checkpoint.bin" --out "$d" > "$d-b.log" 2>&1 || { echo "FAIL restart: restored run (log $d-b.log)"; fail=1; }
 check "Li spring, 2 ranks for 10 steps then 1 process restored for 10 = 20 steps on 1 process" "$d-ref" "$d"
+# more ranks than reduction chunks (a batch of 2 has 2): refused with the reason, non-zero exit, no hang
+if mpirun --allow-run-as-root --oversubscribe -np 3 "$mpi" --atom He --batch 2 --steps 2 --pretrain-steps 0 --eval-steps 2 \
+        --threads 1 --out "$work/toomany" < /dev/null > "$work/toomany.log" 2>&1; then
+    echo "FAIL 3 ranks for a batch of 2: accepted"; fail=1
+elif grep -q "3 MPI ranks for 2 reduction chunks" "$work/toomany.log"; then
+    echo "ok   3 ranks for a batch of 2 walkers: refused (\"3 MPI ranks for 2 reduction chunks\")"
+else echo "FAIL 3 ranks for a batch of 2: no message (log $work/toomany.log)"; fail=1; fi
 [ $fail -eq 0 ] && echo "make mpi-check: all runs agree bitwise" || echo "make mpi-check: FAILED"
 exit $fail
