@@ -4,11 +4,12 @@
 #   PLAIN  the driver built without MPI (build/psiformer), run with 2 OpenMP threads
 #   MPI    the driver built with PSF_USE_MPI (build/mpi/psiformer), run as 1 process with 2 threads and as
 #          2 ranks x 1 thread under mpirun
-# For He and Li (odd N) with KFAC, Adam and SPRING (short runs: HF pretraining, training with the gap diagnostic,
-# evaluation), the three runs must agree bitwise: the final checkpoints (parameters, walkers, RNG states, optimizer
-# state) byte for byte, and every column of train_stats.csv and eval_stats.csv but the wall-clock seconds. Then a
-# checkpoint written by 2 ranks is restored on 1 process, and the continued run must equal one that was never
-# interrupted. Exit status 0 when everything agrees.
+# For He and Li (odd N) with KFAC, Adam and SPRING, SPRING's double kernel and Be with the Pfaffian head (short runs:
+# HF pretraining, training with the gap diagnostic, evaluation), the three runs must agree bitwise: the final
+# checkpoints (parameters, walkers, RNG states, optimizer state) byte for byte, every column of train_stats.csv and
+# eval_stats.csv but the wall-clock seconds, and summary.json's energy, error bar and variance. Then a checkpoint
+# written by 2 ranks is restored on 1 process, and the continued run must equal one that was never interrupted; and
+# 3 ranks for a batch of 2 walkers are refused with the reason. Exit status 0 when everything agrees.
 set -u
 plain=$1 mpi=$2 work=${3:-build/mpi-check}
 rm -rf "$work"; mkdir -p "$work"
@@ -33,6 +34,11 @@ check() { # label dir-a dir-b
         if [ ! -s "$2/$f" ] || [ ! -s "$3/$f" ]; then echo "FAIL $1: $f missing"; bad=1
         elif ! same "$2" "$3" "$f"; then echo "FAIL $1: $f differs ($2 against $3)"; bad=1; fi
     done
+    # summary.json: the evaluated energy, its error bar and the variance, as printed
+    grep -E '"(energy|energy_error|variance)":' "$2/summary.json" > "$work/a.tmp" 2>/dev/null
+    grep -E '"(energy|energy_error|variance)":' "$3/summary.json" > "$work/b.tmp" 2>/dev/null
+    if [ "$(wc -l < "$work/a.tmp")" -ne 3 ] || ! cmp -s "$work/a.tmp" "$work/b.tmp"; then
+        echo "FAIL $1: summary.json energy, error bar or variance differ"; bad=1; fi
     e=$(sed -n 's/.*"energy": *\([-0-9.e]*\).*/\1/p' "$3/summary.json" | head -n 1)
     [ $bad -eq 0 ] && echo "ok   $1: checkpoint, training and evaluation identical (E = $e Ha)"
     [ $bad -eq 0 ] || fail=1

@@ -1108,6 +1108,22 @@ TEST driver_writes_the_training_plot(void) {
         ASSERT(k == 8 && memcmp(sig, "\x89PNG\r\n\x1a\n", 8) == 0);
         ASSERT(strstr(out, "plot.gp, training.png)") != NULL);
         ASSERTm("with gnuplot the driver says nothing about it", strstr(out, "gnuplot") == NULL);
+        /* a molecule with a reference energy but no Hartree-Fock limit, and a spin with no exact energy: gnuplot
+         * refused the first one's plot.gp (a panel of NaN alone is an error) until the script learned them */
+        static const char *const other[2] = {"--xyz data/xyz/h2.xyz", "--atom He --spin 2 --pretrain-steps 0"};
+        static const char sys_args[] = "--layers 1 --heads 1 --head-dim 4 --mlp 8 --dets 1 --batch 32 --mcmc-steps 2 "
+                                       "--steps 12 --eval-steps 4 --gap-every 0 --threads 1";
+        for (int k = 0; k < 2; k++) {
+            remove("build/test_plot_other/training.png");
+            snprintf(cmd, sizeof cmd, "%s %s %s --out build/test_plot_other >build/test_plot_other.out 2>&1",
+                     PSF_TEST_DRIVER, other[k], sys_args);
+            ASSERT_EQ(0, system(cmd));
+            ASSERT(read_text("build/test_plot_other.out", out, sizeof out) > 0);
+            ASSERTm(other[k], strstr(out, "gnuplot") == NULL && strstr(out, "plot.gp, training.png)") != NULL);
+            f = fopen("build/test_plot_other/training.png", "rb");
+            ASSERTm(other[k], f != NULL);
+            fclose(f);
+        }
     }
     /* no gnuplot on the PATH */
     remove("build/test_plot_nognuplot/training.png");
