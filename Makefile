@@ -2,10 +2,10 @@
 # | make consumer-check | make plot RUN=runs/carbon
 CC      ?= cc
 OPENMP  ?= 1
-# OpenBLAS (Debian: libopenblas-dev) is used for the large products (SPRING's kernel, KFAC's factors) when a
-# program using cblas.h links with -lopenblas here; BLAS=0 forces the built-in product everywhere, BLAS=1
-# insists on OpenBLAS.
-BLAS    ?= $(shell printf '\043include <cblas.h>\nint main(void) { cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, 1, 1, 1.0, 0, 1, 0, 1, 0.0, 0, 1); return 0; }\n' | $(CC) -x c - -lopenblas -o /dev/null 2>/dev/null && echo 1 || echo 0)
+# OpenBLAS (Debian: libopenblas-dev) is used for the large products (SPRING's kernel, KFAC's factors) and for
+# LAPACK's Cholesky (dpotrf) when a program using cblas.h and dpotrf_ links with -lopenblas here; BLAS=0 forces
+# the built-in product and Cholesky everywhere, BLAS=1 insists on OpenBLAS.
+BLAS    ?= $(shell printf '\043include <cblas.h>\nvoid dpotrf_(const char *, const int *, double *, const int *, int *);\nint main(void) { int n = 0, info; cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, 1, 1, 1.0, 0, 1, 0, 1, 0.0, 0, 1); dpotrf_("U", &n, 0, &n, &info); return 0; }\n' | $(CC) -x c - -lopenblas -o /dev/null 2>/dev/null && echo 1 || echo 0)
 CFLAGS  ?= -O3 -march=native
 CFLAGS  += -std=c11 -Wall -Wextra -Wno-unknown-pragmas -I.
 LDLIBS  += -lm

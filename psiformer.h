@@ -19,7 +19,10 @@
  *       PSF_USE_CBLAS                 dispatch the large dense matrix products (M N K >= PSF_CBLAS_MIN_MNK,
  *                                     default 2^22: SPRING's kernel, KFAC's factors) to cblas_dgemm (OpenBLAS);
  *                                     the tape's small products stay with the built-in kernel, which is faster
- *                                     there (measured: bench/). Results equal the built-in product up to rounding
+ *                                     there (measured: bench/). Results equal the built-in product up to rounding.
+ *                                     It also factors SPRING's kernel and KFAC's factors of order > 64 with
+ *                                     LAPACK's dpotrf (OpenBLAS contains LAPACK; link it with the BLAS)
+ *       PSF_NO_LAPACK                 with PSF_USE_CBLAS, keep the built-in blocked Cholesky (a BLAS without LAPACK)
  *       PSF_USE_MPI                   split the walkers of psf_vmc over the ranks of an MPI communicator
  *                                     (psf_vmc_config.mpi_comm; include <mpi.h>, build with mpicc). Every
  *                                     reduction keeps the fixed chunk order, so 1 process and R ranks x T
@@ -831,6 +834,9 @@ PSFDEF psf_real *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *co
 /* In-place LU with partial pivoting (returns the sign, *logabs = log|det|) and the inverse from its factors. */
 PSFDEF int psf_test_lu(int n, psf_real *a, int *piv, double *logabs);
 PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv);
+/* SPRING's and KFAC's Cholesky factorisation A = L L^T (n x n, row-major, lower triangle = L; the strict upper
+ * triangle is scratch afterwards). Returns 0, or 1 if A is not positive definite. */
+PSFDEF int psf_test_cholesky(int n, double *a);
 /* The matrix product C = alpha op(A) op(B) + beta C (cblas_dgemm semantics, row-major), as the tape uses it. */
 /* SPRING's float32 Gram product C = A B^T (A: m x K, B: n x K floats, row-major; C: m x n doubles). Returns 0, or
  * -1 when out of memory. */
@@ -4670,22 +4676,83 @@ typedef struct psf_kfac {
 
 struct psf__kfac_collector { const psf_kfac *k; double *stats; };
 
-/* Cholesky factorisation of a symmetric positive definite n x n matrix in place (lower triangle = L).
- * Returns 0, or 1 if the matrix is not positive definite. */
-static int psf__cholesky(int n, double *a) {
+/* Cholesky factorisation A = L L^T of a symmetric positive definite n x n matrix, row-major, in place: the lower
+ * triangle (diagonal included) becomes L; the strict upper triangle is scratch afterwards. Only the lower triangle
+ * of A is read. With PSF_USE_CBLAS (and without PSF_NO_LAPACK), n >= PSF__CHOL_NB goes to LAPACK's dpotrf
+ * (OpenBLAS contains LAPACK; the row-major lower triangle is the column-major upper one); otherwise the blocked
+ * right-looking factorisation below (Golub & Van Loan, Matrix Computations, 4th ed., Alg. 4.2.4): per panel of
+ * PSF__CHOL_NB columns, the unblocked factor of its diagonal block, the triangular solve of the rows below, then
+ * the trailing lower triangle minus the panel's outer product, tile by tile with psf__gemm. Every tile is computed
+ * by one thread with the same arithmetic, so the bits do not depend on the thread count. Returns 0, or 1 if the
+ * matrix is not positive definite (a pivot <= 0 or NaN). */
+enum { PSF__CHOL_NB = 64 };
+static int psf__cholesky_unblocked(int n, double *a, int lda) {
     for (int j = 0; j < n; j++) {
-        double d = a[(size_t)j * n + j];
-        for (int k = 0; k < j; k++) d -= a[(size_t)j * n + k] * a[(size_t)j * n + k];
+        double d = a[(size_t)j * lda + j];
+        for (int k = 0; k < j; k++) d -= a[(size_t)j * lda + k] * a[(size_t)j * lda + k];
         if (!(d > 0)) return 1;
         d = sqrt(d);
-        a[(size_t)j * n + j] = d;
+        a[(size_t)j * lda + j] = d;
         for (int i = j + 1; i < n; i++) {
-            double s = a[(size_t)i * n + j];
-            for (int k = 0; k < j; k++) s -= a[(size_t)i * n + k] * a[(size_t)j * n + k];
-            a[(size_t)i * n + j] = s / d;
+            double s = a[(size_t)i * lda + j];
+            for (int k = 0; k < j; k++) s -= a[(size_t)i * lda + k] * a[(size_t)j * lda + k];
+            a[(size_t)i * lda + j] = s / d;
         }
     }
     return 0;
+}
+#if defined(PSF_USE_CBLAS) && !defined(PSF_NO_LAPACK)
+#define PSF__LAPACK 1
+#ifdef __cplusplus
+extern "C"
+#endif
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+#endif
+static int psf__cholesky(int n, double *a) {
+    const int nb = PSF__CHOL_NB;
+    if (n <= nb) return psf__cholesky_unblocked(n, a, n);
+#ifdef PSF__LAPACK
+    int info = 0;
+    dpotrf_("U", &n, a, &n, &info);
+    if (info != 0) return 1;
+    for (int j = 0; j < n; j++) /* LAPACK lets a NaN pivot through */
+        if (!(a[(size_t)j * n + j] > 0)) return 1;
+    return 0;
+#else
+    for (int k0 = 0; k0 < n; k0 += nb) {
+        const int kb = n - k0 < nb ? n - k0 : nb, r0 = k0 + kb, m = n - r0;
+        double *akk = a + (size_t)k0 * n + k0;
+        if (psf__cholesky_unblocked(kb, akk, n)) return 1;
+        if (m == 0) break;
+        double lt[PSF__CHOL_NB * PSF__CHOL_NB]; /* L_kk^T, so that the row solves below run along rows */
+        for (int i = 0; i < kb; i++)
+            for (int j = 0; j <= i; j++) lt[j * kb + i] = akk[(size_t)i * n + j];
+        const int nt = (m + nb - 1) / nb; /* tiles of nb rows below the panel */
+PSF__OMP(parallel for schedule(static))
+        for (int t = 0; t < nt; t++) { /* panel rows: x L_kk^T = p, one row at a time (axpy form) */
+            const int i1 = r0 + (t + 1) * nb < n ? r0 + (t + 1) * nb : n;
+            for (int i = r0 + t * nb; i < i1; i++) {
+                double *p = a + (size_t)i * n + k0;
+                for (int j = 0; j < kb; j++) {
+                    const double x = p[j] / lt[j * kb + j];
+                    p[j] = x;
+                    for (int q = j + 1; q < kb; q++) p[q] -= x * lt[j * kb + q];
+                }
+            }
+        }
+        const int ntt = nt * (nt + 1) / 2; /* trailing tiles (ti, tj), tj <= ti: A_ij -= P_i P_j^T */
+PSF__OMP(parallel for schedule(dynamic, 1))
+        for (int t = 0; t < ntt; t++) {
+            int ti = 0;
+            while ((ti + 1) * (ti + 2) / 2 <= t) ti++;
+            const int tj = t - ti * (ti + 1) / 2, i0 = r0 + ti * nb, j0 = r0 + tj * nb;
+            const int mi = n - i0 < nb ? n - i0 : nb, mj = n - j0 < nb ? n - j0 : nb;
+            psf__gemm(0, 1, mi, mj, kb, -1.0, a + (size_t)i0 * n + k0, n, a + (size_t)j0 * n + k0, n, 1.0,
+                      a + (size_t)i0 * n + j0, n);
+        }
+    }
+    return 0;
+#endif
 }
 
 /* Solves L L^T x = b in place (b has stride `stride` between its n entries). */
@@ -6231,6 +6298,7 @@ void psf_test_gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_
     psf__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv) { psf__lu_inverse(n, lu, piv, inv); }
+int psf_test_cholesky(int n, double *a) { return psf__cholesky(n, a); }
 int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
     const psf_kfac *k = v->cfg.optimizer == PSF_OPT_KFAC ? (const psf_kfac *)v->opt_state : NULL;
     if (!k) return 0;

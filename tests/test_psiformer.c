@@ -405,6 +405,66 @@ TEST gemm_matches_long_double_reference(void) {
     PASS();
 }
 
+/* The Cholesky factorisation of SPRING's kernel and KFAC's factors (built-in blocked, or LAPACK's dpotrf with
+ * OpenBLAS), on kernels shaped like SPRING's (G G^T of a wide G, plus a small damping) of orders around the block
+ * size 64. Checked: only the lower triangle is read (the upper one holds NaN); the componentwise backward error
+ * |A - L L^T| <= (n + 2) eps |L| |L^T| (Higham, Accuracy and Stability of Numerical Algorithms, Thm. 10.3);
+ * the same bits with 1 and 2 threads; and a matrix that is not positive definite, or holds a NaN, is refused. */
+TEST cholesky_backward_error_and_refusals(void) {
+    static const int sizes[] = {1, 7, 64, 65, 127, 130, 200, 300};
+    psf_rng r;
+    psf_rng_seed(&r, 12, 0);
+    double worst = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int n = sizes[si], k = n + 20;
+        double *G = (double *)malloc(sizeof(double) * (size_t)n * k), *A = (double *)malloc(sizeof(double) * (size_t)n * n);
+        double *L = (double *)malloc(sizeof(double) * (size_t)n * n), *L2 = (double *)malloc(sizeof(double) * (size_t)n * n);
+        for (int i = 0; i < n * k; i++) G[i] = psf_rng_normal(&r) / sqrt((double)k);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                double t = i == j ? 1e-3 : 0;
+                for (int q = 0; q < k; q++) t += G[(size_t)i * k + q] * G[(size_t)j * k + q];
+                A[(size_t)i * n + j] = j <= i ? t : NAN;
+            }
+        memcpy(L, A, sizeof(double) * (size_t)n * n);
+        ASSERT_EQm("positive definite", 0, psf_test_cholesky(n, L));
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j <= i; j++) {
+                long double s = 0, sa = 0;
+                for (int q = 0; q <= j; q++) {
+                    const long double t = (long double)L[(size_t)i * n + q] * L[(size_t)j * n + q];
+                    s += t; sa += fabsl(t);
+                }
+                const double tol = (n + 2) * 2.220446049250313e-16 * (double)sa;
+                const double err = fabs((double)(s - A[(size_t)i * n + j]));
+                if (err / tol > worst) worst = err / tol;
+                ASSERT_IN_RANGEm("(L L^T)_ij", A[(size_t)i * n + j], (double)s, tol);
+            }
+#ifdef _OPENMP
+        const int threads = omp_get_max_threads();
+        for (int th = 1; th <= 2; th++) {
+            omp_set_num_threads(th);
+            memcpy(L2, A, sizeof(double) * (size_t)n * n);
+            ASSERT_EQ(0, psf_test_cholesky(n, L2));
+            for (int i = 0; i < n; i++)
+                ASSERTm("same bits with 1 and 2 threads", memcmp(L + (size_t)i * n, L2 + (size_t)i * n, sizeof(double) * (size_t)(i + 1)) == 0);
+        }
+        omp_set_num_threads(threads);
+#endif
+        if (n > 1) { /* a negative pivot late in the matrix, then a NaN below the diagonal */
+            memcpy(L2, A, sizeof(double) * (size_t)n * n);
+            L2[(size_t)(n - 1) * n + n - 1] = -1;
+            ASSERT_EQm("indefinite matrix refused", 1, psf_test_cholesky(n, L2));
+            memcpy(L2, A, sizeof(double) * (size_t)n * n);
+            L2[(size_t)(n - 1) * n + n / 2] = NAN;
+            ASSERT_EQm("NaN refused", 1, psf_test_cholesky(n, L2));
+        }
+        free(G); free(A); free(L); free(L2);
+    }
+    if (greatest_info.verbose) printf("    worst |A - L L^T| / bound = %.3f\n", worst);
+    PASS();
+}
+
 /* Brute-force determinant by the permutation (Leibniz) expansion. */
 static double leibniz(int n, const double *a) {
     int perm[8], c[8] = {0}, sgn = 1;
@@ -484,6 +544,7 @@ SUITE(antisymmetry) {
     RUN_TEST(logdet_matches_permutation_expansion);
     RUN_TEST(multi_determinant_sum_matches_expansion);
     RUN_TEST(gemm_matches_long_double_reference);
+    RUN_TEST(cholesky_backward_error_and_refusals);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
