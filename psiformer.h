@@ -728,12 +728,17 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * with M_k the orbital head's N x N matrices (envelopes included) and Phi_ref block diagonal: the up block
  * phi^up_j(x_i), the down block phi^down_j(x_i), the off-spin blocks 0 (full determinants). Walkers sample
  * |psi_ref|^2 (FermiNet's default), cfg.mcmc_steps sweeps per step; afterwards they are re-equilibrated under the
- * network (cfg.burn_in sweeps). The Pfaffian head fits its pair matrices Phi_k (n x n, n = N + (N mod 2)) to the HF
- * pair matrix instead (issue 9): Phi_ref' J Phi_ref'^T with J the symplectic unit (reference columns 2q, 2q+1
- * paired) over the first N - b reference orbitals, bordered for odd N (b = 1) by the last one, whose Pfaffian is
- * det Phi_ref. losses[steps] (may be NULL) receives L per step. The result is bitwise independent of the thread
- * count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head), PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a
- * non-finite loss). */
+ * network (cfg.burn_in sweeps). The Pfaffian head is pretrained toward the HF pair matrix (issue 9)
+ * Phi_ref' J Phi_ref'^T, with J the symplectic unit (reference columns 2q, 2q+1 paired) over the first c = N - b
+ * reference orbitals, bordered for odd N (b = 1) by the last one, whose Pfaffian is det Phi_ref. It gets there
+ * through its factors: the first c x c block of every W_k is set so that W_k - W_k^T = J there (the rest of W_k
+ * keeps its values), and the loss (normalised by N (F + b) instead of N^2) fits the enveloped features M_k
+ * (N x (F + b)) to [Phi_ref', 0, last orbital]: the first c columns to the reference orbitals, the other F - c to
+ * 0, the border column to the last orbital, so that M_k (W_k - W_k^T) M_k^T is the HF pair matrix. (Fitting the
+ * pair matrices themselves, a quartic loss in the network's outputs, started carbon's training 4.8-5.7 Ha above
+ * HF; docs/results.md, round 6.) losses[steps] (may be NULL) receives L per step. The result is bitwise
+ * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head),
+ * PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
 
 /* ---- Orbitals from Molden files ---------------------------------------------------------------------------- */
@@ -5870,9 +5875,11 @@ static int psf__reference_matrix(const psf_reference *ref, const psf_real *x, do
     return PSF_OK;
 }
 
+#ifdef PSF_INTERNAL_TESTS
 /* The Pfaffian head's target from Phi_ref (N x N): the pair matrix Phi' J Phi'^T of the first c = N - b reference
  * orbitals (J the symplectic unit: columns 2q and 2q+1 paired), bordered for odd N (b = 1) by the last one, so
- * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. */
+ * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. What pretraining reaches through
+ * psf__reference_features; the tests compare the model's pair matrices with it. */
 static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
     const int b = N & 1, c = N - b, n = N + b;
     for (int i = 0; i < N; i++)
@@ -5886,24 +5893,49 @@ static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
     for (int i = 0; i < N; i++) { tgt[(size_t)i * n + N] = phi[(size_t)i * N + N - 1]; tgt[(size_t)N * n + i] = -phi[(size_t)i * N + N - 1]; }
     tgt[(size_t)N * n + N] = 0;
 }
+#endif
+
+/* The Pfaffian head's feature target from Phi_ref (N x N): N x (F + b) enveloped features whose first c = N - b
+ * columns are the first c reference orbitals, then F - c zeros, and for odd N (b = 1) the last reference orbital
+ * in the border column. With W - W^T = J on the first c features, the pair matrix of these features is
+ * psf__reference_pair_matrix's, whatever the rest of W. */
+static void psf__reference_features(int N, int F, const double *phi, double *tgt) {
+    const int b = N & 1, c = N - b, Fc = F + b;
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < Fc; j++) tgt[(size_t)i * Fc + j] = j < c ? phi[(size_t)i * N + j] : 0;
+        if (b) tgt[(size_t)i * Fc + F] = phi[(size_t)i * N + N - 1];
+    }
+}
 
 int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses) {
     psf_model *m = v->model;
     const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, on = m->orbital_node;
     const int pf = m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN, n = pf ? N + (N & 1) : N; /* order of the matrices */
-    const size_t P = m->n_params, NN = (size_t)N * N, nn = (size_t)n * n, nM = PSF__N(&m->nodes[on]);
+    const size_t P = m->n_params, NN = (size_t)N * N, nn = (size_t)n * n;
     if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
                          ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
-    if (on <= 0 || nM % nn != 0 || (int)m->nodes[on].cols != n)
+    if (on <= 0 || PSF__N(&m->nodes[on]) % nn != 0 || (int)m->nodes[on].cols != n ||
+        (pf && (m->nodes[on].op != PSF_OP_PAIR || m->nodes[on].ib != (N & 1))))
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no %d x %d %s matrices", n, n, pf ? "pair" : "orbital");
     if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
-    const int K = (int)(nM / nn);
-    const double scale = 1.0 / ((double)B * K * nn);
+    const int K = (int)(PSF__N(&m->nodes[on]) / nn);
+    /* the fitted node: the orbital matrices, or the Pfaffian head's enveloped features ((K N) x (F + b)) */
+    const int fit = pf ? m->nodes[on].in0 : on, Fc = m->nodes[fit].cols, b = pf ? N & 1 : 0, F = Fc - b;
+    const size_t nM = PSF__N(&m->nodes[fit]), NF = (size_t)N * Fc;
+    const double scale = 1.0 / ((double)B * nM);
+    if (pf && (F < N - b || F % 2 != 0)) /* F >= N - b even, by psf_model_init */
+        return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: %d orbital features for %d electrons", F, N);
+    if (pf && steps > 0) /* W_k - W_k^T = J on the first N - b features (the rest of W_k keeps its values) */
+        for (int k = 0; k < K; k++) {
+            psf_real *W = m->params + m->nodes[on].p_off + (size_t)k * F * F;
+            for (int i = 0; i < N - b; i++)
+                for (int j = 0; j < N - b; j++) W[(size_t)i * F + j] = (j == i + 1 && i % 2 == 0) ? 1 : 0;
+        }
     psf_reference rc_ref = *ref;
     psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
     psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    const size_t per = nM + NN + nn + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
+    const size_t per = nM + NN + NF + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
     double *buf = (double *)psf__calloc(psf__mul((size_t)T, per), sizeof(double));
     double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
     void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
@@ -5919,21 +5951,21 @@ PSF__OMP(parallel for schedule(dynamic, 1))
         for (int c = v->chunk_lo; c < v->chunk_hi; c++) { /* this rank's chunks */
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
-            double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + nn, l = 0;
+            double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + NF, l = 0;
             psf_real *acc = v->chunks + (size_t)c * P;
             memset(acc, 0, sizeof(psf_real) * P);
             const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
             for (int b = b0; b < b1; b++) {
                 const psf_real *x = v->walkers.x + (size_t)b * D;
-                const psf_real *M = psf_model_eval_node(m, ws, x, on, 0);
+                const psf_real *M = psf_model_eval_node(m, ws, x, fit, 0);
                 if (psf__reference_matrix(&rc_ref, x, phi, val)) { l = NAN; continue; }
-                if (pf) psf__reference_pair_matrix(N, phi, tgt); else memcpy(tgt, phi, sizeof(double) * NN);
+                if (pf) psf__reference_features(N, F, phi, tgt); else memcpy(tgt, phi, sizeof(double) * NN);
                 for (size_t q = 0; q < nM; q++) {
-                    const double d = M[q] - tgt[q % nn];
+                    const double d = M[q] - tgt[q % NF];
                     l += d * d * scale;
                     adj[q] = 2.0 * d * scale;
                 }
-                psf_model_backward_node(m, ws, on, adj, acc);
+                psf_model_backward_node(m, ws, fit, adj, acc);
             }
             closs[c] = l;
         }

@@ -85,7 +85,8 @@ static void usage(FILE *f) {
             "optimisation and sampling\n"
             "  --optimizer NAME     spring | kfac | adam (default spring)\n"
             "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 0: none); the pfaffian\n"
-            "                       head fits its pair matrices to the HF pair matrix Phi J Phi^T\n"
+            "                       head fits its orbital features, with W - W^T = J, so that its pair\n"
+            "                       matrices become the HF pair matrix Phi J Phi^T\n"
             "  --pretrain-lr X      Adam learning rate of the pretraining (default 3e-3)\n"
             "  --steps N            training iterations (default 2200; 0: as many as --train-minutes allows)\n"
             "  --train-minutes M    stop training after M minutes of wall time (default: no limit)\n"
@@ -514,7 +515,7 @@ static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    const char *target = v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix" : "orbitals";
+    const char *target = v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix (via its features)" : "orbitals";
     if (mol)
         printf("pretraining: %d steps of Adam (lr %.3g) toward the %s of %s (%d up, %d down occupied)\n",
                o->pretrain_steps, o->pretrain_lr, target, o->orbitals_from, ref.n_up, ref.n_down);
