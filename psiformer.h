@@ -5924,7 +5924,7 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
     const int fit = pf ? m->nodes[on].in0 : on, Fc = m->nodes[fit].cols, b = pf ? N & 1 : 0, F = Fc - b;
     const size_t nM = PSF__N(&m->nodes[fit]), NF = (size_t)N * Fc;
     const double scale = 1.0 / ((double)B * nM);
-    if (pf && (F < N - b || F % 2 != 0)) /* F >= N - b even, by psf_model_init */
+    if (pf && F < N - b) /* excluded by psf_model_init */
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: %d orbital features for %d electrons", F, N);
     if (pf && steps > 0) /* W_k - W_k^T = J on the first N - b features (the rest of W_k keeps its values) */
         for (int k = 0; k < K; k++) {
