@@ -842,6 +842,9 @@ PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_r
 /* SPRING's and KFAC's Cholesky factorisation A = L L^T (n x n, row-major, lower triangle = L; the strict upper
  * triangle is scratch afterwards). Returns 0, or 1 if A is not positive definite. */
 PSFDEF int psf_test_cholesky(int n, double *a);
+/* The Hartree-Fock reference matrix Phi_ref (N x N, block diagonal by spin) at one walker's coordinates x [3N];
+ * val: N reals of scratch. Returns PSF_OK or the reference's error. */
+PSFDEF int psf_test_reference_matrix(const psf_reference *ref, const psf_real *x, double *phi, double *val);
 /* The matrix product C = alpha op(A) op(B) + beta C (cblas_dgemm semantics, row-major), as the tape uses it. */
 /* SPRING's float32 Gram product C = A B^T (A: m x K, B: n x K floats, row-major; C: m x n doubles). Returns 0, or
  * -1 when out of memory. */
@@ -6331,6 +6334,9 @@ void psf_test_gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_
 }
 void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv) { psf__lu_inverse(n, lu, piv, inv); }
 int psf_test_cholesky(int n, double *a) { return psf__cholesky(n, a); }
+int psf_test_reference_matrix(const psf_reference *ref, const psf_real *x, double *phi, double *val) {
+    return psf__reference_matrix(ref, x, phi, val);
+}
 int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out) {
     const psf_kfac *k = v->cfg.optimizer == PSF_OPT_KFAC ? (const psf_kfac *)v->opt_state : NULL;
     if (!k) return 0;

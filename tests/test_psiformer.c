@@ -2410,12 +2410,7 @@ static double pair_matrix_residual(const psf_model *m, const psf_reference *ref,
     double num = 0, den = 0;
     for (int w = 0; w < nw; w++) {
         const psf_real *x = xs + (size_t)w * 3 * N;
-        memset(phi, 0, sizeof(double) * N * N);
-        for (int i = 0; i < N; i++) {
-            const int up = i < ref->n_up, no = up ? ref->n_up : ref->n_down, j0 = up ? 0 : ref->n_up;
-            if (ref->orbitals(ref, up ? 0 : 1, x + 3 * i, no, val, NULL, NULL)) return NAN;
-            for (int o = 0; o < no; o++) phi[i * N + j0 + o] = val[o];
-        }
+        if (psf_test_reference_matrix(ref, x, phi, val)) { num = NAN; break; }
         psf_test_reference_pair_matrix(N, phi, tgt);
         const psf_real *Y = psf_model_eval_node(m, &ws, x, m->orbital_node, 0);
         for (int k = 0; k < K; k++)
