@@ -234,6 +234,8 @@ PSFDEF const psf_molecule_info *psf_molecule_match(const psf_system *sys, double
     X(LOGDET, logdet)           /* log |sum_k det M_k| and its sign, scalar                                 */ \
     X(JASTROW, jastrow)         /* sum_{i<j} -c a^2 / (a + r_ij) (+ optional e-n cusp term), scalar         */ \
     X(PAIR, pair)               /* K skew pair matrices H_k (W_k - W_k^T) H_k^T (+ border), (K n) x n       */ \
+    X(PAIRSUM, pairsum)         /* Z[i N + j] = U_i + V_j from [U V] (N x 2c), a pair MLP's layer, (N N) x c */ \
+    X(SKEW, skew)               /* K pair matrices (nu_ij - nu_ji) e_k(i) e_k(j) (+ border), (K n) x n       */ \
     X(LOGPF, logpf)             /* log |sum_k Pf M_k| and its sign (K skew n x n, n even), scalar           */
 
 typedef enum {
@@ -261,6 +263,7 @@ typedef struct {
  * initialisation): X(ID, init) with init one of fanin (N(0,1)/sqrt(rows)), normal (N(0,1)), zero, one. */
 #define PSF_PBLOCK_KINDS(X) \
     X(WEIGHT, fanin)        \
+    X(WEIGHT_ZERO, zero)    \
     X(BIAS, normal)         \
     X(LN_SCALE, one)        \
     X(LN_OFFSET, zero)      \
@@ -291,6 +294,13 @@ typedef enum { PSF_ANSATZ_PSIFORMER = 0, PSF_ANSATZ_COUNT } psf_ansatz;
  * (FermiNet/Psiformer). PFAFFIAN: K Pfaffians of pair matrices Phi = M (W - W^T) M^T of F enveloped orbital
  * features M (N x F) per electron (Gao & Günnemann, NeurIPS 2024), bordered by one more orbital for odd N. */
 typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_PFAFFIAN = 1, PSF_ORBITALS_COUNT } psf_orbitals;
+/* The Pfaffian head's pair function (issue 9). BILINEAR: Phi = M (W - W^T) M^T (Gao & Günnemann, NeurIPS 2024).
+ * MLP: Phi_ij = (nu(h_i, h_j) - nu(h_j, h_i)) e(i) e(j), nu a two-layer tanh MLP on the pair with the spins of i
+ * and j as inputs (through per-spin first-layer weights) and e an enveloped per-electron factor (Kim et al.,
+ * Commun. Phys. 7, 148 (2024): phi(x_i, x_j) = nu(x_i, x_j) - nu(x_j, x_i)); its parameters do not depend on N.
+ * BILINEAR_MLP: the sum of the two, the MLP term's output layer initialised to 0, so that the model starts as the
+ * bilinear form (and contains the determinant as its special case) and is pretrained through its factors. */
+typedef enum { PSF_PAIR_BILINEAR = 0, PSF_PAIR_MLP = 1, PSF_PAIR_BILINEAR_MLP = 2, PSF_PAIR_COUNT } psf_pair_form;
 
 /* Psiformer hyper-parameters (von Glehn et al. 2023, §3). */
 typedef struct {
@@ -307,9 +317,11 @@ typedef struct {
     psf_psiformer_config psiformer; /* the trunk's hyper-parameters (when ansatz is the Psiformer)  */
     psf_orbitals orbitals;          /* default PSF_ORBITALS_DET                                     */
     int n_dets;                     /* determinants, or Pfaffians, K (default 4, at most PSF_MAX_DETS) */
-    int pf_orbitals;                /* PFAFFIAN: orbital features F per electron and Pfaffian, at least
-                                       N rounded down to even (else Pf = 0) and at most 1024; 0 (default)
-                                       = 2N. F = N would give det(M) Pf(W - W^T), one determinant     */
+    int pf_orbitals;                /* PFAFFIAN, bilinear forms: orbital features F per electron and
+                                       Pfaffian, at least N rounded down to even (else Pf = 0) and at most
+                                       1024; 0 (default) = 2N. F = N would give det(M) Pf(W - W^T)    */
+    psf_pair_form pf_pair;          /* PFAFFIAN: the pair function (default PSF_PAIR_BILINEAR)          */
+    int pf_hidden;                  /* PFAFFIAN, MLP forms: hidden width of nu, 1..1024 (0, default: 32) */
     int use_jastrow;                /* 1: simple e-e Jastrow (default 1)                            */
     int use_en_cusp;                /* 1: add the e-n cusp term sum_{i,I} -Z_I b_I r/(b_I + r) to the Jastrow
                                        (an extension, not in the Psiformer paper; default 0)          */
@@ -736,7 +748,9 @@ PSFDEF psf_wavefunction psf_reference_wavefunction(psf_reference *ref);
  * (N x (F + b)) to [Phi_ref', 0, last orbital]: the first c columns to the reference orbitals, the other F - c to
  * 0, the border column to the last orbital, so that M_k (W_k - W_k^T) M_k^T is the HF pair matrix. (Fitting the
  * pair matrices themselves, a quartic loss in the network's outputs, started carbon's training 4.8-5.7 Ha above
- * HF; docs/results.md, round 6.) losses[steps] (may be NULL) receives L per step. The result is bitwise
+ * HF; docs/results.md, round 6.) The pair-MLP form (pf_pair = PSF_PAIR_MLP) has no such factors: its K pair
+ * matrices (n x n, n = N + b) are fitted entrywise to that HF pair matrix (the loss normalised by n^2).
+ * losses[steps] (may be NULL) receives L per step. The result is bitwise
  * independent of the thread count. Errors: PSF_ERR_ARG (reference and system differ, no orbital head),
  * PSF_ERR_NOMEM, PSF_ERR_NUMERIC (a non-finite loss). */
 PSFDEF int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses);
@@ -2206,17 +2220,21 @@ static size_t psf__envelope_scratch(const psf_node *nodes, const psf_node *nd, i
 }
 /* Envelopes on the orbital projection phi (N x K F): K blocks of N x F orbital matrices ((K N) x F), parameters
  * per spin channel. */
-static int psf__envelope_node(psf_model *m, int phi, int K) {
+/* Its parameter blocks are <prefix>_up.pi, <prefix>_up.sigma, <prefix>_down.pi, <prefix>_down.sigma. */
+static int psf__envelope_named(psf_model *m, int phi, int K, const char *prefix) {
     const int N = m->n_elec, A = m->sys.n_atoms, KF = m->nodes[phi].cols, F = KF / K;
     PSF_ASSERT(m->too_large || F * K == KF); /* a model too large is refused unused */
     const int env = psf__node(m, PSF_OP_ENVELOPE, phi, -1, K * N, F);
     m->nodes[env].ia = K;
-    psf__pblock(m, env, "env_up.pi", A, KF, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_up.sigma", A, KF, PSF_PB_ENV_SIGMA);
-    psf__pblock(m, env, "env_down.pi", A, KF, PSF_PB_ENV_PI);
-    psf__pblock(m, env, "env_down.sigma", A, KF, PSF_PB_ENV_SIGMA);
+    static const char *const part[4] = {"up.pi", "up.sigma", "down.pi", "down.sigma"};
+    for (int q = 0; q < 4; q++) {
+        char nm[40];
+        snprintf(nm, sizeof nm, "%s_%s", prefix, part[q]);
+        psf__pblock(m, env, nm, A, KF, q & 1 ? PSF_PB_ENV_SIGMA : PSF_PB_ENV_PI);
+    }
     return env;
 }
+static int psf__envelope_node(psf_model *m, int phi, int K) { return psf__envelope_named(m, phi, K, "env"); }
 #ifdef PSF_INTERNAL_TESTS
 static int psf__envelope_example(psf_model *m, int x) { /* 2 determinants */
     const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
@@ -2508,6 +2526,166 @@ static int psf__pair_example(psf_model *m, int x) {
     const int F = m->n_elec + 2, h = psf__linear(m, psf__features_node(m, x), 5, 1, m->sys.n_up, "ex.a");
     const int phi = psf__linear(m, h, 2 * (F + 1), 0, m->sys.n_up, "ex.orb");
     return psf__pair_node(m, psf__envelope_node(m, phi, 2), 2, 1, "ex.pair");
+}
+#endif
+
+/* ---- PAIRSUM: the first layer of a pair network on all ordered pairs (i, j), i, j < N:
+ *      Z[i N + j, q] = A[i, q] + A[j, c + q] for q < c, from A = [U V] (N x 2c; U = h W_u, V = h W_v, each with
+ *      the weights of its electron's spin channel), so that Z = U_i + V_j is the pre-activation of
+ *      nu(h_i, h_j) without forming the N^2 concatenated pairs. Linear: every slice (value, gradient, Laplacian)
+ *      maps the same way. Backward: U-bar_i = sum_j Z-bar_ij, V-bar_j = sum_i Z-bar_ij. ia = c; the node is
+ *      (N N) x c.                                                                                            */
+static void psf__pairsum_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int N = in->rows, cc = nd->ia;
+    const size_t nin = PSF__N(in), nout = PSF__N(nd);
+    for (int s = 0; s < c->nb; s++) {
+        const psf_real *A = PSF__J(c->ws, in) + (size_t)s * nin;
+        psf_real *Z = PSF__J(c->ws, nd) + (size_t)s * nout;
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                const psf_real *u = A + (size_t)i * 2 * cc, *v = A + (size_t)j * 2 * cc + cc;
+                psf_real *z = Z + ((size_t)i * N + j) * cc;
+                for (int q = 0; q < cc; q++) z[q] = u[q] + v[q];
+            }
+    }
+}
+static void psf__pairsum_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *in = &c->nodes[nd->in0];
+    const int N = in->rows, cc = nd->ia;
+    const psf_real *Zb = PSF__A(c->ws, nd);
+    psf_real *Ab = PSF__A(c->ws, in);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            const psf_real *z = Zb + ((size_t)i * N + j) * cc;
+            psf_real *u = Ab + (size_t)i * 2 * cc, *v = Ab + (size_t)j * 2 * cc + cc;
+            for (int q = 0; q < cc; q++) { u[q] += z[q]; v[q] += z[q]; }
+        }
+}
+#define psf__pairsum_sparse psf__sparse_none
+#define psf__pairsum_scratch psf__scratch_none
+/* Z ((N N) x c) from a = [U V] (N x 2c). */
+static int psf__pairsum_node(psf_model *m, int a) {
+    const int N = m->nodes[a].rows, cc = m->nodes[a].cols / 2;
+    PSF_ASSERT(m->too_large || (m->nodes[a].cols == 2 * cc && cc >= 1));
+    const int z = psf__node(m, PSF_OP_PAIRSUM, a, -1, N * N, cc);
+    m->nodes[z].ia = cc;
+    return z;
+}
+#ifdef PSF_INTERNAL_TESTS
+static int psf__pairsum_example(psf_model *m, int x) { /* U, V from a dense per-spin projection */
+    const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
+    return psf__pairsum_node(m, psf__linear(m, psf__node(m, PSF_OP_TANH, h, -1, m->n_elec, 5), 6, 1, m->sys.n_up, "ex.uv"));
+}
+#endif
+
+/* ---- SKEW: K skew pair matrices from a pair network's outputs, the neural Pfaffian's pairing orbital
+ *      phi(x_i, x_j) = nu(x_i, x_j) - nu(x_j, x_i) (Kim et al., Commun. Phys. 7, 148 (2024)) times envelopes:
+ *        Y_k[i, j] = a_ij e_k(i) e_k(j),  a_ij = Nu[i N + j, k] - Nu[j N + i, k]      (i, j < N),
+ *      with e_k(i) the first column of E (an enveloped per-electron factor, so that psi decays). a_ij = -a_ji and
+ *      e_i e_j = e_j e_i in floating point, so the value is exactly skew and its diagonal 0. Jet, per entry, with
+ *      g = e_i e_j and g_d = e_i,d e_j + e_i e_j,d:
+ *        Y_d = a_d g + a g_d,   Y_L = a_L g + a (e_i,L e_j + e_i e_j,L + 2 sum_d e_i,d e_j,d) + 2 sum_d a_d g_d.
+ *      Border (ib = 1, odd N): Y_k is (N+1) x (N+1) with Y[i, N] = chi_k(i) = -Y[N, i], Y[N, N] = 0, in every
+ *      slice, chi_k(i) the second column of E (a single-particle orbital) or 0 when E has one column (the border
+ *      then comes from another summand, as in the BILINEAR_MLP form).
+ *      Backward (Y-bar per block): Nu-bar[i N + j, k] += Y-bar_ij g - Y-bar_ji g, E-bar_i += sum_j Y-bar_ij a_ij e_j
+ *      + sum_j Y-bar_ji a_ji e_j, chi-bar_i = Y-bar[i, N] - Y-bar[N, i]. ia = K, ib = border. in0 = Nu
+ *      ((N N) x K), in1 = E ((K N) x (1 + ib), or (K N) x 1); the node is (K n) x n, n = N + ib.              */
+static void psf__skew_fwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nu = &c->nodes[nd->in0], *ne = &c->nodes[nd->in1];
+    const int K = nd->ia, bd = nd->ib, N = c->N, n = N + bd, D = c->D, ec = ne->cols;
+    const size_t nnu = PSF__N(nu), ne_ = PSF__N(ne), nout = PSF__N(nd), nn = (size_t)n * n;
+    const psf_real *V = PSF__J(c->ws, nu), *E = PSF__J(c->ws, ne);
+    psf_real *Y = PSF__J(c->ws, nd);
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                const size_t pij = ((size_t)i * N + j) * K + k, pji = ((size_t)j * N + i) * K + k;
+                const size_t qi = ((size_t)k * N + i) * ec, qj = ((size_t)k * N + j) * ec, y = (size_t)k * nn + (size_t)i * n + j;
+                const double a = V[pij] - V[pji], ei = E[qi], ej = E[qj], g = ei * ej;
+                Y[y] = a * g;
+                if (c->nb == 1) continue;
+                double lap = (V[(size_t)(D + 1) * nnu + pij] - V[(size_t)(D + 1) * nnu + pji]) * g
+                           + a * (E[(size_t)(D + 1) * ne_ + qi] * ej + ei * E[(size_t)(D + 1) * ne_ + qj]);
+                for (int d = 1; d <= D; d++) {
+                    const double ad = V[(size_t)d * nnu + pij] - V[(size_t)d * nnu + pji];
+                    const double eid = E[(size_t)d * ne_ + qi], ejd = E[(size_t)d * ne_ + qj], gd = eid * ej + ei * ejd;
+                    Y[(size_t)d * nout + y] = ad * g + a * gd;
+                    lap += 2 * a * eid * ejd + 2 * ad * gd;
+                }
+                Y[(size_t)(D + 1) * nout + y] = lap;
+            }
+        if (!bd) continue;
+        for (int s = 0; s < c->nb; s++) {
+            psf_real *Ys = Y + (size_t)s * nout + (size_t)k * nn;
+            for (int i = 0; i < N; i++) {
+                const psf_real chi = ec > 1 ? E[(size_t)s * ne_ + ((size_t)k * N + i) * ec + 1] : 0;
+                Ys[(size_t)i * n + N] = chi; Ys[(size_t)N * n + i] = -chi;
+            }
+            Ys[(size_t)N * n + N] = 0;
+        }
+    }
+}
+static void psf__skew_bwd(psf__ctx *c, const psf_node *nd) {
+    const psf_node *nu = &c->nodes[nd->in0], *ne = &c->nodes[nd->in1];
+    const int K = nd->ia, bd = nd->ib, N = c->N, n = N + bd, ec = ne->cols;
+    const size_t nn = (size_t)n * n;
+    const psf_real *V = PSF__J(c->ws, nu), *E = PSF__J(c->ws, ne), *Yb = PSF__A(c->ws, nd);
+    psf_real *Vb = PSF__A(c->ws, nu), *Eb = PSF__A(c->ws, ne);
+    for (int k = 0; k < K; k++) {
+        const psf_real *Ybk = Yb + (size_t)k * nn;
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                if (i == j) continue;
+                const size_t pij = ((size_t)i * N + j) * K + k, pji = ((size_t)j * N + i) * K + k;
+                const size_t qi = ((size_t)k * N + i) * ec, qj = ((size_t)k * N + j) * ec;
+                const double a = V[pij] - V[pji], ei = E[qi], ej = E[qj], yb = Ybk[(size_t)i * n + j];
+                Vb[pij] += yb * ei * ej;
+                Vb[pji] -= yb * ei * ej;
+                Eb[qi] += yb * a * ej;
+                Eb[qj] += yb * a * ei;
+            }
+        if (bd && ec > 1)
+            for (int i = 0; i < N; i++) Eb[((size_t)k * N + i) * ec + 1] += Ybk[(size_t)i * n + N] - Ybk[(size_t)N * n + i];
+    }
+}
+#define psf__skew_sparse psf__sparse_none
+#define psf__skew_scratch psf__scratch_none
+/* K pair matrices from nu ((N N) x K) and the enveloped factors e ((K N) x (1 + border), or (K N) x 1 for a
+ * zero border). */
+static int psf__skew_node(psf_model *m, int nu, int e, int K, int border) {
+    const int N = m->n_elec, n = N + border;
+    PSF_ASSERT(m->too_large || (m->nodes[nu].rows == N * N && m->nodes[nu].cols == K && m->nodes[e].rows == K * N &&
+                                (m->nodes[e].cols == 1 + border || m->nodes[e].cols == 1)));
+    const int y = psf__node(m, PSF_OP_SKEW, nu, e, K * n, n);
+    m->nodes[y].ia = K; m->nodes[y].ib = border;
+    return y;
+}
+/* The pair network nu on the features h (N x W), K outputs: U = h W_u, V = h W_v per spin channel (and a bias),
+ * then `layers` tanh layers of width c on the N^2 pairs, the first tanh(U_i + V_j), then a linear map to K. */
+static int psf__pair_mlp(psf_model *m, int h, int K, int c, int layers, int zero_out, const char *name) {
+    char nm[40];
+    snprintf(nm, sizeof nm, "%s_uv", name);
+    int z = psf__node(m, PSF_OP_TANH, psf__pairsum_node(m, psf__linear(m, h, 2 * c, 1, m->sys.n_up, nm)), -1,
+                      m->n_elec * m->n_elec, c);
+    for (int l = 1; l < layers; l++) {
+        snprintf(nm, sizeof nm, "%s_l%d", name, l);
+        z = psf__node(m, PSF_OP_TANH, psf__linear(m, z, c, 1, m->n_elec * m->n_elec, nm), -1, m->n_elec * m->n_elec, c);
+    }
+    snprintf(nm, sizeof nm, "%s_out", name);
+    const int o = psf__linear(m, z, K, 0, m->n_elec * m->n_elec, nm);
+    if (zero_out) m->pblocks[m->n_pblocks - 1].kind = PSF_PB_WEIGHT_ZERO; /* its one block: no bias, one group */
+    return o;
+}
+#ifdef PSF_INTERNAL_TESTS
+/* Two bordered pair matrices (the odd-N form) from a two-layer pair network and enveloped factors. */
+static int psf__skew_example(psf_model *m, int x) {
+    const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
+    const int t = psf__node(m, PSF_OP_TANH, h, -1, m->n_elec, 5);
+    const int nu = psf__pair_mlp(m, t, 2, 4, 2, 0, "ex.nu");
+    const int e = psf__envelope_node(m, psf__linear(m, t, 2 * 2, 0, m->sys.n_up, "ex.e"), 2);
+    return psf__skew_node(m, nu, e, 2, 1);
 }
 #endif
 
@@ -3027,13 +3205,46 @@ static int psf__build_det_head(psf_model *m, int h, int K) {
  * determinant head (so every pair entry carries e_i e_j and psi decays), the pair matrices
  * Phi_k = M_k (W_k - W_k^T) M_k^T bordered by chi_k when b = 1 (order n = N + b, even), and the signed log-sum-exp
  * of their Pfaffians. The spins enter through the per-spin projection (and the spin feature of the trunk). */
-static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
+static int psf__bilinear_pairs(psf_model *m, int h, int K, int F) {
     const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
     const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (F + b));
     m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
     psf__pblock(m, phi, "pf_orb_up.w", W, K * (F + b), PSF_PB_WEIGHT);
     psf__pblock(m, phi, "pf_orb_down.w", W, K * (F + b), PSF_PB_WEIGHT);
-    m->orbital_node = psf__pair_node(m, psf__envelope_node(m, phi, K), K, b, "pf_pair");
+    return psf__pair_node(m, psf__envelope_node(m, phi, K), K, b, "pf_pair");
+}
+static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
+    m->orbital_node = psf__bilinear_pairs(m, h, K, F);
+    return psf__logpf_node(m, m->orbital_node);
+}
+
+/* K Pfaffians of the pair-MLP form (psf_pair_form MLP): one pair network nu with K outputs on the features h,
+ * antisymmetrised, times the envelope factors e_k(i) e_k(j) of a per-spin projection of h to K (1 + b) columns
+ * (column 0: e_k; column 1 for odd N: the border orbital chi_k), enveloped as the determinant head's orbitals. */
+static int psf__build_pfaffian_mlp_head(psf_model *m, int h, int K, int c) {
+    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
+    const int nu = psf__pair_mlp(m, h, K, c, 2, 0, "pf_nu");
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (1 + b));
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    psf__pblock(m, phi, "pf_env_up.w", W, K * (1 + b), PSF_PB_WEIGHT);
+    psf__pblock(m, phi, "pf_env_down.w", W, K * (1 + b), PSF_PB_WEIGHT);
+    m->orbital_node = psf__skew_node(m, nu, psf__envelope_named(m, phi, K, "pf_env"), K, b);
+    return psf__logpf_node(m, m->orbital_node);
+}
+
+/* The sum of the two (psf_pair_form BILINEAR_MLP): Phi_k = M_k (W_k - W_k^T) M_k^T + (nu_ij - nu_ji) e_k(i) e_k(j),
+ * bordered by the bilinear part's chi_k only. nu's output layer starts at 0, so the model starts as the bilinear
+ * form; the orbital node is the sum (ADD), whose first input is the bilinear PAIR node (pretraining's target). */
+static int psf__build_pfaffian_sum_head(psf_model *m, int h, int K, int F, int c) {
+    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1, n = N + b;
+    const int pair = psf__bilinear_pairs(m, h, K, F);
+    const int nu = psf__pair_mlp(m, h, K, c, 2, 1, "pf_nu");
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K);
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    psf__pblock(m, phi, "pf_env_up.w", W, K, PSF_PB_WEIGHT);
+    psf__pblock(m, phi, "pf_env_down.w", W, K, PSF_PB_WEIGHT);
+    const int skew = psf__skew_node(m, nu, psf__envelope_named(m, phi, K, "pf_env"), K, b);
+    m->orbital_node = psf__node(m, PSF_OP_ADD, pair, skew, K * n, n);
     return psf__logpf_node(m, m->orbital_node);
 }
 
@@ -3100,7 +3311,13 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     if ((int)cfg->orbitals < 0 || cfg->orbitals >= PSF_ORBITALS_COUNT)
         return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
     const int pf_min = m->n_elec - (m->n_elec & 1), pf_F = cfg->pf_orbitals ? cfg->pf_orbitals : 2 * m->n_elec;
-    if (cfg->orbitals == PSF_ORBITALS_PFAFFIAN && (pf_F < pf_min || pf_F > 1024))
+    const int pf_mlp = cfg->orbitals == PSF_ORBITALS_PFAFFIAN && cfg->pf_pair != PSF_PAIR_BILINEAR; /* has nu */
+    const int pf_c = cfg->pf_hidden ? cfg->pf_hidden : 32;
+    if (cfg->orbitals == PSF_ORBITALS_PFAFFIAN && ((int)cfg->pf_pair < 0 || cfg->pf_pair >= PSF_PAIR_COUNT))
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown pair function %d", (int)cfg->pf_pair);
+    if (pf_mlp && (pf_c < 1 || pf_c > 1024))
+        return psf__fail(PSF_ERR_ARG, "psf_model_init: pf_hidden = %d out of range 1..1024", pf_c);
+    if (cfg->orbitals == PSF_ORBITALS_PFAFFIAN && cfg->pf_pair != PSF_PAIR_MLP && (pf_F < pf_min || pf_F > 1024))
         return psf__fail(PSF_ERR_ARG, "psf_model_init: pf_orbitals = %d out of range %d..1024 for %d electrons (fewer "
                          "orbital features than that make every Pfaffian zero)", pf_F, pf_min, m->n_elec);
     m->cfg = *cfg;
@@ -3116,7 +3333,11 @@ int psf_model_init(psf_model *m, const psf_system *sys, const psf_config *cfg, u
     }
     switch (cfg->orbitals) { /* the one place that knows every orbital head */
     case PSF_ORBITALS_DET: m->logdet_node = psf__build_det_head(m, h, cfg->n_dets); break;
-    case PSF_ORBITALS_PFAFFIAN: m->logdet_node = psf__build_pfaffian_head(m, h, cfg->n_dets, pf_F); break;
+    case PSF_ORBITALS_PFAFFIAN:
+        m->logdet_node = cfg->pf_pair == PSF_PAIR_MLP ? psf__build_pfaffian_mlp_head(m, h, cfg->n_dets, pf_c)
+                       : cfg->pf_pair == PSF_PAIR_BILINEAR_MLP ? psf__build_pfaffian_sum_head(m, h, cfg->n_dets, pf_F, pf_c)
+                                                              : psf__build_pfaffian_head(m, h, cfg->n_dets, pf_F);
+        break;
     default: return psf__fail(PSF_ERR_ARG, "psf_model_init: unknown orbital head %d", (int)cfg->orbitals);
     }
     m->out_node = m->logdet_node;
@@ -5878,11 +6099,10 @@ static int psf__reference_matrix(const psf_reference *ref, const psf_real *x, do
     return PSF_OK;
 }
 
-#ifdef PSF_INTERNAL_TESTS
 /* The Pfaffian head's target from Phi_ref (N x N): the pair matrix Phi' J Phi'^T of the first c = N - b reference
  * orbitals (J the symplectic unit: columns 2q and 2q+1 paired), bordered for odd N (b = 1) by the last one, so
- * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. What pretraining reaches through
- * psf__reference_features; the tests compare the model's pair matrices with it. */
+ * that Pf tgt = det Phi_ref (docs/method.md section 4a). tgt is n x n, n = N + b. The pair-MLP form is fitted to
+ * it directly; the bilinear form reaches it through psf__reference_features. */
 static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
     const int b = N & 1, c = N - b, n = N + b;
     for (int i = 0; i < N; i++)
@@ -5896,7 +6116,6 @@ static void psf__reference_pair_matrix(int N, const double *phi, double *tgt) {
     for (int i = 0; i < N; i++) { tgt[(size_t)i * n + N] = phi[(size_t)i * N + N - 1]; tgt[(size_t)N * n + i] = -phi[(size_t)i * N + N - 1]; }
     tgt[(size_t)N * n + N] = 0;
 }
-#endif
 
 /* The Pfaffian head's feature target from Phi_ref (N x N): N x (F + b) enveloped features whose first c = N - b
  * columns are the first c reference orbitals, then F - c zeros, and for odd N (b = 1) the last reference orbital
@@ -5912,24 +6131,29 @@ static void psf__reference_features(int N, int F, const double *phi, double *tgt
 
 int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr, double *losses) {
     psf_model *m = v->model;
-    const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, on = m->orbital_node;
-    const int pf = m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN, n = pf ? N + (N & 1) : N; /* order of the matrices */
+    const int N = m->n_elec, D = m->n_dim, B = v->cfg.batch, C = v->n_chunks, T = v->n_ws, pf = m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN;
+    int on = m->orbital_node;
+    /* the BILINEAR_MLP form's orbital node is PAIR + SKEW with nu's output at 0: pretrained through the PAIR node */
+    if (pf && on > 0 && on < m->n_nodes && m->nodes[on].op == PSF_OP_ADD) on = m->nodes[on].in0;
+    const int n = pf ? N + (N & 1) : N; /* order of the matrices */
+    const int mlp = pf && on > 0 && on < m->n_nodes && m->nodes[on].op == PSF_OP_SKEW; /* the pair-MLP form */
     const size_t P = m->n_params, NN = (size_t)N * N, nn = (size_t)n * n;
     if (ref->n_up != m->sys.n_up || ref->n_down != m->sys.n_down || !ref->orbitals)
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the reference has %d up, %d down electrons, the system %d, %d",
                          ref->n_up, ref->n_down, m->sys.n_up, m->sys.n_down);
     if (on <= 0 || PSF__N(&m->nodes[on]) % nn != 0 || (int)m->nodes[on].cols != n ||
-        (pf && (m->nodes[on].op != PSF_OP_PAIR || m->nodes[on].ib != (N & 1))))
+        (pf && ((m->nodes[on].op != PSF_OP_PAIR && !mlp) || m->nodes[on].ib != (N & 1))))
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: the model has no %d x %d %s matrices", n, n, pf ? "pair" : "orbital");
     if (steps < 0 || !(lr > 0)) return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: steps = %d, lr = %g (need >= 0, > 0)", steps, lr);
     const int K = (int)(PSF__N(&m->nodes[on]) / nn);
-    /* the fitted node: the orbital matrices, or the Pfaffian head's enveloped features ((K N) x (F + b)) */
-    const int fit = pf ? m->nodes[on].in0 : on, Fc = m->nodes[fit].cols, b = pf ? N & 1 : 0, F = Fc - b;
-    const size_t nM = PSF__N(&m->nodes[fit]), NF = (size_t)N * Fc;
+    /* the fitted node: the orbital matrices, the pair-MLP form's pair matrices, or the bilinear Pfaffian head's
+     * enveloped features ((K N) x (F + b)); NF reals of target per block */
+    const int fit = pf && !mlp ? m->nodes[on].in0 : on, Fc = m->nodes[fit].cols, b = pf ? N & 1 : 0, F = Fc - b;
+    const size_t nM = PSF__N(&m->nodes[fit]), NF = mlp ? nn : (size_t)N * Fc;
     const double scale = 1.0 / ((double)B * nM);
-    if (pf && F < N - b) /* excluded by psf_model_init */
+    if (pf && !mlp && F < N - b) /* excluded by psf_model_init */
         return psf__fail(PSF_ERR_ARG, "psf_vmc_pretrain: %d orbital features for %d electrons", F, N);
-    if (pf && steps > 0) /* W_k - W_k^T = J on the first N - b features (the rest of W_k keeps its values) */
+    if (pf && !mlp && steps > 0) /* W_k - W_k^T = J on the first N - b features (the rest of W_k keeps its values) */
         for (int k = 0; k < K; k++) {
             psf_real *W = m->params + m->nodes[on].p_off + (size_t)k * F * F;
             for (int i = 0; i < N - b; i++)
@@ -5962,7 +6186,9 @@ PSF__OMP(parallel for schedule(dynamic, 1))
                 const psf_real *x = v->walkers.x + (size_t)b * D;
                 const psf_real *M = psf_model_eval_node(m, ws, x, fit, 0);
                 if (psf__reference_matrix(&rc_ref, x, phi, val)) { l = NAN; continue; }
-                if (pf) psf__reference_features(N, F, phi, tgt); else memcpy(tgt, phi, sizeof(double) * NN);
+                if (mlp) psf__reference_pair_matrix(N, phi, tgt);
+                else if (pf) psf__reference_features(N, F, phi, tgt);
+                else memcpy(tgt, phi, sizeof(double) * NN);
                 for (size_t q = 0; q < nM; q++) {
                     const double d = M[q] - tgt[q % NF];
                     l += d * d * scale;
@@ -6053,7 +6279,7 @@ static void psf__prev_name(const char *path, char *out, size_t n) {
     X("layernorm", (m)->cfg.psiformer.use_layernorm) X("orbitals", (int32_t)(m)->cfg.orbitals)                 \
     X("dets", (m)->cfg.n_dets) X("jastrow", (m)->cfg.use_jastrow) X("en_cusp", (m)->cfg.use_en_cusp)          \
     X("batch", (v)->cfg.batch) X("optimizer", (int32_t)(v)->cfg.optimizer)                                     \
-    X("pf_orbitals", (m)->cfg.pf_orbitals)
+    X("pf_orbitals", (m)->cfg.pf_orbitals) X("pf_pair", (int32_t)(m)->cfg.pf_pair) X("pf_hidden", (m)->cfg.pf_hidden)
 
 #define PSF__CKPT_ONE(nm, x) +1
 PSF__STATIC_ASSERT(0 PSF__CKPT_FIELDS(PSF__CKPT_ONE, m, v) <= PSF__CKPT_NFIELDS, "checkpoint header: too many fields");

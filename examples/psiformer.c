@@ -80,7 +80,12 @@ static void usage(FILE *f) {
             "  --mlp M              MLP hidden width (default 64)\n"
             "  --orbitals HEAD      det | pfaffian: K determinants, or K Pfaffians of pair matrices (default det)\n"
             "  --dets K             determinants, or Pfaffians (default 4)\n"
-            "  --pf-orbitals F      pfaffian: orbital features per electron, >= N rounded down to even (default 2N)\n"
+            "  --pair FORM          pfaffian: bilinear | mlp | bilinear+mlp: Phi = M (W - W^T) M^T, or\n"
+            "                       Phi_ij = nu(h_i, h_j) - nu(h_j, h_i) with nu a two-layer MLP, times envelopes, or\n"
+            "                       their sum with the MLP term starting at 0 (default bilinear)\n"
+            "  --pf-orbitals F      pfaffian, bilinear forms: orbital features per electron, >= N rounded down to\n"
+            "                       even (default 2N)\n"
+            "  --pf-hidden C        pfaffian, mlp forms: hidden width of nu (default 32)\n"
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     spring | kfac | adam (default spring)\n"
@@ -124,6 +129,11 @@ static void usage(FILE *f) {
 
 /* Every numeric flag is parsed completely (no trailing characters) and range-checked; a bad value is reported as
  * "psiformer: --FLAG: expected ..., got 'VALUE'" and the program exits with status 2. */
+/* The --pair spelling of a pair function. */
+static const char *pair_name(psf_pair_form f) {
+    return f == PSF_PAIR_MLP ? "mlp" : f == PSF_PAIR_BILINEAR_MLP ? "bilinear+mlp" : "bilinear";
+}
+
 static int parse_int(const char *flag, const char *s, int lo, int *out) {
     char *end;
     errno = 0;
@@ -227,6 +237,13 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--mlp")) rc = parse_int(a, v, 1, &o->net.psiformer.mlp_hidden);
         else if (!strcmp(a, "--dets")) rc = parse_int(a, v, 1, &o->net.n_dets);
         else if (!strcmp(a, "--pf-orbitals")) rc = parse_int(a, v, 1, &o->net.pf_orbitals);
+        else if (!strcmp(a, "--pf-hidden")) rc = parse_int(a, v, 1, &o->net.pf_hidden);
+        else if (!strcmp(a, "--pair")) {
+            if (!strcmp(v, "bilinear")) o->net.pf_pair = PSF_PAIR_BILINEAR;
+            else if (!strcmp(v, "mlp")) o->net.pf_pair = PSF_PAIR_MLP;
+            else if (!strcmp(v, "bilinear+mlp")) o->net.pf_pair = PSF_PAIR_BILINEAR_MLP;
+            else { fprintf(stderr, "psiformer: --pair: expected bilinear, mlp or bilinear+mlp, got '%s'\n", v); return 1; }
+        }
         else if (!strcmp(a, "--orbitals")) {
             if (!strcmp(v, "det")) o->net.orbitals = PSF_ORBITALS_DET;
             else if (!strcmp(v, "pfaffian")) o->net.orbitals = PSF_ORBITALS_PFAFFIAN;
@@ -515,7 +532,9 @@ static int pretrain(psf_vmc *v, const options *o, const char *outdir, const psf_
     double *loss = (double *)malloc(sizeof(double) * (size_t)o->pretrain_steps);
     if (!loss) { fprintf(stderr, "psiformer: out of memory\n"); return 1; }
     const double t0 = psf_time();
-    const char *target = v->model->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pair matrix (via its features)" : "orbitals";
+    const char *target = v->model->cfg.orbitals != PSF_ORBITALS_PFAFFIAN ? "orbitals"
+                       : v->model->cfg.pf_pair == PSF_PAIR_MLP      ? "pair matrix"
+                                                                    : "pair matrix (via its features)";
     if (mol)
         printf("pretraining: %d steps of Adam (lr %.3g) toward the %s of %s (%d up, %d down occupied)\n",
                o->pretrain_steps, o->pretrain_lr, target, o->orbitals_from, ref.n_up, ref.n_down);
@@ -693,7 +712,11 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "mlp", pc->mlp_hidden);
     json_str(&j, "orbitals", m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN ? "pfaffian" : "det");
     json_int(&j, "dets", m->cfg.n_dets);
-    if (m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN) json_int(&j, "pf_orbitals", m->cfg.pf_orbitals ? m->cfg.pf_orbitals : 2 * m->n_elec);
+    if (m->cfg.orbitals == PSF_ORBITALS_PFAFFIAN) {
+        json_str(&j, "pair", pair_name(m->cfg.pf_pair));
+        if (m->cfg.pf_pair != PSF_PAIR_BILINEAR) json_int(&j, "pf_hidden", m->cfg.pf_hidden ? m->cfg.pf_hidden : 32);
+        if (m->cfg.pf_pair != PSF_PAIR_MLP) json_int(&j, "pf_orbitals", m->cfg.pf_orbitals ? m->cfg.pf_orbitals : 2 * m->n_elec);
+    }
     json_int(&j, "en_cusp", m->cfg.use_en_cusp);
     json_fmt(&j, "seed", "%llu", (unsigned long long)o->vmc.seed);
     json_int(&j, "threads", v->n_ws);
@@ -956,8 +979,15 @@ static int run(int argc, char **argv) {
     else
         printf("psiformer.h: %s (%d atoms, charge %d, %d up, %d down), nuclear repulsion %.6f Ha, no reference energy "
                "for this geometry\n", source, sys.n_atoms, system_charge(&sys), sys.n_up, sys.n_down, psf_nuclear_repulsion(&sys));
-    char head[64];
-    if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
+    char head[128];
+    if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN && o.net.pf_pair == PSF_PAIR_MLP)
+        snprintf(head, sizeof head, "%d Pfaffians of a pair MLP (hidden %d)%s", o.net.n_dets,
+                 o.net.pf_hidden ? o.net.pf_hidden : 32, m.n_elec & 1 ? " (bordered: odd N)" : "");
+    else if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN && o.net.pf_pair == PSF_PAIR_BILINEAR_MLP)
+        snprintf(head, sizeof head, "%d Pfaffians of %d orbital features + a pair MLP (hidden %d)%s", o.net.n_dets,
+                 o.net.pf_orbitals ? o.net.pf_orbitals : 2 * m.n_elec, o.net.pf_hidden ? o.net.pf_hidden : 32,
+                 m.n_elec & 1 ? " (bordered: odd N)" : "");
+    else if (o.net.orbitals == PSF_ORBITALS_PFAFFIAN)
         snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
                  o.net.pf_orbitals ? o.net.pf_orbitals : 2 * m.n_elec, m.n_elec & 1 ? " (bordered: odd N)" : "");
     else snprintf(head, sizeof head, "%d determinants", o.net.n_dets);
