@@ -299,7 +299,8 @@ typedef enum { PSF_ORBITALS_DET = 0, PSF_ORBITALS_PFAFFIAN = 1, PSF_ORBITALS_COU
  * and j as inputs (through per-spin first-layer weights) and e an enveloped per-electron factor (Kim et al.,
  * Commun. Phys. 7, 148 (2024): phi(x_i, x_j) = nu(x_i, x_j) - nu(x_j, x_i)); its parameters do not depend on N.
  * BILINEAR_MLP: the sum of the two, the MLP term's output layer initialised to 0, so that the model starts as the
- * bilinear form (and contains the determinant as its special case) and is pretrained through its factors. */
+ * bilinear form (and contains the determinant as its special case) and is pretrained through its factors.
+ * BILINEAR is the default: at equal wall time it is ahead of both MLP forms (docs/results.md, round 8). */
 typedef enum { PSF_PAIR_BILINEAR = 0, PSF_PAIR_MLP = 1, PSF_PAIR_BILINEAR_MLP = 2, PSF_PAIR_COUNT } psf_pair_form;
 
 /* Psiformer hyper-parameters (von Glehn et al. 2023, §3). */
