@@ -3189,14 +3189,25 @@ static int psf__check_psiformer(const psf_psiformer_config *pc, int n_elec) {
 
 /* ---- Orbital heads: from features h to log|sum_k det| (sets m->orbital_node) ------------------------------ */
 
+/* The orbital heads' projection: h (N x W) times per-spin weights <prefix>_up.w, <prefix>_down.w (W x cols, no
+ * bias; always two groups, the second empty when n_down = 0), N x cols. */
+static int psf__spin_projection(psf_model *m, int h, int cols, const char *prefix) {
+    const int W = m->nodes[h].cols;
+    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, m->n_elec, cols);
+    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
+    char nm[40];
+    snprintf(nm, sizeof nm, "%s_up.w", prefix);
+    psf__pblock(m, phi, nm, W, cols, PSF_PB_WEIGHT);
+    snprintf(nm, sizeof nm, "%s_down.w", prefix);
+    psf__pblock(m, phi, nm, W, cols, PSF_PB_WEIGHT);
+    return phi;
+}
+
 /* K full determinants (FermiNet full_det): a linear projection per spin channel to K N orbitals (group 1 empty
  * when n_down = 0), envelopes, the signed log-sum-exp of the K determinants. */
 static int psf__build_det_head(psf_model *m, int h, int K) {
-    const int N = m->n_elec, W = m->nodes[h].cols;
-    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * N);
-    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
-    psf__pblock(m, phi, "orb_up.w", W, K * N, PSF_PB_WEIGHT);
-    psf__pblock(m, phi, "orb_down.w", W, K * N, PSF_PB_WEIGHT);
+    const int N = m->n_elec;
+    const int phi = psf__spin_projection(m, h, K * N, "orb");
     m->orbital_node = psf__envelope_node(m, phi, K);
     return psf__logdet_node(m, m->orbital_node);
 }
@@ -3207,11 +3218,8 @@ static int psf__build_det_head(psf_model *m, int h, int K) {
  * Phi_k = M_k (W_k - W_k^T) M_k^T bordered by chi_k when b = 1 (order n = N + b, even), and the signed log-sum-exp
  * of their Pfaffians. The spins enter through the per-spin projection (and the spin feature of the trunk). */
 static int psf__bilinear_pairs(psf_model *m, int h, int K, int F) {
-    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
-    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (F + b));
-    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
-    psf__pblock(m, phi, "pf_orb_up.w", W, K * (F + b), PSF_PB_WEIGHT);
-    psf__pblock(m, phi, "pf_orb_down.w", W, K * (F + b), PSF_PB_WEIGHT);
+    const int N = m->n_elec, b = N & 1;
+    const int phi = psf__spin_projection(m, h, K * (F + b), "pf_orb");
     return psf__pair_node(m, psf__envelope_node(m, phi, K), K, b, "pf_pair");
 }
 static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
@@ -3223,12 +3231,9 @@ static int psf__build_pfaffian_head(psf_model *m, int h, int K, int F) {
  * antisymmetrised, times the envelope factors e_k(i) e_k(j) of a per-spin projection of h to K (1 + b) columns
  * (column 0: e_k; column 1 for odd N: the border orbital chi_k), enveloped as the determinant head's orbitals. */
 static int psf__build_pfaffian_mlp_head(psf_model *m, int h, int K, int c) {
-    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1;
+    const int b = m->n_elec & 1;
     const int nu = psf__pair_mlp(m, h, K, c, 2, 0, "pf_nu");
-    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K * (1 + b));
-    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
-    psf__pblock(m, phi, "pf_env_up.w", W, K * (1 + b), PSF_PB_WEIGHT);
-    psf__pblock(m, phi, "pf_env_down.w", W, K * (1 + b), PSF_PB_WEIGHT);
+    const int phi = psf__spin_projection(m, h, K * (1 + b), "pf_env");
     m->orbital_node = psf__skew_node(m, nu, psf__envelope_named(m, phi, K, "pf_env"), K, b);
     return psf__logpf_node(m, m->orbital_node);
 }
@@ -3237,13 +3242,10 @@ static int psf__build_pfaffian_mlp_head(psf_model *m, int h, int K, int c) {
  * bordered by the bilinear part's chi_k only. nu's output layer starts at 0, so the model starts as the bilinear
  * form; the orbital node is the sum (ADD), whose first input is the bilinear PAIR node (pretraining's target). */
 static int psf__build_pfaffian_sum_head(psf_model *m, int h, int K, int F, int c) {
-    const int N = m->n_elec, W = m->nodes[h].cols, b = N & 1, n = N + b;
+    const int N = m->n_elec, b = N & 1, n = N + b;
     const int pair = psf__bilinear_pairs(m, h, K, F);
     const int nu = psf__pair_mlp(m, h, K, c, 2, 1, "pf_nu");
-    const int phi = psf__node(m, PSF_OP_LINEAR, h, -1, N, K);
-    m->nodes[phi].ia = m->sys.n_up; m->nodes[phi].ib = 0; m->nodes[phi].ic = 2;
-    psf__pblock(m, phi, "pf_env_up.w", W, K, PSF_PB_WEIGHT);
-    psf__pblock(m, phi, "pf_env_down.w", W, K, PSF_PB_WEIGHT);
+    const int phi = psf__spin_projection(m, h, K, "pf_env");
     const int skew = psf__skew_node(m, nu, psf__envelope_named(m, phi, K, "pf_env"), K, b);
     m->orbital_node = psf__node(m, PSF_OP_ADD, pair, skew, K * n, n);
     return psf__logpf_node(m, m->orbital_node);
