@@ -24,6 +24,7 @@ static void *test_malloc(size_t n) {
 #define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
 #include "psf_harness.h"
+#include <float.h>
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -405,6 +406,70 @@ TEST swapping_same_spin_electrons_flips_the_sign(void) {
  * case, ragged shapes around the kernel's blocking (M, N, K not multiples of the register tile or of the k block),
  * the matrix-vector case N = 1, K = 0, strided operands, and beta in {0, 1, other}. The bound is the standard one
  * for a dot product of length K summed in any order: |err| <= (K + 2) eps sum_k |alpha a_ik b_kj| + eps |beta c|. */
+/* The tape's vectorised exp and tanh (psiformer.h, "Elementwise exp and tanh") against long-double references.
+ * exp must be faithfully rounded (< 1 ulp): the final fma's half ulp, plus the polynomial's rounding scaled by
+ * |e^r - 1| / e^r <= 0.3 and the first-order carry of r's rounding. tanh = u / (u + 2) adds the roundings of
+ * u + 2 and of the quotient to u's, and the result's binade can halve its ulp: < 3 ulp (glibc's own tanh measures
+ * 2.1). Where long double is no wider than double the reference is no better than the result, and the bounds gain
+ * one ulp. Special values are exact. */
+static double ulp_error(double y, long double ref) {
+    const double r = (double)ref;
+    if (isinf(r) || r == 0) return y == r ? 0.0 : HUGE_VAL;
+    double u = nextafter(fabs(r), HUGE_VAL) - fabs(r); /* the ulp of the correctly rounded result */
+    return (double)(fabsl((long double)y - ref) / u);
+}
+TEST vector_exp_and_tanh_within_their_ulp_bounds(void) {
+    enum { N = 400003 }; /* odd: the vector loops' remainder is exercised too */
+    const double slack = LDBL_MANT_DIG > DBL_MANT_DIG ? 0.0 : 1.0;
+    double *x = (double *)malloc(sizeof(double) * N), *y = (double *)malloc(sizeof(double) * N);
+    ASSERT(x && y);
+    psf_rng g;
+    psf_rng_seed(&g, 17, 0);
+    double worst_exp = 0, worst_tanh = 0, libm_exp = 0, libm_tanh = 0;
+    for (int range = 0; range < 3; range++) {
+        for (int i = 0; i < N; i++) { /* exp's whole domain; |x| < 25; magnitudes 2^-60..2^0 */
+            const double u = psf_rng_uniform(&g) - 0.5;
+            x[i] = range == 0 ? u * 1455.0 - 17.5 : range == 1 ? u * 50.0 : ldexp(u, -(int)(60 * psf_rng_uniform(&g)));
+        }
+        psf_test_vexp(x, y, N);
+        for (int i = 0; i < N; i++) {
+            const long double ref = expl((long double)x[i]);
+            worst_exp = fmax(worst_exp, ulp_error(y[i], ref));
+            libm_exp = fmax(libm_exp, ulp_error(exp(x[i]), ref));
+        }
+        memcpy(y, x, sizeof(double) * N);
+        psf_test_vtanh(y, y, N); /* in place */
+        for (int i = 0; i < N; i++) {
+            const long double ref = tanhl((long double)x[i]);
+            worst_tanh = fmax(worst_tanh, ulp_error(y[i], ref));
+            libm_tanh = fmax(libm_tanh, ulp_error(tanh(x[i]), ref));
+        }
+    }
+    if (greatest_info.verbose)
+        printf("    max error: exp %.3f ulp (libm %.3f), tanh %.3f ulp (libm %.3f), %d arguments each\n", worst_exp,
+               libm_exp, worst_tanh, libm_tanh, 3 * N);
+    ASSERTm("exp is faithfully rounded", worst_exp < 1.0 + slack);
+    ASSERTm("tanh within 3 ulp", worst_tanh < 3.0 + slack);
+    static const double sx[] = {0.0, -0.0, HUGE_VAL, -HUGE_VAL, NAN, 22.0, -22.0, 1e300, -1e300, 709.79, -745.14,
+                                -1e-310, 4.9406564584124654e-324};
+    enum { S = sizeof sx / sizeof sx[0] };
+    double se[S], st[S];
+    psf_test_vexp(sx, se, S);
+    psf_test_vtanh(sx, st, S);
+    ASSERT(se[0] == 1 && se[1] == 1 && se[2] == HUGE_VAL && se[3] == 0 && isnan(se[4]));
+    ASSERT(se[7] == HUGE_VAL && se[8] == 0 && se[9] == HUGE_VAL && se[10] == 0 && se[11] == 1 && se[12] == 1);
+    ASSERT(st[0] == 0 && !signbit(st[0]) && st[1] == 0 && signbit(st[1]) && st[2] == 1 && st[3] == -1 && isnan(st[4]));
+    ASSERT(st[5] == 1 && st[6] == -1 && st[7] == 1 && st[8] == -1 && st[11] == -1e-310 && st[12] == sx[12]);
+    /* subnormal results of exp: error below one subnormal step */
+    for (double t = -745.1; t < -708.4; t += 0.37) {
+        double e;
+        psf_test_vexp(&t, &e, 1);
+        ASSERT_IN_RANGEm("subnormal exp", (double)expl((long double)t), e, 4.9406564584124654e-324 * (1 + slack));
+    }
+    free(x); free(y);
+    PASS();
+}
+
 TEST gemm_matches_long_double_reference(void) {
     static const int shapes[][3] = {{1, 1, 1}, {7, 1, 300}, {1, 9, 5}, {6, 8, 128}, {7, 17, 129}, {13, 33, 257},
                                     {30, 64, 64}, {49, 16, 3}, {5, 5, 0}, {64, 40, 700},
@@ -591,6 +656,7 @@ SUITE(antisymmetry) {
     RUN_TEST(logdet_matches_permutation_expansion);
     RUN_TEST(multi_determinant_sum_matches_expansion);
     RUN_TEST(gemm_matches_long_double_reference);
+    RUN_TEST(vector_exp_and_tanh_within_their_ulp_bounds);
     RUN_TEST(cholesky_backward_error_and_refusals);
 }
 
