@@ -5,7 +5,7 @@
  *
  *   bench [--atoms He,Be,C,Ne] [--head-dims 16,8,32] [--batches 256,1024] [--threads 2|1,2]
  *         [--metrics logpsi,eloc,train] [--optimizer default|adam|kfac] [--budget SEC] [--max-reps R]
- *         [--tag NAME] [--csv FILE]
+ *         [--layers L] [--mlp M] [--dets K] [--tag NAME] [--csv FILE]
  *   bench --ops ATOM [--head-dims 16] [--reps R] [--csv FILE]      per-op jet profile (one thread)
  *   bench --jet-loop ATOM [--head-dims 16] [--walkers N]            N jet passes, one thread (perf, callgrind)
  *   bench --flops                                                    flop counts only, no timing
@@ -203,9 +203,15 @@ static void emit(FILE *csv, const char *tag, int threads, const char *atom, cons
 
 /* ---- the throughput table ----------------------------------------------------------------------------------- */
 /* The default network with head_dim on atom (exits with the message on failure). */
+/* --layers / --mlp / --dets: the network's other sizes (0: psf_config_default's); --layers 4 --head-dims 64 --mlp 256
+ * --dets 16 is the Psiformer paper's network (von Glehn et al. 2023, Table 3), run.sh's "paper" row */
+static int net_layers, net_mlp, net_dets;
 static void bench_model(const char *atom, int head_dim, psf_system *sys, psf_config *cfg, psf_model *m) {
     psf_config_default(cfg);
     cfg->psiformer.head_dim = head_dim;
+    if (net_layers > 0) cfg->psiformer.n_layers = net_layers;
+    if (net_mlp > 0) cfg->psiformer.mlp_hidden = net_mlp;
+    if (net_dets > 0) cfg->n_dets = net_dets;
     if (psf_system_atom(sys, atom, -1) != PSF_OK || psf_model_init(m, sys, cfg, 1) != PSF_OK) {
         fprintf(stderr, "bench: %s\n", psf_last_error());
         exit(1);
@@ -416,7 +422,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench [--atoms He,Be,C,Ne] [--head-dims 16,8,32] [--batches 256,1024] [--threads 2|1,2]\n"
             "             [--metrics logpsi,eloc,train] [--optimizer default|adam|kfac] [--budget SEC] [--max-reps R]\n"
-            "             [--tag NAME] [--csv FILE]\n"
+            "             [--layers L] [--mlp M] [--dets K] [--tag NAME] [--csv FILE]\n"
             "       bench --ops ATOM [--head-dims 16] [--reps R] [--csv FILE]\n"
             "       bench --jet-loop ATOM [--head-dims 16] [--walkers N]   (for perf / callgrind)\n"
             "       bench --flops\n");
@@ -445,6 +451,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--ops")) ops_atom = v;
         else if (!strcmp(k, "--jet-loop")) loop_atom = v;
         else if (!strcmp(k, "--walkers")) loop_walkers = atoi(v);
+        else if (!strcmp(k, "--layers")) net_layers = atoi(v);
+        else if (!strcmp(k, "--mlp")) net_mlp = atoi(v);
+        else if (!strcmp(k, "--dets")) net_dets = atoi(v);
         else if (!strcmp(k, "--optimizer")) optimizer = !strcmp(v, "adam") ? PSF_OPT_ADAM : !strcmp(v, "kfac") ? PSF_OPT_KFAC : -1;
         else { fprintf(stderr, "bench: unknown option %s\n", k); usage(); return 2; }
     }

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/bench_torch.py [--batches 256,1024] [--threads 1,2] [--methods loop,batched,functorch]
                                           [--budget SEC] [--loop-walkers N] [--chunk C] [--csv FILE] DIR [DIR ...]
+    (methods also: train_batched, train_functorch)
 
 Each DIR is an export directory written by bench/reference/export.c (parameters, config.json, 8 walkers and the C
 results). Three ways of computing E_L = -1/2 (lap log|psi| + |grad log|psi||^2) + V with PyTorch autograd:
@@ -21,6 +22,11 @@ results). Three ways of computing E_L = -1/2 (lap log|psi| + |grad log|psi||^2) 
 The batched network reuses psiformer_ref.Psiformer (parameters, layer norm, configuration) and is checked against
 the C numbers of the export directory (the 8 walkers) before it is timed; a disagreement beyond 1e-8 is printed
 as a warning (the cross-check proper is `make crosscheck`). psiformer_ref.py itself is not modified.
+  train_batched, train_functorch
+             one whole VMC training iteration with Adam (class Trainer): 10 Metropolis sweeps, E_L by the batched
+             or functorch method, the energy gradient by one backward pass, the Adam update, the refresh; throughput
+             in walkers x iterations / s, beside build/bench's `train` with --optimizer adam.
+
 Timing: one warm-up on a few walkers, then each batch is run once and repeated while within --budget seconds; the
 fastest run is reported, for each thread count of --threads (torch.set_num_threads). Prints one line per
 measurement and appends rows to --csv. bench/report.py compares C on T cores with the better of PyTorch on T
@@ -164,6 +170,49 @@ class BatchedPsiformer(ref.Psiformer):
         return -0.5 * (lap + g2) + v, lap, g2, v
 
 
+class Trainer:
+    """One VMC training iteration of the batched network, as build/bench times psf_vmc_train_step with Adam:
+    `sweeps` all-electron Metropolis moves of every walker (log|psi| of the batch per sweep, no gradients), E_L of the
+    batch by `method` (batched or functorch), the energy gradient 2 E[(E_L - <E_L>) grad_theta log|psi|] (E_L clipped
+    at 5 mean absolute deviations from the median) by one backward pass, torch.optim.Adam, and the walkers' log|psi|
+    refreshed. For timing only: the Jastrow's alpha enters through constants fixed at construction."""
+
+    def __init__(self, net, X, method, chunk, sweeps=10, width=0.1, lr=3e-3):
+        self.net, self.method, self.chunk, self.sweeps, self.width = net, method, chunk, sweeps, width
+        self.params = list(net.p.values())
+        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.X = X.clone()
+        with torch.no_grad():
+            self.lp = net.log_psi_b(self.X)
+
+    def _grad(self, on):
+        for t in self.params:
+            t.requires_grad_(on)
+
+    def step(self):
+        net = self.net
+        self._grad(False)
+        with torch.no_grad():
+            for _ in range(self.sweeps):
+                Xp = self.X + self.width * torch.randn_like(self.X)
+                lpp = net.log_psi_b(Xp)
+                acc = torch.log(torch.rand_like(lpp)) < 2.0 * (lpp - self.lp)
+                self.X = torch.where(acc[:, None], Xp, self.X)
+                self.lp = torch.where(acc, lpp, self.lp)
+        el = (net.eloc_batched(self.X) if self.method == "batched" else net.eloc_functorch(self.X, self.chunk))[0]
+        med = el.median()
+        dev = (el - med).abs().mean()
+        el = torch.clamp(el, med - 5 * dev, med + 5 * dev)
+        self._grad(True)
+        loss = 2.0 * ((el - el.mean()) * net.log_psi_b(self.X)).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self._grad(False)
+        with torch.no_grad():
+            self.lp = net.log_psi_b(self.X)
+
+
 def eloc_loop(net, X):
     out = []
     for w in range(X.shape[0]):
@@ -181,6 +230,7 @@ def check(net, directory, method, chunk):
             _, _, _, lap, el, sc = net.evaluate(X[w].clone())
             err = max(err, abs(el - c_eloc[w]) / sc)
         return err
+    method = method[len("train_"):] if method.startswith("train_") else method  # training: its E_L method
     el, lap, g2, v = net.eloc_batched(X) if method == "batched" else net.eloc_functorch(X, chunk)
     el, lap, g2, v = (t.numpy() for t in (el, lap, g2, v))
     scale = np.maximum.reduce([np.ones_like(el), np.abs(el), 0.5 * np.abs(lap) + 0.5 * g2 + np.abs(v)])
@@ -193,9 +243,13 @@ def random_walkers(net, B, seed):
 
 
 def time_method(net, method, X, budget, chunk):
+    trainer = Trainer(net, X, method[len("train_"):], chunk) if method.startswith("train_") else None
+
     def run():
         t0 = time.perf_counter()
-        if method == "batched":
+        if trainer:
+            trainer.step()
+        elif method == "batched":
             net.eloc_batched(X)
         elif method == "functorch":
             net.eloc_functorch(X, chunk)
@@ -226,9 +280,11 @@ def main(argv):
     a = ap.parse_args(argv[1:])
     threads = [int(t) for t in a.threads.split(",") if t]
     methods = [m for m in a.methods.split(",") if m]
-    if "functorch" in methods and functorch is None:
-        print("bench_torch: functorch is not importable with torch %s; skipping that method" % torch.__version__)
-        methods.remove("functorch")
+    if functorch is None:
+        for m in ("functorch", "train_functorch"):
+            if m in methods:
+                print("bench_torch: functorch is not importable with torch %s; skipping %s" % (torch.__version__, m))
+                methods.remove(m)
     batches = [int(b) for b in a.batches.split(",") if b]
     csv = None
     if a.csv:

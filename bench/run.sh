@@ -12,6 +12,8 @@
 #   2. c.csv      tag=table:   log|psi|, local energy, training iteration, every atom x width x batch (main build)
 #                 tag=onoff:   the other build (built-in loops), batch 256
 #                 tag=scaling: 1 and BENCH_THREADS threads, default width, batch 256
+#                 tag=paper:   carbon with the Psiformer paper's network (4 layers, 4 x 64, MLP 256, 16 dets)
+#                 tag=adam:    a training iteration with Adam (He, C), against PyTorch's train_* methods
 #   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
 #   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/)
 #   5. report.py  merges everything into bench.csv, prints the tables, ratios, % of peak and the fitted
@@ -31,11 +33,13 @@ if [ "$QUICK" = 1 ]; then
     HDS=16,8; BATCHES=256; BUDGET=0; PEAK="--n 1024 --budget 0.3"; OPS_REPS=3
     SCALE_ATOMS=C; SCALE_METRICS=eloc; ONOFF_HDS=16; ONOFF_METRICS=logpsi,eloc
     TORCH_CONFIGS="He:16 C:16"; TORCH_FUNC_CONFIGS="He:16 C:16"; TORCH_BIG_CONFIGS=""; TORCH_BUDGET=0.5; LOOP_WALKERS=4
+    PAPER_METRICS=eloc; TORCH_PAPER=0; ADAM_ATOMS=C; TORCH_TRAIN_CONFIGS="C:16"
 else
     HDS=16,8,32; BATCHES=256,1024; BUDGET=0.5; PEAK="--n 2048 --budget 1"; OPS_REPS=10
     SCALE_ATOMS=$ATOMS; SCALE_METRICS=logpsi,eloc,train; ONOFF_HDS=16,8,32; ONOFF_METRICS=logpsi,eloc,train
     TORCH_CONFIGS="He:16 Be:16 C:16 Ne:16 He:8 Be:8 C:8 Ne:8 He:32 Be:32 C:32 Ne:32"
     TORCH_FUNC_CONFIGS="He:16 Be:16 C:16 Ne:16"; TORCH_BIG_CONFIGS="He:16 Be:16 C:16"; TORCH_BUDGET=1; LOOP_WALKERS=16
+    PAPER_METRICS=eloc,train; TORCH_PAPER=1; ADAM_ATOMS=He,C; TORCH_TRAIN_CONFIGS="He:16 C:16"
 fi
 
 # The main table uses the library's default build: OpenBLAS when the Makefile found it (BENCH_BLAS=1), else the
@@ -80,6 +84,14 @@ if [ -n "$OTHER" ]; then
         --budget "$BUDGET" --tag scaling --csv "$OUT/c.csv"
 fi
 
+echo "== 2d. the Psiformer paper's carbon network (4 layers, 4 x 64 heads, MLP 256, 16 determinants; batch 256)"
+"$MAIN" --atoms C --head-dims 64 --layers 4 --mlp 256 --dets 16 --batches 256 --threads "$T" --metrics "$PAPER_METRICS" \
+    --budget 0 --tag paper --csv "$OUT/c.csv"
+
+echo "== 2e. a training iteration with Adam, the optimizer of the PyTorch training comparison (batch 256)"
+"$MAIN" --atoms "$ADAM_ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics train --optimizer adam \
+    --budget "$BUDGET" --tag adam --csv "$OUT/c.csv"
+
 echo "== 3. per-op profile of the carbon jet pass (one thread)"
 for b in "$MAIN" $OTHER; do "$b" --ops C --reps "$OPS_REPS" --csv "$OUT/ops.csv"; done
 
@@ -106,6 +118,20 @@ if "$PYTHON" -c "import torch, numpy" 2>/dev/null; then
     # shellcheck disable=SC2086
     "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads 1 --budget "$TORCH_BUDGET" --methods batched,functorch \
         --csv "$OUT/torch.csv" $fdirs
+    tdirs=""
+    for c in $TORCH_TRAIN_CONFIGS; do tdirs="$tdirs $(pdir "$c")"; done
+    # whole training iterations (Adam), against step 2e
+    # shellcheck disable=SC2086
+    "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" \
+        --methods train_batched,train_functorch --csv "$OUT/torch.csv" $tdirs
+    if [ "$TORCH_PAPER" = 1 ]; then # the paper's carbon network: the batched methods, one pass each
+        pd="$OUT/params/C_paper"
+        mkdir -p "$pd"
+        "$BUILD/export" --atom C --layers 4 --heads 4 --head-dim 64 --mlp 256 --dets 16 --seed 1 --walkers 8 \
+            --out "$pd" >/dev/null
+        "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget 0 --methods batched,functorch \
+            --csv "$OUT/torch.csv" "$pd"
+    fi
     if [ -n "$bdirs" ]; then
         # batch 1024 for the smaller atoms, where a larger batch amortises PyTorch's per-op overhead
         # shellcheck disable=SC2086
