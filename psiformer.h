@@ -1242,6 +1242,18 @@ static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size
 #endif
 enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A (MC x KC) and B (KC x NR): at most 64 KB of stack per call */
 
+/* sum_k a[k] b[k sb], k < K, in eight partial sums of a fixed order when sb = 1 (vectorised; the same bits whoever
+ * calls it: psf__gemm's matrix-vector path and SPRING's fused pass) */
+static psf_real psf__dot8(const psf_real *a, const psf_real *b, size_t sb, int K) {
+    psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+    int k = 0;
+    if (sb == 1)
+        for (; k + 8 <= K; k += 8)
+            for (int l = 0; l < 8; l++) s8[l] += a[k + l] * b[k + l];
+    for (; k < K; k++) s += a[k] * b[(size_t)k * sb];
+    return s + (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
+}
+
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
 static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
                       const psf_real *B, int ldb, double beta, psf_real *C, int ldc) {
@@ -1268,17 +1280,8 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
                 else for (int i = 0; i < M; i++) C[(size_t)i * ldc] += a[i] * bk;
             }
         } else {
-            for (int i = 0; i < M; i++) { /* eight partial sums in a fixed order: vectorised, and the same bits */
-                const psf_real *a = A + (size_t)i * lda;
-                psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
-                int k = 0;
-                if (sb == 1)
-                    for (; k + 8 <= K; k += 8)
-                        for (int l = 0; l < 8; l++) s8[l] += a[k + l] * B[k + l];
-                for (; k < K; k++) s += a[k] * B[(size_t)k * sb];
-                s += ((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7]));
-                C[(size_t)i * ldc] += alpha * s;
-            }
+            for (int i = 0; i < M; i++) /* eight partial sums in a fixed order: vectorised, and the same bits */
+                C[(size_t)i * ldc] += alpha * psf__dot8(A + (size_t)i * lda, B, sb, K);
         }
         return;
     }
@@ -5494,15 +5497,9 @@ PSF__OMP(parallel for schedule(dynamic, 1))
             for (int j = 0; j < B * bi / NB; j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
     for (size_t i = 0; i < (size_t)B * B; i++) T[i] += 1.0 / B;
     memcpy(s->T0, T, sizeof(double) * B * B);
-    /* e~ = e - mu Ō phi_prev */
-    if (mu != 0) {
-PSF__OMP(parallel for schedule(static))
-        for (int q = 0; q < PSF__SPRING_SLABS; q++) {
-            const int i0 = B * q / PSF__SPRING_SLABS, i1 = B * (q + 1) / PSF__SPRING_SLABS;
-            if (i1 > i0) psf__gemm(0, 0, i1 - i0, 1, P, 1.0, O + (size_t)i0 * P, P, s->phi_prev, 1, 0.0, v + i0, 1);
-        }
+    /* e~ = e - mu Ō phi_prev (Ō phi_prev: s->u, formed by psf__spring_step while it centred Ō) */
+    if (mu != 0)
         for (int i = 0; i < B; i++) e[i] -= mu * v[i];
-    }
     /* T + lambda I by Cholesky; when it is not positive definite to working precision (lambda at the rounding
      * level of a kernel whose gradients blew up, or below the float32 kernel's error), lambda is raised tenfold,
      * at most PSF__SPRING_RAISES times, from the kept kernel T0 */
@@ -5568,16 +5565,19 @@ PSF__OMP(parallel for schedule(static))
             }
         for (size_t p = p0; p < p1; p++) mean[p] /= n;
     }
+    const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
+    /* the same pass forms the float32 copy of Ō and, for the direction's e~ = e - mu Ō phi_prev, u = Ō phi_prev
+     * while each row is in cache (one pass over the B x P reals fewer) */
 PSF__OMP(parallel for schedule(static))
     for (int b = 0; b < B; b++) {
         psf_real *g = s->G + (size_t)b * P;
         if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
         else memset(g, 0, sizeof(psf_real) * P);
         if (s->Of) { float *f = s->Of + (size_t)b * P; for (size_t p = 0; p < P; p++) f[p] = (float)g[p]; }
+        if (mu != 0) s->u[b] = psf__dot8(g, s->phi_prev, 1, (int)P);
     }
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
-    const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
     const int drc = psf__spring_direction(s, s->r, mu, c->spring_damping);
     if (drc == 2) return PSF_ERR_MPI;
     if (drc)
