@@ -89,7 +89,8 @@ static void usage(FILE *f) {
             "  --en-cusp 0|1        add an electron-nucleus cusp term to the Jastrow (extension; default 0)\n"
             "optimisation and sampling\n"
             "  --optimizer NAME     spring | kfac | adam (default spring)\n"
-            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 0: none); the pfaffian\n"
+            "  --pretrain-steps N   Hartree-Fock pretraining steps before VMC (default 400; 2000 for an atom of\n"
+            "                       >= 10 electrons, i.e. Ne; 0: none); the pfaffian\n"
             "                       head fits its orbital features, with W - W^T = J, so that its pair\n"
             "                       matrices become the HF pair matrix Phi J Phi^T\n"
             "  --pretrain-lr X      Adam learning rate of the pretraining (default 3e-3)\n"
@@ -191,7 +192,7 @@ static int parse_args(int argc, char **argv, options *o) {
     o->pretrain_lr = 3e-3;
     o->anneal = 0.3;   /* docs/results.md: carbon at 600 steps, 14.1 / 14.1 mHa against 14.1 / 15.6 without, E_L */
     o->anneal_to = 0.1; /* variance 0.37 / 0.30 against 0.44 / 0.57 Ha^2 (seeds 1 / 2) */
-    o->pretrain_steps = 400; /* docs/results.md: 30 s for carbon on 2 cores */
+    o->pretrain_steps = -1; /* unset: 400, or 2000 for an atom of >= 10 electrons (below, once the system is known) */
     psf_config_default(&o->net);
     psf_vmc_config_default(&o->vmc);
     o->vmc.batch = 512;
@@ -948,6 +949,11 @@ static int run(int argc, char **argv) {
         ground = (o.spin < 0 || o.spin == si.info->n_up - si.info->n_down);
         o.exact = ground ? si.info->exact : NAN;
     }
+    /* The default pretraining length (docs/results.md): 400 steps, 30 s for carbon on 2 cores, where 2000 gained
+     * nothing at equal wall time (rounds 7-8); 2000 for an atom of 10 or more electrons (Ne), where 400 leave the
+     * start far above HF and 2000 at equal wall time gave 32.4 / 76.7 mHa against 109.0 / 208.9 (seeds 1 / 2,
+     * rounds 8-9). Molecules keep 400: not measured. */
+    if (o.pretrain_steps < 0) o.pretrain_steps = !(o.xyz || from_molden) && sys.n_up + sys.n_down >= 10 ? 2000 : 400;
     const psf_atom_info *info = si.info;
     char outdir[512], path[1024];
     if (o.out) snprintf(outdir, sizeof outdir, "%s", o.out); else snprintf(outdir, sizeof outdir, "runs/%s", si.info ? o.atom : xyzname);
