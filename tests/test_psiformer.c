@@ -1317,6 +1317,34 @@ TEST driver_writes_the_training_plot(void) {
 #endif
 }
 
+/* The driver's default pretraining length follows the system (docs/results.md, rounds 8-9): 400 steps for an
+ * atom below 10 electrons (Li), 2000 for Ne, 400 for a system read from a file (here Ne's psi4 Molden file; not
+ * measured there); --pretrain-steps always wins. */
+TEST driver_default_pretraining_length_follows_the_system(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    static const char net[] = "--layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 --steps 1 "
+                              "--eval-steps 2 --gap-every 0 --threads 1";
+    static const struct { const char *sys; const char *printed; } cases[] = {
+        {"--atom Li", "pretraining: 400 steps"},
+        {"--atom Ne", "pretraining: 2000 steps"},
+        {"--atom Ne --pretrain-steps 7", "pretraining: 7 steps"},
+        {"--orbitals-from tests/data/ne_631gs_psi4.molden", "pretraining: 400 steps"}, /* a system from a file */
+    };
+    static char out[16384];
+    char cmd[1024];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        snprintf(cmd, sizeof cmd, "%s %s %s --out build/test_pretrain_len >build/test_pretrain_len.out 2>&1",
+                 PSF_TEST_DRIVER, cases[k].sys, net);
+        ASSERT_EQm(cases[k].sys, 0, system(cmd));
+        ASSERT(read_text("build/test_pretrain_len.out", out, sizeof out) > 0);
+        ASSERTm(cases[k].sys, strstr(out, cases[k].printed) != NULL);
+    }
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 /* psf_vmc_memory equals the bytes psf_vmc_init asks of PSF_MALLOC (counted through the hook at the top of this
  * file) for each optimizer, with fewer and more walkers than reduction chunks; psf_vmc_init refuses a limit one
  * byte below it without allocating anything, and a batch whose size overflows size_t (SPRING's B x B kernel at
@@ -1444,6 +1472,7 @@ SUITE(training) {
     RUN_TEST(vmc_memory_estimate_matches_allocations);
     RUN_TEST(driver_rejects_bad_arguments);
     RUN_TEST(driver_writes_the_training_plot);
+    RUN_TEST(driver_default_pretraining_length_follows_the_system);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
