@@ -2249,14 +2249,14 @@ static void psf__envelope_fwd(psf__ctx *c, const psf_node *nd) {
         const int sp = i < sys->n_up ? 0 : 1;
         const psf_real *pi = c->params + nd->p_off + 2 * sp * blk, *sg = pi + blk;
         for (int o = 0; o < KF; o++) { e[o] = 0; ge[o] = ge[KF + o] = ge[2 * KF + o] = 0; le[o] = 0; }
+        double rv[PSF_MAX_ATOMS][3], rh[PSF_MAX_ATOMS]; /* r_iI and |r_iI| */
         for (int at = 0; at < A; at++) { /* ex = exp(-sigma rho) for every atom and orbital at once */
-            double r[3];
-            const double rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KF; o++) ex[(size_t)at * KF + o] = -sg[(size_t)at * KF + o] * rho;
+            rh[at] = psf__dist(sys->R[at], c->x + 3 * i, rv[at]);
+            for (int o = 0; o < KF; o++) ex[(size_t)at * KF + o] = -sg[(size_t)at * KF + o] * rh[at];
         }
         psf__vexp(ex, ex, blk);
         for (int at = 0; at < A; at++) {
-            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
+            const double *r = rv[at], rho = rh[at];
             for (int o = 0; o < KF; o++) {
                 const double s = sg[(size_t)at * KF + o], t = pi[(size_t)at * KF + o] * ex[(size_t)at * KF + o];
                 e[o] += t;
@@ -2292,14 +2292,14 @@ static void psf__envelope_bwd(psf__ctx *c, const psf_node *nd) {
         const int sp = i < sys->n_up ? 0 : 1;
         const size_t po = (size_t)nd->p_off + 2 * sp * blk;
         const psf_real *pi = c->params + po, *sg = pi + blk;
+        double rv[PSF_MAX_ATOMS][3], rh[PSF_MAX_ATOMS]; /* r_iI and |r_iI| */
         for (int at = 0; at < A; at++) { /* exp(-sigma rho) for every atom and orbital at once */
-            double r[3];
-            const double rho = psf__dist(sys->R[at], c->x + 3 * i, r);
-            for (int o = 0; o < KF; o++) exs[(size_t)at * KF + o] = -sg[(size_t)at * KF + o] * rho;
+            rh[at] = psf__dist(sys->R[at], c->x + 3 * i, rv[at]);
+            for (int o = 0; o < KF; o++) exs[(size_t)at * KF + o] = -sg[(size_t)at * KF + o] * rh[at];
         }
         psf__vexp(exs, exs, blk);
         for (int at = 0; at < A; at++) {
-            double r[3], rho = psf__dist(sys->R[at], c->x + 3 * i, r);
+            const double *r = rv[at], rho = rh[at];
             for (int o = 0; o < KF; o++) {
                 const size_t q = (size_t)(o / F) * N * F + (size_t)i * F + (o % F), pidx = (size_t)i * KF + o;
                 const double s = sg[(size_t)at * KF + o], ex = exs[(size_t)at * KF + o], t = pi[(size_t)at * KF + o] * ex;
