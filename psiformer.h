@@ -860,9 +860,10 @@ PSFDEF int psf_test_cholesky(int n, double *a);
 /* The Hartree-Fock reference matrix Phi_ref (N x N, block diagonal by spin) at one walker's coordinates x [3N];
  * val: N reals of scratch. Returns PSF_OK or the reference's error. */
 PSFDEF int psf_test_reference_matrix(const psf_reference *ref, const psf_real *x, double *phi, double *val);
-/* SPRING's float32 Gram product C = A B^T (A: m x K, B: n x K floats, row-major; C: m x n doubles). Returns 0, or
- * -1 when out of memory. */
-PSFDEF int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, double *C);
+/* SPRING's float32 Gram product C = A B^T (A: m x K, B: n x K floats, row-major, put into the kernel's panels
+ * here; C: m x n doubles). upper (A = B, m = n): only the panel pairs on and above the diagonal are computed, the
+ * others left 0. Returns 0, or -1 when out of memory. */
+PSFDEF int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, double *C, int upper);
 /* The tape's elementwise exp and tanh: y[i] = exp(x[i]) / tanh(x[i]), i < n (y may equal x). */
 PSFDEF void psf_test_vexp(const double *x, double *y, size_t n);
 PSFDEF void psf_test_vtanh(const double *x, double *y, size_t n);
@@ -1243,16 +1244,24 @@ static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size
 #endif
 enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A (MC x KC) and B (KC x NR): at most 64 KB of stack per call */
 
-/* sum_k a[k] b[k sb], k < K, in eight partial sums of a fixed order when sb = 1 (vectorised; the same bits whoever
- * calls it: psf__gemm's matrix-vector path and SPRING's fused pass) */
+/* psf__dot8: sum_k a[k] b[k sb], k < K, in eight partial sums of a fixed order when sb = 1 (vectorised; the same
+ * bits whoever calls it: psf__gemm's matrix-vector path and SPRING's fused pass). The same sum in pieces: the lanes
+ * s8 carried through psf__dot8_lanes over consecutive ranges of multiples of 8 terms, the last range's K % 8 terms
+ * summed in order into s, then psf__dot8_sum(s8, s). */
+static int psf__dot8_lanes(const psf_real *a, const psf_real *b, int K, psf_real s8[8]) { /* the K - K % 8 terms */
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int l = 0; l < 8; l++) s8[l] += a[k + l] * b[k + l];
+    return k;
+}
+static psf_real psf__dot8_sum(const psf_real s8[8], psf_real s) {
+    return s + (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
+}
 static psf_real psf__dot8(const psf_real *a, const psf_real *b, size_t sb, int K) {
     psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
-    int k = 0;
-    if (sb == 1)
-        for (; k + 8 <= K; k += 8)
-            for (int l = 0; l < 8; l++) s8[l] += a[k + l] * b[k + l];
+    int k = sb == 1 ? psf__dot8_lanes(a, b, K, s8) : 0;
     for (; k < K; k++) s += a[k] * b[(size_t)k * sb];
-    return s + (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
+    return psf__dot8_sum(s8, s);
 }
 
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
@@ -1333,13 +1342,16 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
     }
 }
 
-/* The float32 Gram product for SPRING's kernel: C = A B^T (A: m x K, B: n x K, row-major floats, lda = ldb = K;
- * C: m x n doubles, overwritten). Blocks of PSF__GKC terms are summed in float in registers, the blocks in double:
- * with u = 2^-24 every C_ij is within (PSF__GKC + 1) u sum_k |A_ik B_jk| of the exact product of the float
- * inputs. Slivers of A (PSF__GMR rows) and B (PSF__GNR rows) are packed k-major into `pack` (at least
- * PSF__GPACK floats). Serial; each C_ij is summed in the same order whatever the blocking of the caller. */
+/* The float32 Gram product for SPRING's kernel, C = A B^T, on rows stored in *panels*: the rows of a K-column
+ * matrix in groups of PSF__GNR, panel q holding the K x PSF__GNR floats (k, r) -> q K PSF__GNR + k PSF__GNR + r of
+ * rows q PSF__GNR + r (rows past the matrix's end are 0). SPRING writes its float32 copy of Ō in this layout while
+ * it centres Ō, so the kernel reads its operands in place and packs nothing. A micro-tile is PSF__GMR rows of an A
+ * panel (broadcast) against one B panel; blocks of PSF__GKC terms are summed in float in registers, the blocks in
+ * double: with u = 2^-24 every C_ij is within (PSF__GKC + 1) u sum_k |A_ik B_jk| of the exact product of the float
+ * inputs. Each C_ij is summed in the same order whatever the panel width, the micro-tile or the caller's tiling, and
+ * C_ij = C_ji bit for bit when A = B (the products commute and the order over k is the same). */
 #if defined(__AVX512F__)
-#define PSF__GMR 6
+#define PSF__GMR 8
 #define PSF__GNR 32
 static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
     __m512 c[PSF__GMR][2];
@@ -1347,7 +1359,7 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
     for (int k = 0; k < kc; k++) {
         const __m512 b0 = _mm512_loadu_ps(bp + (size_t)k * PSF__GNR), b1 = _mm512_loadu_ps(bp + (size_t)k * PSF__GNR + 16);
         for (int i = 0; i < PSF__GMR; i++) {
-            const __m512 a = _mm512_set1_ps(ap[k * PSF__GMR + i]);
+            const __m512 a = _mm512_set1_ps(ap[(size_t)k * PSF__GNR + i]);
             c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
             c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
         }
@@ -1358,7 +1370,7 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
     }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-#define PSF__GMR 6
+#define PSF__GMR 4
 #define PSF__GNR 16
 static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
     __m256 c[PSF__GMR][2];
@@ -1366,7 +1378,7 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
     for (int k = 0; k < kc; k++) {
         const __m256 b0 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR), b1 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR + 8);
         for (int i = 0; i < PSF__GMR; i++) {
-            const __m256 a = _mm256_broadcast_ss(ap + k * PSF__GMR + i);
+            const __m256 a = _mm256_broadcast_ss(ap + (size_t)k * PSF__GNR + i);
             c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
             c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
@@ -1385,51 +1397,46 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
         for (int j = 0; j < PSF__GNR; j++) c[i][j] = 0;
     for (int k = 0; k < kc; k++)
         for (int i = 0; i < PSF__GMR; i++)
-            for (int j = 0; j < PSF__GNR; j++) c[i][j] += ap[k * PSF__GMR + i] * bp[(size_t)k * PSF__GNR + j];
+            for (int j = 0; j < PSF__GNR; j++) c[i][j] += ap[(size_t)k * PSF__GNR + i] * bp[(size_t)k * PSF__GNR + j];
     for (int i = 0; i < PSF__GMR; i++)
         for (int j = 0; j < PSF__GNR; j++) out[i * PSF__GNR + j] = c[i][j];
 }
 #endif
-/* blocks: PSF__GMC rows of A and PSF__GNC rows of B by PSF__GKC terms */
-enum { PSF__GKC = 128, PSF__GMC = 24 * PSF__GMR, PSF__GNC = 128 / PSF__GNR * PSF__GNR,
-       PSF__GPACK = (PSF__GMC + PSF__GNC) * PSF__GKC };
+enum { PSF__GKC = 128 }; /* terms summed in float before they are added in double */
+#define PSF__PANELS(rows) (((rows) + PSF__GNR - 1) / PSF__GNR) /* panels holding `rows` rows */
 
-static void psf__gram_f32(int m, int n, size_t K, const float *A, const float *Bm, double *C, int ldc, float *pack) {
-    float *ap = pack, *bp = pack + (size_t)PSF__GMC * PSF__GKC, out[PSF__GMR * PSF__GNR];
+/* C = A B^T: A's m rows in panels from Ap, B's n rows in panels from Bp, K terms; C m x n doubles with leading
+ * dimension ldc, overwritten. upper (A = B, a diagonal tile): the panel pairs below the diagonal are not
+ * computed (their entries are left 0; the caller mirrors them). Serial. For B rows (one A panel) the k-block of
+ * both panels is 2 PSF__GKC PSF__GNR floats (32 KB with AVX-512): it stays in L1 while the slivers of A pass. */
+static void psf__gram_f32(int m, int n, size_t K, const float *Ap, const float *Bp, double *C, int ldc, int upper) {
+    float out[PSF__GMR * PSF__GNR];
+    const size_t ps = K * PSF__GNR; /* floats per panel */
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) C[(size_t)i * ldc + j] = 0;
-    for (int i0 = 0; i0 < m; i0 += PSF__GMC) {
-        const int mc = m - i0 < PSF__GMC ? m - i0 : PSF__GMC;
-        for (int j0 = 0; j0 < n; j0 += PSF__GNC) {
-            const int nc = n - j0 < PSF__GNC ? n - j0 : PSF__GNC;
-            for (size_t k0 = 0; k0 < K; k0 += PSF__GKC) {
-                const int kc = K - k0 < PSF__GKC ? (int)(K - k0) : PSF__GKC;
-                for (int ir = 0; ir < mc; ir += PSF__GMR) /* A's rows as k-major slivers, zero padded */
-                    for (int i = 0; i < PSF__GMR; i++) {
-                        float *d = ap + (size_t)ir * kc + i;
-                        if (ir + i < mc) { const float *a = A + (size_t)(i0 + ir + i) * K + k0; for (int k = 0; k < kc; k++) d[k * PSF__GMR] = a[k]; }
-                        else for (int k = 0; k < kc; k++) d[k * PSF__GMR] = 0;
-                    }
-                for (int jr = 0; jr < nc; jr += PSF__GNR)
-                    for (int j = 0; j < PSF__GNR; j++) {
-                        float *d = bp + (size_t)jr * kc + j;
-                        if (jr + j < nc) { const float *b = Bm + (size_t)(j0 + jr + j) * K + k0; for (int k = 0; k < kc; k++) d[k * PSF__GNR] = b[k]; }
-                        else for (int k = 0; k < kc; k++) d[k * PSF__GNR] = 0;
-                    }
-                for (int jr = 0; jr < nc; jr += PSF__GNR) {
-                    const int nr = nc - jr < PSF__GNR ? nc - jr : PSF__GNR;
-                    for (int ir = 0; ir < mc; ir += PSF__GMR) {
-                        const int mr = mc - ir < PSF__GMR ? mc - ir : PSF__GMR;
-                        psf__gram_kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc, out);
-                        for (int i = 0; i < mr; i++) {
-                            double *c = C + (size_t)(i0 + ir + i) * ldc + j0 + jr;
-                            for (int j = 0; j < nr; j++) c[j] += (double)out[i * PSF__GNR + j];
-                        }
+    for (size_t k0 = 0; k0 < K; k0 += PSF__GKC) {
+        const int kc = K - k0 < PSF__GKC ? (int)(K - k0) : PSF__GKC;
+        for (int qa = 0; qa < PSF__PANELS(m); qa++)
+            for (int qb = upper ? qa : 0; qb < PSF__PANELS(n); qb++) {
+                const float *a = Ap + qa * ps + k0 * PSF__GNR, *b = Bp + qb * ps + k0 * PSF__GNR;
+                const int nr = n - qb * PSF__GNR < PSF__GNR ? n - qb * PSF__GNR : PSF__GNR;
+                for (int s = 0; s < PSF__GNR && qa * PSF__GNR + s < m; s += PSF__GMR) {
+                    psf__gram_kernel(kc, a + s, b, out);
+                    const int mr = m - qa * PSF__GNR - s < PSF__GMR ? m - qa * PSF__GNR - s : PSF__GMR;
+                    for (int i = 0; i < mr; i++) {
+                        double *c = C + (size_t)(qa * PSF__GNR + s + i) * ldc + qb * PSF__GNR;
+                        for (int j = 0; j < nr; j++) c[j] += (double)out[i * PSF__GNR + j];
                     }
                 }
             }
-        }
     }
+}
+
+/* Terms k0 .. k0 + kc - 1 of a row (x[0 .. kc - 1]) into slot r of the panel that holds it, in float (row b of a
+ * matrix is slot b mod PSF__GNR of panel b / PSF__GNR). */
+static void psf__panel_row(float *panel, int r, const psf_real *x, size_t k0, int kc) {
+    float *f = panel + k0 * PSF__GNR + r;
+    for (int k = 0; k < kc; k++) f[(size_t)k * PSF__GNR] = (float)x[k];
 }
 
 /* ============================================================================================================
@@ -5381,8 +5388,7 @@ typedef struct {
     double *T0;            /* [B x B] the kernel before the damping (kept for a raised damping)          */
     double lambda_used;    /* the damping of the last direction (cfg.spring_damping unless raised)       */
     long n_raised;         /* directions whose damping had to be raised (not checkpointed)              */
-    float *Of, *pack;      /* [B x P] Ō in float32 for the kernel; [threads x PSF__GPACK] packing (NULL: fp64)  */
-    int n_pack;
+    float *Of;             /* Ō in float32 for the kernel, in panels of PSF__GNR rows (psf__gram_f32; NULL: fp64) */
     long n_steps;
     int rank, n_ranks;     /* MPI: the kernel's upper tiles u = 0..9 are computed by rank u mod n_ranks       */
     const void *comm;      /* cfg.mpi_comm                                                                */
@@ -5392,7 +5398,7 @@ static void psf__spring_free(void *st) {
     psf__spring *s = (psf__spring *)st;
     if (!s) return;
     PSF_FREE(s->G); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
-    PSF_FREE(s->T); PSF_FREE(s->T0); PSF_FREE(s->r); PSF_FREE(s->u); PSF_FREE(s->Of); PSF_FREE(s->pack);
+    PSF_FREE(s->T); PSF_FREE(s->T0); PSF_FREE(s->r); PSF_FREE(s->u); PSF_FREE(s->Of);
     PSF_FREE(s);
 }
 static void *psf__spring_init(const psf_vmc *v) {
@@ -5419,13 +5425,10 @@ static void *psf__spring_init(const psf_vmc *v) {
     s->T0 = (double *)psf__calloc(psf__mul((size_t)B, (size_t)B), sizeof(double));
     s->r = (double *)psf__calloc((size_t)B, sizeof(double));
     s->u = (double *)psf__calloc((size_t)B, sizeof(double));
-    if (!v->cfg.spring_kernel_fp64) {
-        s->n_pack = v->n_ws; /* one per thread */
-        s->Of = (float *)psf__calloc(psf__mul(P, (size_t)B), sizeof(float));
-        s->pack = (float *)psf__calloc(psf__mul((size_t)s->n_pack, PSF__GPACK), sizeof(float));
-    }
+    if (!v->cfg.spring_kernel_fp64)
+        s->Of = (float *)psf__calloc(psf__mul(P, (size_t)PSF__PANELS(B) * PSF__GNR), sizeof(float));
     if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->T0 || !s->r || !s->u ||
-        (!v->cfg.spring_kernel_fp64 && (!s->Of || !s->pack))) {
+        (!v->cfg.spring_kernel_fp64 && !s->Of)) {
         psf__spring_free(s);
         psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)",
                   (v->cfg.spring_kernel_fp64 ? 8e-6 : 12e-6) * (double)P * B);
@@ -5443,6 +5446,13 @@ static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
 /* Fixed row ranges for the matrix-vector products over the B x P rows (the same split for any thread count). */
 enum { PSF__SPRING_SLABS = 16, PSF__SPRING_RAISES = 8 };
 
+/* Rows [*i0, *i1) of tile row bi of the NB x NB grid: B bi / NB .. B (bi + 1) / NB, or whole panels of the float32
+ * copy (the bits of an entry do not depend on the tiling). */
+static void psf__spring_tile_rows(const psf__spring *s, int bi, int NB, int *i0, int *i1) {
+    const int B = s->B, np = PSF__PANELS(B);
+    if (s->Of) { *i0 = PSF__GNR * (np * bi / NB); *i1 = PSF__GNR * (np * (bi + 1) / NB); if (*i1 > B) *i1 = B; }
+    else { *i0 = B * bi / NB; *i1 = B * (bi + 1) / NB; }
+}
 /* MPI: upper tile (bi, bj) of the NB x NB grid, number u in row order, is computed by rank u mod n_ranks. */
 static int psf__spring_tile_owner(const psf__spring *s, int bi, int bj, int NB) {
     const int u = bi * NB - bi * (bi - 1) / 2 + (bj - bi);
@@ -5455,7 +5465,9 @@ static int psf__spring_share_tiles(psf__spring *s, int NB) {
     const int B = s->B;
     for (int bi = 0; bi < NB; bi++)
         for (int bj = bi; bj < NB; bj++) {
-            const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
+            int i0, i1, j0, j1;
+            psf__spring_tile_rows(s, bi, NB, &i0, &i1);
+            psf__spring_tile_rows(s, bj, NB, &j0, &j1);
             const int owner = psf__spring_tile_owner(s, bi, bj, NB), w = j1 - j0, n = (i1 - i0) * w;
             if (n <= 0) continue;
             if (owner == s->rank)
@@ -5483,19 +5495,26 @@ PSF__OMP(parallel for schedule(dynamic, 1))
     for (int t = 0; t < NB * NB; t++) {
         const int bi = t / NB, bj = t % NB;
         if (bj < bi || psf__spring_tile_owner(s, bi, bj, NB) != s->rank) continue;
-        const int i0 = B * bi / NB, i1 = B * (bi + 1) / NB, j0 = B * bj / NB, j1 = B * (bj + 1) / NB;
+        int i0, i1, j0, j1;
+        psf__spring_tile_rows(s, bi, NB, &i0, &i1);
+        psf__spring_tile_rows(s, bj, NB, &j0, &j1);
         if (i1 <= i0 || j1 <= j0) continue;
-        if (s->Of)
+        if (s->Of) /* a diagonal tile computes its upper panel pairs only (mirrored below) */
             psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P, T + (size_t)i0 * B + j0,
-                          B, s->pack + (size_t)psf__thread_id() * PSF__GPACK);
+                          B, bi == bj);
         else
             psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
                       T + (size_t)i0 * B + j0, B);
     }
     if (s->n_ranks > 1 && psf__spring_share_tiles(s, NB)) return 2;
-    for (int bi = 1; bi < NB; bi++) /* mirror the tiles left of the diagonal tile of each tile row */
-        for (int i = B * bi / NB; i < B * (bi + 1) / NB; i++)
-            for (int j = 0; j < B * bi / NB; j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
+    for (int bi = 0; bi < NB; bi++) { /* mirror the lower triangle: the tiles left of the diagonal tile of each tile
+                                         * row and, for the float32 kernel, the skipped part of the diagonal tiles
+                                         * (its computed lower entries equal their mirror image bit for bit) */
+        int i0, i1;
+        psf__spring_tile_rows(s, bi, NB, &i0, &i1);
+        for (int i = i0; i < i1; i++)
+            for (int j = 0; j < (s->Of ? i : i0); j++) T[(size_t)i * B + j] = T[(size_t)j * B + i];
+    }
     for (size_t i = 0; i < (size_t)B * B; i++) T[i] += 1.0 / B;
     memcpy(s->T0, T, sizeof(double) * B * B);
     /* e~ = e - mu Ō phi_prev (Ō phi_prev: s->u, formed by psf__spring_step while it centred Ō) */
@@ -5569,13 +5588,40 @@ PSF__OMP(parallel for schedule(static))
     const double mu = s->n_steps > 0 ? c->spring_mu : 0.0;
     /* the same pass forms the float32 copy of Ō and, for the direction's e~ = e - mu Ō phi_prev, u = Ō phi_prev
      * while each row is in cache (one pass over the B x P reals fewer) */
+    if (!s->Of) {
 PSF__OMP(parallel for schedule(static))
-    for (int b = 0; b < B; b++) {
-        psf_real *g = s->G + (size_t)b * P;
-        if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
-        else memset(g, 0, sizeof(psf_real) * P);
-        if (s->Of) { float *f = s->Of + (size_t)b * P; for (size_t p = 0; p < P; p++) f[p] = (float)g[p]; }
-        if (mu != 0) s->u[b] = psf__dot8(g, s->phi_prev, 1, (int)P);
+        for (int b = 0; b < B; b++) {
+            psf_real *g = s->G + (size_t)b * P;
+            if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
+            else memset(g, 0, sizeof(psf_real) * P);
+            if (mu != 0) s->u[b] = psf__dot8(g, s->phi_prev, 1, (int)P);
+        }
+    } else { /* by panels of PSF__GNR rows and blocks of PSF__GKC parameters, so that the panel's block of the float
+              * copy is written whole while it is in L1; u by psf__dot8's lanes carried from block to block */
+PSF__OMP(parallel for schedule(static))
+        for (int q = 0; q < PSF__PANELS(B); q++) {
+            psf_real s8[PSF__GNR][8], tail[PSF__GNR];
+            float *panel = s->Of + (size_t)q * PSF__GNR * P;
+            memset(s8, 0, sizeof s8);
+            for (int r = 0; r < PSF__GNR; r++) tail[r] = 0;
+            for (size_t k0 = 0; k0 < P; k0 += PSF__GKC) {
+                const int kc = P - k0 < PSF__GKC ? (int)(P - k0) : PSF__GKC;
+                for (int r = 0; r < PSF__GNR; r++) {
+                    const int b = q * PSF__GNR + r;
+                    if (b >= B) { float *f = panel + k0 * PSF__GNR + r; for (int k = 0; k < kc; k++) f[(size_t)k * PSF__GNR] = 0; continue; }
+                    psf_real *g = s->G + (size_t)b * P + k0;
+                    if (s->valid[b]) for (int k = 0; k < kc; k++) g[k] = (g[k] - mean[k0 + k]) * rn;
+                    else memset(g, 0, sizeof(psf_real) * kc);
+                    psf__panel_row(panel, r, g, k0, kc);
+                    if (mu != 0) {
+                        int k = psf__dot8_lanes(g, s->phi_prev + k0, kc, s8[r]);
+                        for (; k < kc; k++) tail[r] += g[k] * s->phi_prev[k0 + k];
+                    }
+                }
+            }
+            if (mu != 0)
+                for (int r = 0; r < PSF__GNR && q * PSF__GNR + r < B; r++) s->u[q * PSF__GNR + r] = psf__dot8_sum(s8[r], tail[r]);
+        }
     }
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
     for (int b = 0; b < B; b++) s->r[b] = s->valid[b] ? 0.5 * v->weight[b] * n * rn : 0.0;
@@ -5624,7 +5670,7 @@ static void psf__spring_state(void *st, psf_real *a[2], size_t n[2], long **coun
 }
 static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, int n_ws, int n_chunks, size_t *state_reals) {
     const int B = cfg->batch;
-    (void)n_chunks;
+    (void)n_ws; (void)n_chunks;
     const size_t P = m->n_params, b = (size_t)B;
     *state_reals = P;
     size_t n = psf__alloc_bytes(1, sizeof(psf__spring));
@@ -5632,10 +5678,8 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
     n = psf__add(n, psf__alloc_bytes(b, 1));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(psf_real))));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(psf__mul(b, b), sizeof(double)))); /* the B x B kernel and T0 */
-    if (!cfg->spring_kernel_fp64) { /* the float32 copy of Ō and the packing buffers of the kernel's threads */
-        n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), sizeof(float)));
-        n = psf__add(n, psf__alloc_bytes(psf__mul((size_t)n_ws, PSF__GPACK), sizeof(float)));
-    }
+    if (!cfg->spring_kernel_fp64) /* the float32 copy of Ō, in panels */
+        n = psf__add(n, psf__alloc_bytes(psf__mul(P, (size_t)PSF__PANELS(B) * PSF__GNR), sizeof(float)));
     return psf__add(n, psf__mul(2, psf__alloc_bytes(b, sizeof(double))));
 }
 static int psf__spring_gather(const psf_vmc *v, void *st) {
@@ -6648,11 +6692,20 @@ int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size) {
     return psf__opt(v)->update(v, v->opt_state, n_walkers, step_size);
 }
 int psf_test_lu(int n, psf_real *a, int *piv, double *logabs) { return psf__lu(n, a, piv, logabs); }
-int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, double *C) {
-    float *pack = (float *)psf__calloc(PSF__GPACK, sizeof(float));
-    if (!pack) return -1;
-    psf__gram_f32(m, n, K, A, B, C, n, pack);
-    PSF_FREE(pack);
+int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, double *C, int upper) {
+    float *Ap = (float *)psf__calloc(psf__mul(K, (size_t)PSF__PANELS(m) * PSF__GNR), sizeof(float));
+    float *Bp = (float *)psf__calloc(psf__mul(K, (size_t)PSF__PANELS(n) * PSF__GNR), sizeof(float));
+    if (!Ap || !Bp) { PSF_FREE(Ap); PSF_FREE(Bp); return -1; }
+    psf_real *x = (psf_real *)psf__calloc(K ? K : 1, sizeof(psf_real));
+    if (!x) { PSF_FREE(Ap); PSF_FREE(Bp); return -1; }
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < (t ? n : m); i++) {
+            const float *row = (t ? B : A) + (size_t)i * K;
+            for (size_t k = 0; k < K; k++) x[k] = row[k];
+            psf__panel_row((t ? Bp : Ap) + (size_t)(i / PSF__GNR) * PSF__GNR * K, i % PSF__GNR, x, 0, (int)K);
+        }
+    psf__gram_f32(m, n, K, Ap, Bp, C, n, upper);
+    PSF_FREE(Ap); PSF_FREE(Bp); PSF_FREE(x);
     return 0;
 }
 void psf_test_vexp(const double *x, double *y, size_t n) { psf__vexp(x, y, n); }

@@ -1758,7 +1758,7 @@ TEST spring_gram_float32_within_its_bound(void) {
         double *C = malloc(sizeof(double) * m * n);
         for (size_t i = 0; i < (size_t)m * K; i++) A[i] = (float)(psf_rng_normal(&r) * 1e-2);
         for (size_t i = 0; i < (size_t)n * K; i++) B[i] = (float)(psf_rng_normal(&r) * 1e-2);
-        ASSERT_EQ(0, psf_test_gram_f32(m, n, K, A, B, C));
+        ASSERT_EQ(0, psf_test_gram_f32(m, n, K, A, B, C, 0));
         double worst = 0; /* the largest error in units of its bound */
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++) {
@@ -1776,6 +1776,35 @@ TEST spring_gram_float32_within_its_bound(void) {
         free(A); free(B); free(C);
     }
     ASSERT(differs);
+    PASS();
+}
+
+/* SPRING's kernel Ō Ō^T from the float32 Gram product: with A = B the product is symmetric bit for bit (the
+ * products commute and each entry is summed in the same order), and a diagonal tile computed in the upper mode
+ * (panel pairs below the diagonal skipped) has the full product's bits on and above the diagonal; SPRING mirrors
+ * the rest. Shapes of 1, 2 and 5 panels (m = 37, 70, 150 rows for every panel width of the kernel). */
+TEST spring_gram_float32_symmetric_and_upper(void) {
+    const int shapes[][2] = {{1, 3}, {37, 200}, {70, 129}, {150, 300}};
+    psf_rng r;
+    psf_rng_seed(&r, 78, 0);
+    for (int t = 0; t < 4; t++) {
+        const int m = shapes[t][0];
+        const size_t K = (size_t)shapes[t][1];
+        float *A = malloc(sizeof(float) * m * K);
+        double *C = malloc(sizeof(double) * m * m), *U = malloc(sizeof(double) * m * m);
+        for (size_t i = 0; i < (size_t)m * K; i++) A[i] = (float)(psf_rng_normal(&r) * 1e-2);
+        ASSERT_EQ(0, psf_test_gram_f32(m, m, K, A, A, C, 0));
+        ASSERT_EQ(0, psf_test_gram_f32(m, m, K, A, A, U, 1));
+        int skipped = 0;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < m; j++) {
+                ASSERT_EQ(0, memcmp(&C[i * m + j], &C[j * m + i], sizeof(double)));
+                if (j >= i) ASSERT_EQ(0, memcmp(&C[i * m + j], &U[i * m + j], sizeof(double)));
+                else if (U[i * m + j] == 0 && C[i * m + j] != 0) skipped = 1;
+            }
+        if (m >= 70) ASSERT(skipped); /* more than one panel of every kernel width: some work was skipped */
+        free(A); free(C); free(U);
+    }
     PASS();
 }
 
@@ -1921,6 +1950,7 @@ TEST step_scale_scales_every_optimizers_step(void) {
 SUITE(spring) {
     RUN_TEST(spring_direction_equals_dense_solve);
     RUN_TEST(spring_gram_float32_within_its_bound);
+    RUN_TEST(spring_gram_float32_symmetric_and_upper);
     RUN_TEST(spring_float32_kernel_direction_agrees);
     RUN_TEST(spring_raises_its_damping_when_the_kernel_is_singular);
     RUN_TEST(step_scale_scales_every_optimizers_step);
