@@ -1040,7 +1040,9 @@ static int run(int argc, char **argv) {
     const int png = g_rank == 0 && plot_training(outdir, &o, si.name, &sys, info, ground, &r);
     printf("outputs in %s/ (train_stats.csv, eval_stats.csv, summary.json, checkpoint.bin, plot.gp%s)\n", outdir,
            png ? ", training.png" : "");
-    if (!info && si.mol)
+    if (o.eval_steps == 0)
+        printf("E: not evaluated (--eval-steps 0); the parameters are in %s/checkpoint.bin\n", outdir);
+    else if (!info && si.mol)
         printf("E = %.6f +/- %.6f Ha  (%s reference %.6f, error %.1f mHa)\n", r.energy, r.error, si.name, si.mol->energy,
                (r.energy - si.mol->energy) * 1e3);
     else if (!info)

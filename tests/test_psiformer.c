@@ -1345,6 +1345,27 @@ TEST driver_default_pretraining_length_follows_the_system(void) {
 #endif
 }
 
+/* A run without evaluation (--eval-steps 0, training only) says so in its last line instead of printing
+ * "E = nan +/- nan", and its summary.json has a null energy. */
+TEST driver_without_evaluation_says_so(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    static char out[16384];
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
+             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --out build/test_no_eval "
+             ">build/test_no_eval.out 2>&1", PSF_TEST_DRIVER);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_no_eval.out", out, sizeof out) > 0);
+    ASSERT(strstr(out, "E: not evaluated (--eval-steps 0)") != NULL);
+    ASSERT(strstr(out, "E = nan") == NULL && strstr(out, "nan +/-") == NULL);
+    ASSERT(read_text("build/test_no_eval/summary.json", out, sizeof out) > 0);
+    ASSERT(strstr(out, "\"energy\": null") != NULL);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 /* psf_vmc_memory equals the bytes psf_vmc_init asks of PSF_MALLOC (counted through the hook at the top of this
  * file) for each optimizer, with fewer and more walkers than reduction chunks; psf_vmc_init refuses a limit one
  * byte below it without allocating anything, and a batch whose size overflows size_t (SPRING's B x B kernel at
@@ -1473,6 +1494,7 @@ SUITE(training) {
     RUN_TEST(driver_rejects_bad_arguments);
     RUN_TEST(driver_writes_the_training_plot);
     RUN_TEST(driver_default_pretraining_length_follows_the_system);
+    RUN_TEST(driver_without_evaluation_says_so);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
