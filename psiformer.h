@@ -1263,6 +1263,15 @@ static psf_real psf__dot8(const psf_real *a, const psf_real *b, size_t sb, int K
     for (; k < K; k++) s += a[k] * b[(size_t)k * sb];
     return psf__dot8_sum(s8, s);
 }
+/* sum_k a[k], k < K, in psf__dot8's order (eight partial sums: vectorised, where a plain loop is a chain of adds) */
+static psf_real psf__sum8(const psf_real *a, int K) {
+    psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int l = 0; l < 8; l++) s8[l] += a[k + l];
+    for (; k < K; k++) s += a[k];
+    return psf__dot8_sum(s8, s);
+}
 
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
 static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
@@ -1955,27 +1964,21 @@ static void psf__layernorm_fwd(psf__ctx *c, const psf_node *nd) {
     for (int t = 0; t < T; t++) {
         for (int s = 0; s < c->nb; s++) { /* C_s = X_s - mean(X_s), written into Y */
             const psf_real *xs = X + s * n + (size_t)t * F;
-            psf_real *ys = Y + s * n + (size_t)t * F, mu = 0;
-            for (int f = 0; f < F; f++) mu += xs[f];
-            mu /= F;
+            psf_real *ys = Y + s * n + (size_t)t * F;
+            const psf_real mu = psf__sum8(xs, F) / F;
             for (int f = 0; f < F; f++) ys[f] = xs[f] - mu;
         }
         psf_real *C0 = Y + (size_t)t * F;
-        double v = 0;
-        for (int f = 0; f < F; f++) v += C0[f] * C0[f];
-        v /= F;
+        const double v = psf__dot8(C0, C0, 1, F) / F;
         const double sc = 1 / sqrt(v + PSF_LN_EPS);
         if (c->nb > 1) {
             const double s3 = sc * sc * sc;
-            double Lv = 0, sdv2 = 0;
+            double sdv2 = 0;
             psf_real *CL = Y + (size_t)(D + 1) * n + (size_t)t * F;
-            for (int f = 0; f < F; f++) Lv += C0[f] * CL[f];
-            Lv *= 2.0 / F;
-            for (int d = 0; d < D; d++) {
+            double Lv = psf__dot8(C0, CL, 1, F) * (2.0 / F);
+            for (int d = 0; d < D; d++) { /* the reductions in psf__dot8's eight partial sums (vectorised) */
                 const psf_real *Cd = Y + (size_t)(1 + d) * n + (size_t)t * F;
-                double dv = 0, q = 0;
-                for (int f = 0; f < F; f++) { dv += C0[f] * Cd[f]; q += Cd[f] * Cd[f]; }
-                dv *= 2.0 / F;
+                const double dv = psf__dot8(C0, Cd, 1, F) * (2.0 / F), q = psf__dot8(Cd, Cd, 1, F);
                 Lv += 2.0 * q / F;
                 sdv2 += dv * dv;
                 ds[d] = -0.5 * s3 * dv;
@@ -2003,19 +2006,12 @@ static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
     psf_real *dX = PSF__A(c->ws, in), *nh = c->ws->scratch;
     for (int t = 0; t < T; t++) {
         const psf_real *x = X + (size_t)t * F, *at = a + (size_t)t * F;
-        double mu = 0, v = 0;
-        for (int f = 0; f < F; f++) mu += x[f];
-        mu /= F;
-        for (int f = 0; f < F; f++) v += (x[f] - mu) * (x[f] - mu);
-        v /= F;
-        const double sc = 1 / sqrt(v + PSF_LN_EPS);
-        double m1 = 0, m2 = 0;
-        for (int f = 0; f < F; f++) {
-            nh[f] = (x[f] - mu) * sc;
-            const double dn = at[f] * gam[f];
-            m1 += dn; m2 += dn * nh[f];
-        }
-        m1 /= F; m2 /= F;
+        psf_real *dn = nh + F;
+        const double mu = psf__sum8(x, F) / F;
+        for (int f = 0; f < F; f++) nh[f] = x[f] - mu;
+        const double sc = 1 / sqrt(psf__dot8(nh, nh, 1, F) / F + PSF_LN_EPS);
+        for (int f = 0; f < F; f++) { nh[f] *= sc; dn[f] = at[f] * gam[f]; }
+        const double m1 = psf__sum8(dn, F) / F, m2 = psf__dot8(dn, nh, 1, F) / F;
         if (c->dparams) {
             psf_real *dg = c->dparams + nd->p_off, *db = dg + F;
             for (int f = 0; f < F; f++) { dg[f] += at[f] * nh[f]; db[f] += at[f]; }
@@ -2024,9 +2020,10 @@ static void psf__layernorm_bwd(psf__ctx *c, const psf_node *nd) {
     }
 }
 #define psf__layernorm_sparse psf__sparse_rowwise
-static size_t psf__layernorm_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* ds [D], acc [F] */
+static size_t psf__layernorm_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* ds [D], acc [F]; backward:
+                                                                                         * nh [F], dn [F] */
     (void)nodes;
-    return (size_t)D + (size_t)nd->cols;
+    return (size_t)D + 2 * (size_t)nd->cols;
 }
 static int psf__layernorm(psf_model *m, int in, const char *name) {
     const int k = psf__node(m, PSF_OP_LAYERNORM, in, -1, m->nodes[in].rows, m->nodes[in].cols);
