@@ -2,7 +2,8 @@
 """bench_torch.py — local-energy throughput of the PyTorch reference, beside the C numbers of bench/bench.c.
 
     /usr/bin/python3 bench/bench_torch.py [--batches 256,1024] [--threads 1,2] [--methods loop,batched,functorch]
-                                          [--budget SEC] [--loop-walkers N] [--chunk C] [--csv FILE] DIR [DIR ...]
+                                          [--budget SEC] [--loop-walkers N] [--chunk C] [--csv FILE]
+                                          [--dtype float64|float32] DIR [DIR ...]
     (methods also: train_batched, train_functorch)
 
 Each DIR is an export directory written by bench/reference/export.c (parameters, config.json, 8 walkers and the C
@@ -27,12 +28,21 @@ as a warning (the cross-check proper is `make crosscheck`). psiformer_ref.py its
              or functorch method, the energy gradient by one backward pass, the Adam update, the refresh; throughput
              in walkers x iterations / s, beside build/bench's `train` with --optimizer adam.
 
+--dtype float32 (default float64): the network is built and checked in float64 as above, then a float32 copy of
+everything the timed code uses (parameters, nuclear position, spins and Jastrow constants, walkers) is timed with
+torch's default dtype set to float32, so that tensors created inside the timed code are float32 too; before the
+timing, two walkers are run once with every floating-point tensor any aten op produces recorded (E_L and log|psi|,
+and for train_* a whole Trainer step with Adam), and a float64 one is an error. FermiNet trains in float32: this is
+PyTorch's fair best case. The copy is fresh for each method (the Trainer's Adam steps do not touch the checked
+float64 network). The dtype is printed and is the last column of the CSV; the check column stays the float64 one.
+
 Timing: one warm-up on a few walkers, then each batch is run once and repeated while within --budget seconds; the
 fastest run is reported, for each thread count of --threads (torch.set_num_threads). Prints one line per
 measurement and appends rows to --csv. bench/report.py compares C on T cores with the better of PyTorch on T
 threads and T times PyTorch on one thread (one process per core, which is often faster for these small ops).
 """
 import argparse
+import copy
 import math
 import os
 import sys
@@ -53,7 +63,28 @@ except Exception:  # pragma: no cover
     functorch = None
 
 CSV_HEADER = ("impl,method,threads,atom,n_elec,n_layers,n_heads,head_dim,mlp,n_dets,batch,walkers_timed,"
-              "walkers_per_s,us_per_walker,reps,check_max_err")
+              "walkers_per_s,us_per_walker,reps,check_max_err,dtype")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+try:  # records the dtype of every tensor an aten op produces (forward, backward, optimizer); private in torch 1.13
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+except Exception:  # pragma: no cover
+    TorchDispatchMode = None
+
+
+class default_dtype:
+    """with default_dtype(torch.float32): ... — torch's default dtype for tensors created inside, restored after."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.old = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.old)
 
 
 def softmax(z):
@@ -76,6 +107,15 @@ class BatchedPsiformer(ref.Psiformer):
         alpha = self.p["jastrow.alpha"].reshape(-1)
         self.jas_c = torch.where(same, torch.tensor(0.25), torch.tensor(0.5))
         self.jas_a = torch.where(same, alpha[0], alpha[1])
+
+    def astype(self, dtype):
+        """A copy whose floating-point tensors (parameters, nuclear position, spins, Jastrow constants) are `dtype`
+        copies; this network is left untouched (a Trainer's Adam steps on the copy do not reach it)."""
+        other = copy.copy(self)
+        other.p = {k: v.detach().to(dtype=dtype, copy=True) for k, v in self.p.items()}
+        for name in ("R", "spin", "jas_c", "jas_a"):
+            setattr(other, name, getattr(self, name).detach().to(dtype=dtype, copy=True))
+        return other
 
     def ln_b(self, h, name):
         mean = h.mean(dim=-1, keepdim=True)
@@ -237,6 +277,51 @@ def check(net, directory, method, chunk):
     return float(np.max(np.abs(el - c_eloc) / scale))
 
 
+def probe_dtype(net, method, X, chunk, dtype):
+    """Runs `method` once on the walkers X (a couple) and raises AssertionError if E_L or log|psi| (and, for train_*,
+    a whole Trainer step: sweeps, E_L, backward, Adam) is not `dtype`, or if any aten op produced a floating-point
+    tensor of another dtype on the way (when torch has TorchDispatchMode; not for the functorch methods, as torch
+    1.13's functorch transforms fail under a Python dispatch mode). Call inside `with default_dtype(dtype)`. Also the
+    warm-up of the `dtype` path. Returns the number of aten ops seen (0 when not recorded)."""
+    seen = {}
+    el_method = method[len("train_"):] if method.startswith("train_") else method
+
+    def run():
+        if method == "loop":
+            lp = net.log_psi(X[0].clone())[0]
+            el = eloc_loop(net, X)
+        else:
+            with torch.no_grad():
+                lp = net.log_psi_b(X)
+            el = net.eloc_batched(X)[0] if el_method == "batched" else net.eloc_functorch(X, chunk)[0]
+            if method.startswith("train_"):
+                tr = Trainer(net, X, method[len("train_"):], chunk, sweeps=1)
+                tr.step()
+                lp = tr.lp
+                for t in tr.params + [tr.X] + [v for st in tr.opt.state.values() for v in st.values()
+                                               if torch.is_tensor(v)]:
+                    assert t.dtype == dtype, "Trainer state is %s, not %s" % (t.dtype, dtype)
+        assert lp.dtype == dtype and el.dtype == dtype, "log|psi| %s, E_L %s, not %s" % (lp.dtype, el.dtype, dtype)
+
+    if TorchDispatchMode is None or el_method == "functorch":
+        run()
+        return 0
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if torch.is_tensor(t) and t.is_floating_point():
+                    seen.setdefault(t.dtype, set()).add(str(func))
+            return out
+
+    with Record():
+        run()
+    bad = {str(k): sorted(v) for k, v in seen.items() if k != dtype}
+    assert not bad, "%s tensors in the %s path of %s: %s" % (", ".join(bad), dtype, method, bad)
+    return len(seen.get(dtype, ()))
+
+
 def random_walkers(net, B, seed):
     gen = torch.Generator().manual_seed(seed)
     return (net.R[0].repeat(net.N) + torch.randn(B, 3 * net.N, generator=gen)).contiguous()
@@ -277,7 +362,10 @@ def main(argv):
     ap.add_argument("--loop-walkers", type=int, default=16, help="at most this many walkers for the loop method")
     ap.add_argument("--chunk", type=int, default=64, help="walkers per functorch call")
     ap.add_argument("--csv")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
+                    help="dtype of the timed computation (the check against C is float64 either way)")
     a = ap.parse_args(argv[1:])
+    dtype = DTYPES[a.dtype]
     threads = [int(t) for t in a.threads.split(",") if t]
     methods = [m for m in a.methods.split(",") if m]
     if functorch is None:
@@ -292,8 +380,9 @@ def main(argv):
         csv = open(a.csv, "a")
         if new:
             csv.write(CSV_HEADER + "\n")
-    print("PyTorch %s (functorch %s), %s thread(s), float64" %
-          (torch.__version__, getattr(functorch, "__version__", "none"), a.threads))
+    print("PyTorch %s (functorch %s), %s thread(s), %s" %
+          (torch.__version__, getattr(functorch, "__version__", "none"), a.threads, a.dtype))
+    impl = "torch" if dtype == torch.float64 else "torch %s" % a.dtype  # the printed label
     for d in a.dirs:
         net = BatchedPsiformer(d)
         c = net.cfg
@@ -306,35 +395,47 @@ def main(argv):
                 print("  %s %-9s failed: %s: %s" % (label, method, type(e).__name__, e))
                 continue
             flag = "" if err <= 1e-8 else "  WARNING: differs from the C local energy"
+            # the timed network: the checked one, or a copy in the timed dtype; always a copy for a training
+            # method, whose Adam steps would otherwise change the network the next method is checked against
+            tnet = net.astype(dtype) if dtype != torch.float64 or method.startswith("train_") else net
+            if dtype != torch.float64:
+                try:
+                    with default_dtype(dtype):
+                        probe_dtype(tnet, method, random_walkers(net, 2, 98).to(dtype), a.chunk, dtype)
+                except Exception as e:
+                    print("  %s %-9s %s failed: %s: %s" % (label, method, a.dtype, type(e).__name__, e))
+                    continue
             for th in threads:
                 torch.set_num_threads(th)
                 if method == "loop":
                     # per-walker code: time a few walkers, within the budget
-                    X = random_walkers(net, a.loop_walkers, 99)
-                    n, t0 = 0, time.perf_counter()
-                    while n < a.loop_walkers and (n < 2 or time.perf_counter() - t0 < a.budget):
-                        eloc_loop(net, X[n:n + 1])
-                        n += 1
-                    t = time.perf_counter() - t0
+                    X = random_walkers(net, a.loop_walkers, 99).to(dtype)
+                    with default_dtype(dtype):
+                        n, t0 = 0, time.perf_counter()
+                        while n < a.loop_walkers and (n < 2 or time.perf_counter() - t0 < a.budget):
+                            eloc_loop(tnet, X[n:n + 1])
+                            n += 1
+                        t = time.perf_counter() - t0
                     sizes = [(b, n) for b in batches]  # the same per-walker throughput applies to every batch
                     times = {b: (t, 1) for b in batches}
                 else:
                     sizes, times = [], {}
                     for B in batches:
-                        X = random_walkers(net, B, 99)
-                        times[B] = time_method(net, method, X, a.budget, a.chunk)
+                        X = random_walkers(net, B, 99).to(dtype)  # the same walkers in either dtype
+                        with default_dtype(dtype):
+                            times[B] = time_method(tnet, method, X, a.budget, a.chunk)
                         sizes.append((B, B))
                 for B, n in sizes:
                     t, reps = times[B]
                     wps = n / t
-                    print("  %s B=%-5d T=%d torch %-9s %10.1f walkers/s %10.1f us/walker  (%d walker%s timed, %d run%s; "
-                          "check %.1e)%s" % (label, B, th, method, wps, 1e6 * t / n, n, "s" if n > 1 else "",
+                    print("  %s B=%-5d T=%d %s %-9s %10.1f walkers/s %10.1f us/walker  (%d walker%s timed, %d run%s; "
+                          "check %.1e)%s" % (label, B, th, impl, method, wps, 1e6 * t / n, n, "s" if n > 1 else "",
                                              reps, "s" if reps > 1 else "", err, flag))
                     sys.stdout.flush()
                     if csv:
-                        csv.write("torch,%s,%d,%s,%d,%d,%d,%d,%d,%d,%d,%d,%.6g,%.6g,%d,%.3g\n" % (
+                        csv.write("torch,%s,%d,%s,%d,%d,%d,%d,%d,%d,%d,%d,%.6g,%.6g,%d,%.3g,%s\n" % (
                             method, th, c["atom"], net.N, c["layers"], c["heads"], c["head_dim"], c["mlp"],
-                            c["dets"], B, n, wps, 1e6 * t / n, reps, err))
+                            c["dets"], B, n, wps, 1e6 * t / n, reps, err, a.dtype))
                         csv.flush()
     if csv:
         csv.close()

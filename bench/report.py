@@ -6,8 +6,9 @@
 Reads OUT/peak.csv, OUT/c.csv (bench/bench.c), OUT/torch.csv (bench/bench_torch.py; optional) and writes
 OUT/bench.csv (one row per atom x width x batch) and OUT/fit.csv (electron-count exponents). Standard library only.
 Prints: the throughput table with GFLOP/s, % of FP64 peak and the C / PyTorch ratios; thread scaling; OpenBLAS on
-vs off; the exponents p of cost per walker ~ N^p (least squares in log-log over the atoms); the issue's targets.
-Never fails because of a timing.
+vs off; the exponents p of cost per walker ~ N^p (least squares in log-log over the atoms); whole training
+iterations with Adam against PyTorch in float64 and float32; the issue's targets. Never fails because of a timing.
+torch.csv's dtype column (bench_torch.py --dtype) is read by name; a file without it is float64 throughout.
 """
 import argparse
 import csv
@@ -21,6 +22,13 @@ def read(path):
         return []
     with open(path) as fh:
         return list(csv.DictReader(fh))
+
+
+def tdtype(r):
+    """The dtype of a torch.csv row: its dtype column; float64 for files written before that column existed (also
+    for old-header files a newer bench_torch.py appended to: the extra field lands under the key None)."""
+    v = r.get("dtype") or (r.get(None) or [None])[0]
+    return v.strip() if v and v.strip() else "float64"
 
 
 def f(x):
@@ -64,17 +72,17 @@ def main(argv):
     C = {}
     for r in crow:
         C[(r["build"], r["tag"], int(r["threads"]), r["atom"], int(r["head_dim"]), int(r["batch"]), r["metric"])] = r
-    TT = {}
+    TT = {}  # TT[(method, threads, atom, hd, batch, dtype)] = row
     for r in trow:
-        TT[(r["method"], int(r["threads"]), r["atom"], int(r["head_dim"]), int(r["batch"]))] = r
+        TT[(r["method"], int(r["threads"]), r["atom"], int(r["head_dim"]), int(r["batch"]), tdtype(r))] = r
 
     def cval(build, tag, threads, atom, hd, batch, metric, col="walkers_per_s"):
         r = C.get((build, tag, threads, atom, hd, batch, metric))
         return f(r[col]) if r else None
 
-    def tval(method, atom, hd, batch):
+    def tval(method, atom, hd, batch, dtype="float64"):
         """PyTorch on T cores: the better of T threads and T x one thread (one process per core)."""
-        rT, r1 = TT.get((method, T, atom, hd, batch)), TT.get((method, 1, atom, hd, batch))
+        rT, r1 = TT.get((method, T, atom, hd, batch, dtype)), TT.get((method, 1, atom, hd, batch, dtype))
         vT = f(rT["walkers_per_s"]) if rT else None
         v1 = T * f(r1["walkers_per_s"]) if r1 and f(r1["walkers_per_s"]) else None
         return max([v for v in (vT, v1) if v is not None], default=None)
@@ -83,7 +91,7 @@ def main(argv):
         best, basis = None, ""
         for method in ("loop", "batched", "functorch"):
             for th in sorted({T, 1}):
-                r = TT.get((method, th, atom, hd, batch))
+                r = TT.get((method, th, atom, hd, batch, "float64"))
                 v = f(r["walkers_per_s"]) * (T if th == 1 and T > 1 else 1) if r else None
                 if v is not None and (best is None or v > best):
                     best, basis = v, "%s %s" % (method, "%d threads" % T if th == T else "%d x 1 thread" % T)
@@ -218,7 +226,8 @@ def main(argv):
         for hd in sorted({int(r["head_dim"]) for r in trow}):
             for method in ("loop", "batched", "functorch"):
                 pts = sorted({(int(r["n_elec"]), f(r["us_per_walker"])) for r in trow if r["method"] == method and
-                              int(r["head_dim"]) == hd and int(r["batch"]) == 256 and int(r["threads"]) == T})
+                              int(r["head_dim"]) == hd and int(r["batch"]) == 256 and int(r["threads"]) == T and
+                              tdtype(r) == "float64"})
                 pts = sorted(dict(pts).items())  # one point per atom
                 if len(pts) >= 2:
                     p = fit_exponent([q[0] for q in pts], [q[1] for q in pts])
@@ -247,6 +256,30 @@ def main(argv):
                   fmt(el, "%.1f"), fmt(gf, "%.2f"), fmt(100 * gf / pk if gf is not None and pk else None, "%.1f"),
                   fmt(tr, "%.2f"), fmt(tb, "%.1f"), fmt(tf, "%.1f"), fmt(ratio(el, tbest), "%.2f")))
 
+    # ---- whole training iterations with Adam against the PyTorch Trainer (step 2e) ----------------------------
+    def train_cmp(atom):
+        """C's Adam training iteration (float64) and PyTorch's best Trainer method in float64 and in float32."""
+        c_tr = cval(main_b, "adam", T, atom, 16, 256, "train")
+        pt = {dt: {m: tval("train_" + m, atom, 16, 256, dt) for m in ("batched", "functorch")}
+              for dt in ("float64", "float32")}
+        best = {dt: max([v for v in pt[dt].values() if v is not None], default=None) for dt in pt}
+        return c_tr, pt, best
+
+    adam_atoms = [a for a in ("He", "Be", "C", "Ne") if cval(main_b, "adam", T, a, 16, 256, "train") is not None]
+    if adam_atoms:
+        print("\nTraining iteration with Adam against PyTorch's Trainer (default network, B=256, %d threads, %s build; "
+              "walkers x iterations/s):" % (T, main_b))
+        for atom in adam_atoms:
+            c_tr, pt, best = train_cmp(atom)
+            print("  %-3s C (float64) %.1f | PyTorch float64: batched %s, functorch %s | PyTorch float32: batched %s, "
+                  "functorch %s" % (atom, c_tr, *(fmt(pt[dt][m], "%.1f") for dt in ("float64", "float32")
+                                                  for m in ("batched", "functorch"))))
+            print("      training iteration, C (float64) / PyTorch (float64) = %s;  C (float64) / PyTorch (float32) = %s"
+                  % (fmt(ratio(c_tr, best["float64"]), "%.2f"), fmt(ratio(c_tr, best["float32"]), "%.2f")))
+        print("  PyTorch = its better Trainer method (and the better of %d threads and %d x one thread where measured);\n"
+              "  float32 is PyTorch's fair best case (FermiNet trains in float32); C computes in float64. '-' = not "
+              "measured." % (T, T))
+
     # ---- the issue's targets ------------------------------------------------------------------------------------
     print("\nTargets (issues 4 and 11; measured, not asserted):")
     for build in (main_b, other_b):  # where a carbon training iteration spends its time
@@ -259,13 +292,17 @@ def main(argv):
                   "gradient %.0f%% + optimizer %.0f%%" % (build, opt, *(100 * parts[m] / tot for m in
                                                                     ("sample", "eloc", "backward", "optimizer"))))
     for atom in ("He", "C"):  # whole training iterations with Adam against the PyTorch Trainer
-        c_tr = cval(main_b, "adam", T, atom, 16, 256, "train")
-        tb, tf = tval("train_batched", atom, 16, 256), tval("train_functorch", atom, 16, 256)
-        tbest = max([v for v in (tb, tf) if v is not None], default=None)
+        c_tr, pt, best = train_cmp(atom)
         if c_tr is not None:
-            print("  %s d=16 B=256, %s: training iteration with Adam, C / PyTorch = %s (target >= 20; C %.1f, PyTorch "
-                  "batched %s, functorch %s walkers x iterations/s)" % (atom, main_b, fmt(ratio(c_tr, tbest), "%.2f"),
-                                                                        c_tr, fmt(tb, "%.1f"), fmt(tf, "%.1f")))
+            print("  %s d=16 B=256, %s: training iteration with Adam, C (float64) / PyTorch (float64) = %s (target >= 20; "
+                  "C %.1f, PyTorch batched %s, functorch %s walkers x iterations/s)" % (
+                      atom, main_b, fmt(ratio(c_tr, best["float64"]), "%.2f"), c_tr, fmt(pt["float64"]["batched"], "%.1f"),
+                      fmt(pt["float64"]["functorch"], "%.1f")))
+            if best["float32"] is not None:
+                print("  %s d=16 B=256, %s: training iteration with Adam, C (float64) / PyTorch (float32) = %s (target "
+                      ">= 20; PyTorch float32 batched %s, functorch %s walkers x iterations/s)" % (
+                          atom, main_b, fmt(ratio(c_tr, best["float32"]), "%.2f"),
+                          fmt(pt["float32"]["batched"], "%.1f"), fmt(pt["float32"]["functorch"], "%.1f")))
     if other_b:
         vals = {main_b: cval(main_b, "table", T, "C", 16, 256, "train"), other_b: cval(other_b, "onoff", T, "C", 16, 256, "train")}
         if vals.get("builtin") and vals.get("openblas"):

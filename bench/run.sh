@@ -15,7 +15,8 @@
 #                 tag=paper:   carbon with the Psiformer paper's network (4 layers, 4 x 64, MLP 256, 16 dets)
 #                 tag=adam:    a training iteration with Adam (He, C), against PyTorch's train_* methods
 #   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
-#   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/)
+#   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/); float64, and
+#                 the carbon training iteration in float32 too (--dtype float32: PyTorch's best case)
 #   5. report.py  merges everything into bench.csv, prints the tables, ratios, % of peak and the fitted
 #                 electron-count exponents (also written to summary.txt)
 # Nothing here fails because something is slow; timings are never asserted.
@@ -124,6 +125,10 @@ if "$PYTHON" -c "import torch, numpy" 2>/dev/null; then
     # shellcheck disable=SC2086
     "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" \
         --methods train_batched,train_functorch --csv "$OUT/torch.csv" $tdirs
+    # carbon's training iteration again in float32 (FermiNet trains in float32: PyTorch's fair best case), beside
+    # C in float64; checked in float64 against C first, then timed on a float32 copy (a few seconds)
+    "$PYTHON" "$HERE/bench_torch.py" --batches 256 --threads "$T" --budget "$TORCH_BUDGET" --dtype float32 \
+        --methods train_batched --csv "$OUT/torch.csv" "$(pdir C:16)"
     if [ "$TORCH_PAPER" = 1 ]; then # the paper's carbon network: the batched methods, one pass each
         pd="$OUT/params/C_paper"
         mkdir -p "$pd"
