@@ -1284,7 +1284,8 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
         return;
     }
 #endif
-    for (int i = 0; i < M; i++) {
+    const int store = beta == 0.0 && N > 1 && K > 0; /* the first k-block stores C instead of adding to a zeroed C */
+    for (int i = 0; i < M && !store; i++) {
         psf_real *c = C + (size_t)i * ldc;
         if (beta == 0.0) for (int j = 0; j < N; j++) c[j] = 0;
         else if (beta != 1.0) for (int j = 0; j < N; j++) c[j] *= beta;
@@ -1343,7 +1344,8 @@ static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const p
                     psf__gemm_kernel(kc, ap + (size_t)ir * kc, bs, bld, out);
                     for (int i = 0; i < mr; i++) {
                         psf_real *c = C + (size_t)(m0 + ir + i) * ldc + j0;
-                        for (int j = 0; j < nr; j++) c[j] += alpha * out[i * PSF__NR + j];
+                        if (store && k0 == 0) for (int j = 0; j < nr; j++) c[j] = alpha * out[i * PSF__NR + j];
+                        else for (int j = 0; j < nr; j++) c[j] += alpha * out[i * PSF__NR + j];
                     }
                 }
             }
