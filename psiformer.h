@@ -255,7 +255,9 @@ typedef struct {
     int p_off, p_len;  /* parameter block in the flat buffer (-1 / 0: none)                     */
     int ia, ib, ic;    /* op-specific integers (see the op's rules)                             */
     int sparse;        /* 1: jet slice d is nonzero only in row d/3 (depends on electron d/3 only) */
-    size_t off;        /* offset of this node's jet block ((3N+2) * n reals) in a workspace      */
+    size_t off;        /* offset of this node's value (n reals) in a workspace's jet buffer      */
+    size_t joff;       /* offset of its jet block ((3N+2) * n reals) there, shared with nodes whose jets
+                          are no longer needed when it is computed (psf__layout)                 */
     size_t adj_off;    /* offset of this node's adjoint (n reals) in a workspace                */
 } psf_node;
 
@@ -345,7 +347,7 @@ typedef struct {
     psf_pblock pblocks[PSF_MAX_PBLOCKS];
     size_t n_params;
     psf_real *params;           /* [n_params]                                             */
-    size_t ws_jet_reals;        /* workspace size: all node jets                          */
+    size_t ws_jet_reals;        /* workspace size: every node's value, then the live jet blocks */
     size_t ws_adj_reals;        /* workspace size: all node adjoints                      */
     size_t ws_scratch_reals;    /* per-op scratch                                         */
     int too_large;              /* set while building when the graph outgrows its tables or a shape its int
@@ -358,13 +360,14 @@ typedef void (*psf_linear_observer)(void *ctx, int node, const psf_node *nd, con
 
 /* Per-thread scratch for evaluating one walker at a time. */
 typedef struct {
-    psf_real *jet;     /* [ws_jet_reals]: node values (block 0) and, in jet mode, gradients and Laplacians */
+    psf_real *jet;     /* [ws_jet_reals]: node values, then (jet mode) the jet blocks by liveness           */
     psf_real *adj;     /* [ws_adj_reals]                                                                    */
     psf_real *scratch; /* [ws_scratch_reals]                                                                */
     int *iscratch;     /* [PSF_MAX_DETS * PSF_MAX_ELEC] pivots                                               */
     psf_real *dx;      /* [3N] adjoint w.r.t. coordinates from the last backward pass                       */
     int sign;          /* sign of psi from the last evaluation (0: psi = 0)                                 */
     int n_dim;         /* blocks currently valid: 0 after forward, D after jet                              */
+    int jet_mode;      /* 1 while a jet pass runs and after it: node blocks are read at their jet offsets    */
     psf_linear_observer observe; /* optional (NULL): reports of the LINEAR backward rule                   */
     void *observe_ctx;
 } psf_workspace;
@@ -1625,11 +1628,14 @@ static double psf__pfaffian_inverse(int n, const psf_real *A, psf_real *work, in
  *  electron coordinates, Laplacian; Li et al. 2024), backward (vector-Jacobian product).
  *
  *  A node's jet block holds D + 2 consecutive slices of n reals (D = 3N): slice 0 the value, slice 1 + d the
- *  derivative along coordinate d, slice D + 1 the Laplacian. In forward mode only slice 0 is computed.
+ *  derivative along coordinate d, slice D + 1 the Laplacian. In forward mode only slice 0 is computed, at the
+ *  node's value offset. In jet mode the blocks live at jet offsets that nodes share once the jets they held have
+ *  been read by their last consumer (liveness; carbon: the peak live set, not all 38 blocks), and each node's
+ *  slice 0 is copied to its value offset as it is computed, for the backward pass.
  * ============================================================================================================ */
 
 #define PSF__N(nd) ((size_t)(nd)->rows * (size_t)(nd)->cols)
-#define PSF__J(ws, nd) ((ws)->jet + (nd)->off)
+#define PSF__J(ws, nd) ((ws)->jet + ((ws)->jet_mode ? (nd)->joff : (nd)->off))
 #define PSF__A(ws, nd) ((ws)->adj + (nd)->adj_off)
 #define PSF_LN_EPS 1e-5
 
@@ -2908,7 +2914,12 @@ const char *psf_op_name(int op) { return op >= 0 && op < PSF_OP_COUNT ? psf__ops
 static void psf__run(const psf_model *m, psf_workspace *ws, const psf_real *x, int upto, int jet) {
     psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, jet ? m->n_dim + 2 : 1, NULL};
     ws->sign = 1;
-    for (int k = 0; k <= upto; k++) psf__ops[m->nodes[k].op].fwd(&c, &m->nodes[k]);
+    ws->jet_mode = jet;
+    for (int k = 0; k <= upto; k++) {
+        const psf_node *nd = &m->nodes[k];
+        psf__ops[nd->op].fwd(&c, nd);
+        if (jet) memcpy(ws->jet + nd->off, ws->jet + nd->joff, sizeof(psf_real) * PSF__N(nd)); /* the value */
+    }
     ws->n_dim = jet ? m->n_dim : 0;
 }
 
@@ -2920,8 +2931,8 @@ double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x
 
 double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad, psf_real *lap,
                      int *sign) {
-    const psf_real *y = PSF__J(ws, &m->nodes[m->out_node]);
     psf__run(m, ws, x, m->out_node, 1);
+    const psf_real *y = PSF__J(ws, &m->nodes[m->out_node]);
     if (sign) *sign = ws->sign;
     if (grad) for (int d = 0; d < m->n_dim; d++) grad[d] = y[1 + d];
     if (lap) *lap = y[1 + m->n_dim];
@@ -2937,6 +2948,7 @@ const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const
 static void psf__backward_from(const psf_model *m, psf_workspace *ws, const psf_real *x, int from,
                                const psf_real *seed_vec, double seed, psf_real *dparams) {
     psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, 1, dparams};
+    ws->jet_mode = 0; /* the values of the last pass, forward or jet */
     memset(ws->adj, 0, sizeof(psf_real) * m->ws_adj_reals);
     memset(ws->dx, 0, sizeof(psf_real) * (size_t)m->n_dim);
     psf_real *a = PSF__A(ws, &m->nodes[from]);
@@ -2944,7 +2956,7 @@ static void psf__backward_from(const psf_model *m, psf_workspace *ws, const psf_
     for (int k = from; k >= 0; k--) psf__ops[m->nodes[k].op].bwd(&c, &m->nodes[k]);
 }
 
-static const psf_real *psf__ws_x(const psf_model *m, psf_workspace *ws) { return PSF__J(ws, &m->nodes[0]); }
+static const psf_real *psf__ws_x(const psf_model *m, psf_workspace *ws) { return ws->jet + m->nodes[0].off; }
 
 void psf_model_backward(const psf_model *m, psf_workspace *ws, double seed, psf_real *dparams) {
     /* the INPUT node's slice 0 holds the x of the last forward pass */
@@ -3360,19 +3372,44 @@ static int psf__build_pfaffian_sum_head(psf_model *m, int h, int K, int F, int c
 
 /* ---- Layout and initialisation (generic: every op's scratch and sparsity come from its own rules) ----------- */
 
+/* Values at consecutive offsets; jet blocks by liveness: node k's block is placed first-fit (lowest offset, in
+ * units of 8 reals) among the blocks of nodes still live at k, i.e. nodes j < k read by a node >= k; the output
+ * node is live to the end (psf_model_jet reads it), and a node with no reader only during its own op. */
 static void psf__layout(psf_model *m) {
     const size_t D = (size_t)m->n_dim;
-    size_t scratch = 0;
+    size_t scratch = 0, values = 0, peak = 0;
+    int last[PSF_MAX_NODES];
     for (int k = 0; k < m->n_nodes; k++) {
         psf_node *nd = &m->nodes[k];
-        nd->off = m->ws_jet_reals;
+        last[k] = k == m->out_node ? m->n_nodes : k;
+        if (nd->in0 >= 0 && nd->in0 < k) last[nd->in0] = k;
+        if (nd->in1 >= 0 && nd->in1 < k) last[nd->in1] = k;
+    }
+    for (int k = 0; k < m->n_nodes; k++) {
+        psf_node *nd = &m->nodes[k];
+        nd->off = values;
         nd->adj_off = m->ws_adj_reals;
-        m->ws_jet_reals = psf__add(m->ws_jet_reals, psf__mul(D + 2, PSF__N(nd)));
+        values = psf__add(values, PSF__N(nd));
         m->ws_adj_reals = psf__add(m->ws_adj_reals, PSF__N(nd));
+        const size_t size = (psf__mul(D + 2, PSF__N(nd)) + 7) / 8 * 8;
+        size_t at = 0; /* first fit: the lowest offset clear of every live block (nodes j < k with last[j] >= k) */
+        for (int moved = 1; moved;) {
+            moved = 0;
+            for (int j = 0; j < k; j++) {
+                if (last[j] < k) continue;
+                const size_t j0 = m->nodes[j].joff, j1 = j0 + (psf__mul(D + 2, PSF__N(&m->nodes[j])) + 7) / 8 * 8;
+                if (at < j1 && j0 < at + size) { at = j1; moved = 1; }
+            }
+        }
+        nd->joff = at;
+        if (psf__add(at, size) > peak) peak = psf__add(at, size);
         nd->sparse = psf__ops[nd->op].sparse(m->nodes, nd);
         const size_t need = psf__ops[nd->op].scratch(m->nodes, nd, m->n_dim);
         if (need > scratch) scratch = need;
     }
+    values = (values + 7) / 8 * 8;
+    for (int k = 0; k < m->n_nodes; k++) m->nodes[k].joff += values; /* the jet area follows the values */
+    m->ws_jet_reals = psf__add(values, peak);
     m->ws_scratch_reals = scratch;
 }
 

@@ -1484,6 +1484,69 @@ TEST bad_input_is_refused_with_a_message(void) {
     PASS();
 }
 
+/* The jet blocks shared by liveness (psf__layout): no node's block overlaps the block of a node whose jet is still
+ * to be read (an input of this node or of a later one, or the output node), the carbon workspace is smaller than
+ * all blocks side by side, and no op reads what it did not write: a jet pass on a workspace filled with NaN gives
+ * the bits of a pass on a fresh one, and so does the backward pass after it (the values it reads are copied from
+ * the jet blocks). Carbon with determinants and with the bilinear + MLP Pfaffian, Li with a bordered Pfaffian and
+ * the e-n cusp term. */
+TEST jet_blocks_shared_by_liveness(void) {
+    static const struct { const char *atom; psf_orbitals orb; psf_pair_form pair; int cusp; } cases[] = {
+        {"C", PSF_ORBITALS_DET, PSF_PAIR_BILINEAR, 0},
+        {"C", PSF_ORBITALS_PFAFFIAN, PSF_PAIR_BILINEAR_MLP, 0},
+        {"Li", PSF_ORBITALS_PFAFFIAN, PSF_PAIR_BILINEAR, 1},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        psf_system s;
+        psf_system_atom(&s, cases[t].atom, -1);
+        psf_config c;
+        psf_config_default(&c);
+        c.orbitals = cases[t].orb; c.pf_pair = cases[t].pair; c.use_en_cusp = cases[t].cusp;
+        c.psiformer.mlp_hidden = 16; c.n_dets = 2;
+        psf_model m;
+        ASSERT_EQ(PSF_OK, psf_model_init(&m, &s, &c, 3));
+        const size_t D = (size_t)m.n_dim;
+        size_t all = 0, values = 0;
+        for (int k = 0; k < m.n_nodes; k++) {
+            const psf_node *a = &m.nodes[k];
+            const size_t n = (size_t)a->rows * a->cols, a0 = a->joff, a1 = a0 + (D + 2) * n;
+            all += (D + 2) * n;
+            values += n;
+            ASSERT(a1 <= m.ws_jet_reals);
+            for (int j = 0; j < k; j++) { /* j is live at k if k or a later node reads it, or it is the output */
+                int live = j == m.out_node;
+                for (int i = k; i < m.n_nodes && !live; i++) live = m.nodes[i].in0 == j || m.nodes[i].in1 == j;
+                const psf_node *b = &m.nodes[j];
+                const size_t b0 = b->joff, b1 = b0 + (D + 2) * (size_t)b->rows * b->cols;
+                if (live) ASSERTm("a jet block overlaps a live one", a1 <= b0 || b1 <= a0);
+            }
+        }
+        if (t == 0) ASSERT(m.ws_jet_reals < values + all / 2);
+        psf_workspace w[2];
+        psf_real x[3 * PSF_MAX_ELEC], g[2][3 * PSF_MAX_ELEC], lap[2], logpsi[2];
+        psf_real *dp[2];
+        psf_rng r;
+        psf_rng_seed(&r, 5, 0);
+        for (int d = 0; d < m.n_dim; d++) x[d] = 0.8 * psf_rng_normal(&r);
+        for (int k = 0; k < 2; k++) {
+            ASSERT_EQ(PSF_OK, psf_workspace_init(&w[k], &m));
+            if (k) for (size_t i = 0; i < m.ws_jet_reals; i++) w[k].jet[i] = NAN;
+            int sign;
+            logpsi[k] = psf_model_jet(&m, &w[k], x, g[k], &lap[k], &sign);
+            dp[k] = calloc(m.n_params, sizeof(psf_real));
+            psf_model_backward(&m, &w[k], 1.0, dp[k]);
+        }
+        ASSERT(isfinite(lap[0]));
+        ASSERT_EQ(0, memcmp(&logpsi[0], &logpsi[1], sizeof(psf_real)));
+        ASSERT_EQ(0, memcmp(&lap[0], &lap[1], sizeof(psf_real)));
+        ASSERT_EQ(0, memcmp(g[0], g[1], sizeof(psf_real) * D));
+        ASSERT_EQ(0, memcmp(dp[0], dp[1], sizeof(psf_real) * m.n_params));
+        for (int k = 0; k < 2; k++) { psf_workspace_free(&w[k]); free(dp[k]); }
+        psf_model_free(&m);
+    }
+    PASS();
+}
+
 SUITE(training) {
     RUN_TEST(helium_training_goes_below_minus_2_89);
     RUN_TEST(same_seed_same_result_with_1_and_2_threads);
@@ -1491,6 +1554,7 @@ SUITE(training) {
     RUN_TEST(npy_roundtrip);
     RUN_TEST(bad_input_is_refused_with_a_message);
     RUN_TEST(vmc_memory_estimate_matches_allocations);
+    RUN_TEST(jet_blocks_shared_by_liveness);
     RUN_TEST(driver_rejects_bad_arguments);
     RUN_TEST(driver_writes_the_training_plot);
     RUN_TEST(driver_default_pretraining_length_follows_the_system);
