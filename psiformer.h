@@ -1417,7 +1417,7 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
 }
 #endif
 enum { PSF__GKC = 128 }; /* terms summed in float before they are added in double */
-#define PSF__PANELS(rows) (((rows) + PSF__GNR - 1) / PSF__GNR) /* panels holding `rows` rows */
+#define PSF__PANELS(rows) ((int)(((long long)(rows) + PSF__GNR - 1) / PSF__GNR)) /* panels holding `rows` rows */
 
 /* C = A B^T: A's m rows in panels from Ap, B's n rows in panels from Bp, K terms; C m x n doubles with leading
  * dimension ldc, overwritten. upper (A = B, a diagonal tile): the panel pairs below the diagonal are not
