@@ -3377,32 +3377,32 @@ static int psf__build_pfaffian_sum_head(psf_model *m, int h, int K, int F, int c
  * node is live to the end (psf_model_jet reads it), and a node with no reader only during its own op. */
 static void psf__layout(psf_model *m) {
     const size_t D = (size_t)m->n_dim;
-    size_t scratch = 0, values = 0, peak = 0;
+    size_t scratch = 0, values = 0, peak = 0, size[PSF_MAX_NODES];
     int last[PSF_MAX_NODES];
     for (int k = 0; k < m->n_nodes; k++) {
         psf_node *nd = &m->nodes[k];
-        last[k] = k == m->out_node ? m->n_nodes : k;
+        last[k] = k;
         if (nd->in0 >= 0 && nd->in0 < k) last[nd->in0] = k;
         if (nd->in1 >= 0 && nd->in1 < k) last[nd->in1] = k;
+        size[k] = (psf__mul(D + 2, PSF__N(nd)) + 7) / 8 * 8;
     }
+    if (m->out_node >= 0 && m->out_node < m->n_nodes) last[m->out_node] = m->n_nodes; /* even when read later */
     for (int k = 0; k < m->n_nodes; k++) {
         psf_node *nd = &m->nodes[k];
         nd->off = values;
         nd->adj_off = m->ws_adj_reals;
         values = psf__add(values, PSF__N(nd));
         m->ws_adj_reals = psf__add(m->ws_adj_reals, PSF__N(nd));
-        const size_t size = (psf__mul(D + 2, PSF__N(nd)) + 7) / 8 * 8;
         size_t at = 0; /* first fit: the lowest offset clear of every live block (nodes j < k with last[j] >= k) */
         for (int moved = 1; moved;) {
             moved = 0;
             for (int j = 0; j < k; j++) {
-                if (last[j] < k) continue;
-                const size_t j0 = m->nodes[j].joff, j1 = j0 + (psf__mul(D + 2, PSF__N(&m->nodes[j])) + 7) / 8 * 8;
-                if (at < j1 && j0 < at + size) { at = j1; moved = 1; }
+                const size_t j0 = m->nodes[j].joff, j1 = j0 + size[j];
+                if (last[j] >= k && at < j1 && j0 < at + size[k]) { at = j1; moved = 1; }
             }
         }
         nd->joff = at;
-        if (psf__add(at, size) > peak) peak = psf__add(at, size);
+        if (psf__add(at, size[k]) > peak) peak = psf__add(at, size[k]);
         nd->sparse = psf__ops[nd->op].sparse(m->nodes, nd);
         const size_t need = psf__ops[nd->op].scratch(m->nodes, nd, m->n_dim);
         if (need > scratch) scratch = need;
@@ -5644,7 +5644,7 @@ PSF__OMP(parallel for schedule(static))
                 const int kc = P - k0 < PSF__GKC ? (int)(P - k0) : PSF__GKC;
                 for (int r = 0; r < PSF__GNR; r++) {
                     const int b = q * PSF__GNR + r;
-                    if (b >= B) { float *f = panel + k0 * PSF__GNR + r; for (int k = 0; k < kc; k++) f[(size_t)k * PSF__GNR] = 0; continue; }
+                    if (b >= B) continue; /* the last panel's slots past B stay 0 from the allocation */
                     psf_real *g = s->G + (size_t)b * P + k0;
                     if (s->valid[b]) for (int k = 0; k < kc; k++) g[k] = (g[k] - mean[k0 + k]) * rn;
                     else memset(g, 0, sizeof(psf_real) * kc);
