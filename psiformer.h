@@ -637,7 +637,7 @@ struct psf_vmc {
  * adjoints, op scratch), the B local energies and weights, the gradient and its per-chunk partial sums, the
  * per-thread walker gradients (KFAC, SPRING), the optimizer's state (Adam: its two moments, 2 P reals; KFAC: the
  * Kronecker factors, their per-chunk sums and per-thread inversion work; SPRING: the B x P per-walker gradients
- * and the B x B kernel) and the copies that let a rejected update be undone (2 P reals + the optimizer's
+ * (2 B P floats: the rows and the panels of Ō; B P doubles with the fp64 kernel) and the B x B kernel) and the copies that let a rejected update be undone (2 P reals + the optimizer's
  * state). B = cfg->batch, P = m->n_params, threads = cfg->threads if > 0 (with OpenMP), else the current OpenMP
  * maximum (1 without OpenMP). Not included: the model's own parameters (psf_model_init allocated them) and the
  * temporaries of psf_vmc_pretrain, psf_vmc_gap and psf_vmc_load. *bytes is SIZE_MAX when the total does not fit in
@@ -886,9 +886,10 @@ typedef struct {
 } psf_test_kfac_info;
 /* Fills *out for a KFAC driver; returns 0 (and fills nothing) for another optimizer. */
 PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
-/* SPRING internals after a gradient pass / an update: the per-walker gradients G [B x P] (row b valid when
- * valid[b]) and the last direction phi [P]. Returns 0 for another optimizer. */
-typedef struct { int B; size_t P; const psf_real *G; const unsigned char *valid; const psf_real *phi;
+/* SPRING internals after a gradient pass / an update: the per-walker gradients [B x P] (row b valid when
+ * valid[b]), in double in G with the fp64 kernel, else rounded to float in Gf (the other NULL), and the last
+ * direction phi [P]. Returns 0 for another optimizer. */
+typedef struct { int B; size_t P; const psf_real *G; const float *Gf; const unsigned char *valid; const psf_real *phi;
                  double lambda_used; long n_raised; } psf_test_spring_info;
 PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* CRC-32 as the checkpoint writes it, and the byte offsets of a checkpoint's step and first parameter. */
@@ -5408,16 +5409,23 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō is formed in place of the per-walker gradients (one row
  *      per walker); the kernel Ō Ō^T is computed by the tiles of a fixed 4 x 4 grid on or above the diagonal,
  *      and the two matrix-vector products are split into fixed row ranges: the bits do not depend on the thread
- *      count. By default (cfg.spring_kernel_fp64 = 0) the kernel is formed from a float32 copy of Ō, in blocks of
- *      128 terms summed in float and added in double (psf__gram_f32): twice the speed of the double product, with
- *      every entry within 130 u32 sum_k |Ō_ik Ō_jk| (u32 = 2^-24) of the double one. When T is not positive
- *      definite to working precision (more walkers than parameters, gradients that blew up, lambda below the
- *      float kernel's rounding), lambda is raised tenfold, at most 8 times, before the step fails. The solve, the two
- *      matrix-vector products and phi stay in double. Memory: B P reals (the rows) and B P floats (the copy).  */
+ *      count. By default (cfg.spring_kernel_fp64 = 0) Ō is held in float32: the per-walker gradients are rounded to
+ *      float as they are handed over, centred and scaled in double and rounded again into the panels that the
+ *      kernel, Ō phi_prev and Ō^T zeta all read (each summed in double, the kernel in blocks of 128 terms summed in
+ *      float: psf__gram_f32, twice the speed of the double product, every entry within 130 u32 sum_k |Ō_ik Ō_jk|,
+ *      u32 = 2^-24, of the double product of the same float inputs). Ō in float moves half the bytes of the
+ *      double rows through memory; each entry Ō_bp is within u32 (2 max_b |g_bp| / sqrt(n) + |Ō_bp|) (to first
+ *      order) of the double one.
+ *      When T is not positive definite to working precision (more walkers than parameters, gradients that blew
+ *      up, lambda below the float kernel's rounding), lambda is raised tenfold, at most 8 times, before the step
+ *      fails. The solve and phi stay in double. Memory: 2 B P floats (the rows, the panels), or B P doubles with
+ *      the fp64 kernel.  */
 typedef struct {
     int B;
     size_t P;
-    psf_real *G;           /* [B x P] per-walker grad log|psi| as the driver hands them over; then Ō  */
+    psf_real *G;           /* [B x P] per-walker grad log|psi| as the driver hands them over; then Ō (fp64 kernel) */
+    float *Gf;             /* [B x P] the same rows rounded to float (float32 kernel; G is then NULL)          */
+    double *z;             /* [PSF__PANELS(B) PSF__GNR] zeta padded with zeros (float32 kernel)               */
     unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
     psf_real *phi, *phi_prev; /* [P]                                                                   */
     double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
@@ -5433,7 +5441,7 @@ typedef struct {
 static void psf__spring_free(void *st) {
     psf__spring *s = (psf__spring *)st;
     if (!s) return;
-    PSF_FREE(s->G); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
+    PSF_FREE(s->G); PSF_FREE(s->Gf); PSF_FREE(s->z); PSF_FREE(s->valid); PSF_FREE(s->phi); PSF_FREE(s->phi_prev);
     PSF_FREE(s->T); PSF_FREE(s->T0); PSF_FREE(s->r); PSF_FREE(s->u); PSF_FREE(s->Of);
     PSF_FREE(s);
 }
@@ -5453,7 +5461,11 @@ static void *psf__spring_init(const psf_vmc *v) {
     if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
     s->B = B; s->P = P;
     s->rank = v->rank; s->n_ranks = v->n_ranks; s->comm = v->cfg.mpi_comm;
-    s->G = (psf_real *)psf__calloc(psf__mul(P, (size_t)B), sizeof(psf_real));
+    if (v->cfg.spring_kernel_fp64) s->G = (psf_real *)psf__calloc(psf__mul(P, (size_t)B), sizeof(psf_real));
+    else {
+        s->Gf = (float *)psf__calloc(psf__mul(P, (size_t)B), sizeof(float));
+        s->z = (double *)psf__calloc((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double));
+    }
     s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
     s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
     s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
@@ -5463,11 +5475,11 @@ static void *psf__spring_init(const psf_vmc *v) {
     s->u = (double *)psf__calloc((size_t)B, sizeof(double));
     if (!v->cfg.spring_kernel_fp64)
         s->Of = (float *)psf__calloc(psf__mul(P, (size_t)PSF__PANELS(B) * PSF__GNR), sizeof(float));
-    if (!s->G || !s->valid || !s->phi || !s->phi_prev || !s->T || !s->T0 || !s->r || !s->u ||
-        (!v->cfg.spring_kernel_fp64 && !s->Of)) {
+    if (!s->valid || !s->phi || !s->phi_prev || !s->T || !s->T0 || !s->r || !s->u ||
+        (v->cfg.spring_kernel_fp64 ? !s->G : (!s->Gf || !s->z || !s->Of))) {
         psf__spring_free(s);
         psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING (%.0f MB of per-walker gradients)",
-                  (v->cfg.spring_kernel_fp64 ? 8e-6 : 12e-6) * (double)P * B);
+                  8e-6 * (double)P * B);
         return NULL;
     }
     return s;
@@ -5475,7 +5487,11 @@ static void *psf__spring_init(const psf_vmc *v) {
 static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
     psf__spring *s = (psf__spring *)st;
     (void)chunk;
-    memcpy(s->G + (size_t)b * s->P, g, sizeof(psf_real) * s->P);
+    if (s->G) memcpy(s->G + (size_t)b * s->P, g, sizeof(psf_real) * s->P);
+    else {
+        float *f = s->Gf + (size_t)b * s->P;
+        for (size_t p = 0; p < s->P; p++) f[p] = (float)g[p];
+    }
     s->valid[b] = 1;
 }
 
@@ -5536,8 +5552,8 @@ PSF__OMP(parallel for schedule(dynamic, 1))
         psf__spring_tile_rows(s, bj, NB, &j0, &j1);
         if (i1 <= i0 || j1 <= j0) continue;
         if (s->Of) /* a diagonal tile computes its upper panel pairs only (mirrored below) */
-            psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P, T + (size_t)i0 * B + j0,
-                          B, bi == bj);
+            psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P,
+                          T + (size_t)i0 * B + j0, B, bi == bj);
         else
             psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
                       T + (size_t)i0 * B + j0, B);
@@ -5590,6 +5606,25 @@ PSF__OMP(parallel for schedule(dynamic, 1))
     for (int i = 0; i < B; i++) zbar += e[i];
     zbar /= B;
     for (int i = 0; i < B; i++) e[i] -= zbar;
+    if (s->Of) { /* from the float32 panels: for each parameter, eight lanes over the panels' rows, in double */
+        const int np = PSF__PANELS(B);
+        for (int i = 0; i < np * PSF__GNR; i++) s->z[i] = i < B ? e[i] : 0.0;
+PSF__OMP(parallel for schedule(static))
+        for (int q = 0; q < PSF__SPRING_SLABS; q++) {
+            const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
+            for (size_t p = p0; p < p1; p++) {
+                psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int pn = 0; pn < np; pn++) {
+                    const float *f = s->Of + ((size_t)pn * s->P + p) * PSF__GNR;
+                    const double *z = s->z + (size_t)pn * PSF__GNR;
+                    for (int r0 = 0; r0 < PSF__GNR; r0 += 8)
+                        for (int l = 0; l < 8; l++) s8[l] += (double)f[r0 + l] * z[r0 + l];
+                }
+                s->phi[p] = mu * s->phi_prev[p] + psf__dot8_sum(s8, 0.0);
+            }
+        }
+        return 0;
+    }
 PSF__OMP(parallel for schedule(static))
     for (int q = 0; q < PSF__SPRING_SLABS; q++) { /* phi = mu phi_prev + Ō^T zeta, by fixed ranges of parameters */
         const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
@@ -5616,8 +5651,13 @@ PSF__OMP(parallel for schedule(static))
         for (size_t p = p0; p < p1; p++) mean[p] = 0;
         for (int b = 0; b < B; b++)
             if (s->valid[b]) {
-                const psf_real *g = s->G + (size_t)b * P;
-                for (size_t p = p0; p < p1; p++) mean[p] += g[p];
+                if (s->G) {
+                    const psf_real *g = s->G + (size_t)b * P;
+                    for (size_t p = p0; p < p1; p++) mean[p] += g[p];
+                } else {
+                    const float *g = s->Gf + (size_t)b * P;
+                    for (size_t p = p0; p < p1; p++) mean[p] += (psf_real)g[p];
+                }
             }
         for (size_t p = p0; p < p1; p++) mean[p] /= n;
     }
@@ -5636,7 +5676,7 @@ PSF__OMP(parallel for schedule(static))
               * copy is written whole while it is in L1; u by psf__dot8's lanes carried from block to block */
 PSF__OMP(parallel for schedule(static))
         for (int q = 0; q < PSF__PANELS(B); q++) {
-            psf_real s8[PSF__GNR][8], tail[PSF__GNR];
+            psf_real s8[PSF__GNR][8], tail[PSF__GNR], c[PSF__GKC];
             float *panel = s->Of + (size_t)q * PSF__GNR * P;
             memset(s8, 0, sizeof s8);
             for (int r = 0; r < PSF__GNR; r++) tail[r] = 0;
@@ -5645,13 +5685,13 @@ PSF__OMP(parallel for schedule(static))
                 for (int r = 0; r < PSF__GNR; r++) {
                     const int b = q * PSF__GNR + r;
                     if (b >= B) continue; /* the last panel's slots past B stay 0 from the allocation */
-                    psf_real *g = s->G + (size_t)b * P + k0;
-                    if (s->valid[b]) for (int k = 0; k < kc; k++) g[k] = (g[k] - mean[k0 + k]) * rn;
-                    else memset(g, 0, sizeof(psf_real) * kc);
-                    psf__panel_row(panel, r, g, k0, kc);
+                    const float *g = s->Gf + (size_t)b * P + k0; /* c: the row of Ō as the float copy holds it */
+                    if (s->valid[b]) for (int k = 0; k < kc; k++) c[k] = (float)(((psf_real)g[k] - mean[k0 + k]) * rn);
+                    else for (int k = 0; k < kc; k++) c[k] = 0;
+                    psf__panel_row(panel, r, c, k0, kc);
                     if (mu != 0) {
-                        int k = psf__dot8_lanes(g, s->phi_prev + k0, kc, s8[r]);
-                        for (; k < kc; k++) tail[r] += g[k] * s->phi_prev[k0 + k];
+                        int k = psf__dot8_lanes(c, s->phi_prev + k0, kc, s8[r]);
+                        for (; k < kc; k++) tail[r] += c[k] * s->phi_prev[k0 + k];
                     }
                 }
             }
@@ -5710,7 +5750,8 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
     const size_t P = m->n_params, b = (size_t)B;
     *state_reals = P;
     size_t n = psf__alloc_bytes(1, sizeof(psf__spring));
-    n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), sizeof(psf_real))); /* the B x P per-walker gradients */
+    n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), cfg->spring_kernel_fp64 ? sizeof(psf_real) : sizeof(float))); /* the B x P per-walker gradients */
+    if (!cfg->spring_kernel_fp64) n = psf__add(n, psf__alloc_bytes((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double))); /* zeta, padded */
     n = psf__add(n, psf__alloc_bytes(b, 1));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(psf_real))));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(psf__mul(b, b), sizeof(double)))); /* the B x B kernel and T0 */
@@ -5720,7 +5761,7 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
 }
 static int psf__spring_gather(const psf_vmc *v, void *st) {
     psf__spring *s = (psf__spring *)st;
-    const int rc = psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1);
+    const int rc = s->G ? psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1) : psf__mpi_gather(v, s->Gf, sizeof(float) * s->P, 1);
     return rc ? rc : psf__mpi_gather(v, s->valid, 1, 1);
 }
 static const psf__optimizer_rules psf__spring_rules = {
@@ -6771,7 +6812,7 @@ void psf_test_checkpoint_offsets(long *step, long *params) {
 int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
     const psf__spring *s = v->cfg.optimizer == PSF_OPT_SPRING ? (const psf__spring *)v->opt_state : NULL;
     if (!s) return 0;
-    out->B = s->B; out->P = s->P; out->G = s->G; out->valid = s->valid; out->phi = s->phi;
+    out->B = s->B; out->P = s->P; out->G = s->G; out->Gf = s->Gf; out->valid = s->valid; out->phi = s->phi;
     out->lambda_used = s->lambda_used; out->n_raised = s->n_raised;
     return 1;
 }
