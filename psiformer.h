@@ -5407,9 +5407,10 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *      and the raw phi (before lr and constraint) is kept as phi_prev. With mu = 0 this is the damped
  *      stochastic-reconfiguration step (Ō^T Ō + lambda I)^{-1} Ō^T e by the Woodbury identity; phi approximates
  *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō is formed in place of the per-walker gradients (one row
- *      per walker); the kernel Ō Ō^T is computed by the tiles of a fixed 4 x 4 grid on or above the diagonal,
- *      and the two matrix-vector products are split into fixed row ranges: the bits do not depend on the thread
- *      count. By default (cfg.spring_kernel_fp64 = 0) Ō is held in float32: the per-walker gradients are rounded to
+ *      per walker); the kernel Ō Ō^T is computed on or above the diagonal (by stripes of rows, one per thread, for
+ *      the float32 kernel on one rank; otherwise by the tiles of a fixed 4 x 4 grid) and mirrored, and the two
+ *      matrix-vector products are split into fixed row ranges: the bits do not depend on the thread count or the
+ *      split, because each entry is summed in the same order whoever computes it. By default (cfg.spring_kernel_fp64 = 0) Ō is held in float32: the per-walker gradients are rounded to
  *      float as they are handed over, centred and scaled in double and rounded again into the panels that the
  *      kernel, Ō phi_prev and Ō^T zeta all read (each summed in double, the kernel in blocks of 128 terms summed in
  *      float: psf__gram_f32, twice the speed of the double product, every entry within 130 u32 sum_k |Ō_ik Ō_jk|,
@@ -5543,20 +5544,39 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
     const psf_real *O = s->G;
-PSF__OMP(parallel for schedule(dynamic, 1))
-    for (int t = 0; t < NB * NB; t++) {
-        const int bi = t / NB, bj = t % NB;
-        if (bj < bi || psf__spring_tile_owner(s, bi, bj, NB) != s->rank) continue;
-        int i0, i1, j0, j1;
-        psf__spring_tile_rows(s, bi, NB, &i0, &i1);
-        psf__spring_tile_rows(s, bj, NB, &j0, &j1);
-        if (i1 <= i0 || j1 <= j0) continue;
-        if (s->Of) /* a diagonal tile computes its upper panel pairs only (mirrored below) */
-            psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P,
-                          T + (size_t)i0 * B + j0, B, bi == bj);
-        else
-            psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
-                      T + (size_t)i0 * B + j0, B);
+    if (s->Of && s->n_ranks == 1) {
+        /* float32 kernel on one rank: S stripes of panel rows, balanced by their panel pairs on and above the
+         * diagonal; a stripe from row r0 reads the panels from r0 on once per block of PSF__GKC parameters, where
+         * the 4 x 4 tiles read each panel 4 times (on two cores the product is bound by memory), and the bits of
+         * an entry do not depend on the split */
+        const int np = PSF__PANELS(B), nt = psf__max_threads(), S = nt < np ? nt : np;
+        const long pairs = (long)np * (np + 1) / 2;
+PSF__OMP(parallel for schedule(static, 1))
+        for (int t = 0; t < S; t++) {
+            int q0 = 0, q1 = 0; /* the first panel whose preceding rows hold >= t / S (resp. (t+1) / S) of the pairs */
+            while (q0 < np && ((long)q0 * np - (long)q0 * (q0 - 1) / 2) * S < pairs * t) q0++;
+            while (q1 < np && ((long)q1 * np - (long)q1 * (q1 - 1) / 2) * S < pairs * (t + 1)) q1++;
+            const int r0 = PSF__GNR * q0, r1 = PSF__GNR * q1 < B ? PSF__GNR * q1 : B;
+            if (r1 > r0)
+                psf__gram_f32(r1 - r0, B - r0, s->P, s->Of + (size_t)r0 * P, s->Of + (size_t)r0 * P,
+                              T + (size_t)r0 * B + r0, B, 1);
+        }
+    } else { /* the tiles of a fixed 4 x 4 grid on or above the diagonal (rank u mod n_ranks computes tile u) */
+    PSF__OMP(parallel for schedule(dynamic, 1))
+        for (int t = 0; t < NB * NB; t++) {
+            const int bi = t / NB, bj = t % NB;
+            if (bj < bi || psf__spring_tile_owner(s, bi, bj, NB) != s->rank) continue;
+            int i0, i1, j0, j1;
+            psf__spring_tile_rows(s, bi, NB, &i0, &i1);
+            psf__spring_tile_rows(s, bj, NB, &j0, &j1);
+            if (i1 <= i0 || j1 <= j0) continue;
+            if (s->Of) /* a diagonal tile computes its upper panel pairs only (mirrored below) */
+                psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P,
+                              T + (size_t)i0 * B + j0, B, bi == bj);
+            else
+                psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
+                          T + (size_t)i0 * B + j0, B);
+        }
     }
     if (s->n_ranks > 1 && psf__spring_share_tiles(s, NB)) return 2;
     for (int bi = 0; bi < NB; bi++) { /* mirror the lower triangle: the tiles left of the diagonal tile of each tile

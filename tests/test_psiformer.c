@@ -892,7 +892,7 @@ SUITE(hamiltonian_and_sampler) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * Training: helium goes below -2.89 Ha; results are bitwise identical with 1 and 2 threads
+ * Training: helium goes below -2.89 Ha; results are bitwise identical with 1, 2 and 3 threads
  * --------------------------------------------------------------------------------------------------------- */
 
 /* Trains a small Psiformer on helium; returns the evaluated energy (reblocked over eval_steps frozen steps) or, if
@@ -941,12 +941,13 @@ TEST helium_training_goes_below_minus_2_89(void) {
 TEST same_seed_same_result_with_1_and_2_threads(void) {
 #ifdef _OPENMP
     for (int o = 0; o < PSF_OPT_COUNT; o++) { /* Adam, KFAC, SPRING */
-        double e1, e2, err;
-        psf_real p1 = 0, p2 = 1;
+        double e1, e2, e3, err;
+        psf_real p1 = 0, p2 = 1, p3 = 2;
         e1 = train_helium(1, 10, 0, &err, &p1, (psf_optimizer)o);
         e2 = train_helium(2, 10, 0, &err, &p2, (psf_optimizer)o);
-        ASSERTm("energies bitwise identical", memcmp(&e1, &e2, sizeof e1) == 0);
-        ASSERTm("parameters bitwise identical", memcmp(&p1, &p2, sizeof p1) == 0);
+        e3 = train_helium(3, 10, 0, &err, &p3, (psf_optimizer)o); /* SPRING's kernel: 3 stripes of rows, not 2 */
+        ASSERTm("energies bitwise identical", memcmp(&e1, &e2, sizeof e1) == 0 && memcmp(&e1, &e3, sizeof e1) == 0);
+        ASSERTm("parameters bitwise identical", memcmp(&p1, &p2, sizeof p1) == 0 && memcmp(&p1, &p3, sizeof p1) == 0);
     }
     PASS();
 #else
