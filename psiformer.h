@@ -637,10 +637,11 @@ struct psf_vmc {
  * adjoints, op scratch), the B local energies and weights, the gradient and its per-chunk partial sums, the
  * per-thread walker gradients (KFAC, SPRING), the optimizer's state (Adam: its two moments, 2 P reals; KFAC: the
  * Kronecker factors, their per-chunk sums and per-thread inversion work; SPRING: the B x P per-walker gradients
- * (2 B P floats: the rows and the panels of Ō; B P doubles with the fp64 kernel) and the B x B kernel) and the copies that let a rejected update be undone (2 P reals + the optimizer's
- * state). B = cfg->batch, P = m->n_params, threads = cfg->threads if > 0 (with OpenMP), else the current OpenMP
- * maximum (1 without OpenMP). Not included: the model's own parameters (psf_model_init allocated them) and the
- * temporaries of psf_vmc_pretrain, psf_vmc_gap and psf_vmc_load. *bytes is SIZE_MAX when the total does not fit in
+ * (2 B P floats: the rows and the panels of Ō; B P doubles with the fp64 kernel) and the B x B kernel) and the
+ * copies that let a rejected update be undone (2 P reals + the optimizer's state). B = cfg->batch,
+ * P = m->n_params, threads = cfg->threads if > 0 (with OpenMP), else the current OpenMP maximum (1 without OpenMP).
+ * Not included: the model's own parameters (psf_model_init allocated them) and the temporaries of
+ * psf_vmc_pretrain, psf_vmc_gap and psf_vmc_load. *bytes is SIZE_MAX when the total does not fit in
  * size_t. Errors: PSF_ERR_ARG (batch < 2, unknown optimizer); nothing else is checked. */
 PSFDEF int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes);
 
@@ -5406,11 +5407,12 @@ static const psf__optimizer_rules psf__kfac_rules = {
  *          theta -= s phi,  s = lr_t min(1, sqrt(C / |lr_t phi|^2))      (norm constraint on the step itself)
  *      and the raw phi (before lr and constraint) is kept as phi_prev. With mu = 0 this is the damped
  *      stochastic-reconfiguration step (Ō^T Ō + lambda I)^{-1} Ō^T e by the Woodbury identity; phi approximates
- *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō is formed in place of the per-walker gradients (one row
- *      per walker); the kernel Ō Ō^T is computed on or above the diagonal (by stripes of rows, one per thread, for
- *      the float32 kernel on one rank; otherwise by the tiles of a fixed 4 x 4 grid) and mirrored, and the two
- *      matrix-vector products are split into fixed row ranges: the bits do not depend on the thread count or the
- *      split, because each entry is summed in the same order whoever computes it. By default (cfg.spring_kernel_fp64 = 0) Ō is held in float32: the per-walker gradients are rounded to
+ *      (S + lambda)^{-1} grad E / 2 with S = Ō^T Ō. Ō has one row per walker. The kernel Ō Ō^T is computed on or
+ *      above the diagonal (by stripes of rows, one per thread, for the float32 kernel on one rank; otherwise by
+ *      the tiles of a fixed 4 x 4 grid) and mirrored, and the two matrix-vector products are split into fixed
+ *      ranges of parameters: the bits do not depend on the thread count or the split, because each entry is
+ *      summed in the same order whoever computes it. With cfg.spring_kernel_fp64 = 1, Ō is formed in double in
+ *      place of the per-walker gradients. By default Ō is held in float32: the per-walker gradients are rounded to
  *      float as they are handed over, centred and scaled in double and rounded again into the panels that the
  *      kernel, Ō phi_prev and Ō^T zeta all read (each summed in double, the kernel in blocks of 128 terms summed in
  *      float: psf__gram_f32, twice the speed of the double product, every entry within 130 u32 sum_k |Ō_ik Ō_jk|,
@@ -5536,6 +5538,15 @@ static int psf__spring_share_tiles(psf__spring *s, int NB) {
     return 0;
 }
 
+/* The first panel of stripe t of S over np panels: the first q whose panel rows 0..q-1 hold at least t / S of the
+ * np (np + 1) / 2 panel pairs on and above the diagonal (row q holds np - q of them); np for t = S. */
+static int psf__stripe_start(int np, int S, int t) {
+    const long pairs = (long)np * (np + 1) / 2;
+    int q = 0;
+    while (q < np && ((long)q * np - (long)q * (q - 1) / 2) * S < pairs * t) q++;
+    return q;
+}
+
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
  * Returns 0, 1 if the kernel is not positive definite to working precision (phi is then untouched), or 2 if an
  * MPI call failed (the error says which). */
@@ -5550,12 +5561,9 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
          * the 4 x 4 tiles read each panel 4 times (on two cores the product is bound by memory), and the bits of
          * an entry do not depend on the split */
         const int np = PSF__PANELS(B), nt = psf__max_threads(), S = nt < np ? nt : np;
-        const long pairs = (long)np * (np + 1) / 2;
 PSF__OMP(parallel for schedule(static, 1))
         for (int t = 0; t < S; t++) {
-            int q0 = 0, q1 = 0; /* the first panel whose preceding rows hold >= t / S (resp. (t+1) / S) of the pairs */
-            while (q0 < np && ((long)q0 * np - (long)q0 * (q0 - 1) / 2) * S < pairs * t) q0++;
-            while (q1 < np && ((long)q1 * np - (long)q1 * (q1 - 1) / 2) * S < pairs * (t + 1)) q1++;
+            const int q0 = psf__stripe_start(np, S, t), q1 = psf__stripe_start(np, S, t + 1);
             const int r0 = PSF__GNR * q0, r1 = PSF__GNR * q1 < B ? PSF__GNR * q1 : B;
             if (r1 > r0)
                 psf__gram_f32(r1 - r0, B - r0, s->P, s->Of + (size_t)r0 * P, s->Of + (size_t)r0 * P,
@@ -5770,8 +5778,10 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
     const size_t P = m->n_params, b = (size_t)B;
     *state_reals = P;
     size_t n = psf__alloc_bytes(1, sizeof(psf__spring));
-    n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), cfg->spring_kernel_fp64 ? sizeof(psf_real) : sizeof(float))); /* the B x P per-walker gradients */
-    if (!cfg->spring_kernel_fp64) n = psf__add(n, psf__alloc_bytes((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double))); /* zeta, padded */
+    const size_t row_real = cfg->spring_kernel_fp64 ? sizeof(psf_real) : sizeof(float);
+    n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), row_real)); /* the B x P per-walker gradients */
+    if (!cfg->spring_kernel_fp64) /* zeta, padded to whole panels */
+        n = psf__add(n, psf__alloc_bytes((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double)));
     n = psf__add(n, psf__alloc_bytes(b, 1));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(psf_real))));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(psf__mul(b, b), sizeof(double)))); /* the B x B kernel and T0 */
@@ -5781,7 +5791,8 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
 }
 static int psf__spring_gather(const psf_vmc *v, void *st) {
     psf__spring *s = (psf__spring *)st;
-    const int rc = s->G ? psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1) : psf__mpi_gather(v, s->Gf, sizeof(float) * s->P, 1);
+    const int rc = s->G ? psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1)
+                        : psf__mpi_gather(v, s->Gf, sizeof(float) * s->P, 1);
     return rc ? rc : psf__mpi_gather(v, s->valid, 1, 1);
 }
 static const psf__optimizer_rules psf__spring_rules = {

@@ -938,7 +938,7 @@ TEST helium_training_goes_below_minus_2_89(void) {
     PASS();
 }
 
-TEST same_seed_same_result_with_1_and_2_threads(void) {
+TEST same_seed_same_result_with_1_2_and_3_threads(void) {
 #ifdef _OPENMP
     for (int o = 0; o < PSF_OPT_COUNT; o++) { /* Adam, KFAC, SPRING */
         double e1, e2, e3, err;
@@ -1550,7 +1550,7 @@ TEST jet_blocks_shared_by_liveness(void) {
 
 SUITE(training) {
     RUN_TEST(helium_training_goes_below_minus_2_89);
-    RUN_TEST(same_seed_same_result_with_1_and_2_threads);
+    RUN_TEST(same_seed_same_result_with_1_2_and_3_threads);
     RUN_TEST(checkpoint_roundtrip_and_errors);
     RUN_TEST(npy_roundtrip);
     RUN_TEST(bad_input_is_refused_with_a_message);
