@@ -621,7 +621,7 @@ struct psf_vmc {
     long step;
     int n_rejected;      /* consecutive rejected updates (psf_step_stats.skipped); not saved in checkpoints:
                             psf_vmc_load sets it to 0                                                        */
-    psf_real *backup;    /* [n_params + the optimizer's state] the state before the running update          */
+    double *backup;      /* [n_params + the optimizer's state] the state before the running update          */
     psf_real *good;      /* [n_params] the parameters after the last accepted update (valid if has_good)      */
     int has_good;        /* restores parameters a caller made non-finite between steps (psf_step_stats.restored) */
     double step_scale;   /* multiplies the learning rate and the bound on the step's norm (the norm
@@ -854,7 +854,7 @@ PSFDEF int psf_test_energy_gradient(psf_vmc *v, double mean);
 PSFDEF int psf_test_optimizer_update(psf_vmc *v, int n_walkers, double *step_size);
 /* Array i (0, 1) of the optimizer's carried state (Adam: the moments m, v; KFAC: the running factors; SPRING:
  * the previous direction phi_prev), writable, its length *n (0: none) and the step counter (-1: none). */
-PSFDEF psf_real *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter);
+PSFDEF double *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter);
 /* In-place LU with partial pivoting (returns the sign, *logabs = log|det|) and the inverse from its factors. */
 PSFDEF int psf_test_lu(int n, psf_real *a, int *piv, double *logabs);
 PSFDEF void psf_test_lu_inverse(int n, const psf_real *lu, const int *piv, psf_real *inv);
@@ -883,7 +883,7 @@ typedef struct {
     const unsigned char *is_dense;     /* [P]                                                 */
     size_t stat_reals, diag_off;
     double last_eta, last_q;           /* step size and <Delta, grad> of the last update      */
-    const psf_real *delta;             /* [P] the last preconditioned gradient                */
+    const double *delta;               /* [P] the last preconditioned gradient                */
 } psf_test_kfac_info;
 /* Fills *out for a KFAC driver; returns 0 (and fills nothing) for another optimizer. */
 PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
@@ -898,7 +898,7 @@ PSFDEF uint32_t psf_test_crc32(const unsigned char *p, size_t n);
 PSFDEF void psf_test_checkpoint_offsets(long *step, long *params);
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1}, g = sqrt(lambda); work: rows^2 + cols^2. Returns pi or -1. */
 PSFDEF double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
-                                         const psf_real *G, psf_real *Delta, double *work);
+                                         const psf_real *G, double *Delta, double *work);
 /* log|Pf A| (psf_logpfaffian) together with inv = A^{-1} [n*n], exactly skew-symmetric; scratch work [n*n], perm [n].
  * inv is not written when *sign = 0. d log|Pf A| / dA_ij = inv[j*n + i] for i < j. */
 PSFDEF double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign);
@@ -987,7 +987,8 @@ PSFDEF int psf_test_thread_id(void);
 #else
 #define PSF__OMP(...)
 #endif
-PSF__STATIC_ASSERT(sizeof(psf_real) == sizeof(double), "psiformer.h supports PSF_REAL double only (see [API])");
+PSF__STATIC_ASSERT(sizeof(psf_real) == sizeof(double) || sizeof(psf_real) == sizeof(float),
+                   "psiformer.h supports PSF_REAL double or float (see [API])");
 
 /* The error message is thread-local (C11 _Thread_local, C++ thread_local, GNU __thread); a compiler with none of
  * these gets one process-global buffer. */
@@ -1155,7 +1156,7 @@ static inline double psf__expm1_reduced(double x, double *kd, uint64_t *ki) {
     return r + psf__fma(r * r, q, psf__fma(rc, r, rc));
 }
 /* y[i] = exp(x[i]), i < n (y may equal x) */
-static void psf__vexp(const double *x, double *y, size_t n) {
+static void psf__vexpd(const double *x, double *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         const double xi = x[i], xc = xi > 710.0 ? 710.0 : xi < -745.5 ? -745.5 : xi; /* NaN: xc = -745.5, fixed below */
         double kd;
@@ -1172,7 +1173,7 @@ static void psf__vexp(const double *x, double *y, size_t n) {
     }
 }
 /* y[i] = tanh(x[i]), i < n (y may equal x) */
-static void psf__vtanh(const double *x, double *y, size_t n) {
+static void psf__vtanhd(const double *x, double *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         const double xi = x[i], a = fabs(xi), ac = a < 22.0 ? a : 22.0;
         double kd;
@@ -1185,178 +1186,257 @@ static void psf__vtanh(const double *x, double *y, size_t n) {
     }
 }
 
-/* The built-in matrix product: a register-blocked micro-kernel (PSF__MR x PSF__NR of C kept in registers while
- * PSF__KC terms of the inner dimension stream through), fed by packed slivers of A (PSF__MC x PSF__KC, in L1/L2)
- * and by rows of B read in place (or packed when B is transposed or at a ragged edge), in the manner of
- * Goto & van de Geijn, ACM TOMS 34, 12 (2008). The micro-kernel is written with x86 intrinsics for AVX-512 and
- * AVX2+FMA and in plain C otherwise; which one is compiled follows the compiler's target flags (-march=native).
- * Every element of C is summed over k in the same order whatever the thread count (the product itself is
- * serial: callers parallelise over walkers or tiles), so results are bitwise reproducible across thread counts;
- * they differ between instruction sets by rounding (FMA or not). */
+/* The same for float arrays (PSF_REAL float): through double in blocks of 64 and rounded once to float, so within
+ * 0.5 ulp (float) + the double error above. psf__vexp and psf__vtanh pick by the type of x. */
+#define PSF__VFUNF_DEFINE(NAME, D)                                                                                 \
+    static void NAME(const float *x, float *y, size_t n) {                                                         \
+        double t[64];                                                                                              \
+        for (size_t i0 = 0; i0 < n; i0 += 64) {                                                                    \
+            const size_t m = n - i0 < 64 ? n - i0 : 64;                                                            \
+            for (size_t i = 0; i < m; i++) t[i] = x[i0 + i];                                                       \
+            D(t, t, m);                                                                                            \
+            for (size_t i = 0; i < m; i++) y[i0 + i] = (float)t[i];                                                \
+        }                                                                                                          \
+    }
+PSF__VFUNF_DEFINE(psf__vexpf, psf__vexpd)
+PSF__VFUNF_DEFINE(psf__vtanhf, psf__vtanhd)
+#define psf__vexp(x, y, n) _Generic((x), float *: psf__vexpf, const float *: psf__vexpf, default: psf__vexpd)(x, y, n)
+#define psf__vtanh(x, y, n) _Generic((x), float *: psf__vtanhf, const float *: psf__vtanhf, default: psf__vtanhd)(x, y, n)
+
+/* The built-in matrix product: a register-blocked micro-kernel (MR x NR of C kept in registers while PSF__KC terms
+ * of the inner dimension stream through), fed by packed slivers of A (8 MR x PSF__KC, in L1/L2) and by rows of B
+ * read in place (or packed when B is transposed or at a ragged edge), in the manner of Goto & van de Geijn,
+ * ACM TOMS 34, 12 (2008). It exists for double (psf__dgemm: the optimizers, and the network by default) and for
+ * float (psf__sgemm: the network when PSF_REAL is float); psf__gemm picks by the type of A. The micro-kernels are
+ * written with x86 intrinsics for AVX-512 and AVX2+FMA and in plain C otherwise; which one is compiled follows the
+ * compiler's target flags (-march=native). Every element of C is summed over k in the same order whatever the
+ * thread count (the product itself is serial: callers parallelise over walkers or tiles), so results are bitwise
+ * reproducible across thread counts; they differ between instruction sets by rounding (FMA or not). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define PSF__MR 6
-#define PSF__NR 16
-static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
-    __m512d c[PSF__MR][2];
-    for (int i = 0; i < PSF__MR; i++) c[i][0] = c[i][1] = _mm512_setzero_pd();
+#define PSF__DMR 6
+#define PSF__DNR 16
+#define PSF__SMR 6
+#define PSF__SNR 32
+static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, double *out) {
+    __m512d c[PSF__DMR][2];
+    for (int i = 0; i < PSF__DMR; i++) c[i][0] = c[i][1] = _mm512_setzero_pd();
     for (int k = 0; k < kc; k++) {
         const __m512d b0 = _mm512_loadu_pd(b + (size_t)k * ldb), b1 = _mm512_loadu_pd(b + (size_t)k * ldb + 8);
-        for (int i = 0; i < PSF__MR; i++) {
-            const __m512d a = _mm512_set1_pd(ap[k * PSF__MR + i]);
+        for (int i = 0; i < PSF__DMR; i++) {
+            const __m512d a = _mm512_set1_pd(ap[k * PSF__DMR + i]);
             c[i][0] = _mm512_fmadd_pd(a, b0, c[i][0]);
             c[i][1] = _mm512_fmadd_pd(a, b1, c[i][1]);
         }
     }
-    for (int i = 0; i < PSF__MR; i++) {
-        _mm512_storeu_pd(out + i * PSF__NR, c[i][0]);
-        _mm512_storeu_pd(out + i * PSF__NR + 8, c[i][1]);
+    for (int i = 0; i < PSF__DMR; i++) {
+        _mm512_storeu_pd(out + i * PSF__DNR, c[i][0]);
+        _mm512_storeu_pd(out + i * PSF__DNR + 8, c[i][1]);
+    }
+}
+static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
+    __m512 c[PSF__SMR][2];
+    for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_loadu_ps(b + (size_t)k * ldb), b1 = _mm512_loadu_ps(b + (size_t)k * ldb + 16);
+        for (int i = 0; i < PSF__SMR; i++) {
+            const __m512 a = _mm512_set1_ps(ap[k * PSF__SMR + i]);
+            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+        }
+    }
+    for (int i = 0; i < PSF__SMR; i++) {
+        _mm512_storeu_ps(out + i * PSF__SNR, c[i][0]);
+        _mm512_storeu_ps(out + i * PSF__SNR + 16, c[i][1]);
     }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-#define PSF__MR 6
-#define PSF__NR 8
-static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
-    __m256d c[PSF__MR][2];
-    for (int i = 0; i < PSF__MR; i++) c[i][0] = c[i][1] = _mm256_setzero_pd();
+#define PSF__DMR 6
+#define PSF__DNR 8
+#define PSF__SMR 6
+#define PSF__SNR 16
+static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, double *out) {
+    __m256d c[PSF__DMR][2];
+    for (int i = 0; i < PSF__DMR; i++) c[i][0] = c[i][1] = _mm256_setzero_pd();
     for (int k = 0; k < kc; k++) {
         const __m256d b0 = _mm256_loadu_pd(b + (size_t)k * ldb), b1 = _mm256_loadu_pd(b + (size_t)k * ldb + 4);
-        for (int i = 0; i < PSF__MR; i++) {
-            const __m256d a = _mm256_broadcast_sd(ap + k * PSF__MR + i);
+        for (int i = 0; i < PSF__DMR; i++) {
+            const __m256d a = _mm256_broadcast_sd(ap + k * PSF__DMR + i);
             c[i][0] = _mm256_fmadd_pd(a, b0, c[i][0]);
             c[i][1] = _mm256_fmadd_pd(a, b1, c[i][1]);
         }
     }
-    for (int i = 0; i < PSF__MR; i++) {
-        _mm256_storeu_pd(out + i * PSF__NR, c[i][0]);
-        _mm256_storeu_pd(out + i * PSF__NR + 4, c[i][1]);
+    for (int i = 0; i < PSF__DMR; i++) {
+        _mm256_storeu_pd(out + i * PSF__DNR, c[i][0]);
+        _mm256_storeu_pd(out + i * PSF__DNR + 4, c[i][1]);
+    }
+}
+static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
+    __m256 c[PSF__SMR][2];
+    for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_loadu_ps(b + (size_t)k * ldb), b1 = _mm256_loadu_ps(b + (size_t)k * ldb + 8);
+        for (int i = 0; i < PSF__SMR; i++) {
+            const __m256 a = _mm256_broadcast_ss(ap + k * PSF__SMR + i);
+            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+        }
+    }
+    for (int i = 0; i < PSF__SMR; i++) {
+        _mm256_storeu_ps(out + i * PSF__SNR, c[i][0]);
+        _mm256_storeu_ps(out + i * PSF__SNR + 8, c[i][1]);
     }
 }
 #else
-#define PSF__MR 4
-#define PSF__NR 4
-static void psf__gemm_kernel(int kc, const psf_real *ap, const psf_real *b, size_t ldb, psf_real *out) {
-    psf_real c[PSF__MR][PSF__NR];
-    for (int i = 0; i < PSF__MR; i++)
-        for (int j = 0; j < PSF__NR; j++) c[i][j] = 0;
-    for (int k = 0; k < kc; k++)
-        for (int i = 0; i < PSF__MR; i++)
-            for (int j = 0; j < PSF__NR; j++) c[i][j] += ap[k * PSF__MR + i] * b[(size_t)k * ldb + j];
-    for (int i = 0; i < PSF__MR; i++)
-        for (int j = 0; j < PSF__NR; j++) out[i * PSF__NR + j] = c[i][j];
-}
+#define PSF__DMR 4
+#define PSF__DNR 4
+#define PSF__SMR 4
+#define PSF__SNR 4
+/* the plain-C micro-kernel for element type T */
+#define PSF__KERNEL_DEFINE(NAME, T, MR, NR)                                                                        \
+    static void NAME(int kc, const T *ap, const T *b, size_t ldb, T *out) {                                       \
+        T c[MR][NR];                                                                                               \
+        for (int i = 0; i < MR; i++)                                                                               \
+            for (int j = 0; j < NR; j++) c[i][j] = 0;                                                              \
+        for (int k = 0; k < kc; k++)                                                                               \
+            for (int i = 0; i < MR; i++)                                                                           \
+                for (int j = 0; j < NR; j++) c[i][j] += ap[k * MR + i] * b[(size_t)k * ldb + j];                   \
+        for (int i = 0; i < MR; i++)                                                                               \
+            for (int j = 0; j < NR; j++) out[i * NR + j] = c[i][j];                                                \
+    }
+PSF__KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR)
+PSF__KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR)
 #endif
-enum { PSF__KC = 128, PSF__MC = 8 * PSF__MR }; /* packed A (MC x KC) and B (KC x NR): at most 64 KB of stack per call */
+enum { PSF__KC = 128 }; /* packed A (8 MR x KC) and B (KC x NR): at most 64 KB of stack per call */
 
 /* psf__dot8: sum_k a[k] b[k sb], k < K, in eight partial sums of a fixed order when sb = 1 (vectorised; the same
  * bits whoever calls it: psf__gemm's matrix-vector path and SPRING's fused pass). The same sum in pieces: the lanes
  * s8 carried through psf__dot8_lanes over consecutive ranges of multiples of 8 terms, the last range's K % 8 terms
- * summed in order into s, then psf__dot8_sum(s8, s). */
-static int psf__dot8_lanes(const psf_real *a, const psf_real *b, int K, psf_real s8[8]) { /* the K - K % 8 terms */
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int l = 0; l < 8; l++) s8[l] += a[k + l] * b[k + l];
-    return k;
-}
-static psf_real psf__dot8_sum(const psf_real s8[8], psf_real s) {
-    return s + (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
-}
-static psf_real psf__dot8(const psf_real *a, const psf_real *b, size_t sb, int K) {
-    psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
-    int k = sb == 1 ? psf__dot8_lanes(a, b, K, s8) : 0;
-    for (; k < K; k++) s += a[k] * b[(size_t)k * sb];
-    return psf__dot8_sum(s8, s);
-}
-/* sum_k a[k], k < K, in psf__dot8's order (eight partial sums: vectorised, where a plain loop is a chain of adds) */
-static psf_real psf__sum8(const psf_real *a, int K) {
-    psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int l = 0; l < 8; l++) s8[l] += a[k + l];
-    for (; k < K; k++) s += a[k];
-    return psf__dot8_sum(s8, s);
-}
+ * summed in order into s, then psf__dot8_sum(s8, s). Defined for element type T with the name prefix P (double:
+ * psf__dd, float: psf__sd); the psf__dot8 names pick by the type of a. */
+#define PSF__DOT8_DEFINE(P, T)                                                                                     \
+    static int P##ot8_lanes(const T *a, const T *b, int K, T s8[8]) { /* the K - K % 8 terms */                    \
+        int k = 0;                                                                                                 \
+        for (; k + 8 <= K; k += 8)                                                                                 \
+            for (int l = 0; l < 8; l++) s8[l] += a[k + l] * b[k + l];                                              \
+        return k;                                                                                                  \
+    }                                                                                                              \
+    static T P##ot8_sum(const T s8[8], T s) {                                                                      \
+        return s + (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));                    \
+    }                                                                                                              \
+    static T P##ot8(const T *a, const T *b, size_t sb, int K) {                                                    \
+        T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                                                 \
+        int k = sb == 1 ? P##ot8_lanes(a, b, K, s8) : 0;                                                           \
+        for (; k < K; k++) s += a[k] * b[(size_t)k * sb];                                                          \
+        return P##ot8_sum(s8, s);                                                                                  \
+    }                                                                                                              \
+    /* sum_k a[k], k < K, in psf__dot8's order (eight partial sums: vectorised, where a plain loop is a chain) */   \
+    static T P##um8(const T *a, int K) {                                                                           \
+        T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                                                 \
+        int k = 0;                                                                                                 \
+        for (; k + 8 <= K; k += 8)                                                                                 \
+            for (int l = 0; l < 8; l++) s8[l] += a[k + l];                                                         \
+        for (; k < K; k++) s += a[k];                                                                              \
+        return P##ot8_sum(s8, s);                                                                                  \
+    }
+PSF__DOT8_DEFINE(psf__dd, double) /* psf__ddot8_lanes, psf__ddot8_sum, psf__ddot8, psf__ddum8 */
+PSF__DOT8_DEFINE(psf__sd, float)  /* psf__sdot8_lanes, ..., psf__sdum8 */
+#define PSF__BY_TYPE(x, f, d) _Generic((x), float *: f, const float *: f, default: d)
+#define psf__dot8_lanes(a, b, K, s8) PSF__BY_TYPE(a, psf__sdot8_lanes, psf__ddot8_lanes)(a, b, K, s8)
+#define psf__dot8_sum(s8, s) PSF__BY_TYPE(s8, psf__sdot8_sum, psf__ddot8_sum)(s8, s)
+#define psf__dot8(a, b, sb, K) PSF__BY_TYPE(a, psf__sdot8, psf__ddot8)(a, b, sb, K)
+#define psf__sum8(a, K) PSF__BY_TYPE(a, psf__sdum8, psf__ddum8)(a, K)
 
-/* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb. (cblas_dgemm semantics.) */
-static void psf__gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda,
-                      const psf_real *B, int ldb, double beta, psf_real *C, int ldc) {
-    if (M <= 0 || N <= 0) return;
+/* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb (cblas_dgemm semantics), for element type
+ * T: the function NAME with micro-kernel KERNEL (MR x NR), CBLAS the OpenBLAS routine for the large products. */
 #ifdef PSF_USE_CBLAS
-    if (K > 0 && (double)M * N * K >= PSF_CBLAS_MIN_MNK) {
-        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-                    A, lda, B, ldb, beta, C, ldc);
-        return;
+#define PSF__GEMM_CBLAS(CBLAS)                                                                                     \
+    if (K > 0 && (double)M * N * K >= PSF_CBLAS_MIN_MNK) {                                                         \
+        CBLAS(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,    \
+              lda, B, ldb, beta, C, ldc);                                                                          \
+        return;                                                                                                    \
     }
+#else
+#define PSF__GEMM_CBLAS(CBLAS)
 #endif
-    const int store = beta == 0.0 && N > 1 && K > 0; /* the first k-block stores C instead of adding to a zeroed C */
-    for (int i = 0; i < M && !store; i++) {
-        psf_real *c = C + (size_t)i * ldc;
-        if (beta == 0.0) for (int j = 0; j < N; j++) c[j] = 0;
-        else if (beta != 1.0) for (int j = 0; j < N; j++) c[j] *= beta;
-    }
-    if (K <= 0) return;
-    if (N == 1) { /* matrix-vector: rows of A are dot products (or axpys when A is transposed) */
-        const size_t sb = tb ? 1 : (size_t)ldb; /* the stride of B's one column */
-        if (ta) {
-            for (int k = 0; k < K; k++) {
-                const psf_real bk = alpha * B[(size_t)k * sb], *a = A + (size_t)k * lda;
-                if (ldc == 1) for (int i = 0; i < M; i++) C[i] += a[i] * bk;
-                else for (int i = 0; i < M; i++) C[(size_t)i * ldc] += a[i] * bk;
-            }
-        } else {
-            for (int i = 0; i < M; i++) /* eight partial sums in a fixed order: vectorised, and the same bits */
-                C[(size_t)i * ldc] += alpha * psf__dot8(A + (size_t)i * lda, B, sb, K);
-        }
-        return;
-    }
-    psf_real ap[PSF__MC * PSF__KC], bp[PSF__KC * PSF__NR], out[PSF__MR * PSF__NR];
-    for (int k0 = 0; k0 < K; k0 += PSF__KC) {
-        const int kc = K - k0 < PSF__KC ? K - k0 : PSF__KC;
-        for (int m0 = 0; m0 < M; m0 += PSF__MC) {
-            const int mc = M - m0 < PSF__MC ? M - m0 : PSF__MC;
-            for (int ir = 0; ir < mc; ir += PSF__MR) { /* A[m0.., k0..] as PSF__MR-row slivers, k outer, zero padded */
-                psf_real *d = ap + (size_t)ir * kc;
-                const int mr = mc - ir < PSF__MR ? mc - ir : PSF__MR;
-                if (ta)
-                    for (int k = 0; k < kc; k++) {
-                        const psf_real *a = A + (size_t)(k0 + k) * lda + m0 + ir;
-                        for (int i = 0; i < PSF__MR; i++) d[k * PSF__MR + i] = i < mr ? a[i] : 0.0;
-                    }
-                else
-                    for (int i = 0; i < PSF__MR; i++) {
-                        const psf_real *a = A + (size_t)(m0 + ir + i) * lda + k0;
-                        for (int k = 0; k < kc; k++) d[k * PSF__MR + i] = i < mr ? a[k] : 0.0;
-                    }
-            }
-            for (int j0 = 0; j0 < N; j0 += PSF__NR) {
-                const int nr = N - j0 < PSF__NR ? N - j0 : PSF__NR;
-                const psf_real *bs = bp;
-                size_t bld = PSF__NR;
-                if (!tb && nr == PSF__NR) { bs = B + (size_t)k0 * ldb + j0; bld = (size_t)ldb; }
-                else if (tb)
-                    for (int j = 0; j < PSF__NR; j++) {
-                        const psf_real *b = B + (size_t)(j0 + j) * ldb + k0;
-                        for (int k = 0; k < kc; k++) bp[k * PSF__NR + j] = j < nr ? b[k] : 0.0;
-                    }
-                else
-                    for (int k = 0; k < kc; k++) {
-                        const psf_real *b = B + (size_t)(k0 + k) * ldb + j0;
-                        for (int j = 0; j < PSF__NR; j++) bp[k * PSF__NR + j] = j < nr ? b[j] : 0.0;
-                    }
-                for (int ir = 0; ir < mc; ir += PSF__MR) {
-                    const int mr = mc - ir < PSF__MR ? mc - ir : PSF__MR;
-                    psf__gemm_kernel(kc, ap + (size_t)ir * kc, bs, bld, out);
-                    for (int i = 0; i < mr; i++) {
-                        psf_real *c = C + (size_t)(m0 + ir + i) * ldc + j0;
-                        if (store && k0 == 0) for (int j = 0; j < nr; j++) c[j] = alpha * out[i * PSF__NR + j];
-                        else for (int j = 0; j < nr; j++) c[j] += alpha * out[i * PSF__NR + j];
-                    }
-                }
-            }
-        }
-    }
+#define PSF__GEMM_DEFINE(NAME, T, KERNEL, MR, NR, CBLAS, DOT8)                                                     \
+static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, int lda, const T *B, int ldb,    \
+                 double beta, T *C, int ldc) {                                                                     \
+    enum { MC = 8 * MR };                                                                                          \
+    if (M <= 0 || N <= 0) return;                                                                                  \
+    PSF__GEMM_CBLAS(CBLAS)                                                                                         \
+    const int store = beta == 0.0 && N > 1 && K > 0; /* the first k-block stores C instead of adding to 0 */      \
+    for (int i = 0; i < M && !store; i++) {                                                                        \
+        T *c = C + (size_t)i * ldc;                                                                                \
+        if (beta == 0.0) for (int j = 0; j < N; j++) c[j] = 0;                                                     \
+        else if (beta != 1.0) for (int j = 0; j < N; j++) c[j] *= beta;                                           \
+    }                                                                                                              \
+    if (K <= 0) return;                                                                                            \
+    if (N == 1) { /* matrix-vector: rows of A are dot products (or axpys when A is transposed) */                  \
+        const size_t sb = tb ? 1 : (size_t)ldb; /* the stride of B's one column */                                 \
+        if (ta) {                                                                                                  \
+            for (int k = 0; k < K; k++) {                                                                          \
+                const T bk = alpha * B[(size_t)k * sb], *a = A + (size_t)k * lda;                                  \
+                if (ldc == 1) for (int i = 0; i < M; i++) C[i] += a[i] * bk;                                       \
+                else for (int i = 0; i < M; i++) C[(size_t)i * ldc] += a[i] * bk;                                  \
+            }                                                                                                      \
+        } else {                                                                                                   \
+            for (int i = 0; i < M; i++) /* eight partial sums in a fixed order: vectorised, and the same bits */   \
+                C[(size_t)i * ldc] += alpha * DOT8(A + (size_t)i * lda, B, sb, K);                                 \
+        }                                                                                                          \
+        return;                                                                                                    \
+    }                                                                                                              \
+    T ap[MC * PSF__KC], bp[PSF__KC * NR], out[MR * NR];                                                            \
+    for (int k0 = 0; k0 < K; k0 += PSF__KC) {                                                                      \
+        const int kc = K - k0 < PSF__KC ? K - k0 : PSF__KC;                                                        \
+        for (int m0 = 0; m0 < M; m0 += MC) {                                                                       \
+            const int mc = M - m0 < MC ? M - m0 : MC;                                                              \
+            for (int ir = 0; ir < mc; ir += MR) { /* A[m0.., k0..] as MR-row slivers, k outer, zero padded */      \
+                T *d = ap + (size_t)ir * kc;                                                                       \
+                const int mr = mc - ir < MR ? mc - ir : MR;                                                        \
+                if (ta)                                                                                            \
+                    for (int k = 0; k < kc; k++) {                                                                 \
+                        const T *a = A + (size_t)(k0 + k) * lda + m0 + ir;                                         \
+                        for (int i = 0; i < MR; i++) d[k * MR + i] = i < mr ? a[i] : 0.0;                          \
+                    }                                                                                              \
+                else                                                                                               \
+                    for (int i = 0; i < MR; i++) {                                                                 \
+                        const T *a = A + (size_t)(m0 + ir + i) * lda + k0;                                         \
+                        for (int k = 0; k < kc; k++) d[k * MR + i] = i < mr ? a[k] : 0.0;                          \
+                    }                                                                                              \
+            }                                                                                                      \
+            for (int j0 = 0; j0 < N; j0 += NR) {                                                                   \
+                const int nr = N - j0 < NR ? N - j0 : NR;                                                          \
+                const T *bs = bp;                                                                                  \
+                size_t bld = NR;                                                                                   \
+                if (!tb && nr == NR) { bs = B + (size_t)k0 * ldb + j0; bld = (size_t)ldb; }                        \
+                else if (tb)                                                                                       \
+                    for (int j = 0; j < NR; j++) {                                                                 \
+                        const T *b = B + (size_t)(j0 + j) * ldb + k0;                                              \
+                        for (int k = 0; k < kc; k++) bp[k * NR + j] = j < nr ? b[k] : 0.0;                         \
+                    }                                                                                              \
+                else                                                                                               \
+                    for (int k = 0; k < kc; k++) {                                                                 \
+                        const T *b = B + (size_t)(k0 + k) * ldb + j0;                                              \
+                        for (int j = 0; j < NR; j++) bp[k * NR + j] = j < nr ? b[j] : 0.0;                         \
+                    }                                                                                              \
+                for (int ir = 0; ir < mc; ir += MR) {                                                              \
+                    const int mr = mc - ir < MR ? mc - ir : MR;                                                    \
+                    KERNEL(kc, ap + (size_t)ir * kc, bs, bld, out);                                                \
+                    for (int i = 0; i < mr; i++) {                                                                 \
+                        T *c = C + (size_t)(m0 + ir + i) * ldc + j0;                                               \
+                        if (store && k0 == 0) for (int j = 0; j < nr; j++) c[j] = alpha * out[i * NR + j];         \
+                        else for (int j = 0; j < nr; j++) c[j] += alpha * out[i * NR + j];                         \
+                    }                                                                                              \
+                }                                                                                                  \
+            }                                                                                                      \
+        }                                                                                                          \
+    }                                                                                                              \
 }
+PSF__GEMM_DEFINE(psf__dgemm, double, psf__dkernel, PSF__DMR, PSF__DNR, cblas_dgemm, psf__ddot8)
+PSF__GEMM_DEFINE(psf__sgemm, float, psf__skernel, PSF__SMR, PSF__SNR, cblas_sgemm, psf__sdot8)
+#define psf__gemm(ta, tb, M, N, K, alpha, A, ...) PSF__BY_TYPE(A, psf__sgemm, psf__dgemm)(ta, tb, M, N, K, alpha, A, __VA_ARGS__)
 
 /* The float32 Gram product for SPRING's kernel, C = A B^T, on rows stored in *panels*: the rows of a K-column
  * matrix in groups of PSF__GNR, panel q holding the K x PSF__GNR floats (k, r) -> q K PSF__GNR + k PSF__GNR + r of
@@ -1450,7 +1530,7 @@ static void psf__gram_f32(int m, int n, size_t K, const float *Ap, const float *
 
 /* Terms k0 .. k0 + kc - 1 of a row (x[0 .. kc - 1]) into slot r of the panel that holds it, in float (row b of a
  * matrix is slot b mod PSF__GNR of panel b / PSF__GNR). */
-static void psf__panel_row(float *panel, int r, const psf_real *x, size_t k0, int kc) {
+static void psf__panel_row(float *panel, int r, const double *x, size_t k0, int kc) {
     float *f = panel + k0 * PSF__GNR + r;
     for (int k = 0; k < kc; k++) f[(size_t)k * PSF__GNR] = (float)x[k];
 }
@@ -4936,7 +5016,7 @@ typedef struct {
     void (*free)(void *st);
     /* The state update() carries from step to step, for rejecting a non-finite step: n[0] and n[1] reals at
      * a[0], a[1] (n = 0: unused) and a step counter (NULL: none). All zero is the initial state. */
-    void (*state)(void *st, psf_real *a[2], size_t n[2], long **counter);
+    void (*state)(void *st, double *a[2], size_t n[2], long **counter);
     /* The bytes init() allocates for model m, configuration cfg, n_ws workspaces (threads) and n_chunks reduction chunks
      * (SIZE_MAX when they do not fit in size_t), and in *state_reals the n[0] + n[1] of state(); no allocation.
      * psf_vmc_memory adds them up; keep them in step with init(). */
@@ -4958,7 +5038,7 @@ static double psf__lr_at(const psf_vmc *v) { return v->step_scale * v->cfg.lr / 
 static double psf__norm_bound(const psf_vmc *v, double C) { return C * v->step_scale * v->step_scale; }
 
 /* ---- Adam (Kingma & Ba, ICLR 2015) on the energy gradient, lr_t = lr / (1 + t / delay) ------------------ */
-typedef struct { size_t P; psf_real *m, *v; } psf__adam;
+typedef struct { size_t P; double *m, *v; } psf__adam; /* the moments in double whatever psf_real is */
 
 static void psf__adam_free(void *st) {
     psf__adam *a = (psf__adam *)st;
@@ -4968,14 +5048,14 @@ static void *psf__adam_init(const psf_vmc *v) {
     psf__adam *a = (psf__adam *)psf__calloc(1, sizeof *a);
     if (!a) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for Adam"); return NULL; }
     a->P = v->model->n_params;
-    a->m = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
-    a->v = (psf_real *)psf__calloc(a->P, sizeof(psf_real));
+    a->m = (double *)psf__calloc(a->P, sizeof(double));
+    a->v = (double *)psf__calloc(a->P, sizeof(double));
     if (!a->m || !a->v) { psf__adam_free(a); psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for Adam"); return NULL; }
     return a;
 }
 /* One Adam step t (1, 2, ...) with learning rate lr on theta [P] from the gradient g and the moments m, v. */
-static void psf__adam_apply(const psf_vmc_config *c, double t, double lr, size_t P, const psf_real *g, psf_real *m,
-                            psf_real *v, psf_real *theta) {
+static void psf__adam_apply(const psf_vmc_config *c, double t, double lr, size_t P, const psf_real *g, double *m,
+                            double *v, psf_real *theta) {
     const double bc1 = 1 - pow(c->adam_b1, t), bc2 = 1 - pow(c->adam_b2, t);
     for (size_t i = 0; i < P; i++) {
         m[i] = c->adam_b1 * m[i] + (1 - c->adam_b1) * g[i];
@@ -4993,13 +5073,13 @@ static int psf__adam_update(psf_vmc *v, void *st, int n_walkers, double *step_si
 }
 static int psf__adam_save(const void *st, FILE *f) {
     const psf__adam *a = (const psf__adam *)st;
-    return psf__wr(f, a->m, sizeof(psf_real), a->P) && psf__wr(f, a->v, sizeof(psf_real), a->P);
+    return psf__wr(f, a->m, sizeof(double), a->P) && psf__wr(f, a->v, sizeof(double), a->P);
 }
 static int psf__adam_load(void *st, FILE *f) {
     psf__adam *a = (psf__adam *)st;
-    return psf__rd(f, a->m, sizeof(psf_real), a->P) && psf__rd(f, a->v, sizeof(psf_real), a->P);
+    return psf__rd(f, a->m, sizeof(double), a->P) && psf__rd(f, a->v, sizeof(double), a->P);
 }
-static void psf__adam_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+static void psf__adam_state(void *st, double *a[2], size_t n[2], long **counter) {
     psf__adam *s = (psf__adam *)st;
     a[0] = s->m; a[1] = s->v; n[0] = n[1] = s->P; *counter = NULL; /* the step count is v->step */
 }
@@ -5007,7 +5087,7 @@ static size_t psf__adam_bytes(const psf_model *m, const psf_vmc_config *cfg, int
     const int B = cfg->batch;
     (void)B; (void)n_ws; (void)n_chunks;
     *state_reals = psf__mul(2, m->n_params);
-    return psf__add(psf__alloc_bytes(1, sizeof(psf__adam)), psf__mul(2, psf__alloc_bytes(m->n_params, sizeof(psf_real))));
+    return psf__add(psf__alloc_bytes(1, sizeof(psf__adam)), psf__mul(2, psf__alloc_bytes(m->n_params, sizeof(double))));
 }
 static const psf__optimizer_rules psf__adam_rules = {
     "adam", 0, 3e-3, psf__adam_init, psf__chunk_nothing, NULL, psf__chunk_nothing, psf__adam_update,
@@ -5045,7 +5125,7 @@ typedef struct psf_kfac {
     double *ema;                   /* [stat_reals]                                                 */
     double *chunk_stats;           /* [n_chunks * stat_reals]                                      */
     psf__kfac_collector *col;      /* [n_chunks] the LINEAR observer's context per chunk            */
-    psf_real *delta;               /* [P] preconditioned gradient                                  */
+    double *delta;                 /* [P] preconditioned gradient                                  */
     double *work;                  /* solver scratch, work_stride reals per thread                  */
     size_t work_stride;
     long n_updates;
@@ -5150,7 +5230,7 @@ static void psf__chol_solve(int n, const double *L, double *b, size_t stride) {
 /* Delta = (A + pi g I)^{-1} G (S + g/pi I)^{-1} for one dense block, G and Delta rows x cols (row-major).
  * work: rows^2 + cols^2 reals. Returns the pi used, or -1 if a damped factor is not positive definite. */
 static double psf__kfac_precondition_dense(int rows, int cols, const double *A, const double *S, double lambda,
-                                           const psf_real *G, psf_real *Delta, double *work) {
+                                           const psf_real *G, double *Delta, double *work) {
     double trA = 0, trS = 0;
     for (int i = 0; i < rows; i++) trA += A[(size_t)i * rows + i];
     for (int i = 0; i < cols; i++) trS += S[(size_t)i * cols + i];
@@ -5205,7 +5285,7 @@ static size_t psf__kfac_bytes(const psf_model *m, const psf_vmc_config *cfg, int
     b = psf__add(b, psf__alloc_bytes(stat, sizeof(double)));
     b = psf__add(b, psf__alloc_bytes(psf__mul(stat, (size_t)n_chunks), sizeof(double)));
     b = psf__add(b, psf__alloc_bytes((size_t)n_chunks, sizeof(psf__kfac_collector)));
-    b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes(P, sizeof(double)));
     return psf__add(b, psf__alloc_bytes(psf__mul(psf__add(maxw, 1), (size_t)n_ws), sizeof(double)));
 }
 
@@ -5247,7 +5327,7 @@ static void *psf__kfac_init(const psf_vmc *v) {
     k->ema = (double *)psf__calloc(k->stat_reals, sizeof(double));
     k->chunk_stats = (double *)psf__calloc(psf__mul(k->stat_reals, (size_t)n_chunks), sizeof(double));
     k->col = (psf__kfac_collector *)psf__calloc((size_t)n_chunks, sizeof(psf__kfac_collector));
-    k->delta = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    k->delta = (double *)psf__calloc(P, sizeof(double));
     k->work_stride = psf__add(maxw, 1);
     k->work = (double *)psf__calloc(psf__mul(k->work_stride, (size_t)n_threads), sizeof(double));
     if (!k->ema || !k->chunk_stats || !k->col || !k->delta || !k->work) {
@@ -5257,6 +5337,22 @@ static void *psf__kfac_init(const psf_vmc *v) {
     }
     for (int c = 0; c < n_chunks; c++) { k->col[c].k = k; k->col[c].stats = k->chunk_stats + (size_t)c * k->stat_reals; }
     return k;
+}
+
+/* A [n x n, row stride lda] += X^T X for the T x n tape values X: one product when psf_real is double, the sums
+ * in double over the float values otherwise. */
+static void psf__syrk_acc(int n, int T, const psf_real *X, double *A, int lda) {
+    if (sizeof(psf_real) == sizeof(double)) {
+        psf__dgemm(1, 0, n, n, T, 1.0, (const double *)(const void *)X, n, (const double *)(const void *)X, n, 1.0, A, lda);
+        return;
+    }
+    for (int t = 0; t < T; t++) {
+        const psf_real *x = X + (size_t)t * n;
+        for (int i = 0; i < n; i++) {
+            const double xi = x[i];
+            for (int j = 0; j < n; j++) A[(size_t)i * lda + j] += xi * x[j];
+        }
+    }
 }
 
 /* The LINEAR observer during a KFAC statistics pass (seed 1): adds abar abar^T and e e^T of this walker's tokens
@@ -5272,7 +5368,7 @@ static void psf__kfac_observe(void *ctx, int n, const psf_node *nd, const psf_re
         if (T <= 0) continue;
         double *A = col->stats + d->a_off, *S = col->stats + d->s_off;
         const psf_real *Xg = X + (size_t)d->r0 * a, *Eg = dY + (size_t)d->r0 * b;
-        psf__gemm(1, 0, a, a, T, 1.0, Xg, a, Xg, a, 1.0, A, d->rows);
+        psf__syrk_acc(a, T, Xg, A, d->rows);
         if (d->rows > a) { /* bias: abar = [a; 1] */
             for (int j = 0; j < a; j++) {
                 double s = 0;
@@ -5282,7 +5378,7 @@ static void psf__kfac_observe(void *ctx, int n, const psf_node *nd, const psf_re
             }
             A[(size_t)a * d->rows + a] += T;
         }
-        psf__gemm(1, 0, b, b, T, 1.0, Eg, b, Eg, b, 1.0, S, b);
+        psf__syrk_acc(b, T, Eg, S, b);
     }
 }
 
@@ -5343,7 +5439,7 @@ PSF__OMP(parallel for schedule(static))
 PSF__OMP(parallel for schedule(dynamic, 1))
     for (int di = 0; di < k->n_dense; di++) {
         const psf__kfac_dense *d = &k->dense[di];
-        if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(psf_real) * (size_t)d->rows * d->cols); continue; }
+        if (d->r1 <= d->r0) { memset(k->delta + d->poff, 0, sizeof(double) * (size_t)d->rows * d->cols); continue; }
         double lam = c->kfac_damping, *work = k->work + (size_t)psf__thread_id() * k->work_stride;
         while (psf__kfac_precondition_dense(d->rows, d->cols, k->ema + d->a_off, k->ema + d->s_off, lam,
                                             v->grad + d->poff, k->delta + d->poff, work) < 0) {
@@ -5383,7 +5479,7 @@ static int psf__kfac_load(void *st, FILE *f) {
     if (ok) k->n_updates = nu;
     return ok;
 }
-static void psf__kfac_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+static void psf__kfac_state(void *st, double *a[2], size_t n[2], long **counter) {
     psf_kfac *k = (psf_kfac *)st;
     a[0] = k->ema; n[0] = k->stat_reals; a[1] = NULL; n[1] = 0; *counter = &k->n_updates;
 }
@@ -5426,11 +5522,11 @@ static const psf__optimizer_rules psf__kfac_rules = {
 typedef struct {
     int B;
     size_t P;
-    psf_real *G;           /* [B x P] per-walker grad log|psi| as the driver hands them over; then Ō (fp64 kernel) */
+    double *G;           /* [B x P] per-walker grad log|psi| as the driver hands them over; then Ō (fp64 kernel) */
     float *Gf;             /* [B x P] the same rows rounded to float (float32 kernel; G is then NULL)          */
     double *z;             /* [PSF__PANELS(B) PSF__GNR] zeta padded with zeros (float32 kernel)               */
     unsigned char *valid;  /* [B] walkers with a finite local energy this step                         */
-    psf_real *phi, *phi_prev; /* [P]                                                                   */
+    double *phi, *phi_prev; /* [P]                                                                   */
     double *T, *r, *u;     /* [B x B] kernel then its Cholesky factor; [B] right-hand side; [B] scratch  */
     double *T0;            /* [B x B] the kernel before the damping (kept for a raised damping)          */
     double lambda_used;    /* the damping of the last direction (cfg.spring_damping unless raised)       */
@@ -5464,14 +5560,14 @@ static void *psf__spring_init(const psf_vmc *v) {
     if (!s) { psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory for SPRING"); return NULL; }
     s->B = B; s->P = P;
     s->rank = v->rank; s->n_ranks = v->n_ranks; s->comm = v->cfg.mpi_comm;
-    if (v->cfg.spring_kernel_fp64) s->G = (psf_real *)psf__calloc(psf__mul(P, (size_t)B), sizeof(psf_real));
+    if (v->cfg.spring_kernel_fp64) s->G = (double *)psf__calloc(psf__mul(P, (size_t)B), sizeof(double));
     else {
         s->Gf = (float *)psf__calloc(psf__mul(P, (size_t)B), sizeof(float));
         s->z = (double *)psf__calloc((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double));
     }
     s->valid = (unsigned char *)psf__calloc((size_t)B, 1);
-    s->phi = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    s->phi_prev = (psf_real *)psf__calloc(P, sizeof(psf_real));
+    s->phi = (double *)psf__calloc(P, sizeof(double));
+    s->phi_prev = (double *)psf__calloc(P, sizeof(double));
     s->T = (double *)psf__calloc(psf__mul((size_t)B, (size_t)B), sizeof(double));
     s->T0 = (double *)psf__calloc(psf__mul((size_t)B, (size_t)B), sizeof(double));
     s->r = (double *)psf__calloc((size_t)B, sizeof(double));
@@ -5490,8 +5586,10 @@ static void *psf__spring_init(const psf_vmc *v) {
 static void psf__spring_walker(void *st, int chunk, int b, const psf_real *g) {
     psf__spring *s = (psf__spring *)st;
     (void)chunk;
-    if (s->G) memcpy(s->G + (size_t)b * s->P, g, sizeof(psf_real) * s->P);
-    else {
+    if (s->G) {
+        double *d = s->G + (size_t)b * s->P;
+        for (size_t p = 0; p < s->P; p++) d[p] = g[p];
+    } else {
         float *f = s->Gf + (size_t)b * s->P;
         for (size_t p = 0; p < s->P; p++) f[p] = (float)g[p];
     }
@@ -5554,7 +5652,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     enum { NB = 4 }; /* T = Ō Ō^T by tiles of a fixed 4 x 4 grid: the upper ones computed, the lower mirrored */
     const int B = s->B, P = (int)s->P;
     double *T = s->T, *v = s->u;
-    const psf_real *O = s->G;
+    const double *O = s->G;
     if (s->Of && s->n_ranks == 1) {
         /* float32 kernel on one rank: S stripes of panel rows, balanced by their panel pairs on and above the
          * diagonal; a stripe from row r0 reads the panels from r0 on once per block of PSF__GKC parameters, where
@@ -5641,7 +5739,7 @@ PSF__OMP(parallel for schedule(static))
         for (int q = 0; q < PSF__SPRING_SLABS; q++) {
             const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
             for (size_t p = p0; p < p1; p++) {
-                psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                double s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                 for (int pn = 0; pn < np; pn++) {
                     const float *f = s->Of + ((size_t)pn * s->P + p) * PSF__GNR;
                     const double *z = s->z + (size_t)pn * PSF__GNR;
@@ -5672,7 +5770,7 @@ static int psf__spring_step(psf_vmc *v, psf__spring *s, double *step_size) {
     const double rn = 1.0 / sqrt((double)n);
     /* Ō in place of G: centre each parameter's column over the valid walkers and scale by 1/sqrt(n); the rows of
      * walkers without a finite local energy become 0. The means are summed by fixed parameter ranges. */
-    psf_real *mean = s->phi; /* free until the direction is formed */
+    double *mean = s->phi; /* free until the direction is formed */
 PSF__OMP(parallel for schedule(static))
     for (int q = 0; q < PSF__SPRING_SLABS; q++) {
         const size_t p0 = P * q / PSF__SPRING_SLABS, p1 = P * (q + 1) / PSF__SPRING_SLABS;
@@ -5680,11 +5778,11 @@ PSF__OMP(parallel for schedule(static))
         for (int b = 0; b < B; b++)
             if (s->valid[b]) {
                 if (s->G) {
-                    const psf_real *g = s->G + (size_t)b * P;
+                    const double *g = s->G + (size_t)b * P;
                     for (size_t p = p0; p < p1; p++) mean[p] += g[p];
                 } else {
                     const float *g = s->Gf + (size_t)b * P;
-                    for (size_t p = p0; p < p1; p++) mean[p] += (psf_real)g[p];
+                    for (size_t p = p0; p < p1; p++) mean[p] += (double)g[p];
                 }
             }
         for (size_t p = p0; p < p1; p++) mean[p] /= n;
@@ -5695,16 +5793,16 @@ PSF__OMP(parallel for schedule(static))
     if (!s->Of) {
 PSF__OMP(parallel for schedule(static))
         for (int b = 0; b < B; b++) {
-            psf_real *g = s->G + (size_t)b * P;
+            double *g = s->G + (size_t)b * P;
             if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
-            else memset(g, 0, sizeof(psf_real) * P);
+            else memset(g, 0, sizeof(double) * P);
             if (mu != 0) s->u[b] = psf__dot8(g, s->phi_prev, 1, (int)P);
         }
     } else { /* by panels of PSF__GNR rows and blocks of PSF__GKC parameters, so that the panel's block of the float
               * copy is written whole while it is in L1; u by psf__dot8's lanes carried from block to block */
 PSF__OMP(parallel for schedule(static))
         for (int q = 0; q < PSF__PANELS(B); q++) {
-            psf_real s8[PSF__GNR][8], tail[PSF__GNR], c[PSF__GKC];
+            double s8[PSF__GNR][8], tail[PSF__GNR], c[PSF__GKC];
             float *panel = s->Of + (size_t)q * PSF__GNR * P;
             memset(s8, 0, sizeof s8);
             for (int r = 0; r < PSF__GNR; r++) tail[r] = 0;
@@ -5714,7 +5812,7 @@ PSF__OMP(parallel for schedule(static))
                     const int b = q * PSF__GNR + r;
                     if (b >= B) continue; /* the last panel's slots past B stay 0 from the allocation */
                     const float *g = s->Gf + (size_t)b * P + k0; /* c: the row of Ō as the float copy holds it */
-                    if (s->valid[b]) for (int k = 0; k < kc; k++) c[k] = (float)(((psf_real)g[k] - mean[k0 + k]) * rn);
+                    if (s->valid[b]) for (int k = 0; k < kc; k++) c[k] = (float)(((double)g[k] - mean[k0 + k]) * rn);
                     else for (int k = 0; k < kc; k++) c[k] = 0;
                     psf__panel_row(panel, r, c, k0, kc);
                     if (mu != 0) {
@@ -5743,7 +5841,7 @@ PSF__OMP(parallel for schedule(static))
     if (lr * lr * phi2 > bound) eta = sqrt(bound / phi2);
     psf_real *theta = v->model->params;
     for (size_t p = 0; p < P; p++) theta[p] -= eta * s->phi[p];
-    memcpy(s->phi_prev, s->phi, sizeof(psf_real) * P);
+    memcpy(s->phi_prev, s->phi, sizeof(double) * P);
     s->n_steps++;
     *step_size = eta;
     return PSF_OK;
@@ -5759,16 +5857,16 @@ static int psf__spring_update(psf_vmc *v, void *st, int n_walkers, double *step_
 static int psf__spring_save(const void *st, FILE *f) {
     const psf__spring *s = (const psf__spring *)st;
     const int32_t n = (int32_t)s->n_steps;
-    return psf__wr(f, &n, 4, 1) && psf__wr(f, s->phi_prev, sizeof(psf_real), s->P);
+    return psf__wr(f, &n, 4, 1) && psf__wr(f, s->phi_prev, sizeof(double), s->P);
 }
 static int psf__spring_load(void *st, FILE *f) {
     psf__spring *s = (psf__spring *)st;
     int32_t n;
-    const int ok = psf__rd(f, &n, 4, 1) && psf__rd(f, s->phi_prev, sizeof(psf_real), s->P);
+    const int ok = psf__rd(f, &n, 4, 1) && psf__rd(f, s->phi_prev, sizeof(double), s->P);
     if (ok) s->n_steps = n;
     return ok;
 }
-static void psf__spring_state(void *st, psf_real *a[2], size_t n[2], long **counter) {
+static void psf__spring_state(void *st, double *a[2], size_t n[2], long **counter) {
     psf__spring *s = (psf__spring *)st;
     a[0] = s->phi_prev; n[0] = s->P; a[1] = NULL; n[1] = 0; *counter = &s->n_steps;
 }
@@ -5778,12 +5876,12 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
     const size_t P = m->n_params, b = (size_t)B;
     *state_reals = P;
     size_t n = psf__alloc_bytes(1, sizeof(psf__spring));
-    const size_t row_real = cfg->spring_kernel_fp64 ? sizeof(psf_real) : sizeof(float);
+    const size_t row_real = cfg->spring_kernel_fp64 ? sizeof(double) : sizeof(float);
     n = psf__add(n, psf__alloc_bytes(psf__mul(P, b), row_real)); /* the B x P per-walker gradients */
     if (!cfg->spring_kernel_fp64) /* zeta, padded to whole panels */
         n = psf__add(n, psf__alloc_bytes((size_t)PSF__PANELS(B) * PSF__GNR, sizeof(double)));
     n = psf__add(n, psf__alloc_bytes(b, 1));
-    n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(psf_real))));
+    n = psf__add(n, psf__mul(2, psf__alloc_bytes(P, sizeof(double))));
     n = psf__add(n, psf__mul(2, psf__alloc_bytes(psf__mul(b, b), sizeof(double)))); /* the B x B kernel and T0 */
     if (!cfg->spring_kernel_fp64) /* the float32 copy of Ō, in panels */
         n = psf__add(n, psf__alloc_bytes(psf__mul(P, (size_t)PSF__PANELS(B) * PSF__GNR), sizeof(float)));
@@ -5791,7 +5889,7 @@ static size_t psf__spring_bytes(const psf_model *m, const psf_vmc_config *cfg, i
 }
 static int psf__spring_gather(const psf_vmc *v, void *st) {
     psf__spring *s = (psf__spring *)st;
-    const int rc = s->G ? psf__mpi_gather(v, s->G, sizeof(psf_real) * s->P, 1)
+    const int rc = s->G ? psf__mpi_gather(v, s->G, sizeof(double) * s->P, 1)
                         : psf__mpi_gather(v, s->Gf, sizeof(float) * s->P, 1);
     return rc ? rc : psf__mpi_gather(v, s->valid, 1, 1);
 }
@@ -5816,7 +5914,7 @@ static const psf__optimizer_rules *psf__opt(const psf_vmc *v) { return (const ps
 
 /* The optimizer's carried state (see psf__optimizer_rules.state): its size, and whether it is all finite. */
 static size_t psf__state_reals(const psf_vmc *v) {
-    psf_real *a[2];
+    double *a[2];
     size_t n[2];
     long *counter;
     psf__opt(v)->state(v->opt_state, a, n, &counter);
@@ -5827,32 +5925,35 @@ static int psf__all_finite(const psf_real *x, size_t n, size_t *bad) {
     return 1;
 }
 static int psf__state_finite(const psf_vmc *v) {
-    psf_real *a[2];
+    double *a[2];
     size_t n[2];
     long *counter;
     psf__opt(v)->state(v->opt_state, a, n, &counter);
-    return psf__all_finite(a[0], n[0], NULL) && psf__all_finite(a[1], n[1], NULL);
+    for (int i = 0; i < 2; i++)
+        for (size_t j = 0; j < n[i]; j++) if (!isfinite(a[i][j])) return 0;
+    return 1;
 }
 /* The parameters and the optimizer's state into v->backup (keep = 1, before an update), or back from it (keep =
  * 0, rejecting the update); *counter is kept in *saved. Restoring a state that is itself not finite (it was
  * poisoned before the step) resets it to its initial zeros instead; returns 1 then. */
 static int psf__keep_state(psf_vmc *v, int keep, long *saved) {
-    psf_real *a[2], *bk = v->backup;
+    double *a[2], *bk = v->backup;
     size_t n[2];
     long *counter;
     const size_t P = v->model->n_params;
+    psf_real *theta = v->model->params;
     psf__opt(v)->state(v->opt_state, a, n, &counter);
     if (keep) {
-        memcpy(bk, v->model->params, sizeof(psf_real) * P);
-        for (int i = 0; i < 2; i++) if (n[i]) memcpy(bk + P + (i ? n[0] : 0), a[i], sizeof(psf_real) * n[i]);
+        for (size_t p = 0; p < P; p++) bk[p] = theta[p];
+        for (int i = 0; i < 2; i++) if (n[i]) memcpy(bk + P + (i ? n[0] : 0), a[i], sizeof(double) * n[i]);
         if (counter) *saved = *counter;
         return 0;
     }
-    memcpy(v->model->params, bk, sizeof(psf_real) * P);
-    for (int i = 0; i < 2; i++) if (n[i]) memcpy(a[i], bk + P + (i ? n[0] : 0), sizeof(psf_real) * n[i]);
+    for (size_t p = 0; p < P; p++) theta[p] = (psf_real)bk[p]; /* exact: bk holds psf_real values */
+    for (int i = 0; i < 2; i++) if (n[i]) memcpy(a[i], bk + P + (i ? n[0] : 0), sizeof(double) * n[i]);
     if (counter) *counter = *saved;
     if (psf__state_finite(v)) return 0;
-    for (int i = 0; i < 2; i++) if (n[i]) memset(a[i], 0, sizeof(psf_real) * n[i]);
+    for (int i = 0; i < 2; i++) if (n[i]) memset(a[i], 0, sizeof(double) * n[i]);
     if (counter) *counter = 0;
     return 1;
 }
@@ -5974,7 +6075,7 @@ int psf_vmc_memory(const psf_model *m, const psf_vmc_config *cfg, size_t *bytes)
     b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));                            /* grad */
     b = psf__add(b, psf__alloc_bytes(psf__mul(P, (size_t)n_chunks), sizeof(psf_real))); /* chunks */
     if (opt->per_walker) b = psf__add(b, psf__alloc_bytes(psf__mul(P, (size_t)n_ws), sizeof(psf_real)));
-    b = psf__add(b, psf__alloc_bytes(psf__add(P, state), sizeof(psf_real)));           /* backup */
+    b = psf__add(b, psf__alloc_bytes(psf__add(P, state), sizeof(double)));             /* backup */
     b = psf__add(b, psf__alloc_bytes(P, sizeof(psf_real)));                            /* good */
     b = psf__add(b, psf__mul((size_t)n_ws, psf__workspace_bytes(m)));
     *bytes = psf__add(b, psf__walkers_bytes(m->n_elec, cfg->batch));
@@ -6063,7 +6164,7 @@ int psf_vmc_init(psf_vmc *v, psf_model *m, const psf_vmc_config *cfg) {
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
     }
     if (!(v->opt_state = opt->init(v))) { psf_vmc_free(v); return PSF_ERR_NOMEM; }
-    if (!(v->backup = (psf_real *)psf__calloc(psf__add(P, psf__state_reals(v)), sizeof(psf_real))) ||
+    if (!(v->backup = (double *)psf__calloc(psf__add(P, psf__state_reals(v)), sizeof(double))) ||
         !(v->good = (psf_real *)psf__calloc(P, sizeof(psf_real)))) {
         psf_vmc_free(v);
         return psf__fail(PSF_ERR_NOMEM, "psf_vmc_init: out of memory");
@@ -6414,12 +6515,13 @@ int psf_vmc_pretrain(psf_vmc *v, const psf_reference *ref, int steps, double lr,
         }
     psf_reference rc_ref = *ref;
     psf_wavefunction rwf = psf_reference_wavefunction(&rc_ref);
-    psf_real *am = (psf_real *)psf__calloc(P, sizeof(psf_real)), *av = (psf_real *)psf__calloc(P, sizeof(psf_real));
-    const size_t per = nM + NN + NF + (size_t)N; /* per thread: adjoint, Phi_ref, target, orbital values */
+    double *am = (double *)psf__calloc(P, sizeof(double)), *av = (double *)psf__calloc(P, sizeof(double));
+    const size_t per = NN + NF + (size_t)N; /* per thread: Phi_ref, target, orbital values; and the adjoint */
     double *buf = (double *)psf__calloc(psf__mul((size_t)T, per), sizeof(double));
+    psf_real *adjs = (psf_real *)psf__calloc(psf__mul((size_t)T, nM), sizeof(psf_real));
     double *closs = (double *)psf__calloc((size_t)C, sizeof(double));
     void **rws = (void **)psf__calloc((size_t)T, sizeof(void *));
-    int rc = (!am || !av || !buf || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
+    int rc = (!am || !av || !buf || !adjs || !closs || !rws) ? psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory") : PSF_OK;
     for (int t = 0; t < T && !rc; t++)
         if (!(rws[t] = rwf.ws_new(rwf.ctx))) rc = psf__fail(PSF_ERR_NOMEM, "psf_vmc_pretrain: out of memory");
     if (!rc) rc = psf__vmc_refresh(v, &v->walkers, &rwf, rws, T);
@@ -6431,7 +6533,8 @@ PSF__OMP(parallel for schedule(dynamic, 1))
         for (int c = v->chunk_lo; c < v->chunk_hi; c++) { /* this rank's chunks */
             const int tid = psf__thread_id();
             psf_workspace *ws = &v->ws[tid];
-            double *adj = buf + (size_t)tid * per, *phi = adj + nM, *tgt = phi + NN, *val = tgt + NF, l = 0;
+            double *phi = buf + (size_t)tid * per, *tgt = phi + NN, *val = tgt + NF, l = 0;
+            psf_real *adj = adjs + (size_t)tid * nM;
             psf_real *acc = v->chunks + (size_t)c * P;
             memset(acc, 0, sizeof(psf_real) * P);
             const int b0 = (int)((long)B * c / C), b1 = (int)((long)B * (c + 1) / C);
@@ -6462,7 +6565,7 @@ PSF__OMP(parallel for schedule(dynamic, 1))
         psf__adam_apply(&v->cfg, s + 1.0, lr, P, v->grad, am, av, m->params);
     }
     for (int t = 0; t < T; t++) if (rws && rws[t]) rwf.ws_free(rwf.ctx, rws[t]);
-    PSF_FREE(am); PSF_FREE(av); PSF_FREE(buf); PSF_FREE(closs); PSF_FREE(rws);
+    PSF_FREE(am); PSF_FREE(av); PSF_FREE(buf); PSF_FREE(adjs); PSF_FREE(closs); PSF_FREE(rws);
     if (rc) return rc;
     /* back to |psi_net|^2: the walkers start from the reference's distribution */
     v->walkers.width = v->cfg.mcmc_width;
@@ -6787,8 +6890,8 @@ int psf_load_npy(const char *path, double **data, int shape[2]) {
 #ifdef PSF_INTERNAL_TESTS
 void psf_test_sample_and_measure(psf_vmc *v, psf_step_stats *st) { psf__sample_and_measure(v, st, 1); }
 int psf_test_energy_gradient(psf_vmc *v, double mean) { return psf__energy_gradient(v, mean); }
-psf_real *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter) {
-    psf_real *a[2];
+double *psf_test_optimizer_state(psf_vmc *v, int i, size_t *n, long *counter) {
+    double *a[2];
     size_t k[2];
     long *c;
     psf__opt(v)->state(v->opt_state, a, k, &c);
@@ -6848,7 +6951,7 @@ int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out) {
     return 1;
 }
 double psf_test_kfac_precondition(int rows, int cols, const double *A, const double *S, double lambda,
-                                  const psf_real *G, psf_real *Delta, double *work) {
+                                  const psf_real *G, double *Delta, double *work) {
     return psf__kfac_precondition_dense(rows, cols, A, S, lambda, G, Delta, work);
 }
 double psf_test_pfaffian_inverse(int n, const psf_real *A, psf_real *work, int *perm, psf_real *inv, int *sign) {

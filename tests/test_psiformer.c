@@ -2130,7 +2130,7 @@ TEST nonfinite_update_is_rejected_and_training_continues(void) {
             for (int s = 0; s < 3; s++) ASSERT_EQ(PSF_OK, psf_vmc_train_step(&v, &st));
             size_t n[2];
             long c0, c1;
-            psf_real *a0 = psf_test_optimizer_state(&v, 0, &n[0], &c0), *a1 = psf_test_optimizer_state(&v, 1, &n[1], &c1);
+            double *a0 = psf_test_optimizer_state(&v, 0, &n[0], &c0), *a1 = psf_test_optimizer_state(&v, 1, &n[1], &c1);
             ASSERT(n[0] > 0);
             psf_real *theta = (psf_real *)malloc(sizeof(psf_real) * P), *s0 = (psf_real *)malloc(sizeof(psf_real) * (n[0] + n[1]));
             if (poison) a0[0] = NAN; else v.step_scale = NAN;
