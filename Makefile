@@ -25,6 +25,15 @@ CC      := mpicc
 CFLAGS  += -DPSF_USE_MPI
 endif
 
+# FLOAT=1: the network in float32 (PSF_REAL float: parameters, walkers, the tape, its jet and backward pass; the
+# optimizers' state, the log-determinant's sums and the energies stay double) into build/f32/: `make FLOAT=1 run`.
+# docs/results.md (round 12) measures it against the double default. `make test` always builds the double suite,
+# and checks the float build against it (tests/real_check.c).
+FLOAT   ?= 0
+ifeq ($(FLOAT),1)
+CFLAGS  += -DPSF_REAL=float
+endif
+
 # SAN: extra compiler flags appended last (`make sanitize` sets them); empty by default.
 SAN     ?=
 CFLAGS  += $(SAN)
@@ -32,7 +41,7 @@ CFLAGS  += $(SAN)
 # OpenMP threads sleep instead of spinning while they wait (a shared or busy machine otherwise loses much time)
 export OMP_WAIT_POLICY ?= passive
 
-BUILD   := build$(if $(filter 1,$(MPI)),/mpi)
+BUILD   := build$(if $(filter 1,$(MPI)),/mpi)$(if $(filter 1,$(FLOAT)),/f32)
 # `make run` trains carbon for a fixed wall-time budget: 11 minutes of training whatever the machine's speed, with
 # 400 Hartree-Fock pretraining steps before and 300 evaluation steps after, so it finishes in about 13 minutes on
 # any 2-core machine (docs/results.md justifies the configuration). `--steps N` instead of `--steps 0` gives the
@@ -51,8 +60,14 @@ $(BUILD)/psiformer: examples/psiformer.c psiformer.h | $(BUILD)
 $(BUILD)/helium: examples/helium.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h $(BUILD)/psiformer | $(BUILD)
-	$(CC) $(CFLAGS) -DPSF_TEST_DRIVER='"$(BUILD)/psiformer"' -o $@ $< $(LDLIBS)
+$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h $(BUILD)/psiformer $(BUILD)/real_check $(BUILD)/real_check_f32 | $(BUILD)
+	$(CC) $(CFLAGS) -DPSF_TEST_DRIVER='"$(BUILD)/psiformer"' -DPSF_TEST_REAL_CHECK='"$(BUILD)/real_check"' -o $@ $< $(LDLIBS)
+
+# one carbon Psiformer evaluated by the double and the float build (test float_build_agrees_with_double)
+$(BUILD)/real_check: tests/real_check.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+$(BUILD)/real_check_f32: tests/real_check.c psiformer.h | $(BUILD)
+	$(CC) $(CFLAGS) -DPSF_REAL=float -o $@ $< $(LDLIBS)
 
 run: $(BUILD)/psiformer
 	./$(BUILD)/psiformer $(RUN_ARGS)
@@ -68,8 +83,13 @@ plot:
 	cd '$(RUN)' && gnuplot plot.gp
 	@echo "make plot: $(RUN)/training.png"
 
+ifeq ($(FLOAT),1)
+test:
+	$(MAKE) --no-print-directory FLOAT=0 test
+else
 test: $(BUILD)/test_psiformer
 	./$(BUILD)/test_psiformer
+endif
 
 # `make sanitize`: the whole test suite (and the driver it runs) built with AddressSanitizer (leaks included) and
 # UndefinedBehaviorSanitizer at -O1 -g; any report fails it. `make OPENMP=0 sanitize` for the serial build.
@@ -127,7 +147,7 @@ crosscheck: $(BUILD)/export
 .PHONY: bench
 BENCH_CFLAGS = $(filter-out -DPSF_USE_CBLAS,$(CFLAGS))
 BENCH_LDLIBS = $(filter-out -lopenblas,$(LDLIBS))
-BENCH_BINS   = $(BUILD)/bench $(BUILD)/export
+BENCH_BINS   = $(BUILD)/bench $(BUILD)/bench_f32 $(BUILD)/export
 ifeq ($(BLAS),1)
 BENCH_BINS  += $(BUILD)/bench_blas $(BUILD)/bench_peak
 endif
@@ -136,6 +156,11 @@ $(BUILD)/bench: bench/bench.c psiformer.h | $(BUILD)
 
 $(BUILD)/bench_blas: bench/bench.c psiformer.h | $(BUILD)
 	$(CC) $(BENCH_CFLAGS) -DPSF_USE_CBLAS -o $@ $< $(BENCH_LDLIBS) -lopenblas
+
+# the float build (PSF_REAL float; the built-in products, which are all it uses with Adam): C in float32 against
+# PyTorch in float32
+$(BUILD)/bench_f32: bench/bench.c psiformer.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -DPSF_REAL=float -o $@ $< $(BENCH_LDLIBS)
 
 $(BUILD)/bench_peak: bench/peak.c | $(BUILD)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< -lopenblas $(BENCH_LDLIBS)

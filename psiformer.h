@@ -115,9 +115,12 @@ extern "C" {
 #define PSF_VERSION_PATCH 0
 #define PSF_VERSION "0.1.0"
 
-/* The real type of coordinates, parameters and tape values. Only double is supported today: the matrix products
- * call cblas_dgemm, the Cholesky and LU routines and the checkpoints assume 8-byte reals (a static assertion in
- * the implementation enforces it). */
+/* The real type of coordinates, parameters and tape values: double (the default) or float (`make FLOAT=1`,
+ * -DPSF_REAL=float; any other type fails a static assertion). With float, the network's forward, jet and backward
+ * passes run in float32 (psf__sgemm, cblas_sgemm with OpenBLAS), as FermiNet trains, while the optimizers' state,
+ * the log-determinant's log-sums and traces, the local energy's sums and every reported statistic stay double.
+ * A checkpoint records the real size and is restored only by a build with the same one. tests/real_check.c bounds
+ * the float build against the double one; docs/results.md (round 12) measures its speed and energy. */
 #ifndef PSF_REAL
 #define PSF_REAL double
 #endif

@@ -28,11 +28,14 @@
 #include <omp.h>
 #endif
 
+/* the build's name in every row: "openblas" or "builtin", with "-f32" for the float build (-DPSF_REAL=float,
+ * build/bench_f32) */
 #ifdef PSF_USE_CBLAS
-static const char *const BUILD_NAME = "openblas";
+#define BUILD_BASE "openblas"
 #else
-static const char *const BUILD_NAME = "builtin";
+#define BUILD_BASE "builtin"
 #endif
+#define BUILD_NAME (sizeof(psf_real) == sizeof(float) ? BUILD_BASE "-f32" : BUILD_BASE)
 
 /* ---- analytic flop counts (see bench/README.md) ------------------------------------------------------------
  * One multiply-add = 2 flops; exp / log / tanh / sqrt / division = 1 flop each. The count is that of the dense

@@ -265,6 +265,10 @@ def main(argv):
         best = {dt: max([v for v in pt[dt].values() if v is not None], default=None) for dt in pt}
         return c_tr, pt, best
 
+    def c_f32(atom):
+        """C's Adam training iteration from the float build (bench_f32, PSF_REAL float), if measured."""
+        return cval("builtin-f32", "adam", T, atom, 16, 256, "train")
+
     adam_atoms = [a for a in ("He", "Be", "C", "Ne") if cval(main_b, "adam", T, a, 16, 256, "train") is not None]
     if adam_atoms:
         print("\nTraining iteration with Adam against PyTorch's Trainer (default network, B=256, %d threads, %s build; "
@@ -276,6 +280,10 @@ def main(argv):
                                                   for m in ("batched", "functorch"))))
             print("      training iteration, C (float64) / PyTorch (float64) = %s;  C (float64) / PyTorch (float32) = %s"
                   % (fmt(ratio(c_tr, best["float64"]), "%.2f"), fmt(ratio(c_tr, best["float32"]), "%.2f")))
+            if c_f32(atom) is not None:
+                print("      C float build (PSF_REAL float) %.1f: C (float32) / PyTorch (float32) = %s;  C float32 / "
+                      "float64 = %s" % (c_f32(atom), fmt(ratio(c_f32(atom), best["float32"]), "%.2f"),
+                                        fmt(ratio(c_f32(atom), c_tr), "%.2f")))
         print("  PyTorch = its better Trainer method (and the better of %d threads and %d x one thread where measured);\n"
               "  float32 is PyTorch's fair best case (FermiNet trains in float32); C computes in float64. '-' = not "
               "measured." % (T, T))
@@ -303,6 +311,10 @@ def main(argv):
                       ">= 20; PyTorch float32 batched %s, functorch %s walkers x iterations/s)" % (
                           atom, main_b, fmt(ratio(c_tr, best["float32"]), "%.2f"),
                           fmt(pt["float32"]["batched"], "%.1f"), fmt(pt["float32"]["functorch"], "%.1f")))
+                if c_f32(atom) is not None:
+                    print("  %s d=16 B=256, builtin-f32: training iteration with Adam, C (float32) / PyTorch (float32) "
+                          "= %s (target >= 20; C %.1f walkers x iterations/s)" % (
+                              atom, fmt(ratio(c_f32(atom), best["float32"]), "%.2f"), c_f32(atom)))
     if other_b:
         vals = {main_b: cval(main_b, "table", T, "C", 16, 256, "train"), other_b: cval(other_b, "onoff", T, "C", 16, 256, "train")}
         if vals.get("builtin") and vals.get("openblas"):

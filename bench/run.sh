@@ -13,7 +13,8 @@
 #                 tag=onoff:   the other build (built-in loops), batch 256
 #                 tag=scaling: 1 and BENCH_THREADS threads, default width, batch 256
 #                 tag=paper:   carbon with the Psiformer paper's network (4 layers, 4 x 64, MLP 256, 16 dets)
-#                 tag=adam:    a training iteration with Adam (He, C), against PyTorch's train_* methods
+#                 tag=adam:    a training iteration with Adam (He, C), against PyTorch's train_* methods; also
+#                              from the float build (bench_f32, build name "builtin-f32"), against PyTorch float32
 #   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
 #   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/); float64, and
 #                 the carbon training iteration in float32 too (--dtype float32: PyTorch's best case)
@@ -92,6 +93,10 @@ echo "== 2d. the Psiformer paper's carbon network (4 layers, 4 x 64 heads, MLP 2
 echo "== 2e. a training iteration with Adam, the optimizer of the PyTorch training comparison (batch 256)"
 "$MAIN" --atoms "$ADAM_ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics train --optimizer adam \
     --budget "$BUDGET" --tag adam --csv "$OUT/c.csv"
+if [ -x "$BUILD/bench_f32" ]; then # the same in the float build (PSF_REAL float), against PyTorch in float32
+    "$BUILD/bench_f32" --atoms "$ADAM_ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics train \
+        --optimizer adam --budget "$BUDGET" --tag adam --csv "$OUT/c.csv"
+fi
 
 echo "== 3. per-op profile of the carbon jet pass (one thread)"
 for b in "$MAIN" $OTHER; do "$b" --ops C --reps "$OPS_REPS" --csv "$OUT/ops.csv"; done

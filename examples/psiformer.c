@@ -705,6 +705,7 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     json_int(&j, "mcmc_steps", o->vmc.mcmc_steps);
     json_str(&j, "optimizer", psf_optimizer_name(o->vmc.optimizer));
     if (o->vmc.optimizer == PSF_OPT_SPRING) json_int(&j, "spring_fp64", o->vmc.spring_kernel_fp64);
+    json_int(&j, "network_real_bits", 8 * (int)sizeof(psf_real));
     json_fmt(&j, "lr", "%g", v->cfg.lr);
     json_int(&j, "params", (long)m->n_params);
     json_int(&j, "layers", pc->n_layers);
@@ -997,8 +998,9 @@ static int run(int argc, char **argv) {
         snprintf(head, sizeof head, "%d Pfaffians of %d orbital features%s", o.net.n_dets,
                  o.net.pf_orbitals ? o.net.pf_orbitals : 2 * m.n_elec, m.n_elec & 1 ? " (bordered: odd N)" : "");
     else snprintf(head, sizeof head, "%d determinants", o.net.n_dets);
-    printf("network: %d layers, %d heads x %d, mlp %d, %s%s, %zu parameters\n", pc->n_layers, pc->n_heads,
-           pc->head_dim, pc->mlp_hidden, head, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params);
+    printf("network: %d layers, %d heads x %d, mlp %d, %s%s, %zu parameters, %s\n", pc->n_layers, pc->n_heads,
+           pc->head_dim, pc->mlp_hidden, head, o.net.use_en_cusp ? ", e-n cusp Jastrow" : "", m.n_params,
+           sizeof(psf_real) == sizeof(float) ? "float32 (PSF_REAL float)" : "float64");
     char budget[96];
     if (o.steps > 0 && o.train_minutes > 0) snprintf(budget, sizeof budget, "%d train steps (at most %.1f min)", o.steps, o.train_minutes);
     else if (o.steps > 0) snprintf(budget, sizeof budget, "%d train steps", o.steps);
