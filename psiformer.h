@@ -117,7 +117,7 @@ extern "C" {
 
 /* The real type of coordinates, parameters and tape values: double (the default) or float (`make FLOAT=1`,
  * -DPSF_REAL=float; any other type fails a static assertion). With float, the network's forward, jet and backward
- * passes run in float32 (psf__sgemm, cblas_sgemm with OpenBLAS), as FermiNet trains, while the optimizers' state,
+ * passes run in float32 (the float instantiation of the built-in product), as FermiNet trains, while the optimizers' state,
  * the log-determinant's log-sums and traces, the local energy's sums and every reported statistic stay double.
  * A checkpoint records the real size and is restored only by a build with the same one. tests/real_check.c bounds
  * the float build against the double one; docs/results.md (round 12) measures its speed and energy. */
@@ -1189,6 +1189,18 @@ static void psf__vtanhd(const double *x, double *y, size_t n) {
     }
 }
 
+/* PSF__REAL_FLOAT: 1 when PSF_REAL is float (found by token pasting, so that it works in #if and in C99), else 0.
+ * The float routines below are compiled only then; the names without a type letter (psf__gemm, psf__dot8,
+ * psf__vexp, ...) are those for psf_real, the d-names are double whatever psf_real is. */
+#define PSF__CAT_(a, b) a##b
+#define PSF__CAT(a, b) PSF__CAT_(a, b)
+#define PSF__IS_FLOAT_float 1
+#if PSF__CAT(PSF__IS_FLOAT_, PSF_REAL)
+#define PSF__REAL_FLOAT 1
+#else
+#define PSF__REAL_FLOAT 0
+#endif
+
 /* The same for float arrays (PSF_REAL float): through double in blocks of 64 and rounded once to float, so within
  * 0.5 ulp (float) + the double error above. psf__vexp and psf__vtanh pick by the type of x. */
 #define PSF__VFUNF_DEFINE(NAME, D)                                                                                 \
@@ -1201,16 +1213,19 @@ static void psf__vtanhd(const double *x, double *y, size_t n) {
             for (size_t i = 0; i < m; i++) y[i0 + i] = (float)t[i];                                                \
         }                                                                                                          \
     }
-PSF__VFUNF_DEFINE(psf__vexpf, psf__vexpd)
-PSF__VFUNF_DEFINE(psf__vtanhf, psf__vtanhd)
-#define psf__vexp(x, y, n) _Generic((x), float *: psf__vexpf, const float *: psf__vexpf, default: psf__vexpd)(x, y, n)
-#define psf__vtanh(x, y, n) _Generic((x), float *: psf__vtanhf, const float *: psf__vtanhf, default: psf__vtanhd)(x, y, n)
+#if PSF__REAL_FLOAT
+PSF__VFUNF_DEFINE(psf__vexp, psf__vexpd)
+PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
+#else
+#define psf__vexp psf__vexpd
+#define psf__vtanh psf__vtanhd
+#endif
 
 /* The built-in matrix product: a register-blocked micro-kernel (MR x NR of C kept in registers while PSF__KC terms
  * of the inner dimension stream through), fed by packed slivers of A (8 MR x PSF__KC, in L1/L2) and by rows of B
  * read in place (or packed when B is transposed or at a ragged edge), in the manner of Goto & van de Geijn,
  * ACM TOMS 34, 12 (2008). It exists for double (psf__dgemm: the optimizers, and the network by default) and for
- * float (psf__sgemm: the network when PSF_REAL is float); psf__gemm picks by the type of A. The micro-kernels are
+ * float (psf__gemm when PSF_REAL is float; otherwise psf__gemm is psf__dgemm). The micro-kernels are
  * written with x86 intrinsics for AVX-512 and AVX2+FMA and in plain C otherwise; which one is compiled follows the
  * compiler's target flags (-march=native). Every element of C is summed over k in the same order whatever the
  * thread count (the product itself is serial: callers parallelise over walkers or tiles), so results are bitwise
@@ -1237,6 +1252,7 @@ static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, 
         _mm512_storeu_pd(out + i * PSF__DNR + 8, c[i][1]);
     }
 }
+#if PSF__REAL_FLOAT
 static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
     __m512 c[PSF__SMR][2];
     for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
@@ -1253,6 +1269,7 @@ static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, fl
         _mm512_storeu_ps(out + i * PSF__SNR + 16, c[i][1]);
     }
 }
+#endif
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define PSF__DMR 6
@@ -1275,6 +1292,7 @@ static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, 
         _mm256_storeu_pd(out + i * PSF__DNR + 4, c[i][1]);
     }
 }
+#if PSF__REAL_FLOAT
 static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
     __m256 c[PSF__SMR][2];
     for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
@@ -1291,6 +1309,7 @@ static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, fl
         _mm256_storeu_ps(out + i * PSF__SNR + 8, c[i][1]);
     }
 }
+#endif
 #else
 #define PSF__DMR 4
 #define PSF__DNR 4
@@ -1309,7 +1328,9 @@ static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, fl
             for (int j = 0; j < NR; j++) out[i * NR + j] = c[i][j];                                                \
     }
 PSF__KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR)
+#if PSF__REAL_FLOAT
 PSF__KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR)
+#endif
 #endif
 enum { PSF__KC = 128 }; /* packed A (8 MR x KC) and B (KC x NR): at most 64 KB of stack per call */
 
@@ -1333,23 +1354,24 @@ enum { PSF__KC = 128 }; /* packed A (8 MR x KC) and B (KC x NR): at most 64 KB o
         int k = sb == 1 ? P##ot8_lanes(a, b, K, s8) : 0;                                                           \
         for (; k < K; k++) s += a[k] * b[(size_t)k * sb];                                                          \
         return P##ot8_sum(s8, s);                                                                                  \
-    }                                                                                                              \
-    /* sum_k a[k], k < K, in psf__dot8's order (eight partial sums: vectorised, where a plain loop is a chain) */   \
-    static T P##um8(const T *a, int K) {                                                                           \
-        T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                                                 \
-        int k = 0;                                                                                                 \
-        for (; k + 8 <= K; k += 8)                                                                                 \
-            for (int l = 0; l < 8; l++) s8[l] += a[k + l];                                                         \
-        for (; k < K; k++) s += a[k];                                                                              \
-        return P##ot8_sum(s8, s);                                                                                  \
     }
-PSF__DOT8_DEFINE(psf__dd, double) /* psf__ddot8_lanes, psf__ddot8_sum, psf__ddot8, psf__ddum8 */
-PSF__DOT8_DEFINE(psf__sd, float)  /* psf__sdot8_lanes, ..., psf__sdum8 */
-#define PSF__BY_TYPE(x, f, d) _Generic((x), float *: f, const float *: f, default: d)
-#define psf__dot8_lanes(a, b, K, s8) PSF__BY_TYPE(a, psf__sdot8_lanes, psf__ddot8_lanes)(a, b, K, s8)
-#define psf__dot8_sum(s8, s) PSF__BY_TYPE(s8, psf__sdot8_sum, psf__ddot8_sum)(s8, s)
-#define psf__dot8(a, b, sb, K) PSF__BY_TYPE(a, psf__sdot8, psf__ddot8)(a, b, sb, K)
-#define psf__sum8(a, K) PSF__BY_TYPE(a, psf__sdum8, psf__ddum8)(a, K)
+PSF__DOT8_DEFINE(psf__dd, double) /* psf__ddot8_lanes, psf__ddot8_sum, psf__ddot8 */
+#if PSF__REAL_FLOAT
+PSF__DOT8_DEFINE(psf__d, float) /* psf__dot8_lanes, psf__dot8_sum, psf__dot8 */
+#else
+#define psf__dot8_lanes psf__ddot8_lanes
+#define psf__dot8_sum psf__ddot8_sum
+#define psf__dot8 psf__ddot8
+#endif
+/* sum_k a[k], k < K, in psf__dot8's order (eight partial sums: vectorised, where a plain loop is a chain of adds) */
+static psf_real psf__sum8(const psf_real *a, int K) {
+    psf_real s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int l = 0; l < 8; l++) s8[l] += a[k + l];
+    for (; k < K; k++) s += a[k];
+    return psf__dot8_sum(s8, s);
+}
 
 /* C = alpha op(A) op(B) + beta C, row-major, op = transpose when ta / tb (cblas_dgemm semantics), for element type
  * T: the function NAME with micro-kernel KERNEL (MR x NR), CBLAS the OpenBLAS routine for the large products. */
@@ -1438,8 +1460,11 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
     }                                                                                                              \
 }
 PSF__GEMM_DEFINE(psf__dgemm, double, psf__dkernel, PSF__DMR, PSF__DNR, cblas_dgemm, psf__ddot8)
-PSF__GEMM_DEFINE(psf__sgemm, float, psf__skernel, PSF__SMR, PSF__SNR, cblas_sgemm, psf__sdot8)
-#define psf__gemm(ta, tb, M, N, K, alpha, A, ...) PSF__BY_TYPE(A, psf__sgemm, psf__dgemm)(ta, tb, M, N, K, alpha, A, __VA_ARGS__)
+#if PSF__REAL_FLOAT
+PSF__GEMM_DEFINE(psf__gemm, float, psf__skernel, PSF__SMR, PSF__SNR, cblas_sgemm, psf__dot8)
+#else
+#define psf__gemm psf__dgemm
+#endif
 
 /* The float32 Gram product for SPRING's kernel, C = A B^T, on rows stored in *panels*: the rows of a K-column
  * matrix in groups of PSF__GNR, panel q holding the K x PSF__GNR floats (k, r) -> q K PSF__GNR + k PSF__GNR + r of
@@ -5208,7 +5233,7 @@ PSF__OMP(parallel for schedule(dynamic, 1))
             while ((ti + 1) * (ti + 2) / 2 <= t) ti++;
             const int tj = t - ti * (ti + 1) / 2, i0 = r0 + ti * nb, j0 = r0 + tj * nb;
             const int mi = n - i0 < nb ? n - i0 : nb, mj = n - j0 < nb ? n - j0 : nb;
-            psf__gemm(0, 1, mi, mj, kb, -1.0, a + (size_t)i0 * n + k0, n, a + (size_t)j0 * n + k0, n, 1.0,
+            psf__dgemm(0, 1, mi, mj, kb, -1.0, a + (size_t)i0 * n + k0, n, a + (size_t)j0 * n + k0, n, 1.0,
                       a + (size_t)i0 * n + j0, n);
         }
     }
@@ -5683,7 +5708,7 @@ PSF__OMP(parallel for schedule(static, 1))
                 psf__gram_f32(i1 - i0, j1 - j0, s->P, s->Of + (size_t)i0 * P, s->Of + (size_t)j0 * P,
                               T + (size_t)i0 * B + j0, B, bi == bj);
             else
-                psf__gemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
+                psf__dgemm(0, 1, i1 - i0, j1 - j0, P, 1.0, O + (size_t)i0 * P, P, O + (size_t)j0 * P, P, 0.0,
                           T + (size_t)i0 * B + j0, B);
         }
     }
@@ -5749,7 +5774,7 @@ PSF__OMP(parallel for schedule(static))
                     for (int r0 = 0; r0 < PSF__GNR; r0 += 8)
                         for (int l = 0; l < 8; l++) s8[l] += (double)f[r0 + l] * z[r0 + l];
                 }
-                s->phi[p] = mu * s->phi_prev[p] + psf__dot8_sum(s8, 0.0);
+                s->phi[p] = mu * s->phi_prev[p] + psf__ddot8_sum(s8, 0.0);
             }
         }
         return 0;
@@ -5758,7 +5783,7 @@ PSF__OMP(parallel for schedule(static))
     for (int q = 0; q < PSF__SPRING_SLABS; q++) { /* phi = mu phi_prev + Ō^T zeta, by fixed ranges of parameters */
         const size_t p0 = s->P * q / PSF__SPRING_SLABS, p1 = s->P * (q + 1) / PSF__SPRING_SLABS;
         for (size_t p = p0; p < p1; p++) s->phi[p] = mu * s->phi_prev[p];
-        if (p1 > p0) psf__gemm(1, 0, (int)(p1 - p0), 1, B, 1.0, O + p0, P, e, 1, 1.0, s->phi + p0, 1);
+        if (p1 > p0) psf__dgemm(1, 0, (int)(p1 - p0), 1, B, 1.0, O + p0, P, e, 1, 1.0, s->phi + p0, 1);
     }
     return 0;
 }
@@ -5799,7 +5824,7 @@ PSF__OMP(parallel for schedule(static))
             double *g = s->G + (size_t)b * P;
             if (s->valid[b]) for (size_t p = 0; p < P; p++) g[p] = (g[p] - mean[p]) * rn;
             else memset(g, 0, sizeof(double) * P);
-            if (mu != 0) s->u[b] = psf__dot8(g, s->phi_prev, 1, (int)P);
+            if (mu != 0) s->u[b] = psf__ddot8(g, s->phi_prev, 1, (int)P);
         }
     } else { /* by panels of PSF__GNR rows and blocks of PSF__GKC parameters, so that the panel's block of the float
               * copy is written whole while it is in L1; u by psf__dot8's lanes carried from block to block */
@@ -5819,13 +5844,13 @@ PSF__OMP(parallel for schedule(static))
                     else for (int k = 0; k < kc; k++) c[k] = 0;
                     psf__panel_row(panel, r, c, k0, kc);
                     if (mu != 0) {
-                        int k = psf__dot8_lanes(c, s->phi_prev + k0, kc, s8[r]);
+                        int k = psf__ddot8_lanes(c, s->phi_prev + k0, kc, s8[r]);
                         for (; k < kc; k++) tail[r] += c[k] * s->phi_prev[k0 + k];
                     }
                 }
             }
             if (mu != 0)
-                for (int r = 0; r < PSF__GNR && q * PSF__GNR + r < B; r++) s->u[q * PSF__GNR + r] = psf__dot8_sum(s8[r], tail[r]);
+                for (int r = 0; r < PSF__GNR && q * PSF__GNR + r < B; r++) s->u[q * PSF__GNR + r] = psf__ddot8_sum(s8[r], tail[r]);
         }
     }
     /* e_b = (E~_b - <E~>) / sqrt(n) = weight_b n / (2 sqrt(n)) (the driver's weights are 2 (E~_b - <E~>) / n) */
@@ -6922,8 +6947,8 @@ int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, do
     PSF_FREE(Ap); PSF_FREE(Bp); PSF_FREE(x);
     return 0;
 }
-void psf_test_vexp(const double *x, double *y, size_t n) { psf__vexp(x, y, n); }
-void psf_test_vtanh(const double *x, double *y, size_t n) { psf__vtanh(x, y, n); }
+void psf_test_vexp(const double *x, double *y, size_t n) { psf__vexpd(x, y, n); }
+void psf_test_vtanh(const double *x, double *y, size_t n) { psf__vtanhd(x, y, n); }
 void psf_test_gemm(int ta, int tb, int M, int N, int K, double alpha, const psf_real *A, int lda, const psf_real *B,
                    int ldb, double beta, psf_real *C, int ldc) {
     psf__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
