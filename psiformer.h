@@ -1230,85 +1230,46 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
  * compiler's target flags (-march=native). Every element of C is summed over k in the same order whatever the
  * thread count (the product itself is serial: callers parallelise over walkers or tiles), so results are bitwise
  * reproducible across thread counts; they differ between instruction sets by rounding (FMA or not). */
-#if defined(__AVX512F__)
+/* an x86 micro-kernel: MR rows of C in registers as two vectors V of NR / 2 lanes each; SET1 broadcasts a(i, k) */
+#define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NR, V, ZERO, LOAD, SET1, FMA, STORE)                                 \
+    static void NAME(int kc, const T *ap, const T *b, size_t ldb, T *out) {                                       \
+        V c[MR][2];                                                                                                \
+        for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = ZERO();                                                   \
+        for (int k = 0; k < kc; k++) {                                                                             \
+            const V b0 = LOAD(b + (size_t)k * ldb), b1 = LOAD(b + (size_t)k * ldb + NR / 2);                       \
+            for (int i = 0; i < MR; i++) {                                                                         \
+                const V a = SET1(ap[k * MR + i]);                                                                  \
+                c[i][0] = FMA(a, b0, c[i][0]);                                                                     \
+                c[i][1] = FMA(a, b1, c[i][1]);                                                                     \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int i = 0; i < MR; i++) {                                                                             \
+            STORE(out + i * NR, c[i][0]);                                                                          \
+            STORE(out + i * NR + NR / 2, c[i][1]);                                                                 \
+        }                                                                                                          \
+    }
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#if defined(__AVX512F__)
 #define PSF__DMR 6
 #define PSF__DNR 16
-#define PSF__SMR 6
-#define PSF__SNR 32
-static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, double *out) {
-    __m512d c[PSF__DMR][2];
-    for (int i = 0; i < PSF__DMR; i++) c[i][0] = c[i][1] = _mm512_setzero_pd();
-    for (int k = 0; k < kc; k++) {
-        const __m512d b0 = _mm512_loadu_pd(b + (size_t)k * ldb), b1 = _mm512_loadu_pd(b + (size_t)k * ldb + 8);
-        for (int i = 0; i < PSF__DMR; i++) {
-            const __m512d a = _mm512_set1_pd(ap[k * PSF__DMR + i]);
-            c[i][0] = _mm512_fmadd_pd(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_pd(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__DMR; i++) {
-        _mm512_storeu_pd(out + i * PSF__DNR, c[i][0]);
-        _mm512_storeu_pd(out + i * PSF__DNR + 8, c[i][1]);
-    }
-}
-#if PSF__REAL_FLOAT
-static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
-    __m512 c[PSF__SMR][2];
-    for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-    for (int k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_loadu_ps(b + (size_t)k * ldb), b1 = _mm512_loadu_ps(b + (size_t)k * ldb + 16);
-        for (int i = 0; i < PSF__SMR; i++) {
-            const __m512 a = _mm512_set1_ps(ap[k * PSF__SMR + i]);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__SMR; i++) {
-        _mm512_storeu_ps(out + i * PSF__SNR, c[i][0]);
-        _mm512_storeu_ps(out + i * PSF__SNR + 16, c[i][1]);
-    }
-}
-#endif
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#define PSF__VD __m512d
+#define PSF__VS __m512
+#define PSF__VOP(op) _mm512_##op
+#else
 #define PSF__DMR 6
 #define PSF__DNR 8
-#define PSF__SMR 6
-#define PSF__SNR 16
-static void psf__dkernel(int kc, const double *ap, const double *b, size_t ldb, double *out) {
-    __m256d c[PSF__DMR][2];
-    for (int i = 0; i < PSF__DMR; i++) c[i][0] = c[i][1] = _mm256_setzero_pd();
-    for (int k = 0; k < kc; k++) {
-        const __m256d b0 = _mm256_loadu_pd(b + (size_t)k * ldb), b1 = _mm256_loadu_pd(b + (size_t)k * ldb + 4);
-        for (int i = 0; i < PSF__DMR; i++) {
-            const __m256d a = _mm256_broadcast_sd(ap + k * PSF__DMR + i);
-            c[i][0] = _mm256_fmadd_pd(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_pd(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__DMR; i++) {
-        _mm256_storeu_pd(out + i * PSF__DNR, c[i][0]);
-        _mm256_storeu_pd(out + i * PSF__DNR + 4, c[i][1]);
-    }
-}
+#define PSF__VD __m256d
+#define PSF__VS __m256
+#define PSF__VOP(op) _mm256_##op
+#endif
+#define PSF__SMR PSF__DMR
+#define PSF__SNR (2 * PSF__DNR) /* twice the lanes in float */
+PSF__SIMD_KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR, PSF__VD, PSF__VOP(setzero_pd), PSF__VOP(loadu_pd),
+                        PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(storeu_pd))
 #if PSF__REAL_FLOAT
-static void psf__skernel(int kc, const float *ap, const float *b, size_t ldb, float *out) {
-    __m256 c[PSF__SMR][2];
-    for (int i = 0; i < PSF__SMR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
-    for (int k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_loadu_ps(b + (size_t)k * ldb), b1 = _mm256_loadu_ps(b + (size_t)k * ldb + 8);
-        for (int i = 0; i < PSF__SMR; i++) {
-            const __m256 a = _mm256_broadcast_ss(ap + k * PSF__SMR + i);
-            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__SMR; i++) {
-        _mm256_storeu_ps(out + i * PSF__SNR, c[i][0]);
-        _mm256_storeu_ps(out + i * PSF__SNR + 8, c[i][1]);
-    }
-}
+PSF__SIMD_KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, PSF__VOP(setzero_ps), PSF__VOP(loadu_ps),
+                        PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(storeu_ps))
 #endif
 #else
 #define PSF__DMR 4
