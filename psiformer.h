@@ -1202,7 +1202,7 @@ static void psf__vtanhd(const double *x, double *y, size_t n) {
 #endif
 
 /* The same for float arrays (PSF_REAL float): through double in blocks of 64 and rounded once to float, so within
- * 0.5 ulp (float) + the double error above. psf__vexp and psf__vtanh pick by the type of x. */
+ * 0.5 ulp (float) + the double error above; compiled only when PSF_REAL is float. */
 #define PSF__VFUNF_DEFINE(NAME, D)                                                                                 \
     static void NAME(const float *x, float *y, size_t n) {                                                         \
         double t[64];                                                                                              \
@@ -1298,8 +1298,8 @@ enum { PSF__KC = 128 }; /* packed A (8 MR x KC) and B (KC x NR): at most 64 KB o
 /* psf__dot8: sum_k a[k] b[k sb], k < K, in eight partial sums of a fixed order when sb = 1 (vectorised; the same
  * bits whoever calls it: psf__gemm's matrix-vector path and SPRING's fused pass). The same sum in pieces: the lanes
  * s8 carried through psf__dot8_lanes over consecutive ranges of multiples of 8 terms, the last range's K % 8 terms
- * summed in order into s, then psf__dot8_sum(s8, s). Defined for element type T with the name prefix P (double:
- * psf__dd, float: psf__sd); the psf__dot8 names pick by the type of a. */
+ * summed in order into s, then psf__dot8_sum(s8, s). Defined for element type T with the name prefix P: psf__ddot8*
+ * in double always, psf__dot8* for psf_real (the float instantiation, or the double names). */
 #define PSF__DOT8_DEFINE(P, T)                                                                                     \
     static int P##ot8_lanes(const T *a, const T *b, int K, T s8[8]) { /* the K - K % 8 terms */                    \
         int k = 0;                                                                                                 \
@@ -5331,10 +5331,7 @@ static void *psf__kfac_init(const psf_vmc *v) {
 /* A [n x n, row stride lda] += X^T X for the T x n tape values X: one product when psf_real is double, the sums
  * in double over the float values otherwise. */
 static void psf__syrk_acc(int n, int T, const psf_real *X, double *A, int lda) {
-    if (sizeof(psf_real) == sizeof(double)) {
-        psf__dgemm(1, 0, n, n, T, 1.0, (const double *)(const void *)X, n, (const double *)(const void *)X, n, 1.0, A, lda);
-        return;
-    }
+#if PSF__REAL_FLOAT
     for (int t = 0; t < T; t++) {
         const psf_real *x = X + (size_t)t * n;
         for (int i = 0; i < n; i++) {
@@ -5342,6 +5339,9 @@ static void psf__syrk_acc(int n, int T, const psf_real *X, double *A, int lda) {
             for (int j = 0; j < n; j++) A[(size_t)i * lda + j] += xi * x[j];
         }
     }
+#else
+    psf__dgemm(1, 0, n, n, T, 1.0, X, n, X, n, 1.0, A, lda);
+#endif
 }
 
 /* The LINEAR observer during a KFAC statistics pass (seed 1): adds abar abar^T and e e^T of this walker's tokens
@@ -5771,7 +5771,7 @@ PSF__OMP(parallel for schedule(static))
                     for (size_t p = p0; p < p1; p++) mean[p] += g[p];
                 } else {
                     const float *g = s->Gf + (size_t)b * P;
-                    for (size_t p = p0; p < p1; p++) mean[p] += (double)g[p];
+                    for (size_t p = p0; p < p1; p++) mean[p] += g[p];
                 }
             }
         for (size_t p = p0; p < p1; p++) mean[p] /= n;
