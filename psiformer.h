@@ -27,6 +27,10 @@
  *                                     (psf_vmc_config.mpi_comm; include <mpi.h>, build with mpicc). Every
  *                                     reduction keeps the fixed chunk order, so 1 process and R ranks x T
  *                                     threads give the same bits (docs/scaling.md)
+ *       PSF_WALKER_BLOCK              walkers whose forward passes the sampler evaluates together (default 8):
+ *                                     each linear layer of the block is one (walkers x rows) x a by a x b
+ *                                     product. The same bits as one walker at a time (the product's rows do
+ *                                     not depend on how many there are); only the speed depends on it
  *       PSF_CHUNKS                    reduction chunks of the fixed tree over walkers (default 32): at most this
  *                                     many MPI ranks; C P reals of partial sums. Results depend on it (not on the
  *                                     thread or rank count)
@@ -351,6 +355,9 @@ typedef struct {
     size_t n_params;
     psf_real *params;           /* [n_params]                                             */
     size_t ws_jet_reals;        /* workspace size: every node's value, then the live jet blocks */
+    size_t ws_value_reals;      /* the first part of it: every node's value, one walker            */
+    int ws_block;               /* walkers per block of psf_model_logpsi_block (PSF_WALKER_BLOCK, fewer when a
+                                   block's product would leave the built-in kernel)               */
     size_t ws_adj_reals;        /* workspace size: all node adjoints                      */
     size_t ws_scratch_reals;    /* per-op scratch                                         */
     int too_large;              /* set while building when the graph outgrows its tables or a shape its int
@@ -361,8 +368,8 @@ typedef struct {
  * [rows x a] and the adjoint of its output dY [rows x b] (KFAC collects its Fisher factors this way). */
 typedef void (*psf_linear_observer)(void *ctx, int node, const psf_node *nd, const psf_real *X, const psf_real *dY);
 
-/* Per-thread scratch for evaluating one walker at a time. */
-typedef struct {
+/* Per-thread scratch for evaluating one walker at a time, and a block of walkers' forward passes. */
+typedef struct psf_workspace {
     psf_real *jet;     /* [ws_jet_reals]: node values, then (jet mode) the jet blocks by liveness           */
     psf_real *adj;     /* [ws_adj_reals]                                                                    */
     psf_real *scratch; /* [ws_scratch_reals]                                                                */
@@ -373,6 +380,13 @@ typedef struct {
     int jet_mode;      /* 1 while a jet pass runs and after it: node blocks are read at their jet offsets    */
     psf_linear_observer observe; /* optional (NULL): reports of the LINEAR backward rule                   */
     void *observe_ctx;
+    /* psf_model_logpsi_block: the values of ws_block walkers stored node by node ([node][walker][rows x cols]),
+     * and per walker a copy of the node table whose value offsets point into that walker's rows, and a view of
+     * this workspace (its own sign, the shared scratch)                                                       */
+    int block;                   /* ws_block of the model                                                   */
+    psf_real *bval;              /* [ws_block * ws_value_reals]                                             */
+    psf_node *bnodes;            /* [ws_block * n_nodes]                                                    */
+    struct psf_workspace *bviews; /* [ws_block]                                                             */
 } psf_workspace;
 
 /* Builds the graph for sys/cfg (trunk, orbital head, Jastrow) and initialises its parameters from seed (the
@@ -388,6 +402,15 @@ PSFDEF void psf_workspace_free(psf_workspace *ws);
 /* log|psi(x)| for one walker, x: [N*3] bohr. *sign receives sign(psi) in {-1, 0, +1}. psi = 0 gives -INFINITY.
  * Cannot fail. */
 PSFDEF double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x, int *sign);
+
+/* log|psi| of n walkers, x: [n][N*3] bohr, logpsi: [n], sign: [n] (each as psf_model_logpsi). The walkers go
+ * through the graph together, ws->block at a time: node by node, every walker's rows of a linear layer form one
+ * (walkers x rows) x a by a x b product (issue 11: one walker's 6 x 64 rows are too few to keep the kernel busy,
+ * and helium's 2 x 64 fill a third of it), every other op runs per walker. The results are bit for bit those of
+ * n calls of psf_model_logpsi, so the sampler's chains do not depend on the block. It leaves nothing for
+ * psf_model_backward. Cannot fail. */
+PSFDEF void psf_model_logpsi_block(const psf_model *m, psf_workspace *ws, int n, const psf_real *x, double *logpsi,
+                                   int *sign);
 
 /* Jet pass: log|psi|, grad[3N] = d log|psi| / dx (1/bohr), *lap = sum_d d^2 log|psi| / dx_d^2 (1/bohr^2).
  * grad and lap may be NULL. Returns log|psi| (-INFINITY where psi = 0). Cannot fail. */
@@ -420,6 +443,9 @@ typedef struct psf_wavefunction {
     double (*jet)(void *ctx, void *ws, const psf_real *x, psf_real *grad, psf_real *lap, int *sign);
     void *(*ws_new)(void *ctx);
     void (*ws_free)(void *ctx, void *ws);
+    /* Optional (NULL: one logpsi call per walker): log|psi| and sign of n walkers x[n][3N] at once, with the
+     * same bits as n logpsi calls (the sampler moves blocks of PSF_WALKER_BLOCK walkers through it). */
+    void (*logpsi_block)(void *ctx, void *ws, int n, const psf_real *x, double *logpsi, int *sign);
 } psf_wavefunction;
 
 /* The Psiformer as a psf_wavefunction (ctx = the model). Cannot fail. */
@@ -966,6 +992,14 @@ PSFDEF int psf_test_thread_id(void);
 #endif
 #ifndef PSF_CBLAS_MIN_MNK
 #define PSF_CBLAS_MIN_MNK 4194304.0 /* products with fewer multiply-adds run the built-in kernel */
+#endif
+#ifndef PSF_WALKER_BLOCK
+#define PSF_WALKER_BLOCK 8 /* walkers per block of psf_model_logpsi_block (the sampler's forward passes) */
+#endif
+#if PSF_WALKER_BLOCK > 1
+#define PSF__WALKER_BLOCK PSF_WALKER_BLOCK
+#else
+#define PSF__WALKER_BLOCK 1
 #endif
 
 /* ============================================================================================================
@@ -3000,6 +3034,52 @@ double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x
     return ws->sign ? PSF__J(ws, &m->nodes[m->out_node])[0] : -INFINITY;
 }
 
+/* The forward pass of n <= ws->block walkers at once (psf_model_logpsi_block). A linear layer with one weight
+ * block is its own rule on a node of n T rows: the walkers' rows lie one after another in the block layout
+ * (psf_workspace_init), so the rule's one product covers them all. Every other op runs its rule per walker, on
+ * that walker's node table and view. */
+static void psf__run_block(const psf_model *m, psf_workspace *ws, int n, const psf_real *x) {
+    const int K = m->n_nodes;
+    for (int w = 0; w < n; w++) ws->bviews[w].sign = 1;
+    for (int k = 0; k <= m->out_node; k++) {
+        const psf_node *nd = &m->nodes[k];
+        if (nd->op == PSF_OP_LINEAR && nd->ic == 1) {
+            psf_node st[2]; /* the stacked input and output: n T rows from walker 0's offsets */
+            st[0] = ws->bnodes[nd->in0];
+            st[0].rows *= n;
+            st[1] = ws->bnodes[k];
+            st[1].rows *= n;
+            st[1].in0 = 0;
+            psf__ctx c = {st, m->params, &m->sys, &ws->bviews[0], x, m->n_elec, m->n_dim, 1, NULL};
+            psf__ops[PSF_OP_LINEAR].fwd(&c, &st[1]);
+            continue;
+        }
+        for (int w = 0; w < n; w++) {
+            const psf_node *tab = ws->bnodes + (size_t)w * K;
+            psf__ctx c = {tab, m->params, &m->sys, &ws->bviews[w], x + (size_t)w * m->n_dim, m->n_elec, m->n_dim, 1, NULL};
+            psf__ops[nd->op].fwd(&c, &tab[k]);
+        }
+    }
+}
+
+void psf_model_logpsi_block(const psf_model *m, psf_workspace *ws, int n, const psf_real *x, double *logpsi,
+                            int *sign) {
+    const int nb = ws->block;
+    if (nb < 1 || !ws->bval) { /* a workspace made without blocks: one walker at a time */
+        for (int w = 0; w < n; w++) logpsi[w] = psf_model_logpsi(m, ws, x + (size_t)w * m->n_dim, &sign[w]);
+        return;
+    }
+    const size_t out = (size_t)nb * m->nodes[m->out_node].off;
+    for (int w0 = 0; w0 < n; w0 += nb) {
+        const int c = n - w0 < nb ? n - w0 : nb;
+        psf__run_block(m, ws, c, x + (size_t)w0 * m->n_dim);
+        for (int w = 0; w < c; w++) {
+            sign[w0 + w] = ws->bviews[w].sign;
+            logpsi[w0 + w] = ws->bviews[w].sign ? ws->bval[out + (size_t)w * PSF__N(&m->nodes[m->out_node])] : -INFINITY;
+        }
+    }
+}
+
 double psf_model_jet(const psf_model *m, psf_workspace *ws, const psf_real *x, psf_real *grad, psf_real *lap,
                      int *sign) {
     psf__run(m, ws, x, m->out_node, 1);
@@ -3479,6 +3559,16 @@ static void psf__layout(psf_model *m) {
         if (need > scratch) scratch = need;
     }
     values = (values + 7) / 8 * 8;
+    m->ws_value_reals = values;
+    /* a block's stacked products stay below PSF_CBLAS_MIN_MNK, on the built-in kernel, whose rows do not depend
+     * on how many there are (so a block gives the bits of one walker at a time) */
+    m->ws_block = PSF__WALKER_BLOCK;
+    for (int k = 0; k < m->n_nodes; k++) {
+        const psf_node *nd = &m->nodes[k];
+        if (nd->op != PSF_OP_LINEAR || nd->ic != 1 || nd->in0 < 0) continue;
+        const double mnk = (double)nd->rows * m->nodes[nd->in0].cols * nd->cols;
+        while (m->ws_block > 1 && m->ws_block * mnk >= PSF_CBLAS_MIN_MNK) m->ws_block--;
+    }
     for (int k = 0; k < m->n_nodes; k++) m->nodes[k].joff += values; /* the jet area follows the values */
     m->ws_jet_reals = psf__add(values, peak);
     m->ws_scratch_reals = scratch;
@@ -3579,6 +3669,9 @@ static size_t psf__workspace_bytes(const psf_model *m) {
     b = psf__add(b, psf__alloc_bytes(m->ws_adj_reals, sizeof(psf_real)));
     b = psf__add(b, psf__alloc_bytes(psf__add(m->ws_scratch_reals, 1), sizeof(psf_real)));
     b = psf__add(b, psf__alloc_bytes((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int)));
+    b = psf__add(b, psf__alloc_bytes(psf__mul((size_t)m->ws_block, m->ws_value_reals), sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes(psf__mul((size_t)m->ws_block, (size_t)m->n_nodes), sizeof(psf_node)));
+    b = psf__add(b, psf__alloc_bytes((size_t)m->ws_block, sizeof(psf_workspace)));
     return psf__add(b, psf__alloc_bytes((size_t)m->n_dim, sizeof(psf_real)));
 }
 
@@ -3589,15 +3682,34 @@ int psf_workspace_init(psf_workspace *ws, const psf_model *m) {
     ws->scratch = (psf_real *)psf__calloc(psf__add(m->ws_scratch_reals, 1), sizeof(psf_real));
     ws->iscratch = (int *)psf__calloc((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int));
     ws->dx = (psf_real *)psf__calloc((size_t)m->n_dim, sizeof(psf_real));
-    if (!ws->jet || !ws->adj || !ws->scratch || !ws->iscratch || !ws->dx) {
+    const int nb = m->ws_block > 1 ? m->ws_block : 1, K = m->n_nodes;
+    ws->bval = (psf_real *)psf__calloc(psf__mul((size_t)nb, m->ws_value_reals), sizeof(psf_real));
+    ws->bnodes = (psf_node *)psf__calloc(psf__mul((size_t)nb, (size_t)K), sizeof(psf_node));
+    ws->bviews = (psf_workspace *)psf__calloc((size_t)nb, sizeof(psf_workspace));
+    if (!ws->jet || !ws->adj || !ws->scratch || !ws->iscratch || !ws->dx || !ws->bval || !ws->bnodes || !ws->bviews) {
         psf_workspace_free(ws);
         return psf__fail(PSF_ERR_NOMEM, "psf_workspace_init: out of memory (%zu reals)", m->ws_jet_reals);
+    }
+    /* block layout: node k's values of walker w at bval + nb off_k + w n_k, so that the walkers' rows of a node
+     * follow one another (a stacked matrix); walker w's node table points there, its view of ws at bval */
+    ws->block = nb;
+    for (int w = 0; w < nb; w++) {
+        for (int k = 0; k < K; k++) {
+            psf_node *nd = &ws->bnodes[(size_t)w * K + k];
+            *nd = m->nodes[k];
+            nd->off = (size_t)nb * m->nodes[k].off + (size_t)w * PSF__N(&m->nodes[k]);
+        }
+        psf_workspace *v = &ws->bviews[w];
+        v->jet = ws->bval;
+        v->scratch = ws->scratch;
+        v->iscratch = ws->iscratch;
     }
     return PSF_OK;
 }
 
 void psf_workspace_free(psf_workspace *ws) {
     PSF_FREE(ws->jet); PSF_FREE(ws->adj); PSF_FREE(ws->scratch); PSF_FREE(ws->iscratch); PSF_FREE(ws->dx);
+    PSF_FREE(ws->bval); PSF_FREE(ws->bnodes); PSF_FREE(ws->bviews);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -3607,6 +3719,9 @@ static double psf__model_logpsi(void *ctx, void *ws, const psf_real *x, int *sig
 }
 static double psf__model_jet(void *ctx, void *ws, const psf_real *x, psf_real *g, psf_real *lap, int *sign) {
     return psf_model_jet((const psf_model *)ctx, (psf_workspace *)ws, x, g, lap, sign);
+}
+static void psf__model_logpsi_block(void *ctx, void *ws, int n, const psf_real *x, double *logpsi, int *sign) {
+    psf_model_logpsi_block((const psf_model *)ctx, (psf_workspace *)ws, n, x, logpsi, sign);
 }
 static void *psf__model_ws_new(void *ctx) {
     psf_workspace *ws = (psf_workspace *)PSF_MALLOC(sizeof *ws);
@@ -3618,7 +3733,8 @@ static void psf__model_ws_free(void *ctx, void *ws) {
     if (ws) { psf_workspace_free((psf_workspace *)ws); PSF_FREE(ws); }
 }
 psf_wavefunction psf_model_wavefunction(psf_model *m) {
-    psf_wavefunction wf = {m->n_elec, m, psf__model_logpsi, psf__model_jet, psf__model_ws_new, psf__model_ws_free};
+    psf_wavefunction wf = {m->n_elec, m, psf__model_logpsi, psf__model_jet, psf__model_ws_new, psf__model_ws_free,
+                           psf__model_logpsi_block};
     return wf;
 }
 
@@ -3648,7 +3764,7 @@ static double psf__hyd_jet(void *ctx, void *ws, const psf_real *x, psf_real *g, 
 static void *psf__no_ws(void *ctx) { (void)ctx; return NULL; }
 static void psf__no_ws_free(void *ctx, void *ws) { (void)ctx; (void)ws; }
 psf_wavefunction psf_hydrogenic_wavefunction(psf_hydrogenic *h) {
-    psf_wavefunction wf = {h->n_elec, h, psf__hyd_logpsi, psf__hyd_jet, psf__no_ws, psf__no_ws_free};
+    psf_wavefunction wf = {h->n_elec, h, psf__hyd_logpsi, psf__hyd_jet, psf__no_ws, psf__no_ws_free, NULL};
     return wf;
 }
 
@@ -4169,7 +4285,8 @@ static void *psf__ref_ws_new(void *ctx) {
     return w;
 }
 psf_wavefunction psf_reference_wavefunction(psf_reference *ref) {
-    psf_wavefunction wf = {ref->n_up + ref->n_down, ref, psf__ref_logpsi, psf__ref_jet, psf__ref_ws_new, psf__ref_ws_free};
+    psf_wavefunction wf = {ref->n_up + ref->n_down, ref, psf__ref_logpsi, psf__ref_jet, psf__ref_ws_new, psf__ref_ws_free,
+                           NULL};
     return wf;
 }
 
@@ -4848,9 +4965,14 @@ int psf_walkers_refresh(psf_walkers *w, const psf_wavefunction *wf, void **ws, i
     if (rc) return rc;
     int lo, hi;
     psf__walker_range(w, &lo, &hi);
-PSF__OMP(parallel for schedule(dynamic, 4))
-    for (int b = lo; b < hi; b++)
-        w->logpsi[b] = wf->logpsi(wf->ctx, ws[psf__thread_id()], w->x + (size_t)b * D, &w->sign[b]);
+    const int nb = wf->logpsi_block ? PSF__WALKER_BLOCK : 1, nblk = (hi - lo + nb - 1) / nb;
+PSF__OMP(parallel for schedule(dynamic, 1))
+    for (int j = 0; j < nblk; j++) {
+        const int b0 = lo + j * nb, n = hi - b0 < nb ? hi - b0 : nb;
+        void *wsp = ws[psf__thread_id()];
+        if (wf->logpsi_block) wf->logpsi_block(wf->ctx, wsp, n, w->x + (size_t)b0 * D, w->logpsi + b0, w->sign + b0);
+        else w->logpsi[b0] = wf->logpsi(wf->ctx, wsp, w->x + (size_t)b0 * D, &w->sign[b0]);
+    }
     return PSF_OK;
 }
 
@@ -4865,6 +4987,10 @@ static double psf__move_scale(const psf_system *sys, const psf_real *xi) {
     return (d < 2.0 ? d : 2.0) + 0.5 / zmax;
 }
 
+/* The walkers go in blocks of PSF__WALKER_BLOCK through wf->logpsi_block (one at a time without it). Each
+ * walker draws from its own stream in the same order as alone (its proposal, then its acceptance), and a block's
+ * log|psi| are those of single calls, so the chains are the same bits with or without blocks, for any thread
+ * count, and the blocks only change the speed. */
 double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws, int n_steps) {
     const int D = 3 * w->n_elec;
     long acc = 0;
@@ -4872,37 +4998,47 @@ double psf_mcmc(psf_walkers *w, const psf_wavefunction *wf, void **ws, int n_ws,
     if (psf__check_ws("psf_mcmc", n_ws)) return -1.0;
     int lo, hi;
     psf__walker_range(w, &lo, &hi);
-    const int B = hi - lo;
-PSF__OMP(parallel for schedule(dynamic, 4) reduction(+ : acc))
-    for (int b = lo; b < hi; b++) {
-        psf_real prop[3 * PSF_MAX_ELEC];
-        psf_real *xb = w->x + (size_t)b * D;
+    const int B = hi - lo, nb = wf->logpsi_block ? PSF__WALKER_BLOCK : 1, nblk = (B + nb - 1) / nb;
+PSF__OMP(parallel for schedule(dynamic, 1) reduction(+ : acc))
+    for (int j = 0; j < nblk; j++) {
+        psf_real prop[PSF__WALKER_BLOCK * 3 * PSF_MAX_ELEC];
+        double lp[PSF__WALKER_BLOCK], lq[PSF__WALKER_BLOCK];
+        int sg[PSF__WALKER_BLOCK];
+        const int b0 = lo + j * nb, n = hi - b0 < nb ? hi - b0 : nb;
         void *wsp = ws[psf__thread_id()];
         for (int s = 0; s < n_steps; s++) {
-            double lq = 0; /* log q(x | x') - log q(x' | x) for scaled moves */
-            if (!w->scale_moves)
-                for (int d = 0; d < D; d++) prop[d] = xb[d] + width * psf_rng_normal(&w->rng[b]);
-            else
-                for (int i = 0; i < w->n_elec; i++) {
-                    const double sf = width * psf__move_scale(&w->nuclei, xb + 3 * i);
-                    double d2 = 0;
-                    for (int k = 0; k < 3; k++) {
-                        const double dk = sf * psf_rng_normal(&w->rng[b]);
-                        prop[3 * i + k] = xb[3 * i + k] + dk;
-                        d2 += dk * dk;
+            for (int i = 0; i < n; i++) {
+                const int b = b0 + i;
+                const psf_real *xb = w->x + (size_t)b * D;
+                psf_real *pb = prop + (size_t)i * D;
+                lq[i] = 0; /* log q(x | x') - log q(x' | x) for scaled moves */
+                if (!w->scale_moves)
+                    for (int d = 0; d < D; d++) pb[d] = xb[d] + width * psf_rng_normal(&w->rng[b]);
+                else
+                    for (int e = 0; e < w->n_elec; e++) {
+                        const double sf = width * psf__move_scale(&w->nuclei, xb + 3 * e);
+                        double d2 = 0;
+                        for (int k = 0; k < 3; k++) {
+                            const double dk = sf * psf_rng_normal(&w->rng[b]);
+                            pb[3 * e + k] = xb[3 * e + k] + dk;
+                            d2 += dk * dk;
+                        }
+                        const double sr = width * psf__move_scale(&w->nuclei, pb + 3 * e);
+                        lq[i] += -d2 / (2 * sr * sr) - 3 * log(sr) + d2 / (2 * sf * sf) + 3 * log(sf);
                     }
-                    const double sr = width * psf__move_scale(&w->nuclei, prop + 3 * i);
-                    lq += -d2 / (2 * sr * sr) - 3 * log(sr) + d2 / (2 * sf * sf) + 3 * log(sf);
+            }
+            if (wf->logpsi_block) wf->logpsi_block(wf->ctx, wsp, n, prop, lp, sg);
+            else lp[0] = wf->logpsi(wf->ctx, wsp, prop, &sg[0]);
+            for (int i = 0; i < n; i++) {
+                const int b = b0 + i;
+                const double u = psf_rng_uniform(&w->rng[b]);
+                /* accept with probability min(1, |psi'|^2 q(x|x') / (|psi|^2 q(x'|x))); psi = 0 is never accepted */
+                if (sg[i] != 0 && (w->sign[b] == 0 || log(u) < 2.0 * (lp[i] - w->logpsi[b]) + lq[i])) {
+                    memcpy(w->x + (size_t)b * D, prop + (size_t)i * D, sizeof(psf_real) * D);
+                    w->logpsi[b] = lp[i];
+                    w->sign[b] = sg[i];
+                    acc++;
                 }
-            int sg;
-            const double lp = wf->logpsi(wf->ctx, wsp, prop, &sg);
-            const double u = psf_rng_uniform(&w->rng[b]);
-            /* accept with probability min(1, |psi'|^2 q(x|x') / (|psi|^2 q(x'|x))); psi = 0 is never accepted */
-            if (sg != 0 && (w->sign[b] == 0 || log(u) < 2.0 * (lp - w->logpsi[b]) + lq)) {
-                memcpy(xb, prop, sizeof(psf_real) * D);
-                w->logpsi[b] = lp;
-                w->sign[b] = sg;
-                acc++;
             }
         }
     }

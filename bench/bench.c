@@ -127,6 +127,9 @@ typedef struct {
     const psf_real *x; /* [B * D]     */
     int B;
     double sink;
+    psf_walkers *w;    /* run_mcmc's walkers (they move) */
+    int n_ws;          /* workspaces in ws               */
+    int blocks;        /* run_mcmc: 1 = psf_mcmc through psf_model_logpsi_block, 0 = one walker at a time */
 } runner;
 
 /* the library's own loops: psf_walkers_refresh uses schedule(dynamic, 4) for log|psi| and the driver
@@ -140,6 +143,21 @@ static double run_logpsi(runner *r) {
         s += psf_model_logpsi(r->m, &r->ws[thread_id()], r->x + (size_t)b * D, &sg);
     }
     r->sink += s;
+    return psf_time() - t0;
+}
+
+/* MCMC_SWEEPS Metropolis sweeps of the B walkers (a training iteration's sampling), with the walkers in blocks
+ * through psf_model_logpsi_block or one at a time (the wavefunction without logpsi_block): the same chains bit for
+ * bit, so the two rows time the same work. */
+#define MCMC_SWEEPS 10
+static double run_mcmc(runner *r) {
+    psf_wavefunction wf = psf_model_wavefunction((psf_model *)r->m);
+    if (!r->blocks) wf.logpsi_block = NULL;
+    void *wsp[256];
+    const int n = r->n_ws < 256 ? r->n_ws : 256;
+    for (int t = 0; t < n; t++) wsp[t] = &r->ws[t];
+    double t0 = psf_time();
+    if (psf_mcmc(r->w, &wf, wsp, n, MCMC_SWEEPS) < 0) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
     return psf_time() - t0;
 }
 
@@ -236,7 +254,18 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
     if (!ws || psf_walkers_init(&w, &sys, batch, 7) != PSF_OK) { fprintf(stderr, "bench: out of memory\n"); exit(1); }
     for (int t = 0; t < tmax; t++)
         if (psf_workspace_init(&ws[t], &m) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
-    runner r = {&m, ws, w.x, batch, 0};
+    runner r = {&m, ws, w.x, batch, 0, NULL, tmax, 1};
+    psf_walkers wm; /* run_mcmc's walkers, moved by it: a copy, so that the other rows keep their positions */
+    if (strstr(metrics, "mcmc")) {
+        const psf_wavefunction wf = psf_model_wavefunction(&m);
+        void *wsp[256];
+        for (int t = 0; t < tmax && t < 256; t++) wsp[t] = &ws[t];
+        if (psf_walkers_init(&wm, &sys, batch, 7) != PSF_OK || psf_walkers_refresh(&wm, &wf, wsp, tmax) != PSF_OK) {
+            fprintf(stderr, "bench: %s\n", psf_last_error());
+            exit(1);
+        }
+        r.w = &wm;
+    }
 
     for (int ti = 0; ti < n_threads; ti++) {
         const int T = threads[ti];
@@ -245,6 +274,13 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
         if (strstr(metrics, "logpsi")) {
             double t = timed(run_logpsi, &r, budget, max_reps, &reps);
             emit(csv, tag, T, atom, &m, batch, "logpsi", "", t, batch, reps, fl_fwd);
+        }
+        if (strstr(metrics, "mcmc")) { /* walker moves per second: B walkers x MCMC_SWEEPS per call */
+            for (int blk = 1; blk >= 0; blk--) {
+                r.blocks = blk;
+                double t = timed(run_mcmc, &r, budget, max_reps, &reps);
+                emit(csv, tag, T, atom, &m, batch, blk ? "mcmc" : "mcmc1", "", t, batch * MCMC_SWEEPS, reps, fl_fwd);
+            }
         }
         if (strstr(metrics, "eloc")) {
             double t = timed(run_eloc, &r, budget, max_reps, &reps);
@@ -303,6 +339,7 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
     for (int t = 0; t < tmax; t++) psf_workspace_free(&ws[t]);
     free(ws);
     psf_walkers_free(&w);
+    if (r.w) psf_walkers_free(r.w);
     psf_model_free(&m);
 }
 

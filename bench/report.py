@@ -288,6 +288,16 @@ def main(argv):
               "  float32 is PyTorch's fair best case (FermiNet trains in float32); C computes in float64. '-' = not "
               "measured." % (T, T))
 
+    # ---- Metropolis sweeps, walkers in blocks against one at a time (step 2f) ----------------------------------
+    mc = [(a, cval(main_b, "mcmc", T, a, 16, 256, "mcmc"), cval(main_b, "mcmc", T, a, 16, 256, "mcmc1"))
+          for a in ("He", "Be", "C", "Ne")]
+    mc = [m for m in mc if m[1] is not None and m[2] is not None]
+    if mc:
+        print("\nMetropolis sweeps (default network, B=256, %d threads, %s build; walker moves/s): the walkers in blocks "
+              "through psf_model_logpsi_block against one at a time (the same chains, bit for bit):" % (T, main_b))
+        for a, blk, one in mc:
+            print("  %-3s blocks %.0f, one at a time %.0f: x%.2f" % (a, blk, one, blk / one))
+
     # ---- the issue's targets ------------------------------------------------------------------------------------
     print("\nTargets (issues 4 and 11; measured, not asserted):")
     for build in (main_b, other_b):  # where a carbon training iteration spends its time

@@ -15,6 +15,8 @@
 #                 tag=paper:   carbon with the Psiformer paper's network (4 layers, 4 x 64, MLP 256, 16 dets)
 #                 tag=adam:    a training iteration with Adam (He, C), against PyTorch's train_* methods; also
 #                              from the float build (bench_f32, build name "builtin-f32"), against PyTorch float32
+#                 tag=mcmc:    10 Metropolis sweeps of batch 256, the walkers in blocks (psf_model_logpsi_block)
+#                              and one at a time: the same chains, so the ratio is the blocks' speed-up
 #   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
 #   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/); float64, and
 #                 the carbon training iteration in float32 too (--dtype float32: PyTorch's best case)
@@ -97,6 +99,10 @@ if [ -x "$BUILD/bench_f32" ]; then # the same in the float build (PSF_REAL float
     "$BUILD/bench_f32" --atoms "$ADAM_ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics train \
         --optimizer adam --budget "$BUDGET" --tag adam --csv "$OUT/c.csv"
 fi
+
+echo "== 2f. Metropolis sweeps: walkers in blocks of PSF_WALKER_BLOCK against one at a time (batch 256)"
+"$MAIN" --atoms "$ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics mcmc --budget "$BUDGET" \
+    --tag mcmc --csv "$OUT/c.csv"
 
 echo "== 3. per-op profile of the carbon jet pass (one thread)"
 for b in "$MAIN" $OTHER; do "$b" --ops C --reps "$OPS_REPS" --csv "$OUT/ops.csv"; done

@@ -802,6 +802,96 @@ TEST walker_range_moves_its_share_with_the_same_bits(void) {
     PASS();
 }
 
+/* psf_model_logpsi_block (issue 11: the sampler's walkers through each linear layer together) gives the bits of
+ * psf_model_logpsi walker by walker, on every op's example graph, the Psiformer of He and C, and the Pfaffian head
+ * of N (odd: the bordered pair matrices); n = 2 blocks + 3 walkers, so that a call spans blocks and ends in a
+ * partial one. */
+static greatest_test_res block_matches_single(fixture *f, const char *what, uint64_t seed) {
+    enum { MAXW = 64 };
+    const int D = f->m.n_dim, nb = f->ws.block, n = 2 * nb + 3;
+    ASSERTm(what, nb > 1); /* the block path is the one tested */
+    ASSERT(n <= MAXW);
+    static psf_real x[MAXW * 3 * PSF_MAX_ELEC];
+    double lp[MAXW];
+    int sg[MAXW], finite = 0;
+    psf_rng r;
+    psf_rng_seed(&r, seed, 3);
+    for (int i = 0; i < n * D; i++) x[i] = 1.3 * psf_rng_normal(&r);
+    psf_model_logpsi_block(&f->m, &f->ws, n, x, lp, sg);
+    for (int w = 0; w < n; w++) {
+        int s1;
+        const double l1 = psf_model_logpsi(&f->m, &f->ws, x + (size_t)w * D, &s1);
+        ASSERT_EQm(what, s1, sg[w]);
+        ASSERT_EQm(what, 0, memcmp(&l1, &lp[w], sizeof(double)));
+        finite += isfinite(l1) != 0;
+    }
+    ASSERT_EQm(what, n, finite);
+    PASS();
+}
+
+TEST walker_blocks_give_the_bits_of_single_walkers(void) {
+    for (int op = 0; op < PSF_OP_COUNT; op++) {
+        fixture f;
+        ASSERT_EQm(psf_op_name(op), 0, fixture_op(&f, op, 31 + op));
+        { const greatest_test_res r_ = block_matches_single(&f, psf_op_name(op), 40 + op); if (r_ != GREATEST_TEST_RES_PASS) return r_; }
+        fixture_free(&f);
+    }
+    const char *atoms[2] = {"He", "C"};
+    for (int a = 0; a < 2; a++) {
+        fixture f;
+        ASSERT_EQ(0, fixture_init(&f, atoms[a], 2, 4, 16, 4, 61 + a));
+        { const greatest_test_res r_ = block_matches_single(&f, atoms[a], 70 + a); if (r_ != GREATEST_TEST_RES_PASS) return r_; }
+        fixture_free(&f);
+    }
+    fixture f;
+    fixture_orbitals = PSF_ORBITALS_PFAFFIAN;
+    const int rc = fixture_init(&f, "N", 2, 2, 4, 2, 63);
+    fixture_orbitals = PSF_ORBITALS_DET;
+    ASSERT_EQ(0, rc);
+    { const greatest_test_res r_ = block_matches_single(&f, "N, Pfaffian head", 72); if (r_ != GREATEST_TEST_RES_PASS) return r_; }
+    fixture_free(&f);
+    PASS();
+}
+
+/* The sampler moves walkers in blocks through logpsi_block; each walker keeps its own stream in its own order, so
+ * the chains (positions, log|psi|, signs, RNG states, acceptances) are those of one walker at a time, bit for bit,
+ * with plain and with distance-scaled moves, for a batch that ends in a partial block. */
+TEST sampler_blocks_keep_the_chains(void) {
+    fixture f;
+    ASSERT_EQ(0, fixture_init(&f, "C", 2, 2, 4, 2, 81));
+    const int nt = psf_test_max_threads(), B = 3 * f.ws.block + 5;
+    ASSERT_GT(f.ws.block, 1);
+    psf_workspace *wsv = calloc((size_t)nt, sizeof *wsv);
+    void *ws[64];
+    ASSERT(wsv && nt <= 64);
+    for (int t = 0; t < nt; t++) { ASSERT_EQ(0, psf_workspace_init(&wsv[t], &f.m)); ws[t] = &wsv[t]; }
+    psf_wavefunction blk = psf_model_wavefunction(&f.m), one = blk;
+    one.logpsi_block = NULL;
+    ASSERT(blk.logpsi_block != NULL);
+    for (int scaled = 0; scaled <= 1; scaled++) {
+        psf_walkers a, b;
+        ASSERT_EQ(0, psf_walkers_init(&a, &f.sys, B, 9 + scaled));
+        ASSERT_EQ(0, psf_walkers_init(&b, &f.sys, B, 9 + scaled));
+        a.scale_moves = b.scale_moves = scaled;
+        ASSERT_EQ(PSF_OK, psf_walkers_refresh(&a, &blk, ws, nt));
+        ASSERT_EQ(PSF_OK, psf_walkers_refresh(&b, &one, ws, nt));
+        const double pa = psf_mcmc(&a, &blk, ws, nt, 6), pb = psf_mcmc(&b, &one, ws, nt, 6);
+        ASSERT(pa > 0 && pa < 1); /* some proposals accepted, some not */
+        ASSERT_EQ(0, memcmp(&pa, &pb, sizeof pa));
+        ASSERT_EQ(a.n_accepted, b.n_accepted);
+        ASSERT_EQm("positions", 0, memcmp(a.x, b.x, sizeof(psf_real) * (size_t)B * f.m.n_dim));
+        ASSERT_EQm("log|psi|", 0, memcmp(a.logpsi, b.logpsi, sizeof(double) * (size_t)B));
+        ASSERT_EQm("signs", 0, memcmp(a.sign, b.sign, sizeof(int) * (size_t)B));
+        ASSERT_EQm("RNG states", 0, memcmp(a.rng, b.rng, sizeof(psf_rng) * (size_t)B));
+        psf_walkers_free(&a);
+        psf_walkers_free(&b);
+    }
+    for (int t = 0; t < nt; t++) psf_workspace_free(&wsv[t]);
+    free(wsv);
+    fixture_free(&f);
+    PASS();
+}
+
 /* Helium with the hydrogenic trial function e^{-zeta(r1+r2)}, zeta = 27/16: E = -zeta^2 = -2.84765625 Ha. */
 TEST helium_hydrogenic_energy(void) {
     psf_system he;
@@ -887,6 +977,8 @@ SUITE(hamiltonian_and_sampler) {
     RUN_TEST(sampler_reproduces_hydrogen_mean_radius);
     RUN_TEST(scaled_moves_reproduce_hydrogen_mean_radius);
     RUN_TEST(walker_range_moves_its_share_with_the_same_bits);
+    RUN_TEST(walker_blocks_give_the_bits_of_single_walkers);
+    RUN_TEST(sampler_blocks_keep_the_chains);
     RUN_TEST(helium_hydrogenic_energy);
     RUN_TEST(reblocking_recovers_correlated_error);
 }
