@@ -919,7 +919,7 @@ PSFDEF int psf_test_kfac(const psf_vmc *v, psf_test_kfac_info *out);
 /* SPRING internals after a gradient pass / an update: the per-walker gradients [B x P] (row b valid when
  * valid[b]), in double in G with the fp64 kernel, else rounded to float in Gf (the other NULL), and the last
  * direction phi [P]. Returns 0 for another optimizer. */
-typedef struct { int B; size_t P; const psf_real *G; const float *Gf; const unsigned char *valid; const psf_real *phi;
+typedef struct { int B; size_t P; const double *G; const float *Gf; const unsigned char *valid; const double *phi;
                  double lambda_used; long n_raised; } psf_test_spring_info;
 PSFDEF int psf_test_spring(const psf_vmc *v, psf_test_spring_info *out);
 /* CRC-32 as the checkpoint writes it, and the byte offsets of a checkpoint's step and first parameter. */
@@ -7032,7 +7032,7 @@ int psf_test_gram_f32(int m, int n, size_t K, const float *A, const float *B, do
     float *Ap = (float *)psf__calloc(psf__mul(K, (size_t)PSF__PANELS(m) * PSF__GNR), sizeof(float));
     float *Bp = (float *)psf__calloc(psf__mul(K, (size_t)PSF__PANELS(n) * PSF__GNR), sizeof(float));
     if (!Ap || !Bp) { PSF_FREE(Ap); PSF_FREE(Bp); return -1; }
-    psf_real *x = (psf_real *)psf__calloc(K ? K : 1, sizeof(psf_real));
+    double *x = (double *)psf__calloc(K ? K : 1, sizeof(double));
     if (!x) { PSF_FREE(Ap); PSF_FREE(Bp); return -1; }
     for (int t = 0; t < 2; t++)
         for (int i = 0; i < (t ? n : m); i++) {

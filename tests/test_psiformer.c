@@ -1498,6 +1498,34 @@ TEST float_build_agrees_with_double(void) {
 #endif
 }
 
+/* The float build's own kernels, which the double suite never runs: tests/real_check.c --kernels, in both builds,
+ * checks the matrix product against a long double reference within (K + 2) eps sum |alpha a b| + eps |beta c| (eps
+ * of the build's psf_real; every shape and transpose of gemm_matches_long_double_reference, and OpenBLAS's sgemm
+ * past PSF_CBLAS_MIN_MNK when linked) and the sampler's block forward pass against single walkers, bit for bit. */
+TEST float_build_kernels_within_their_bounds(void) {
+#if defined(PSF_TEST_REAL_CHECK) && (defined(__unix__) || defined(__APPLE__))
+    static const char *const bin[2] = {PSF_TEST_REAL_CHECK " --kernels", PSF_TEST_REAL_CHECK "_f32 --kernels"};
+    for (int b = 0; b < 2; b++) {
+        FILE *f = popen(bin[b], "r");
+        ASSERTm(bin[b], f != NULL);
+        char line[256] = "";
+        double worst = -1;
+        int checked = 0, same = 0;
+        const int got = fgets(line, sizeof line, f) ? sscanf(line, "kernels %lf %d %d", &worst, &checked, &same) : 0;
+        const int rc = pclose(f);
+        if (greatest_info.verbose) printf("    %s: %s", bin[b], line);
+        ASSERT_EQm(bin[b], 3, got);
+        ASSERT_EQm(bin[b], 0, rc);
+        ASSERT_EQm("products checked", 120, checked);
+        ASSERTm("worst error within its bound", worst >= 0 && worst <= 1);
+        ASSERTm("block forward pass equals single walkers", same == 1);
+    }
+    PASS();
+#else
+    SKIPm("the real_check programs' path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 /* A run without evaluation (--eval-steps 0, training only) says so in its last line instead of printing
  * "E = nan +/- nan", and its summary.json has a null energy. */
 TEST driver_without_evaluation_says_so(void) {
@@ -1713,6 +1741,7 @@ SUITE(training) {
     RUN_TEST(driver_default_pretraining_length_follows_the_system);
     RUN_TEST(driver_without_evaluation_says_so);
     RUN_TEST(float_build_agrees_with_double);
+    RUN_TEST(float_build_kernels_within_their_bounds);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
