@@ -1256,30 +1256,39 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
 #endif
 
 /* The built-in matrix product: a register-blocked micro-kernel (MR x NR of C kept in registers while PSF__KC terms
- * of the inner dimension stream through), fed by packed slivers of A (8 MR x PSF__KC, in L1/L2) and by rows of B
- * read in place (or packed when B is transposed or at a ragged edge), in the manner of Goto & van de Geijn,
- * ACM TOMS 34, 12 (2008). It exists for double (psf__dgemm: the optimizers, and the network by default) and for
+ * of the inner dimension stream through), in the manner of Goto & van de Geijn, ACM TOMS 34, 12 (2008). It reads
+ * whole MR-row slivers of A and rows of B in place (the tape's products are small: 6 x 64 by 64 x 64 for carbon,
+ * where packing A and a tile buffer cost a fifth of the product); only ragged slivers of A, and B when transposed
+ * or at a ragged edge, are packed, and a whole tile with alpha = 1 goes from the registers straight into C (the
+ * others through a buffer, scaled by alpha). Either way each element is the same sum in the same order. It exists for double (psf__dgemm: the optimizers, and the network by default) and for
  * float (psf__gemm when PSF_REAL is float; otherwise psf__gemm is psf__dgemm). The micro-kernels are
  * written with x86 intrinsics for AVX-512 and AVX2+FMA and in plain C otherwise; which one is compiled follows the
  * compiler's target flags (-march=native). Every element of C is summed over k in the same order whatever the
  * thread count (the product itself is serial: callers parallelise over walkers or tiles), so results are bitwise
  * reproducible across thread counts; they differ between instruction sets by rounding (FMA or not). */
-/* an x86 micro-kernel: MR rows of C in registers as two vectors V of NR / 2 lanes each; SET1 broadcasts a(i, k) */
-#define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NR, V, ZERO, LOAD, SET1, FMA, STORE)                                 \
-    static void NAME(int kc, const T *ap, const T *b, size_t ldb, T *out) {                                       \
-        V c[MR][2];                                                                                                \
-        for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = ZERO();                                                   \
+/* A micro-kernel: the MR x NR tile sum_k a(i, k) b(k, j) over kc terms, with a(i, k) at a[i sai + k sak] (a packed
+ * sliver: sai = 1, sak = MR; A read in place: its row and column strides) and b(k, j) at b[k ldb + j]; the tile is
+ * stored to c (row stride ldc), or added to it when add is set. The x86 kernels keep MR rows of C in registers as
+ * two vectors V of NR / 2 lanes each; SET1 broadcasts a(i, k). */
+#define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NR, V, ZERO, LOAD, SET1, FMA, ADD, STORE)                            \
+    static void NAME(int kc, const T *a, size_t sai, size_t sak, const T *b, size_t ldb, T *c, size_t ldc,        \
+                     int add) {                                                                                    \
+        V r[MR][2];                                                                                                \
+        for (int i = 0; i < MR; i++) r[i][0] = r[i][1] = ZERO();                                                   \
         for (int k = 0; k < kc; k++) {                                                                             \
             const V b0 = LOAD(b + (size_t)k * ldb), b1 = LOAD(b + (size_t)k * ldb + NR / 2);                       \
+            const T *ak = a + (size_t)k * sak;                                                                     \
             for (int i = 0; i < MR; i++) {                                                                         \
-                const V a = SET1(ap[k * MR + i]);                                                                  \
-                c[i][0] = FMA(a, b0, c[i][0]);                                                                     \
-                c[i][1] = FMA(a, b1, c[i][1]);                                                                     \
+                const V av = SET1(ak[(size_t)i * sai]);                                                            \
+                r[i][0] = FMA(av, b0, r[i][0]);                                                                    \
+                r[i][1] = FMA(av, b1, r[i][1]);                                                                    \
             }                                                                                                      \
         }                                                                                                          \
         for (int i = 0; i < MR; i++) {                                                                             \
-            STORE(out + i * NR, c[i][0]);                                                                          \
-            STORE(out + i * NR + NR / 2, c[i][1]);                                                                 \
+            T *ci = c + (size_t)i * ldc;                                                                           \
+            if (add) { r[i][0] = ADD(LOAD(ci), r[i][0]); r[i][1] = ADD(LOAD(ci + NR / 2), r[i][1]); }              \
+            STORE(ci, r[i][0]);                                                                                    \
+            STORE(ci + NR / 2, r[i][1]);                                                                           \
         }                                                                                                          \
     }
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -1300,10 +1309,10 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
 #define PSF__SMR PSF__DMR
 #define PSF__SNR (2 * PSF__DNR) /* twice the lanes in float */
 PSF__SIMD_KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR, PSF__VD, PSF__VOP(setzero_pd), PSF__VOP(loadu_pd),
-                        PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(storeu_pd))
+                        PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(add_pd), PSF__VOP(storeu_pd))
 #if PSF__REAL_FLOAT
 PSF__SIMD_KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, PSF__VOP(setzero_ps), PSF__VOP(loadu_ps),
-                        PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(storeu_ps))
+                        PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps), PSF__VOP(storeu_ps))
 #endif
 #else
 #define PSF__DMR 4
@@ -1312,15 +1321,16 @@ PSF__SIMD_KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, PSF__V
 #define PSF__SNR 4
 /* the plain-C micro-kernel for element type T */
 #define PSF__KERNEL_DEFINE(NAME, T, MR, NR)                                                                        \
-    static void NAME(int kc, const T *ap, const T *b, size_t ldb, T *out) {                                       \
-        T c[MR][NR];                                                                                               \
+    static void NAME(int kc, const T *a, size_t sai, size_t sak, const T *b, size_t ldb, T *c, size_t ldc,        \
+                     int add) {                                                                                    \
+        T r[MR][NR];                                                                                               \
         for (int i = 0; i < MR; i++)                                                                               \
-            for (int j = 0; j < NR; j++) c[i][j] = 0;                                                              \
+            for (int j = 0; j < NR; j++) r[i][j] = 0;                                                              \
         for (int k = 0; k < kc; k++)                                                                               \
             for (int i = 0; i < MR; i++)                                                                           \
-                for (int j = 0; j < NR; j++) c[i][j] += ap[k * MR + i] * b[(size_t)k * ldb + j];                   \
+                for (int j = 0; j < NR; j++) r[i][j] += a[(size_t)i * sai + (size_t)k * sak] * b[(size_t)k * ldb + j]; \
         for (int i = 0; i < MR; i++)                                                                               \
-            for (int j = 0; j < NR; j++) out[i * NR + j] = c[i][j];                                                \
+            for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] = add ? c[(size_t)i * ldc + j] + r[i][j] : r[i][j]; \
     }
 PSF__KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR)
 #if PSF__REAL_FLOAT
@@ -1412,9 +1422,10 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
         const int kc = K - k0 < PSF__KC ? K - k0 : PSF__KC;                                                        \
         for (int m0 = 0; m0 < M; m0 += MC) {                                                                       \
             const int mc = M - m0 < MC ? M - m0 : MC;                                                              \
-            for (int ir = 0; ir < mc; ir += MR) { /* A[m0.., k0..] as MR-row slivers, k outer, zero padded */      \
+            for (int ir = 0; ir < mc; ir += MR) { /* a ragged sliver of A[m0.., k0..], k outer, zero padded */     \
                 T *d = ap + (size_t)ir * kc;                                                                       \
                 const int mr = mc - ir < MR ? mc - ir : MR;                                                        \
+                if (mr == MR) continue; /* whole slivers are read in place */                                     \
                 if (ta)                                                                                            \
                     for (int k = 0; k < kc; k++) {                                                                 \
                         const T *a = A + (size_t)(k0 + k) * lda + m0 + ir;                                         \
@@ -1443,7 +1454,16 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
                     }                                                                                              \
                 for (int ir = 0; ir < mc; ir += MR) {                                                              \
                     const int mr = mc - ir < MR ? mc - ir : MR;                                                    \
-                    KERNEL(kc, ap + (size_t)ir * kc, bs, bld, out);                                                \
+                    const T *as = ap + (size_t)ir * kc; /* the sliver's a(i, k): packed, or A in place */          \
+                    size_t sai = 1, sak = MR;                                                                      \
+                    if (mr == MR && ta) { as = A + (size_t)k0 * lda + m0 + ir; sai = 1; sak = (size_t)lda; }       \
+                    else if (mr == MR) { as = A + (size_t)(m0 + ir) * lda + k0; sai = (size_t)lda; sak = 1; }      \
+                    if (alpha == 1.0 && mr == MR && nr == NR) { /* a whole tile straight into C: the same sums */  \
+                        KERNEL(kc, as, sai, sak, bs, bld, C + (size_t)(m0 + ir) * ldc + j0, (size_t)ldc,          \
+                               !(store && k0 == 0));                                                               \
+                        continue;                                                                                  \
+                    }                                                                                              \
+                    KERNEL(kc, as, sai, sak, bs, bld, out, NR, 0);                                                 \
                     for (int i = 0; i < mr; i++) {                                                                 \
                         T *c = C + (size_t)(m0 + ir + i) * ldc + j0;                                               \
                         if (store && k0 == 0) for (int j = 0; j < nr; j++) c[j] = alpha * out[i * NR + j];         \
