@@ -1442,11 +1442,13 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
                 const T *bs = bp;                                                                                  \
                 size_t bld = NR;                                                                                   \
                 if (!tb && nr == NR) { bs = B + (size_t)k0 * ldb + j0; bld = (size_t)ldb; }                        \
-                else if (tb)                                                                                       \
-                    for (int j = 0; j < NR; j++) {                                                                 \
-                        const T *b = B + (size_t)(j0 + j) * ldb + k0;                                              \
-                        for (int k = 0; k < kc; k++) bp[k * NR + j] = j < nr ? b[k] : 0.0;                         \
-                    }                                                                                              \
+                else if (tb) { /* the transpose of B's rows j0.., zero columns past a ragged edge row by row */     \
+                    for (int k = 0; k < kc && nr < NR; k++) /* whole rows: NR constant, a few vector stores */     \
+                        for (int j = 0; j < NR; j++) bp[k * NR + j] = 0;                                           \
+                    const T *b = B + (size_t)j0 * ldb + k0; /* row k of bp gathers column k of those rows */       \
+                    for (int k = 0; k < kc; k++)                                                                   \
+                        for (int j = 0; j < nr; j++) bp[k * NR + j] = b[(size_t)j * ldb + k];                      \
+                }                                                                                                  \
                 else                                                                                               \
                     for (int k = 0; k < kc; k++) {                                                                 \
                         const T *b = B + (size_t)(k0 + k) * ldb + j0;                                              \
