@@ -62,13 +62,13 @@ $(BUILD)/psiformer: examples/psiformer.c psiformer.h | $(BUILD)
 $(BUILD)/helium: examples/helium.c psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h psiformer.h $(BUILD)/psiformer $(BUILD)/real_check $(BUILD)/real_check_f32 | $(BUILD)
+$(BUILD)/test_psiformer: tests/test_psiformer.c tests/psf_harness.h tests/gemm_check.h psiformer.h $(BUILD)/psiformer $(BUILD)/real_check $(BUILD)/real_check_f32 | $(BUILD)
 	$(CC) $(CFLAGS) -DPSF_TEST_DRIVER='"$(BUILD)/psiformer"' -DPSF_TEST_REAL_CHECK='"$(BUILD)/real_check"' -o $@ $< $(LDLIBS)
 
 # one carbon Psiformer evaluated by the double and the float build (test float_build_agrees_with_double)
-$(BUILD)/real_check: tests/real_check.c psiformer.h | $(BUILD)
+$(BUILD)/real_check: tests/real_check.c tests/gemm_check.h psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
-$(BUILD)/real_check_f32: tests/real_check.c psiformer.h | $(BUILD)
+$(BUILD)/real_check_f32: tests/real_check.c tests/gemm_check.h psiformer.h | $(BUILD)
 	$(CC) $(CFLAGS) -DPSF_REAL=float -o $@ $< $(LDLIBS)
 
 run: $(BUILD)/psiformer

@@ -1260,8 +1260,9 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
  * whole MR-row slivers of A and rows of B in place (the tape's products are small: 6 x 64 by 64 x 64 for carbon,
  * where packing A and a tile buffer cost a fifth of the product); only ragged slivers of A, and B when transposed
  * or at a ragged edge, are packed, and a whole tile with alpha = 1 goes from the registers straight into C (the
- * others through a buffer, scaled by alpha). Either way each element is the same sum in the same order. It exists for double (psf__dgemm: the optimizers, and the network by default) and for
- * float (psf__gemm when PSF_REAL is float; otherwise psf__gemm is psf__dgemm). The micro-kernels are
+ * others through a buffer, scaled by alpha). Either way each element is the same sum in the same order. It exists
+ * for double (psf__dgemm: the optimizers, and the network by default) and for float (psf__gemm when PSF_REAL is
+ * float; otherwise psf__gemm is psf__dgemm). The micro-kernels are
  * written with x86 intrinsics for AVX-512 and AVX2+FMA and in plain C otherwise; which one is compiled follows the
  * compiler's target flags (-march=native). Every element of C is summed over k in the same order whatever the
  * thread count (the product itself is serial: callers parallelise over walkers or tiles), so results are bitwise
@@ -3691,9 +3692,10 @@ static size_t psf__workspace_bytes(const psf_model *m) {
     b = psf__add(b, psf__alloc_bytes(m->ws_adj_reals, sizeof(psf_real)));
     b = psf__add(b, psf__alloc_bytes(psf__add(m->ws_scratch_reals, 1), sizeof(psf_real)));
     b = psf__add(b, psf__alloc_bytes((size_t)PSF_MAX_DETS * PSF_MAX_ELEC, sizeof(int)));
-    b = psf__add(b, psf__alloc_bytes(psf__mul((size_t)m->ws_block, m->ws_value_reals), sizeof(psf_real)));
-    b = psf__add(b, psf__alloc_bytes(psf__mul((size_t)m->ws_block, (size_t)m->n_nodes), sizeof(psf_node)));
-    b = psf__add(b, psf__alloc_bytes((size_t)m->ws_block, sizeof(psf_workspace)));
+    const size_t nb = m->ws_block > 1 ? (size_t)m->ws_block : 1; /* as psf_workspace_init */
+    b = psf__add(b, psf__alloc_bytes(psf__mul(nb, m->ws_value_reals), sizeof(psf_real)));
+    b = psf__add(b, psf__alloc_bytes(psf__mul(nb, (size_t)m->n_nodes), sizeof(psf_node)));
+    b = psf__add(b, psf__alloc_bytes(nb, sizeof(psf_workspace)));
     return psf__add(b, psf__alloc_bytes((size_t)m->n_dim, sizeof(psf_real)));
 }
 

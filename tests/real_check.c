@@ -18,53 +18,17 @@
 #define PSF_INTERNAL_TESTS
 #define PSIFORMER_IMPLEMENTATION
 #include "../psiformer.h"
-#include <float.h>
+#include "gemm_check.h"
 #include <stdio.h>
 #include <stdlib.h>
 
 static int check_kernels(void) {
-    static const int shapes[][3] = {{1, 1, 1}, {7, 1, 300}, {1, 9, 5}, {6, 8, 128}, {7, 17, 129}, {13, 33, 257},
-                                    {30, 64, 64}, {49, 16, 3}, {64, 40, 700}, {161, 170, 160}};
-    const double eps = sizeof(psf_real) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON;
+    double worst;
+    int checked;
+    const int fail = gemm_check(&worst, &checked);
+    if (fail < 0) { fprintf(stderr, "real_check: out of memory\n"); return 1; }
     psf_rng r;
     psf_rng_seed(&r, 13, 0);
-    double worst = 0;
-    int checked = 0, fail = 0;
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-        for (int t = 0; t < 4; t++)
-            for (int bi = 0; bi < 3; bi++) {
-                const int ta = t & 1, tb = t >> 1, M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-                const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1, ar = ta ? K : M, br = tb ? N : K;
-                const double alpha = 1.25, beta = bi == 0 ? 0.0 : bi == 1 ? 1.0 : -0.5;
-                psf_real *A = (psf_real *)malloc(sizeof(psf_real) * (size_t)ar * lda);
-                psf_real *B = (psf_real *)malloc(sizeof(psf_real) * (size_t)br * ldb);
-                psf_real *C = (psf_real *)malloc(sizeof(psf_real) * (size_t)M * ldc);
-                psf_real *C0 = (psf_real *)malloc(sizeof(psf_real) * (size_t)M * ldc);
-                if (!A || !B || !C || !C0) { fprintf(stderr, "real_check: out of memory\n"); exit(1); }
-                for (int i = 0; i < ar * lda; i++) A[i] = (psf_real)psf_rng_normal(&r);
-                for (int i = 0; i < br * ldb; i++) B[i] = (psf_real)psf_rng_normal(&r);
-                for (int i = 0; i < M * ldc; i++) C[i] = C0[i] = (psf_real)(bi == 0 ? NAN : psf_rng_normal(&r));
-                psf_test_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-                for (int i = 0; i < M; i++)
-                    for (int j = 0; j < N; j++) {
-                        long double s = 0, sa = 0;
-                        for (int k = 0; k < K; k++) {
-                            const long double p = (long double)(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
-                                                  (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
-                            s += p; sa += fabsl(p);
-                        }
-                        const double c0 = bi == 0 ? 0.0 : (double)C0[(size_t)i * ldc + j];
-                        const double ref = (double)(alpha * s + beta * c0);
-                        const double tol = (K + 2) * eps * (double)(fabs(alpha) * sa) + eps * fabs(beta * c0);
-                        const double err = fabs((double)C[(size_t)i * ldc + j] - ref);
-                        if (!(err <= tol)) fail = 1; /* also NaN: beta = 0 must not read C */
-                        if (tol > 0 && err / tol > worst) worst = err / tol;
-                    }
-                for (int i = 0; i < M && bi != 0; i++) /* the padding beyond N in each row of C is untouched */
-                    if (memcmp(&C[(size_t)i * ldc + N], &C0[(size_t)i * ldc + N], sizeof(psf_real))) fail = 1;
-                checked++;
-                free(A); free(B); free(C); free(C0);
-            }
     /* the block forward pass of the sampler against single walkers, on the driver's carbon network */
     psf_system sys;
     psf_config cfg;

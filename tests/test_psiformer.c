@@ -24,6 +24,7 @@ static void *test_malloc(size_t n) {
 #define PSF_INTERNAL_TESTS
 #include "../psiformer.h"
 #include "psf_harness.h"
+#include "gemm_check.h"
 #include <float.h>
 #include <stdlib.h>
 #ifdef _OPENMP
@@ -470,50 +471,14 @@ TEST vector_exp_and_tanh_within_their_ulp_bounds(void) {
     PASS();
 }
 
+/* The built-in product (and OpenBLAS's past PSF_CBLAS_MIN_MNK) within its rounding bound: tests/gemm_check.h. */
 TEST gemm_matches_long_double_reference(void) {
-    static const int shapes[][3] = {{1, 1, 1}, {7, 1, 300}, {1, 9, 5}, {6, 8, 128}, {7, 17, 129}, {13, 33, 257},
-                                    {30, 64, 64}, {49, 16, 3}, {5, 5, 0}, {64, 40, 700},
-                                    {161, 170, 160}}; /* the last is past PSF_CBLAS_MIN_MNK: OpenBLAS when built with it */
-    psf_rng r;
-    psf_rng_seed(&r, 11, 0);
-    double worst = 0;
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++)
-                for (int bi = 0; bi < 3; bi++) {
-                    const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-                    const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1; /* padded leading dims */
-                    const double alpha = 1.25, beta = bi == 0 ? 0.0 : bi == 1 ? 1.0 : -0.5;
-                    const int ar = ta ? K : M, br = tb ? N : K;
-                    double *A = (double *)malloc(sizeof(double) * ((size_t)ar * lda + 1));
-                    double *B = (double *)malloc(sizeof(double) * ((size_t)br * ldb + 1));
-                    double *C = (double *)malloc(sizeof(double) * (size_t)M * ldc);
-                    double *C0 = (double *)malloc(sizeof(double) * (size_t)M * ldc);
-                    for (int i = 0; i < ar * lda; i++) A[i] = psf_rng_normal(&r);
-                    for (int i = 0; i < br * ldb; i++) B[i] = psf_rng_normal(&r);
-                    for (int i = 0; i < M * ldc; i++) C[i] = C0[i] = bi == 0 ? NAN : psf_rng_normal(&r); /* beta 0 must not read C */
-                    psf_test_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-                    for (int i = 0; i < M; i++)
-                        for (int j = 0; j < N; j++) {
-                            long double s = 0, sa = 0;
-                            for (int k = 0; k < K; k++) {
-                                const long double t = (long double)(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
-                                                      (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
-                                s += t; sa += fabsl(t);
-                            }
-                            const double c0 = bi == 0 ? 0.0 : C0[(size_t)i * ldc + j];
-                            const double ref = (double)(alpha * s + beta * c0);
-                            const double tol = (K + 2) * 2.220446049250313e-16 * (double)(fabs(alpha) * sa) +
-                                               2.220446049250313e-16 * fabs(beta * c0);
-                            const double err = fabs(C[(size_t)i * ldc + j] - ref);
-                            if (tol > 0 && err / tol > worst) worst = err / tol;
-                            ASSERT_IN_RANGEm("gemm element", ref, C[(size_t)i * ldc + j], tol);
-                        }
-                    for (int i = 0; i < M; i++) /* the padding beyond N in each row of C is untouched */
-                        if (bi != 0) ASSERT_EQm("C padding untouched", C0[(size_t)i * ldc + N], C[(size_t)i * ldc + N]);
-                    free(A); free(B); free(C); free(C0);
-                }
-    if (greatest_info.verbose) printf("    worst |err| / bound = %.3f\n", worst);
+    double worst;
+    int checked;
+    const int failed = gemm_check(&worst, &checked);
+    if (greatest_info.verbose) printf("    %d products, worst |err| / bound = %.3f\n", checked, worst);
+    ASSERT_EQm("products outside their bound or writing C's padding", 0, failed);
+    ASSERT_EQ(132, checked);
     PASS();
 }
 
@@ -1516,7 +1481,7 @@ TEST float_build_kernels_within_their_bounds(void) {
         if (greatest_info.verbose) printf("    %s: %s", bin[b], line);
         ASSERT_EQm(bin[b], 3, got);
         ASSERT_EQm(bin[b], 0, rc);
-        ASSERT_EQm("products checked", 120, checked);
+        ASSERT_EQm("products checked", 132, checked);
         ASSERTm("worst error within its bound", worst >= 0 && worst <= 1);
         ASSERTm("block forward pass equals single walkers", same == 1);
     }
