@@ -1270,26 +1270,30 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
 /* A micro-kernel: the MR x NR tile sum_k a(i, k) b(k, j) over kc terms, with a(i, k) at a[i sai + k sak] (a packed
  * sliver: sai = 1, sak = MR; A read in place: its row and column strides) and b(k, j) at b[k ldb + j]; the tile is
  * stored to c (row stride ldc), or added to it when add is set. The x86 kernels keep MR rows of C in registers as
- * two vectors V of NR / 2 lanes each; SET1 broadcasts a(i, k). */
-#define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NR, V, ZERO, LOAD, SET1, FMA, ADD, STORE)                            \
+ * NV vectors V of L lanes each (NR = NV L); SET1 broadcasts a(i, k). Each product comes in two widths: NV = 2 (the
+ * tile), and NV = 1 for a ragged edge of at most L columns (attention's 6-column products), which computes every
+ * element with the same fused multiply-adds in the same order, so the bits do not depend on the width. */
+#define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NV, L, V, ZERO, LOAD, SET1, FMA, ADD, STORE)                         \
     static void NAME(int kc, const T *a, size_t sai, size_t sak, const T *b, size_t ldb, T *c, size_t ldc,        \
                      int add) {                                                                                    \
-        V r[MR][2];                                                                                                \
-        for (int i = 0; i < MR; i++) r[i][0] = r[i][1] = ZERO();                                                   \
+        V r[MR][NV];                                                                                               \
+        for (int i = 0; i < MR; i++)                                                                               \
+            for (int v = 0; v < NV; v++) r[i][v] = ZERO();                                                         \
         for (int k = 0; k < kc; k++) {                                                                             \
-            const V b0 = LOAD(b + (size_t)k * ldb), b1 = LOAD(b + (size_t)k * ldb + NR / 2);                       \
+            V bv[NV];                                                                                              \
+            for (int v = 0; v < NV; v++) bv[v] = LOAD(b + (size_t)k * ldb + v * L);                                \
             const T *ak = a + (size_t)k * sak;                                                                     \
             for (int i = 0; i < MR; i++) {                                                                         \
                 const V av = SET1(ak[(size_t)i * sai]);                                                            \
-                r[i][0] = FMA(av, b0, r[i][0]);                                                                    \
-                r[i][1] = FMA(av, b1, r[i][1]);                                                                    \
+                for (int v = 0; v < NV; v++) r[i][v] = FMA(av, bv[v], r[i][v]);                                   \
             }                                                                                                      \
         }                                                                                                          \
         for (int i = 0; i < MR; i++) {                                                                             \
             T *ci = c + (size_t)i * ldc;                                                                           \
-            if (add) { r[i][0] = ADD(LOAD(ci), r[i][0]); r[i][1] = ADD(LOAD(ci + NR / 2), r[i][1]); }              \
-            STORE(ci, r[i][0]);                                                                                    \
-            STORE(ci + NR / 2, r[i][1]);                                                                           \
+            for (int v = 0; v < NV; v++) {                                                                         \
+                if (add) r[i][v] = ADD(LOAD(ci + v * L), r[i][v]);                                                 \
+                STORE(ci + v * L, r[i][v]);                                                                        \
+            }                                                                                                      \
         }                                                                                                          \
     }
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -1309,11 +1313,19 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
 #endif
 #define PSF__SMR PSF__DMR
 #define PSF__SNR (2 * PSF__DNR) /* twice the lanes in float */
-PSF__SIMD_KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR, PSF__VD, PSF__VOP(setzero_pd), PSF__VOP(loadu_pd),
-                        PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(add_pd), PSF__VOP(storeu_pd))
+#define PSF__DKERNEL_DEFINE(NAME, NV)                                                                              \
+    PSF__SIMD_KERNEL_DEFINE(NAME, double, PSF__DMR, NV, PSF__DNR / 2, PSF__VD, PSF__VOP(setzero_pd),                \
+                            PSF__VOP(loadu_pd), PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(add_pd),           \
+                            PSF__VOP(storeu_pd))
+PSF__DKERNEL_DEFINE(psf__dkernel, 2)
+PSF__DKERNEL_DEFINE(psf__dkernel_half, 1)
 #if PSF__REAL_FLOAT
-PSF__SIMD_KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, PSF__VOP(setzero_ps), PSF__VOP(loadu_ps),
-                        PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps), PSF__VOP(storeu_ps))
+#define PSF__SKERNEL_DEFINE(NAME, NV)                                                                              \
+    PSF__SIMD_KERNEL_DEFINE(NAME, float, PSF__SMR, NV, PSF__SNR / 2, PSF__VS, PSF__VOP(setzero_ps),                 \
+                            PSF__VOP(loadu_ps), PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps),           \
+                            PSF__VOP(storeu_ps))
+PSF__SKERNEL_DEFINE(psf__skernel, 2)
+PSF__SKERNEL_DEFINE(psf__skernel_half, 1)
 #endif
 #else
 #define PSF__DMR 4
@@ -1334,8 +1346,10 @@ PSF__SIMD_KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, PSF__V
             for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] = add ? c[(size_t)i * ldc + j] + r[i][j] : r[i][j]; \
     }
 PSF__KERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR)
+#define psf__dkernel_half psf__dkernel /* one width: the whole tile */
 #if PSF__REAL_FLOAT
 PSF__KERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR)
+#define psf__skernel_half psf__skernel
 #endif
 #endif
 enum { PSF__KC = 128 }; /* packed A (8 MR x KC) and B (KC x NR): at most 64 KB of stack per call */
@@ -1391,7 +1405,7 @@ static psf_real psf__sum8(const psf_real *a, int K) {
 #else
 #define PSF__GEMM_CBLAS(CBLAS)
 #endif
-#define PSF__GEMM_DEFINE(NAME, T, KERNEL, MR, NR, CBLAS, DOT8)                                                     \
+#define PSF__GEMM_DEFINE(NAME, T, KERNEL, KERNEL_HALF, MR, NR, CBLAS, DOT8)                                        \
 static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, int lda, const T *B, int ldb,    \
                  double beta, T *C, int ldc) {                                                                     \
     enum { MC = 8 * MR };                                                                                          \
@@ -1466,7 +1480,8 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
                                !(store && k0 == 0));                                                               \
                         continue;                                                                                  \
                     }                                                                                              \
-                    KERNEL(kc, as, sai, sak, bs, bld, out, NR, 0);                                                 \
+                    if (nr <= NR / 2) KERNEL_HALF(kc, as, sai, sak, bs, bld, out, NR, 0); /* a narrow edge */        \
+                    else KERNEL(kc, as, sai, sak, bs, bld, out, NR, 0);                                            \
                     for (int i = 0; i < mr; i++) {                                                                 \
                         T *c = C + (size_t)(m0 + ir + i) * ldc + j0;                                               \
                         if (store && k0 == 0) for (int j = 0; j < nr; j++) c[j] = alpha * out[i * NR + j];         \
@@ -1477,9 +1492,9 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
         }                                                                                                          \
     }                                                                                                              \
 }
-PSF__GEMM_DEFINE(psf__dgemm, double, psf__dkernel, PSF__DMR, PSF__DNR, cblas_dgemm, psf__ddot8)
+PSF__GEMM_DEFINE(psf__dgemm, double, psf__dkernel, psf__dkernel_half, PSF__DMR, PSF__DNR, cblas_dgemm, psf__ddot8)
 #if PSF__REAL_FLOAT
-PSF__GEMM_DEFINE(psf__gemm, float, psf__skernel, PSF__SMR, PSF__SNR, cblas_sgemm, psf__dot8)
+PSF__GEMM_DEFINE(psf__gemm, float, psf__skernel, psf__skernel_half, PSF__SMR, PSF__SNR, cblas_sgemm, psf__dot8)
 #else
 #define psf__gemm psf__dgemm
 #endif
@@ -1967,7 +1982,15 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
             for (int d = 0; d < D; d++) memcpy(Y + (size_t)(1 + d) * ny + (size_t)(d / 3) * b, R + (size_t)d * b, sizeof(psf_real) * b);
         } else if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
             psf__gemm(0, 0, c->nb * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
-        else
+        else if (c->nb > 1) { /* the group's rows of every slice, gathered: one (nb n) x a by a x b product */
+            const int n = r1 - r0;
+            psf_real *G = c->ws->scratch, *R = G + (size_t)c->nb * n * a;
+            for (int s = 0; s < c->nb; s++)
+                memcpy(G + (size_t)s * n * a, X + s * nx + (size_t)r0 * a, sizeof(psf_real) * (size_t)n * a);
+            psf__gemm(0, 0, c->nb * n, b, a, 1.0, G, a, W, b, 0.0, R, b);
+            for (int s = 0; s < c->nb; s++)
+                memcpy(Y + s * ny + (size_t)r0 * b, R + (size_t)s * n * b, sizeof(psf_real) * (size_t)n * b);
+        } else
             for (int s = 0; s < c->nb; s++)
                 psf__gemm(0, 0, r1 - r0, b, a, 1.0, X + s * nx + (size_t)r0 * a, a, W, b, 0.0, Y + s * ny + (size_t)r0 * b, b);
         if (nd->ib) {
@@ -1998,8 +2021,10 @@ static void psf__linear_bwd(psf__ctx *c, const psf_node *nd) {
     if (c->ws->observe) c->ws->observe(c->ws->observe_ctx, (int)(nd - c->nodes), nd, X, dY);
 }
 #define psf__linear_sparse psf__sparse_rowwise
-static size_t psf__linear_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* the sparse path's G, R */
-    return (size_t)D * (size_t)(nodes[nd->in0].cols + nd->cols);
+static size_t psf__linear_scratch(const psf_node *nodes, const psf_node *nd, int D) {
+    const size_t ab = (size_t)(nodes[nd->in0].cols + nd->cols);
+    /* the sparse path's G, R; with two groups, a group's rows of the D + 2 slices and their product */
+    return nd->ic > 1 ? (size_t)(D + 2) * (size_t)nd->rows * ab : (size_t)D * ab;
 }
 /* LINEAR node with groups (split rows) and optional bias; registers parameter blocks name.w / name.b. */
 static int psf__linear(psf_model *m, int in, int out_cols, int bias, int split, const char *name) {

@@ -6,6 +6,9 @@
  * -0.5, with padded leading dimensions. Each element must lie within (K + 2) eps sum_k |alpha a_ik b_kj| +
  * eps |beta c_ij| of the reference (eps the machine epsilon of psf_real; the classical bound for a sum of K
  * products, Higham, Accuracy and Stability of Numerical Algorithms, §3.5), and C's padding beyond N is untouched.
+ * Then the width invariance the tape's reproducibility rests on: the first n columns of a product are bitwise those
+ * of the product of B's first n columns alone (narrow edges run a narrower micro-kernel; each element must still be
+ * the same sum in the same order).
  * Include after psiformer.h with PSF_INTERNAL_TESTS defined. */
 #ifndef GEMM_CHECK_H
 #define GEMM_CHECK_H
@@ -64,6 +67,27 @@ static int gemm_check(double *worst, int *checked) {
                 (*checked)++;
                 free(A); free(B); free(C); free(C0);
             }
+    enum { WM = 13, WN = 40, WK = 37 };
+    static const int narrow[] = {2, 5, 6, 8, 9, 17, 24, 33}; /* N = 1 is a matrix-vector product: its own order */
+    psf_real *A = (psf_real *)malloc(sizeof(psf_real) * WM * WK), *B = (psf_real *)malloc(sizeof(psf_real) * WN * WK);
+    psf_real *C = (psf_real *)malloc(sizeof(psf_real) * WM * WN), *Cn = (psf_real *)malloc(sizeof(psf_real) * WM * WN);
+    if (!A || !B || !C || !Cn) { free(A); free(B); free(C); free(Cn); return -1; }
+    for (int i = 0; i < WM * WK; i++) A[i] = (psf_real)psf_rng_normal(&r);
+    for (int i = 0; i < WN * WK; i++) B[i] = (psf_real)psf_rng_normal(&r);
+    for (int t = 0; t < 4; t++) {
+        const int ta = t & 1, tb = t >> 1, lda = ta ? WM : WK, ldb = tb ? WK : WN;
+        psf_test_gemm(ta, tb, WM, WN, WK, 1.0, A, lda, B, ldb, 0.0, C, WN);
+        for (size_t q = 0; q < sizeof narrow / sizeof narrow[0]; q++) {
+            const int n = narrow[q];
+            psf_test_gemm(ta, tb, WM, n, WK, 1.0, A, lda, B, ldb, 0.0, Cn, n);
+            int bad = 0;
+            for (int i = 0; i < WM; i++)
+                if (memcmp(Cn + (size_t)i * n, C + (size_t)i * WN, sizeof(psf_real) * n)) bad = 1;
+            failed += bad;
+            (*checked)++;
+        }
+    }
+    free(A); free(B); free(C); free(Cn);
     return failed;
 }
 #endif

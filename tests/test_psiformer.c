@@ -477,8 +477,8 @@ TEST gemm_matches_long_double_reference(void) {
     int checked;
     const int failed = gemm_check(&worst, &checked);
     if (greatest_info.verbose) printf("    %d products, worst |err| / bound = %.3f\n", checked, worst);
-    ASSERT_EQm("products outside their bound or writing C's padding", 0, failed);
-    ASSERT_EQ(132, checked);
+    ASSERT_EQm("products outside their bound, writing C's padding, or narrow columns not bitwise the wide ones", 0, failed);
+    ASSERT_EQ(164, checked); /* 132 against the reference, 32 width invariance */
     PASS();
 }
 
@@ -1481,7 +1481,7 @@ TEST float_build_kernels_within_their_bounds(void) {
         if (greatest_info.verbose) printf("    %s: %s", bin[b], line);
         ASSERT_EQm(bin[b], 3, got);
         ASSERT_EQm(bin[b], 0, rc);
-        ASSERT_EQm("products checked", 132, checked);
+        ASSERT_EQm("products checked", 164, checked);
         ASSERTm("worst error within its bound", worst >= 0 && worst <= 1);
         ASSERTm("block forward pass equals single walkers", same == 1);
     }
