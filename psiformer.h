@@ -2083,18 +2083,15 @@ static void psf__tanh_fwd(psf__ctx *c, const psf_node *nd) {
     const size_t n = PSF__N(nd);
     psf__vtanh(X, Y, n);
     if (c->nb == 1) return;
-    psf_real *YL = Y + (size_t)(c->D + 1) * n;
+    psf_real *YL = Y + (size_t)(c->D + 1) * n, *t = c->ws->scratch; /* t = tanh' = 1 - y^2, once */
     const psf_real *XL = X + (size_t)(c->D + 1) * n;
-    for (size_t i = 0; i < n; i++) YL[i] = 0;
+    for (size_t i = 0; i < n; i++) { YL[i] = 0; t[i] = 1 - Y[i] * Y[i]; }
     for (int d = 0; d < c->D; d++) {
         const psf_real *Xd = X + (size_t)(1 + d) * n;
         psf_real *Yd = Y + (size_t)(1 + d) * n;
-        for (size_t i = 0; i < n; i++) { Yd[i] = (1 - Y[i] * Y[i]) * Xd[i]; YL[i] += Xd[i] * Xd[i]; }
+        for (size_t i = 0; i < n; i++) { Yd[i] = t[i] * Xd[i]; YL[i] += Xd[i] * Xd[i]; }
     }
-    for (size_t i = 0; i < n; i++) {
-        const psf_real t = 1 - Y[i] * Y[i];
-        YL[i] = t * XL[i] - 2 * Y[i] * t * YL[i];
-    }
+    for (size_t i = 0; i < n; i++) YL[i] = t[i] * XL[i] - 2 * Y[i] * t[i] * YL[i];
 }
 static void psf__tanh_bwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *Y = PSF__J(c->ws, nd), *a = PSF__A(c->ws, nd);
@@ -2103,7 +2100,10 @@ static void psf__tanh_bwd(psf__ctx *c, const psf_node *nd) {
     for (size_t i = 0; i < n; i++) dX[i] += a[i] * (1 - Y[i] * Y[i]);
 }
 #define psf__tanh_sparse psf__sparse_rowwise
-#define psf__tanh_scratch psf__scratch_none
+static size_t psf__tanh_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* the jet's 1 - y^2 */
+    (void)nodes; (void)D;
+    return PSF__N(nd);
+}
 #ifdef PSF_INTERNAL_TESTS
 static int psf__tanh_example(psf_model *m, int x) {
     const int h = psf__linear(m, psf__features_node(m, x), 5, 1, m->n_elec, "ex.a");
@@ -2223,12 +2223,12 @@ static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
         /* the slices 1..D+1 of Q (and K) are (D+1) T consecutive rows of stride W */
         psf__gemm(0, 1, S1, T, dh, kap, Q + nin + h * dh, W, K + h * dh, W, 0.0, tA, T);
         psf__gemm(0, 1, T, S1, dh, kap, Q + h * dh, W, K + nin + h * dh, W, 0.0, tB, S1);
-        for (int i = 0; i < T; i++)
-            for (int d = 0; d < D; d++)
-                for (int e = 0; e < dh; e++) {
-                    Qc[((size_t)i * D + d) * dh + e] = Q[(size_t)(1 + d) * nin + (size_t)i * W + h * dh + e];
-                    Kc[((size_t)i * D + d) * dh + e] = K[(size_t)(1 + d) * nin + (size_t)i * W + h * dh + e];
-                }
+        for (int d = 0; d < D; d++)
+            for (int i = 0; i < T; i++) {
+                const size_t from = (size_t)(1 + d) * nin + (size_t)i * W + h * dh, to = ((size_t)i * D + d) * dh;
+                memcpy(Qc + to, Q + from, sizeof(psf_real) * (size_t)dh);
+                memcpy(Kc + to, K + from, sizeof(psf_real) * (size_t)dh);
+            }
         psf__gemm(0, 1, T, T, D * dh, 2 * kap, Qc, D * dh, Kc, D * dh, 0.0, tL, T);
         for (int sl = 1; sl <= D + 1; sl++) {
             psf_real *Ss = Sh + (size_t)sl * n;

@@ -260,6 +260,7 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
         const psf_wavefunction wf = psf_model_wavefunction(&m);
         void *wsp[256];
         for (int t = 0; t < tmax && t < 256; t++) wsp[t] = &ws[t];
+        set_threads(tmax); /* the refresh needs a workspace per thread: as many threads as workspaces */
         if (psf_walkers_init(&wm, &sys, batch, 7) != PSF_OK || psf_walkers_refresh(&wm, &wf, wsp, tmax) != PSF_OK) {
             fprintf(stderr, "bench: %s\n", psf_last_error());
             exit(1);
