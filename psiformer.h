@@ -1958,6 +1958,20 @@ static void psf__linear_groups(const psf_node *nd, int g, int *r0, int *r1, size
     *r1 = g == 0 ? (nd->ic > 1 ? nd->ia : T) : T;
     *poff = (size_t)nd->p_off + (size_t)g * ((size_t)a * b + (nd->ib ? (size_t)b : 0));
 }
+/* Rows r0 .. r1 - 1 of `count` stacked a-column matrices X_s = X + s nx, times W (a x b), into the same rows of
+ * Y_s = Y + s ny: gathered into one product (scratch: count (r1 - r0) (a + b) reals). Each row is the product
+ * of that row alone, so the bits are those of count separate products. The jet's slices of a spin-split layer,
+ * and a block of walkers' (psf__run_block). */
+static void psf__linear_gathered(psf_real *scratch, int count, int r0, int r1, int a, int b, const psf_real *X,
+                                 size_t nx, const psf_real *W, psf_real *Y, size_t ny) {
+    const int n = r1 - r0;
+    psf_real *G = scratch, *R = G + (size_t)count * n * a;
+    for (int s = 0; s < count; s++)
+        memcpy(G + (size_t)s * n * a, X + s * nx + (size_t)r0 * a, sizeof(psf_real) * (size_t)n * a);
+    psf__gemm(0, 0, count * n, b, a, 1.0, G, a, W, b, 0.0, R, b);
+    for (int s = 0; s < count; s++)
+        memcpy(Y + s * ny + (size_t)r0 * b, R + (size_t)s * n * b, sizeof(psf_real) * (size_t)n * b);
+}
 static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *in = &c->nodes[nd->in0];
     const int T = nd->rows, a = in->cols, b = nd->cols;
@@ -1982,15 +1996,9 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
             for (int d = 0; d < D; d++) memcpy(Y + (size_t)(1 + d) * ny + (size_t)(d / 3) * b, R + (size_t)d * b, sizeof(psf_real) * b);
         } else if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
             psf__gemm(0, 0, c->nb * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
-        else if (c->nb > 1) { /* the group's rows of every slice, gathered: one (nb n) x a by a x b product */
-            const int n = r1 - r0;
-            psf_real *G = c->ws->scratch, *R = G + (size_t)c->nb * n * a;
-            for (int s = 0; s < c->nb; s++)
-                memcpy(G + (size_t)s * n * a, X + s * nx + (size_t)r0 * a, sizeof(psf_real) * (size_t)n * a);
-            psf__gemm(0, 0, c->nb * n, b, a, 1.0, G, a, W, b, 0.0, R, b);
-            for (int s = 0; s < c->nb; s++)
-                memcpy(Y + s * ny + (size_t)r0 * b, R + (size_t)s * n * b, sizeof(psf_real) * (size_t)n * b);
-        } else
+        else if (c->nb > 1) /* the group's rows of every slice, gathered: one (nb n) x a by a x b product */
+            psf__linear_gathered(c->ws->scratch, c->nb, r0, r1, a, b, X, nx, W, Y, ny);
+        else
             for (int s = 0; s < c->nb; s++)
                 psf__gemm(0, 0, r1 - r0, b, a, 1.0, X + s * nx + (size_t)r0 * a, a, W, b, 0.0, Y + s * ny + (size_t)r0 * b, b);
         if (nd->ib) {
@@ -3102,6 +3110,24 @@ static void psf__run_block(const psf_model *m, psf_workspace *ws, int n, const p
             psf__ops[PSF_OP_LINEAR].fwd(&c, &st[1]);
             continue;
         }
+        if (nd->op == PSF_OP_LINEAR) { /* spin groups: each group's rows of the n walkers, gathered */
+            const psf_node *ni = &ws->bnodes[nd->in0], *no = &ws->bnodes[k];
+            const int a = ni->cols, b = no->cols;
+            const psf_real *X = PSF__J(&ws->bviews[0], ni);
+            psf_real *Y = PSF__J(&ws->bviews[0], no);
+            for (int g = 0; g < nd->ic; g++) {
+                int r0, r1; size_t po;
+                psf__linear_groups(nd, g, &r0, &r1, &po, a);
+                if (r1 <= r0) continue;
+                const psf_real *W = m->params + po;
+                psf__linear_gathered(ws->scratch, n, r0, r1, a, b, X, PSF__N(ni), W, Y, PSF__N(no));
+                if (!nd->ib) continue;
+                for (int w = 0; w < n; w++)
+                    for (int t = r0; t < r1; t++)
+                        for (int j = 0; j < b; j++) Y[w * PSF__N(no) + (size_t)t * b + j] += W[(size_t)a * b + j];
+            }
+            continue;
+        }
         for (int w = 0; w < n; w++) {
             const psf_node *tab = ws->bnodes + (size_t)w * K;
             psf__ctx c = {tab, m->params, &m->sys, &ws->bviews[w], x + (size_t)w * m->n_dim, m->n_elec, m->n_dim, 1, NULL};
@@ -3616,6 +3642,12 @@ static void psf__layout(psf_model *m) {
         if (nd->op != PSF_OP_LINEAR || nd->ic != 1 || nd->in0 < 0) continue;
         const double mnk = (double)nd->rows * m->nodes[nd->in0].cols * nd->cols;
         while (m->ws_block > 1 && m->ws_block * mnk >= PSF_CBLAS_MIN_MNK) m->ws_block--;
+    }
+    for (int k = 0; k < m->n_nodes; k++) {
+        const psf_node *nd = &m->nodes[k]; /* a block's spin-split layers gather ws_block walkers' rows */
+        if (nd->op != PSF_OP_LINEAR || nd->ic < 2 || nd->in0 < 0) continue;
+        const size_t need = psf__mul((size_t)m->ws_block * nd->rows, (size_t)(m->nodes[nd->in0].cols + nd->cols));
+        if (need > scratch) scratch = need;
     }
     for (int k = 0; k < m->n_nodes; k++) m->nodes[k].joff += values; /* the jet area follows the values */
     m->ws_jet_reals = psf__add(values, peak);
