@@ -1499,6 +1499,30 @@ PSF__GEMM_DEFINE(psf__gemm, float, psf__skernel, psf__skernel_half, PSF__SMR, PS
 #define psf__gemm psf__dgemm
 #endif
 
+/* One entry of the built-in product alpha A B^T (beta = 0, N >= 2 columns, PSF_CBLAS_MIN_MNK not reached) whose
+ * terms are zero outside k = lo .. hi - 1, from those terms alone: a[k - lo] b[k - lo]. The bits are the
+ * product's: a multiply-add chain from 0 per PSF__KC block of k, fused as the micro-kernel's, each block's sum
+ * scaled by alpha and added in order (the zero terms and blocks add exact zeros). The sparse jets use it. */
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if PSF__REAL_FLOAT
+#define PSF__MAC(a, b, c) fmaf(a, b, c)
+#else
+#define PSF__MAC(a, b, c) fma(a, b, c)
+#endif
+#else
+#define PSF__MAC(a, b, c) ((c) + (a) * (b)) /* the plain-C micro-kernel's r += a b */
+#endif
+static psf_real psf__gemm_entry(const psf_real *a, const psf_real *b, int lo, int hi, double alpha) {
+    psf_real c = 0;
+    for (int k = lo; k < hi;) {
+        const int end = (k / PSF__KC + 1) * PSF__KC < hi ? (k / PSF__KC + 1) * PSF__KC : hi;
+        psf_real acc = 0;
+        for (; k < end; k++) acc = PSF__MAC(a[k - lo], b[k - lo], acc);
+        c += alpha * acc;
+    }
+    return c;
+}
+
 /* The float32 Gram product for SPRING's kernel, C = A B^T, on rows stored in *panels*: the rows of a K-column
  * matrix in groups of PSF__GNR, panel q holding the K x PSF__GNR floats (k, r) -> q K PSF__GNR + k PSF__GNR + r of
  * rows q PSF__GNR + r (rows past the matrix's end are 0). SPRING writes its float32 copy of Ō in this layout while
@@ -2213,6 +2237,47 @@ static int psf__layernorm_example(psf_model *m, int x) {
 /* ---- ATTN_SCORES: S_h = Q_h K_h^T / sqrt(d_head) per head h (Vaswani et al. 2017, Eq. 1). Bilinear:
  *      S_d = k (Q_d K_0^T + Q_0 K_d^T),  S_L = k (Q_L K_0^T + Q_0 K_L^T + 2 sum_d Q_d K_d^T).
  *      ia = heads H, ib = d_head; Q, K are T x (H d_head); S is (H T) x T.                                 */
+/* The jet of head h when Q and K are per-electron (sparse: slice d nonzero only in row r = d / 3, as in the first
+ * layer). Then Q_d K_0^T is row r of Q_d against K_0, Q_0 K_d^T is column r, and sum_d Q_d K_d^T is diagonal, entry i
+ * summing the slices 3i .. 3i + 2: the rows r of the D slices, gathered, make two D x T products instead of two
+ * (D + 1) T x T ones. Every entry is the dense products' sum of its nonzero terms in their order (the gathered
+ * products', or psf__gemm_entry's), combined as the dense path combines them, so the bits are the dense path's.
+ * The Laplacian slices Q_L, K_L are dense. scratch: 4 T^2 + 2 D T + 2 D d_head reals. */
+static void psf__attn_scores_sparse_jet(psf__ctx *c, const psf_node *nd, int h, const psf_real *Q, const psf_real *K,
+                                        psf_real *scratch) {
+    const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D;
+    const size_t nin = PSF__N(&c->nodes[nd->in0]), n = PSF__N(nd);
+    const double kap = 1 / sqrt((double)dh);
+    psf_real *Sh = PSF__J(c->ws, nd) + (size_t)h * T * T, *tA = scratch, *tB = tA + (size_t)D * T,
+             *Qg = tB + (size_t)D * T, *Kg = Qg + (size_t)D * dh, *lA = Kg + (size_t)D * dh, *lB = lA + (size_t)T * T;
+    const psf_real *Q0 = Q + h * dh, *K0 = K + h * dh;
+    for (int d = 0; d < D; d++) { /* row d / 3 of slice d */
+        const size_t from = (size_t)(1 + d) * nin + (size_t)(d / 3) * W + h * dh;
+        memcpy(Qg + (size_t)d * dh, Q + from, sizeof(psf_real) * (size_t)dh);
+        memcpy(Kg + (size_t)d * dh, K + from, sizeof(psf_real) * (size_t)dh);
+    }
+    psf__gemm(0, 1, D, T, dh, kap, Qg, dh, K0, W, 0.0, tA, T); /* tA[d, j]: row r of Q_d K_0^T */
+    psf__gemm(0, 1, T, D, dh, kap, Q0, W, Kg, dh, 0.0, tB, D); /* tB[i, d]: column r of Q_0 K_d^T */
+    for (int d = 0; d < D; d++) {
+        const int r = d / 3;
+        psf_real *Ss = Sh + (size_t)(1 + d) * n;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < T; j++) {
+                const psf_real a = i == r ? tA[(size_t)d * T + j] : 0, b = j == r ? tB[(size_t)i * D + d] : 0;
+                Ss[i * T + j] = a + b + 0.0;
+            }
+    }
+    const psf_real *QL = Q + (size_t)(D + 1) * nin + h * dh, *KL = K + (size_t)(D + 1) * nin + h * dh;
+    psf__gemm(0, 1, T, T, dh, kap, QL, W, K0, W, 0.0, lA, T);
+    psf__gemm(0, 1, T, T, dh, kap, Q0, W, KL, W, 0.0, lB, T);
+    psf_real *SL = Sh + (size_t)(D + 1) * n;
+    for (int i = 0; i < T; i++) {
+        psf_real tl = 0; /* 2 kap sum_d Q_d K_d^T, entry (i, i): the terms k = d dh + e of slices d = 3i .. 3i + 2 */
+        const int d0 = 3 * i, d1 = 3 * i + 3 < D ? 3 * i + 3 : D;
+        if (d1 > d0) tl = psf__gemm_entry(Qg + (size_t)d0 * dh, Kg + (size_t)d0 * dh, d0 * dh, d1 * dh, 2 * kap);
+        for (int j = 0; j < T; j++) SL[i * T + j] = lA[i * T + j] + lB[i * T + j] + (i == j ? tl : (psf_real)0);
+    }
+}
 static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *nq = &c->nodes[nd->in0], *nk = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D, S1 = (D + 1) * T;
@@ -2228,6 +2293,10 @@ static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
         psf_real *Sh = S + (size_t)h * T * T;
         psf__gemm(0, 1, T, T, dh, kap, Q + h * dh, W, K + h * dh, W, 0.0, Sh, T);
         if (c->nb == 1) continue;
+        if (nq->sparse && nk->sparse && T > 1 && dh <= PSF__KC) { /* the first layer: the nonzero terms only */
+            psf__attn_scores_sparse_jet(c, nd, h, Q, K, tA);
+            continue;
+        }
         /* the slices 1..D+1 of Q (and K) are (D+1) T consecutive rows of stride W */
         psf__gemm(0, 1, S1, T, dh, kap, Q + nin + h * dh, W, K + h * dh, W, 0.0, tA, T);
         psf__gemm(0, 1, T, S1, dh, kap, Q + h * dh, W, K + nin + h * dh, W, 0.0, tB, S1);
@@ -2261,9 +2330,10 @@ static void psf__attn_scores_bwd(psf__ctx *c, const psf_node *nd) {
 }
 #define psf__attn_scores_sparse psf__sparse_none
 static size_t psf__attn_scores_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* tA, tB, Qc, Kc, tL */
-    const size_t N = (size_t)nd->cols, dh = (size_t)nd->ib;
+    const size_t N = (size_t)nd->cols, dh = (size_t)nd->ib, dense = 2 * ((size_t)D + 1) * N * N + 2 * N * (size_t)D * dh + N * N;
+    const size_t sparse = 2 * N * N + 2 * (size_t)D * (N + dh); /* psf__attn_scores_sparse_jet */
     (void)nodes;
-    return 2 * ((size_t)D + 1) * N * N + 2 * N * (size_t)D * dh + N * N;
+    return dense > sparse ? dense : sparse;
 }
 /* S = attention scores of queries q and keys k (nodes N x (H d_head)), (H N) x N. */
 static int psf__attn_scores_node(psf_model *m, int q, int k, int heads, int head_dim) {

@@ -362,6 +362,43 @@ TEST pfaffian_mlp_network_derivatives_match_finite_differences(void) {
     PASS();
 }
 
+/* The first layer's attention scores take a sparse jet path (psf__attn_scores_sparse_jet: per-electron Q and K, each
+ * derivative slice one nonzero row). It must give the dense path's bits: log|psi|, its gradient and Laplacian at
+ * several points of carbon's network (head width 16, so that the D d_head = 288 terms of the Laplacian's sum cross
+ * the product's 128-term blocks), with the sparse flags of the scores' inputs cleared for the dense run. */
+TEST sparse_attention_jet_gives_the_dense_bits(void) {
+    fixture f;
+    ASSERT_EQ(0, fixture_init(&f, "C", 2, 4, 16, 4, 91));
+    psf_model *m = &f.m;
+    const int D = m->n_dim;
+    int flagged = 0;
+    for (int k = 0; k < m->n_nodes; k++)
+        if (m->nodes[k].op == PSF_OP_ATTN_SCORES) flagged += m->nodes[m->nodes[k].in0].sparse && m->nodes[m->nodes[k].in1].sparse;
+    ASSERT_EQm("the first layer's scores take the sparse path", 1, flagged);
+    psf_rng r;
+    psf_rng_seed(&r, 92, 0);
+    for (int pt = 0; pt < 4; pt++) {
+        psf_real x[3 * PSF_MAX_ELEC], g[2][3 * PSF_MAX_ELEC], lap[2];
+        double lp[2];
+        int sg[2];
+        for (int d = 0; d < D; d++) x[d] = (psf_real)(1.2 * psf_rng_normal(&r));
+        lp[0] = psf_model_jet(m, &f.ws, x, g[0], &lap[0], &sg[0]);
+        int saved[PSF_MAX_NODES];
+        for (int k = 0; k < m->n_nodes; k++) saved[k] = m->nodes[k].sparse;
+        for (int k = 0; k < m->n_nodes; k++)
+            if (m->nodes[k].op == PSF_OP_ATTN_SCORES) m->nodes[m->nodes[k].in0].sparse = m->nodes[m->nodes[k].in1].sparse = 0;
+        lp[1] = psf_model_jet(m, &f.ws, x, g[1], &lap[1], &sg[1]);
+        for (int k = 0; k < m->n_nodes; k++) m->nodes[k].sparse = saved[k];
+        ASSERT(sg[0] != 0 && isfinite(lap[0]));
+        ASSERT_EQ(sg[1], sg[0]);
+        ASSERT_EQm("log|psi|", 0, memcmp(&lp[0], &lp[1], sizeof(double)));
+        ASSERT_EQm("gradient", 0, memcmp(g[0], g[1], sizeof(psf_real) * D));
+        ASSERT_EQm("Laplacian", 0, memcmp(&lap[0], &lap[1], sizeof(psf_real)));
+    }
+    fixture_free(&f);
+    PASS();
+}
+
 SUITE(derivatives) {
     RUN_TEST(every_registered_op_on_its_example_graph);
     RUN_TEST(every_op_jet_matches_finite_differences);
@@ -369,6 +406,7 @@ SUITE(derivatives) {
     RUN_TEST(network_derivatives_match_finite_differences);
     RUN_TEST(pfaffian_network_derivatives_match_finite_differences);
     RUN_TEST(pfaffian_mlp_network_derivatives_match_finite_differences);
+    RUN_TEST(sparse_attention_jet_gives_the_dense_bits);
 }
 
 /* ---------------------------------------------------------------------------------------------------------
