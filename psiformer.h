@@ -2409,6 +2409,47 @@ static int psf__softmax_example(psf_model *m, int x) {
 
 /* ---- ATTN_MIX: O_h = P_h V_h per head. Bilinear: O_d = P_d V_0 + P_0 V_d; O_L = P_L V_0 + P_0 V_L +
  *      2 sum_d P_d V_d. in0 = P ((H T) x T), in1 = V (T x H d_head); ia = H, ib = d_head.                   */
+/* The rest of head h's jet when V is per-electron (sparse: slice d nonzero only in row r = d / 3, as in the first
+ * layer), after O_s = P_s V_0: then P_0 V_d is column r of P_0 times row r of V_d, and sum_d P_d V_d sums one term
+ * per slice. Each entry is the dense products' sum of its nonzero terms in their order (per PSF__KC block of the
+ * Laplacian's D T terms), added as the dense path adds them, so the bits are the dense path's (a product's single
+ * nonzero term is a fused multiply-add from 0, and the zero terms after it add + 0). scratch: T d_head reals. */
+static void psf__attn_mix_sparse_jet(psf__ctx *c, const psf_node *nd, int h, const psf_real *Ph, size_t npn,
+                                     const psf_real *V, psf_real *tL) {
+    const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D;
+    const size_t n = PSF__N(nd);
+    psf_real *O = PSF__J(c->ws, nd);
+    for (int d = 0; d < D; d++) { /* O_d += P_0 V_d: only term j = r of each sum over j */
+        const int r = d / 3;
+        const psf_real *vr = V + (size_t)(1 + d) * n + (size_t)r * W + h * dh;
+        for (int i = 0; i < T; i++) {
+            psf_real *o = O + (size_t)(1 + d) * n + (size_t)i * W + h * dh;
+            const psf_real p = Ph[(size_t)i * T + r];
+            for (int e = 0; e < dh; e++) {
+                psf_real t = PSF__MAC(p, vr[e], (psf_real)0);
+                if (r < T - 1) t += (psf_real)0; /* the zero terms j > r */
+                o[e] += t;
+            }
+        }
+    }
+    /* O_L += P_0 V_L (dense), then + 2 sum_d P_d V_d with P_d's column r_d against V_d's row r_d */
+    psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + (size_t)(D + 1) * n + h * dh, W, 0.0, tL, dh);
+    psf_real *OL = O + (size_t)(D + 1) * n + h * dh;
+    for (int i = 0; i < T; i++)
+        for (int e = 0; e < dh; e++) OL[(size_t)i * W + e] += tL[(size_t)i * dh + e];
+    for (int i = 0; i < T; i++) { /* the product's term k = d T + r_d, summed per PSF__KC block of k */
+        psf_real *acc = tL, *o = OL + (size_t)i * W; /* acc [dh] */
+        for (int e = 0; e < dh; e++) acc[e] = 0;
+        for (int d = 0; d < D; d++) {
+            const int r = d / 3;
+            const psf_real p = Ph[(size_t)(1 + d) * npn + (size_t)i * T + r], *vr = V + (size_t)(1 + d) * n + (size_t)r * W + h * dh;
+            for (int e = 0; e < dh; e++) acc[e] = PSF__MAC(p, vr[e], acc[e]);
+            if (d == D - 1 || (d * T + r) / PSF__KC != ((d + 1) * T + (d + 1) / 3) / PSF__KC) { /* a block ends */
+                for (int e = 0; e < dh; e++) { o[e] += 2.0 * acc[e]; acc[e] = 0; }
+            }
+        }
+    }
+}
 static void psf__attn_mix_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_node *np = &c->nodes[nd->in0], *nv = &c->nodes[nd->in1];
     const int H = nd->ia, dh = nd->ib, T = nd->rows, W = H * dh, D = c->D, S1 = (D + 1) * T;
@@ -2422,17 +2463,21 @@ static void psf__attn_mix_fwd(psf__ctx *c, const psf_node *nd) {
         const psf_real *Ph = P + (size_t)h * T * T;
         psf__gemm(0, 0, T, dh, T, 1.0, Ph, T, V + h * dh, W, 0.0, O + h * dh, W);
         if (c->nb == 1) continue;
-        for (int sl = 1; sl <= D + 1; sl++) {
+        for (int sl = 1; sl <= D + 1; sl++)
             memcpy(Ps + (size_t)(sl - 1) * T * T, Ph + (size_t)sl * npn, sizeof(psf_real) * (size_t)T * T);
+        /* O_s = P_s V_0 for every slice s: output slices are (D+1) T consecutive rows of stride W */
+        psf__gemm(0, 0, S1, dh, T, 1.0, Ps, T, V + h * dh, W, 0.0, O + n + h * dh, W);
+        if (nv->sparse && T > 1) { /* the first layer: the nonzero terms only */
+            psf__attn_mix_sparse_jet(c, nd, h, Ph, npn, V, tB);
+            continue;
+        }
+        for (int sl = 1; sl <= D + 1; sl++)
             for (int j = 0; j < T; j++)
                 memcpy(Vc + (size_t)j * (D + 1) * dh + (size_t)(sl - 1) * dh, V + (size_t)sl * n + (size_t)j * W + h * dh,
                        sizeof(psf_real) * (size_t)dh);
-        }
         for (int i = 0; i < T; i++)
             for (int d = 0; d < D; d++)
                 memcpy(Pc + (size_t)i * D * T + (size_t)d * T, Ph + (size_t)(1 + d) * npn + (size_t)i * T, sizeof(psf_real) * (size_t)T);
-        /* O_s = P_s V_0 for every slice s: output slices are (D+1) T consecutive rows of stride W */
-        psf__gemm(0, 0, S1, dh, T, 1.0, Ps, T, V + h * dh, W, 0.0, O + n + h * dh, W);
         /* + P_0 V_s */
         psf__gemm(0, 0, T, (D + 1) * dh, T, 1.0, Ph, T, Vc, (D + 1) * dh, 0.0, tB, (D + 1) * dh);
         for (int sl = 1; sl <= D + 1; sl++)

@@ -362,40 +362,49 @@ TEST pfaffian_mlp_network_derivatives_match_finite_differences(void) {
     PASS();
 }
 
-/* The first layer's attention scores take a sparse jet path (psf__attn_scores_sparse_jet: per-electron Q and K, each
- * derivative slice one nonzero row). It must give the dense path's bits: log|psi|, its gradient and Laplacian at
- * several points of carbon's network (head width 16, so that the D d_head = 288 terms of the Laplacian's sum cross
- * the product's 128-term blocks), with the sparse flags of the scores' inputs cleared for the dense run. */
+/* The first layer's attention takes sparse jet paths (psf__attn_scores_sparse_jet, psf__attn_mix_sparse_jet:
+ * per-electron Q, K and V, each derivative slice one nonzero row). They must give the dense paths' bits: log|psi|,
+ * its gradient and Laplacian at several points, with the sparse flags of the attention's inputs cleared for the
+ * dense run. Carbon and neon with head width 16, so that the Laplacian's sums (D d_head = 288 and 480 terms for
+ * the scores, D N = 108 and 300 for the mix) lie in one and in several of the product's 128-term blocks. */
 TEST sparse_attention_jet_gives_the_dense_bits(void) {
-    fixture f;
-    ASSERT_EQ(0, fixture_init(&f, "C", 2, 4, 16, 4, 91));
-    psf_model *m = &f.m;
-    const int D = m->n_dim;
-    int flagged = 0;
-    for (int k = 0; k < m->n_nodes; k++)
-        if (m->nodes[k].op == PSF_OP_ATTN_SCORES) flagged += m->nodes[m->nodes[k].in0].sparse && m->nodes[m->nodes[k].in1].sparse;
-    ASSERT_EQm("the first layer's scores take the sparse path", 1, flagged);
-    psf_rng r;
-    psf_rng_seed(&r, 92, 0);
-    for (int pt = 0; pt < 4; pt++) {
-        psf_real x[3 * PSF_MAX_ELEC], g[2][3 * PSF_MAX_ELEC], lap[2];
-        double lp[2];
-        int sg[2];
-        for (int d = 0; d < D; d++) x[d] = (psf_real)(1.2 * psf_rng_normal(&r));
-        lp[0] = psf_model_jet(m, &f.ws, x, g[0], &lap[0], &sg[0]);
-        int saved[PSF_MAX_NODES];
-        for (int k = 0; k < m->n_nodes; k++) saved[k] = m->nodes[k].sparse;
-        for (int k = 0; k < m->n_nodes; k++)
-            if (m->nodes[k].op == PSF_OP_ATTN_SCORES) m->nodes[m->nodes[k].in0].sparse = m->nodes[m->nodes[k].in1].sparse = 0;
-        lp[1] = psf_model_jet(m, &f.ws, x, g[1], &lap[1], &sg[1]);
-        for (int k = 0; k < m->n_nodes; k++) m->nodes[k].sparse = saved[k];
-        ASSERT(sg[0] != 0 && isfinite(lap[0]));
-        ASSERT_EQ(sg[1], sg[0]);
-        ASSERT_EQm("log|psi|", 0, memcmp(&lp[0], &lp[1], sizeof(double)));
-        ASSERT_EQm("gradient", 0, memcmp(g[0], g[1], sizeof(psf_real) * D));
-        ASSERT_EQm("Laplacian", 0, memcmp(&lap[0], &lap[1], sizeof(psf_real)));
+    const char *atoms[2] = {"C", "Ne"};
+    for (int a = 0; a < 2; a++) {
+        fixture f;
+        ASSERT_EQ(0, fixture_init(&f, atoms[a], 2, 4, 16, 4, 91 + a));
+        psf_model *m = &f.m;
+        const int D = m->n_dim;
+        int flagged = 0;
+        for (int k = 0; k < m->n_nodes; k++) {
+            const psf_node *nd = &m->nodes[k];
+            if (nd->op == PSF_OP_ATTN_SCORES) flagged += m->nodes[nd->in0].sparse && m->nodes[nd->in1].sparse;
+            if (nd->op == PSF_OP_ATTN_MIX) flagged += m->nodes[nd->in1].sparse;
+        }
+        ASSERT_EQm("the first layer's scores and mix take the sparse paths", 2, flagged);
+        psf_rng r;
+        psf_rng_seed(&r, 92 + a, 0);
+        for (int pt = 0; pt < 4; pt++) {
+            psf_real x[3 * PSF_MAX_ELEC], g[2][3 * PSF_MAX_ELEC], lap[2];
+            double lp[2];
+            int sg[2], saved[PSF_MAX_NODES];
+            for (int d = 0; d < D; d++) x[d] = (psf_real)(1.2 * psf_rng_normal(&r));
+            lp[0] = psf_model_jet(m, &f.ws, x, g[0], &lap[0], &sg[0]);
+            for (int k = 0; k < m->n_nodes; k++) saved[k] = m->nodes[k].sparse;
+            for (int k = 0; k < m->n_nodes; k++) {
+                const psf_node *nd = &m->nodes[k];
+                if (nd->op == PSF_OP_ATTN_SCORES || nd->op == PSF_OP_ATTN_MIX)
+                    m->nodes[nd->in0].sparse = m->nodes[nd->in1].sparse = 0;
+            }
+            lp[1] = psf_model_jet(m, &f.ws, x, g[1], &lap[1], &sg[1]);
+            for (int k = 0; k < m->n_nodes; k++) m->nodes[k].sparse = saved[k];
+            ASSERTm(atoms[a], sg[0] != 0 && isfinite(lap[0]));
+            ASSERT_EQm(atoms[a], sg[1], sg[0]);
+            ASSERT_EQm("log|psi|", 0, memcmp(&lp[0], &lp[1], sizeof(double)));
+            ASSERT_EQm("gradient", 0, memcmp(g[0], g[1], sizeof(psf_real) * D));
+            ASSERT_EQm("Laplacian", 0, memcmp(&lap[0], &lap[1], sizeof(psf_real)));
+        }
+        fixture_free(&f);
     }
-    fixture_free(&f);
     PASS();
 }
 
