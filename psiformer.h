@@ -1458,8 +1458,12 @@ static void NAME(int ta, int tb, int M, int N, int K, double alpha, const T *A, 
                 size_t bld = NR;                                                                                   \
                 if (!tb && nr == NR) { bs = B + (size_t)k0 * ldb + j0; bld = (size_t)ldb; }                        \
                 else if (tb) { /* the transpose of B's rows j0.., zero columns past a ragged edge row by row */     \
-                    for (int k = 0; k < kc && nr < NR; k++) /* whole rows: NR constant, a few vector stores */     \
-                        for (int j = 0; j < NR; j++) bp[k * NR + j] = 0;                                           \
+                    if (nr <= NR / 2) /* the narrow kernel reads half a row */                                     \
+                        for (int k = 0; k < kc; k++)                                                               \
+                            for (int j = 0; j < NR / 2; j++) bp[k * NR + j] = 0;                                   \
+                    else                                                                                           \
+                        for (int k = 0; k < kc && nr < NR; k++) /* whole rows: NR constant, a few vector stores */ \
+                            for (int j = 0; j < NR; j++) bp[k * NR + j] = 0;                                       \
                     const T *b = B + (size_t)j0 * ldb + k0; /* row k of bp gathers column k of those rows */       \
                     for (int k = 0; k < kc; k++)                                                                   \
                         for (int j = 0; j < nr; j++) bp[k * NR + j] = b[(size_t)j * ldb + k];                      \
@@ -2285,8 +2289,9 @@ static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
     const double kap = 1 / sqrt((double)dh);
     const psf_real *Q = PSF__J(c->ws, nq), *K = PSF__J(c->ws, nk);
     psf_real *S = PSF__J(c->ws, nd);
-    /* jet scratch: tA = Q_{1..D+1} K_0^T, tB = Q_0 K_{1..D+1}^T, Qc / Kc = [Q_1 .. Q_D] / [K_1 .. K_D] side by side
-     * (so that sum_d Q_d K_d^T is one product), tL */
+    /* jet scratch: tA = Q_{1..D+1} K_0^T, tB = K_{1..D+1} Q_0^T (the transpose of Q_0 K_s^T: like tA, 6-column,
+     * where Q_0 K_{1..D+1}^T would transpose 114 rows of K to pack them), Qc / Kc = [Q_1 .. Q_D] / [K_1 .. K_D]
+     * side by side (so that sum_d Q_d K_d^T is one product), tL */
     psf_real *tA = c->ws->scratch, *tB = tA + (size_t)S1 * T, *Qc = tB + (size_t)S1 * T, *Kc = Qc + (size_t)T * D * dh,
              *tL = Kc + (size_t)T * D * dh;
     for (int h = 0; h < H; h++) {
@@ -2299,7 +2304,7 @@ static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
         }
         /* the slices 1..D+1 of Q (and K) are (D+1) T consecutive rows of stride W */
         psf__gemm(0, 1, S1, T, dh, kap, Q + nin + h * dh, W, K + h * dh, W, 0.0, tA, T);
-        psf__gemm(0, 1, T, S1, dh, kap, Q + h * dh, W, K + nin + h * dh, W, 0.0, tB, S1);
+        psf__gemm(0, 1, S1, T, dh, kap, K + nin + h * dh, W, Q + h * dh, W, 0.0, tB, T); /* (Q_0 K_s^T)^T */
         for (int d = 0; d < D; d++)
             for (int i = 0; i < T; i++) {
                 const size_t from = (size_t)(1 + d) * nin + (size_t)i * W + h * dh, to = ((size_t)i * D + d) * dh;
@@ -2311,7 +2316,7 @@ static void psf__attn_scores_fwd(psf__ctx *c, const psf_node *nd) {
             psf_real *Ss = Sh + (size_t)sl * n;
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < T; j++)
-                    Ss[i * T + j] = tA[((size_t)(sl - 1) * T + i) * T + j] + tB[(size_t)i * S1 + (size_t)(sl - 1) * T + j] +
+                    Ss[i * T + j] = tA[((size_t)(sl - 1) * T + i) * T + j] + tB[((size_t)(sl - 1) * T + j) * T + i] +
                                     (sl == D + 1 ? tL[i * T + j] : 0.0);
         }
     }
@@ -2330,7 +2335,8 @@ static void psf__attn_scores_bwd(psf__ctx *c, const psf_node *nd) {
 }
 #define psf__attn_scores_sparse psf__sparse_none
 static size_t psf__attn_scores_scratch(const psf_node *nodes, const psf_node *nd, int D) { /* tA, tB, Qc, Kc, tL */
-    const size_t N = (size_t)nd->cols, dh = (size_t)nd->ib, dense = 2 * ((size_t)D + 1) * N * N + 2 * N * (size_t)D * dh + N * N;
+    const size_t N = (size_t)nd->cols, dh = (size_t)nd->ib;
+    const size_t dense = 2 * ((size_t)D + 1) * N * N + 2 * N * (size_t)D * dh + N * N;
     const size_t sparse = 2 * N * N + 2 * (size_t)D * (N + dh); /* psf__attn_scores_sparse_jet */
     (void)nodes;
     return dense > sparse ? dense : sparse;
@@ -2442,7 +2448,8 @@ static void psf__attn_mix_sparse_jet(psf__ctx *c, const psf_node *nd, int h, con
         for (int e = 0; e < dh; e++) acc[e] = 0;
         for (int d = 0; d < D; d++) {
             const int r = d / 3;
-            const psf_real p = Ph[(size_t)(1 + d) * npn + (size_t)i * T + r], *vr = V + (size_t)(1 + d) * n + (size_t)r * W + h * dh;
+            const psf_real p = Ph[(size_t)(1 + d) * npn + (size_t)i * T + r];
+            const psf_real *vr = V + (size_t)(1 + d) * n + (size_t)r * W + h * dh;
             for (int e = 0; e < dh; e++) acc[e] = PSF__MAC(p, vr[e], acc[e]);
             if (d == D - 1 || (d * T + r) / PSF__KC != ((d + 1) * T + (d + 1) / 3) / PSF__KC) { /* a block ends */
                 for (int e = 0; e < dh; e++) { o[e] += 2.0 * acc[e]; acc[e] = 0; }

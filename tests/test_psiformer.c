@@ -524,7 +524,8 @@ TEST gemm_matches_long_double_reference(void) {
     int checked;
     const int failed = gemm_check(&worst, &checked);
     if (greatest_info.verbose) printf("    %d products, worst |err| / bound = %.3f\n", checked, worst);
-    ASSERT_EQm("products outside their bound, writing C's padding, or narrow columns not bitwise the wide ones", 0, failed);
+    ASSERT_EQm("products outside their bound, writing C's padding, or narrow columns not bitwise the wide ones", 0,
+               failed);
     ASSERT_EQ(164, checked); /* 132 against the reference, 32 width invariance */
     PASS();
 }
