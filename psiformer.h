@@ -1313,19 +1313,15 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
 #endif
 #define PSF__SMR PSF__DMR
 #define PSF__SNR (2 * PSF__DNR) /* twice the lanes in float */
-#define PSF__DKERNEL_DEFINE(NAME, NV)                                                                              \
-    PSF__SIMD_KERNEL_DEFINE(NAME, double, PSF__DMR, NV, PSF__DNR / 2, PSF__VD, PSF__VOP(setzero_pd),                \
-                            PSF__VOP(loadu_pd), PSF__VOP(set1_pd), PSF__VOP(fmadd_pd), PSF__VOP(add_pd),           \
-                            PSF__VOP(storeu_pd))
-PSF__DKERNEL_DEFINE(psf__dkernel, 2)
-PSF__DKERNEL_DEFINE(psf__dkernel_half, 1)
+/* the two widths of one element type: S the intrinsics' suffix (pd, ps), NR the full tile's columns */
+#define PSF__VKERNEL_DEFINE(NAME, T, MR, NR, V, S, NV)                                                             \
+    PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NV, (NR / 2), V, PSF__VOP(setzero_##S), PSF__VOP(loadu_##S),               \
+                            PSF__VOP(set1_##S), PSF__VOP(fmadd_##S), PSF__VOP(add_##S), PSF__VOP(storeu_##S))
+PSF__VKERNEL_DEFINE(psf__dkernel, double, PSF__DMR, PSF__DNR, PSF__VD, pd, 2)
+PSF__VKERNEL_DEFINE(psf__dkernel_half, double, PSF__DMR, PSF__DNR, PSF__VD, pd, 1)
 #if PSF__REAL_FLOAT
-#define PSF__SKERNEL_DEFINE(NAME, NV)                                                                              \
-    PSF__SIMD_KERNEL_DEFINE(NAME, float, PSF__SMR, NV, PSF__SNR / 2, PSF__VS, PSF__VOP(setzero_ps),                 \
-                            PSF__VOP(loadu_ps), PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps),           \
-                            PSF__VOP(storeu_ps))
-PSF__SKERNEL_DEFINE(psf__skernel, 2)
-PSF__SKERNEL_DEFINE(psf__skernel_half, 1)
+PSF__VKERNEL_DEFINE(psf__skernel, float, PSF__SMR, PSF__SNR, PSF__VS, ps, 2)
+PSF__VKERNEL_DEFINE(psf__skernel_half, float, PSF__SMR, PSF__SNR, PSF__VS, ps, 1)
 #endif
 #else
 #define PSF__DMR 4
