@@ -1817,6 +1817,8 @@ typedef struct {
     int N, D;              /* electrons, 3N                                */
     int nb;                /* slices computed: 1 (forward) or D + 2        */
     psf_real *dparams;     /* backward: parameter adjoint (or NULL)        */
+    int copies;            /* psf__run_block's LINEAR: that many walkers' values follow one another from the
+                              nodes' offsets (forward, nb = 1); 0 otherwise */
 } psf__ctx;
 
 /* Sparsity and scratch rules shared by several ops (an op's own rules call these or compute their own). */
@@ -2002,6 +2004,8 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
     const psf_real *X = PSF__J(c->ws, in);
     psf_real *Y = PSF__J(c->ws, nd);
     const size_t nx = PSF__N(in), ny = PSF__N(nd);
+    /* stacked matrices of T rows, nx / ny apart: the jet's slices, or a block's walkers (each with its bias) */
+    const int cp = c->copies > 1 ? c->copies : 1, ns = c->nb * cp;
     for (int g = 0; g < nd->ic; g++) {
         int r0, r1; size_t po;
         psf__linear_groups(nd, g, &r0, &r1, &po, a);
@@ -2018,16 +2022,16 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
             psf__gemm(0, 0, D, b, a, 1.0, G, a, W, b, 0.0, R, b);
             memset(Y + ny, 0, sizeof(psf_real) * ny * (size_t)D);
             for (int d = 0; d < D; d++) memcpy(Y + (size_t)(1 + d) * ny + (size_t)(d / 3) * b, R + (size_t)d * b, sizeof(psf_real) * b);
-        } else if (nd->ic == 1) /* all slices are one (nb T) x a by a x b product */
-            psf__gemm(0, 0, c->nb * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
-        else if (c->nb > 1) /* the group's rows of every slice, gathered: one (nb n) x a by a x b product */
-            psf__linear_gathered(c->ws->scratch, c->nb, r0, r1, a, b, X, nx, W, Y, ny);
+        } else if (nd->ic == 1) /* all stacked matrices are one (ns T) x a by a x b product */
+            psf__gemm(0, 0, ns * T, b, a, 1.0, X, a, W, b, 0.0, Y, b);
+        else if (ns > 1) /* the group's rows of every stacked matrix, gathered: one (ns n) x a by a x b product */
+            psf__linear_gathered(c->ws->scratch, ns, r0, r1, a, b, X, nx, W, Y, ny);
         else
-            for (int s = 0; s < c->nb; s++)
-                psf__gemm(0, 0, r1 - r0, b, a, 1.0, X + s * nx + (size_t)r0 * a, a, W, b, 0.0, Y + s * ny + (size_t)r0 * b, b);
-        if (nd->ib) {
+            psf__gemm(0, 0, r1 - r0, b, a, 1.0, X + (size_t)r0 * a, a, W, b, 0.0, Y + (size_t)r0 * b, b);
+        if (nd->ib) { /* on the value: slice 0, or every walker of a block */
             const psf_real *bias = W + (size_t)a * b;
-            for (int t = r0; t < r1; t++) for (int j = 0; j < b; j++) Y[(size_t)t * b + j] += bias[j];
+            for (int s = 0; s < cp; s++)
+                for (int t = r0; t < r1; t++) for (int j = 0; j < b; j++) Y[s * ny + (size_t)t * b + j] += bias[j];
         }
     }
 }
@@ -2242,7 +2246,7 @@ static int psf__layernorm_example(psf_model *m, int x) {
  * summing the slices 3i .. 3i + 2: the rows r of the D slices, gathered, make two D x T products instead of two
  * (D + 1) T x T ones. Every entry is the dense products' sum of its nonzero terms in their order (the gathered
  * products', or psf__gemm_entry's), combined as the dense path combines them, so the bits are the dense path's.
- * The Laplacian slices Q_L, K_L are dense. scratch: 4 T^2 + 2 D T + 2 D d_head reals. */
+ * The Laplacian slices Q_L, K_L are dense. scratch: 2 T^2 + 2 D T + 2 D d_head reals. */
 static void psf__attn_scores_sparse_jet(psf__ctx *c, const psf_node *nd, int h, const psf_real *Q, const psf_real *K,
                                         psf_real *scratch) {
     const int H = nd->ia, dh = nd->ib, T = nd->cols, W = H * dh, D = c->D;
@@ -3191,7 +3195,7 @@ PSF__STATIC_ASSERT(sizeof psf__ops / sizeof psf__ops[0] == PSF_OP_COUNT, "one ru
 const char *psf_op_name(int op) { return op >= 0 && op < PSF_OP_COUNT ? psf__ops[op].name : "?"; }
 
 static void psf__run(const psf_model *m, psf_workspace *ws, const psf_real *x, int upto, int jet) {
-    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, jet ? m->n_dim + 2 : 1, NULL};
+    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, jet ? m->n_dim + 2 : 1, NULL, 0};
     ws->sign = 1;
     ws->jet_mode = jet;
     for (int k = 0; k <= upto; k++) {
@@ -3208,47 +3212,24 @@ double psf_model_logpsi(const psf_model *m, psf_workspace *ws, const psf_real *x
     return ws->sign ? PSF__J(ws, &m->nodes[m->out_node])[0] : -INFINITY;
 }
 
-/* The forward pass of n <= ws->block walkers at once (psf_model_logpsi_block). A linear layer with one weight
- * block is its own rule on a node of n T rows: the walkers' rows lie one after another in the block layout
- * (psf_workspace_init), so the rule's one product covers them all. Every other op runs its rule per walker, on
- * that walker's node table and view. */
+/* The forward pass of n <= ws->block walkers at once (psf_model_logpsi_block). The walkers' values of a node lie
+ * one after another in the block layout (psf_workspace_init), so a linear layer is one call of its rule with
+ * ctx.copies = n on walker 0's node table: one product over the n T rows, or per spin group over the gathered
+ * rows (psf__linear_fwd). Every other op runs its rule per walker, on that walker's node table and view. */
 static void psf__run_block(const psf_model *m, psf_workspace *ws, int n, const psf_real *x) {
     const int K = m->n_nodes;
     for (int w = 0; w < n; w++) ws->bviews[w].sign = 1;
     for (int k = 0; k <= m->out_node; k++) {
         const psf_node *nd = &m->nodes[k];
-        if (nd->op == PSF_OP_LINEAR && nd->ic == 1) {
-            psf_node st[2]; /* the stacked input and output: n T rows from walker 0's offsets */
-            st[0] = ws->bnodes[nd->in0];
-            st[0].rows *= n;
-            st[1] = ws->bnodes[k];
-            st[1].rows *= n;
-            st[1].in0 = 0;
-            psf__ctx c = {st, m->params, &m->sys, &ws->bviews[0], x, m->n_elec, m->n_dim, 1, NULL};
-            psf__ops[PSF_OP_LINEAR].fwd(&c, &st[1]);
-            continue;
-        }
-        if (nd->op == PSF_OP_LINEAR) { /* spin groups: each group's rows of the n walkers, gathered */
-            const psf_node *ni = &ws->bnodes[nd->in0], *no = &ws->bnodes[k];
-            const int a = ni->cols, b = no->cols;
-            const psf_real *X = PSF__J(&ws->bviews[0], ni);
-            psf_real *Y = PSF__J(&ws->bviews[0], no);
-            for (int g = 0; g < nd->ic; g++) {
-                int r0, r1; size_t po;
-                psf__linear_groups(nd, g, &r0, &r1, &po, a);
-                if (r1 <= r0) continue;
-                const psf_real *W = m->params + po;
-                psf__linear_gathered(ws->scratch, n, r0, r1, a, b, X, PSF__N(ni), W, Y, PSF__N(no));
-                if (!nd->ib) continue;
-                for (int w = 0; w < n; w++)
-                    for (int t = r0; t < r1; t++)
-                        for (int j = 0; j < b; j++) Y[w * PSF__N(no) + (size_t)t * b + j] += W[(size_t)a * b + j];
-            }
+        if (nd->op == PSF_OP_LINEAR) { /* one rule call: its products cover the block's walkers' rows */
+            psf__ctx c = {ws->bnodes, m->params, &m->sys, &ws->bviews[0], x, m->n_elec, m->n_dim, 1, NULL, n};
+            psf__ops[PSF_OP_LINEAR].fwd(&c, &ws->bnodes[k]);
             continue;
         }
         for (int w = 0; w < n; w++) {
             const psf_node *tab = ws->bnodes + (size_t)w * K;
-            psf__ctx c = {tab, m->params, &m->sys, &ws->bviews[w], x + (size_t)w * m->n_dim, m->n_elec, m->n_dim, 1, NULL};
+            psf__ctx c = {tab, m->params, &m->sys, &ws->bviews[w], x + (size_t)w * m->n_dim, m->n_elec, m->n_dim, 1,
+                          NULL, 0};
             psf__ops[nd->op].fwd(&c, &tab[k]);
         }
     }
@@ -3290,7 +3271,7 @@ const psf_real *psf_model_eval_node(const psf_model *m, psf_workspace *ws, const
 /* Backward from node `from` with adjoint seed on its slice 0 (all n entries set to seed_vec or seed). */
 static void psf__backward_from(const psf_model *m, psf_workspace *ws, const psf_real *x, int from,
                                const psf_real *seed_vec, double seed, psf_real *dparams) {
-    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, 1, dparams};
+    psf__ctx c = {m->nodes, m->params, &m->sys, ws, x, m->n_elec, m->n_dim, 1, dparams, 0};
     ws->jet_mode = 0; /* the values of the last pass, forward or jet */
     memset(ws->adj, 0, sizeof(psf_real) * m->ws_adj_reals);
     memset(ws->dx, 0, sizeof(psf_real) * (size_t)m->n_dim);
