@@ -2006,6 +2006,7 @@ static void psf__linear_fwd(psf__ctx *c, const psf_node *nd) {
     const size_t nx = PSF__N(in), ny = PSF__N(nd);
     /* stacked matrices of T rows, nx / ny apart: the jet's slices, or a block's walkers (each with its bias) */
     const int cp = c->copies > 1 ? c->copies : 1, ns = c->nb * cp;
+    PSF_ASSERT(cp == 1 || c->nb == 1); /* walkers stack values only: a jet's slices and its bias would interleave */
     for (int g = 0; g < nd->ic; g++) {
         int r0, r1; size_t po;
         psf__linear_groups(nd, g, &r0, &r1, &po, a);
