@@ -1560,6 +1560,28 @@ TEST driver_without_evaluation_says_so(void) {
 #endif
 }
 
+/* The driver records SPRING's settings in its vmc: line and summary.json: its default decay (0.95) and a damping
+ * given by flag, so that a log alone says how a run was made. */
+TEST driver_records_optimizer_settings(void) {
+#if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
+    static char out[16384];
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
+             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --damping 0.002 "
+             "--out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
+    ASSERT(strstr(out, "vmc: spring lr 0.05 (mu 0.95, damping 0.002, norm constraint 0.01)") != NULL);
+    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
+    ASSERT(strstr(out, "\"spring_mu\": 0.95,") != NULL);
+    ASSERT(strstr(out, "\"damping\": 0.002,") != NULL);
+    ASSERT(strstr(out, "\"norm_constraint\": 0.01,") != NULL);
+    PASS();
+#else
+    SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
+#endif
+}
+
 /* psf_vmc_memory equals the bytes psf_vmc_init asks of PSF_MALLOC (counted through the hook at the top of this
  * file) for each optimizer, with fewer and more walkers than reduction chunks; psf_vmc_init refuses a limit one
  * byte below it without allocating anything, and a batch whose size overflows size_t (SPRING's B x B kernel at
@@ -1753,6 +1775,7 @@ SUITE(training) {
     RUN_TEST(driver_writes_the_training_plot);
     RUN_TEST(driver_default_pretraining_length_follows_the_system);
     RUN_TEST(driver_without_evaluation_says_so);
+    RUN_TEST(driver_records_optimizer_settings);
     RUN_TEST(float_build_agrees_with_double);
     RUN_TEST(float_build_kernels_within_their_bounds);
 }
