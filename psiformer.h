@@ -1559,7 +1559,9 @@ static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *ou
     for (int k = 0; k < kc; k++) {
         const __m256 b0 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR), b1 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR + 8);
         for (int i = 0; i < PSF__GMR; i++) {
-            const __m256 a = _mm256_broadcast_ss(ap + (size_t)k * PSF__GNR + i);
+            /* set1 of the element, not _mm256_broadcast_ss(pointer): with the pointer form gcc 12 keeps c[][] in
+             * memory and stores all eight accumulators at every k (docs/results.md, round 21) */
+            const __m256 a = _mm256_set1_ps(ap[(size_t)k * PSF__GNR + i]);
             c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
             c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
