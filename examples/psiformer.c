@@ -655,6 +655,18 @@ typedef struct {
     const psf_molecule_info *mol;
 } sysinfo;
 
+/* The chosen optimizer's damping and norm constraint (SPRING's or KFAC's); 0 for Adam, which has neither. */
+static int optimizer_settings(const psf_vmc_config *c, double *damping, double *norm_constraint) {
+    if (c->optimizer == PSF_OPT_SPRING) {
+        *damping = c->spring_damping;
+        *norm_constraint = c->spring_norm_constraint;
+    } else if (c->optimizer == PSF_OPT_KFAC) {
+        *damping = c->kfac_damping;
+        *norm_constraint = c->kfac_norm_constraint;
+    } else return 0;
+    return 1;
+}
+
 static void write_summary(const char *path, const options *o, const psf_model *m, const psf_vmc *v,
                           const sysinfo *si, int ground, const results *r, double wall) {
     json j = {out_open(path, "w"), 0};
@@ -709,11 +721,11 @@ static void write_summary(const char *path, const options *o, const psf_model *m
     if (o->vmc.optimizer == PSF_OPT_SPRING) {
         json_int(&j, "spring_fp64", o->vmc.spring_kernel_fp64);
         json_fmt(&j, "spring_mu", "%g", o->vmc.spring_mu);
-        json_fmt(&j, "damping", "%g", o->vmc.spring_damping);
-        json_fmt(&j, "norm_constraint", "%g", o->vmc.spring_norm_constraint);
-    } else if (o->vmc.optimizer == PSF_OPT_KFAC) {
-        json_fmt(&j, "damping", "%g", o->vmc.kfac_damping);
-        json_fmt(&j, "norm_constraint", "%g", o->vmc.kfac_norm_constraint);
+    }
+    double damping, norm_constraint;
+    if (optimizer_settings(&o->vmc, &damping, &norm_constraint)) {
+        json_fmt(&j, "damping", "%g", damping);
+        json_fmt(&j, "norm_constraint", "%g", norm_constraint);
     }
     json_int(&j, "network_real_bits", 8 * (int)sizeof(psf_real));
     json_fmt(&j, "lr", "%g", v->cfg.lr);
@@ -1017,12 +1029,11 @@ static int run(int argc, char **argv) {
     else snprintf(budget, sizeof budget, "%.1f min of training", o.train_minutes);
     char ranks[48] = "";
     if (v.n_ranks > 1) snprintf(ranks, sizeof ranks, " on each of %d MPI ranks", v.n_ranks);
-    char hyper[96] = ""; /* the optimizer's settings, so that the log alone reproduces the run */
-    if (o.vmc.optimizer == PSF_OPT_SPRING)
-        snprintf(hyper, sizeof hyper, " (mu %g, damping %g, norm constraint %g)", o.vmc.spring_mu, o.vmc.spring_damping,
-                 o.vmc.spring_norm_constraint);
-    else if (o.vmc.optimizer == PSF_OPT_KFAC)
-        snprintf(hyper, sizeof hyper, " (damping %g, norm constraint %g)", o.vmc.kfac_damping, o.vmc.kfac_norm_constraint);
+    char hyper[96] = "", mu[32] = ""; /* the optimizer's settings, so that the log alone reproduces the run */
+    double damping, norm_constraint;
+    if (o.vmc.optimizer == PSF_OPT_SPRING) snprintf(mu, sizeof mu, "mu %g, ", o.vmc.spring_mu);
+    if (optimizer_settings(&o.vmc, &damping, &norm_constraint))
+        snprintf(hyper, sizeof hyper, " (%sdamping %g, norm constraint %g)", mu, damping, norm_constraint);
     printf("vmc: %s lr %.3g%s, batch %d, %d mcmc steps/iter, %s + %d eval steps, seed %llu, %d threads%s%s%s\n",
            psf_optimizer_name(o.vmc.optimizer), v.cfg.lr, hyper, o.vmc.batch, o.vmc.mcmc_steps, budget, o.eval_steps,
            (unsigned long long)o.vmc.seed, v.n_ws, ranks, o.restore ? ", restored from " : "", o.restore ? o.restore : "");

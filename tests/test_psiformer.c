@@ -1560,8 +1560,9 @@ TEST driver_without_evaluation_says_so(void) {
 #endif
 }
 
-/* The driver records SPRING's settings in its vmc: line and summary.json: its default decay (0.95) and a damping
- * given by flag, so that a log alone says how a run was made. */
+/* The driver records the optimizer's settings in its vmc: line and summary.json: SPRING's default decay (0.95) and a
+ * damping given by flag; KFAC's damping and a norm constraint given by flag; none for Adam. A log alone says how a run
+ * was made. */
 TEST driver_records_optimizer_settings(void) {
 #if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
     static char out[16384];
@@ -1576,6 +1577,25 @@ TEST driver_records_optimizer_settings(void) {
     ASSERT(strstr(out, "\"spring_mu\": 0.95,") != NULL);
     ASSERT(strstr(out, "\"damping\": 0.002,") != NULL);
     ASSERT(strstr(out, "\"norm_constraint\": 0.01,") != NULL);
+    /* KFAC: its own damping and a constraint given by flag, no decay; Adam: neither */
+    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
+             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --optimizer kfac "
+             "--norm-constraint 0.0005 --out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
+    ASSERT(strstr(out, "vmc: kfac lr 0.05 (damping 0.001, norm constraint 0.0005), batch 4") != NULL);
+    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
+    ASSERT(strstr(out, "\"damping\": 0.001,") != NULL);
+    ASSERT(strstr(out, "\"norm_constraint\": 0.0005,") != NULL);
+    ASSERT(strstr(out, "spring_mu") == NULL);
+    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
+             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --optimizer adam "
+             "--out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
+    ASSERT_EQ(0, system(cmd));
+    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
+    ASSERT(strstr(out, "vmc: adam lr 0.003, batch 4") != NULL);
+    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
+    ASSERT(strstr(out, "damping") == NULL && strstr(out, "norm_constraint") == NULL);
     PASS();
 #else
     SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
