@@ -1562,40 +1562,33 @@ TEST driver_without_evaluation_says_so(void) {
 
 /* The driver records the optimizer's settings in its vmc: line and summary.json: SPRING's default decay (0.95) and a
  * damping given by flag; KFAC's damping and a norm constraint given by flag; none for Adam. A log alone says how a run
- * was made. */
+ * was made. Each case runs the driver on a tiny helium network for 2 steps with its flags. */
 TEST driver_records_optimizer_settings(void) {
 #if defined(PSF_TEST_DRIVER) && (defined(__unix__) || defined(__APPLE__))
-    static char out[16384];
+    static const struct {
+        const char *flags, *line, *present[3], *absent[2];
+    } cases[] = {
+        {"--damping 0.002", "vmc: spring lr 0.05 (mu 0.95, damping 0.002, norm constraint 0.01), batch 4",
+         {"\"spring_mu\": 0.95,", "\"damping\": 0.002,", "\"norm_constraint\": 0.01,"}, {NULL, NULL}},
+        {"--optimizer kfac --norm-constraint 0.0005", "vmc: kfac lr 0.05 (damping 0.001, norm constraint 0.0005), batch 4",
+         {"\"damping\": 0.001,", "\"norm_constraint\": 0.0005,", NULL}, {"spring_mu", NULL}},
+        {"--optimizer adam", "vmc: adam lr 0.003, batch 4", {NULL, NULL, NULL}, {"damping", "norm_constraint"}},
+    };
+    static char log[16384], json[16384];
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
-             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --damping 0.002 "
-             "--out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
-    ASSERT_EQ(0, system(cmd));
-    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
-    ASSERT(strstr(out, "vmc: spring lr 0.05 (mu 0.95, damping 0.002, norm constraint 0.01)") != NULL);
-    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
-    ASSERT(strstr(out, "\"spring_mu\": 0.95,") != NULL);
-    ASSERT(strstr(out, "\"damping\": 0.002,") != NULL);
-    ASSERT(strstr(out, "\"norm_constraint\": 0.01,") != NULL);
-    /* KFAC: its own damping and a constraint given by flag, no decay; Adam: neither */
-    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
-             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --optimizer kfac "
-             "--norm-constraint 0.0005 --out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
-    ASSERT_EQ(0, system(cmd));
-    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
-    ASSERT(strstr(out, "vmc: kfac lr 0.05 (damping 0.001, norm constraint 0.0005), batch 4") != NULL);
-    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
-    ASSERT(strstr(out, "\"damping\": 0.001,") != NULL);
-    ASSERT(strstr(out, "\"norm_constraint\": 0.0005,") != NULL);
-    ASSERT(strstr(out, "spring_mu") == NULL);
-    snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 --mcmc-steps 1 "
-             "--steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 --optimizer adam "
-             "--out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER);
-    ASSERT_EQ(0, system(cmd));
-    ASSERT(read_text("build/test_settings.out", out, sizeof out) > 0);
-    ASSERT(strstr(out, "vmc: adam lr 0.003, batch 4") != NULL);
-    ASSERT(read_text("build/test_settings/summary.json", out, sizeof out) > 0);
-    ASSERT(strstr(out, "damping") == NULL && strstr(out, "norm_constraint") == NULL);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        snprintf(cmd, sizeof cmd, "%s --atom He --layers 1 --heads 1 --head-dim 4 --mlp 4 --dets 1 --batch 4 "
+                 "--mcmc-steps 1 --steps 2 --pretrain-steps 1 --eval-steps 0 --gap-every 0 --threads 1 %s "
+                 "--out build/test_settings >build/test_settings.out 2>&1", PSF_TEST_DRIVER, cases[c].flags);
+        ASSERT_EQm(cases[c].flags, 0, system(cmd));
+        ASSERT(read_text("build/test_settings.out", log, sizeof log) > 0);
+        ASSERT(read_text("build/test_settings/summary.json", json, sizeof json) > 0);
+        ASSERTm(cases[c].line, strstr(log, cases[c].line) != NULL);
+        for (int i = 0; i < 3 && cases[c].present[i]; i++)
+            ASSERTm(cases[c].present[i], strstr(json, cases[c].present[i]) != NULL);
+        for (int i = 0; i < 2 && cases[c].absent[i]; i++)
+            ASSERTm(cases[c].absent[i], strstr(json, cases[c].absent[i]) == NULL);
+    }
     PASS();
 #else
     SKIPm("the driver's path is not known (built outside the Makefile) or no POSIX shell");
