@@ -1273,6 +1273,16 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
  * NV vectors V of L lanes each (NR = NV L); SET1 broadcasts a(i, k). Each product comes in two widths: NV = 2 (the
  * tile), and NV = 1 for a ragged edge of at most L columns (attention's 6-column products), which computes every
  * element with the same fused multiply-adds in the same order, so the bits do not depend on the width. */
+/* PSF__PIN(x): x is in a register here (an empty asm that "changes" it). The kernel pins its row of B, so that gcc
+ * cannot fold the loads into the multiply-adds instead: for SPRING's AVX2 Gram kernel gcc 12 did, 2 loads per
+ * multiply-add where 0.75 suffice (docs/results.md, round 22). It emits nothing and changes no bits. */
+#if defined(__GNUC__) && defined(__AVX512F__)
+#define PSF__PIN(x) __asm__("" : "+v"(x))
+#elif defined(__GNUC__)
+#define PSF__PIN(x) __asm__("" : "+x"(x))
+#else
+#define PSF__PIN(x) (void)0
+#endif
 #define PSF__SIMD_KERNEL_DEFINE(NAME, T, MR, NV, L, V, ZERO, LOAD, SET1, FMA, ADD, STORE)                         \
     static void NAME(int kc, const T *a, size_t sai, size_t sak, const T *b, size_t ldb, T *c, size_t ldc,        \
                      int add) {                                                                                    \
@@ -1281,7 +1291,10 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
             for (int v = 0; v < NV; v++) r[i][v] = ZERO();                                                         \
         for (int k = 0; k < kc; k++) {                                                                             \
             V bv[NV];                                                                                              \
-            for (int v = 0; v < NV; v++) bv[v] = LOAD(b + (size_t)k * ldb + v * L);                                \
+            for (int v = 0; v < NV; v++) {                                                                         \
+                bv[v] = LOAD(b + (size_t)k * ldb + v * L);                                                         \
+                PSF__PIN(bv[v]);                                                                                   \
+            }                                                                                                      \
             const T *ak = a + (size_t)k * sak;                                                                     \
             for (int i = 0; i < MR; i++) {                                                                         \
                 const V av = SET1(ak[(size_t)i * sai]);                                                            \
@@ -1527,64 +1540,33 @@ static psf_real psf__gemm_entry(const psf_real *a, const psf_real *b, int lo, in
  * matrix in groups of PSF__GNR, panel q holding the K x PSF__GNR floats (k, r) -> q K PSF__GNR + k PSF__GNR + r of
  * rows q PSF__GNR + r (rows past the matrix's end are 0). SPRING writes its float32 copy of Ō in this layout while
  * it centres Ō, so the kernel reads its operands in place and packs nothing. A micro-tile is PSF__GMR rows of an A
- * panel (broadcast) against one B panel; blocks of PSF__GKC terms are summed in float in registers, the blocks in
+ * panel (broadcast) against one B panel, computed by the product's own micro-kernel in float (8 x 32 with AVX-512,
+ * 4 x 24 with AVX2, 4 x 8 in plain C); blocks of PSF__GKC terms are summed in float in registers, the blocks in
  * double: with u = 2^-24 every C_ij is within (PSF__GKC + 1) u sum_k |A_ik B_jk| of the exact product of the float
  * inputs. Each C_ij is summed in the same order whatever the panel width, the micro-tile or the caller's tiling, and
  * C_ij = C_ji bit for bit when A = B (the products commute and the order over k is the same). */
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/* the product's own micro-kernel in float, on a panel: a(i, k) = ap[k PSF__GNR + i], b(k, j) = bp[k PSF__GNR + j] */
+#define PSF__GL ((int)(sizeof(PSF__VS) / sizeof(float))) /* float lanes of a vector */
 #if defined(__AVX512F__)
 #define PSF__GMR 8
-#define PSF__GNR 32
-static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
-    __m512 c[PSF__GMR][2];
-    for (int i = 0; i < PSF__GMR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-    for (int k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_loadu_ps(bp + (size_t)k * PSF__GNR), b1 = _mm512_loadu_ps(bp + (size_t)k * PSF__GNR + 16);
-        for (int i = 0; i < PSF__GMR; i++) {
-            const __m512 a = _mm512_set1_ps(ap[(size_t)k * PSF__GNR + i]);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__GMR; i++) {
-        _mm512_storeu_ps(out + i * PSF__GNR, c[i][0]);
-        _mm512_storeu_ps(out + i * PSF__GNR + 16, c[i][1]);
-    }
-}
-#elif defined(__AVX2__) && defined(__FMA__)
+#define PSF__GNV 2 /* 8 x 32: 16 accumulators of 32 registers */
+#else
 #define PSF__GMR 4
-#define PSF__GNR 16
-static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
-    __m256 c[PSF__GMR][2];
-    for (int i = 0; i < PSF__GMR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
-    for (int k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR), b1 = _mm256_loadu_ps(bp + (size_t)k * PSF__GNR + 8);
-        for (int i = 0; i < PSF__GMR; i++) {
-            /* set1 of the element, not _mm256_broadcast_ss(pointer): with the pointer form gcc 12 keeps c[][] in
-             * memory and stores all eight accumulators at every k (docs/results.md, round 21) */
-            const __m256 a = _mm256_set1_ps(ap[(size_t)k * PSF__GNR + i]);
-            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < PSF__GMR; i++) {
-        _mm256_storeu_ps(out + i * PSF__GNR, c[i][0]);
-        _mm256_storeu_ps(out + i * PSF__GNR + 8, c[i][1]);
-    }
-}
+#define PSF__GNV 3 /* 4 x 24: 12 accumulators, 3 rows of B and a broadcast fill the 16 registers */
+#endif
+#define PSF__GNR (PSF__GNV * PSF__GL)
+PSF__SIMD_KERNEL_DEFINE(psf__gram_micro, float, PSF__GMR, PSF__GNV, PSF__GL, PSF__VS, PSF__VOP(setzero_ps),
+                        PSF__VOP(loadu_ps), PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps), PSF__VOP(storeu_ps))
 #else
 #define PSF__GMR 4
 #define PSF__GNR 8
-static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
-    float c[PSF__GMR][PSF__GNR];
-    for (int i = 0; i < PSF__GMR; i++)
-        for (int j = 0; j < PSF__GNR; j++) c[i][j] = 0;
-    for (int k = 0; k < kc; k++)
-        for (int i = 0; i < PSF__GMR; i++)
-            for (int j = 0; j < PSF__GNR; j++) c[i][j] += ap[(size_t)k * PSF__GNR + i] * bp[(size_t)k * PSF__GNR + j];
-    for (int i = 0; i < PSF__GMR; i++)
-        for (int j = 0; j < PSF__GNR; j++) out[i * PSF__GNR + j] = c[i][j];
-}
+PSF__KERNEL_DEFINE(psf__gram_micro, float, PSF__GMR, PSF__GNR)
 #endif
+/* the PSF__GMR x PSF__GNR tile of rows ap[0 .. PSF__GMR - 1] of an A panel against a B panel, kc terms, into out */
+static void psf__gram_kernel(int kc, const float *ap, const float *bp, float *out) {
+    psf__gram_micro(kc, ap, 1, PSF__GNR, bp, PSF__GNR, out, PSF__GNR, 0);
+}
 enum { PSF__GKC = 128 }; /* terms summed in float before they are added in double */
 #define PSF__PANELS(rows) ((int)(((long long)(rows) + PSF__GNR - 1) / PSF__GNR)) /* panels holding `rows` rows */
 
