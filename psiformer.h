@@ -1557,7 +1557,8 @@ static psf_real psf__gemm_entry(const psf_real *a, const psf_real *b, int lo, in
 #endif
 #define PSF__GNR (PSF__GNV * PSF__GL)
 PSF__SIMD_KERNEL_DEFINE(psf__gram_micro, float, PSF__GMR, PSF__GNV, PSF__GL, PSF__VS, PSF__VOP(setzero_ps),
-                        PSF__VOP(loadu_ps), PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps), PSF__VOP(storeu_ps))
+                        PSF__VOP(loadu_ps), PSF__VOP(set1_ps), PSF__VOP(fmadd_ps), PSF__VOP(add_ps),
+                        PSF__VOP(storeu_ps))
 #else
 #define PSF__GMR 4
 #define PSF__GNR 8
