@@ -1274,7 +1274,7 @@ PSF__VFUNF_DEFINE(psf__vtanh, psf__vtanhd)
  * tile), and NV = 1 for a ragged edge of at most L columns (attention's 6-column products), which computes every
  * element with the same fused multiply-adds in the same order, so the bits do not depend on the width. */
 /* PSF__PIN(x): x is in a register here (an empty asm that "changes" it). The kernel pins its row of B, so that gcc
- * cannot fold the loads into the multiply-adds instead: for SPRING's AVX2 Gram kernel gcc 12 did, 2 loads per
+ * cannot fold the loads into the multiply-adds instead: for SPRING's AVX2 Gram kernel gcc 12 did, 1.5 loads per
  * multiply-add where 0.75 suffice (docs/results.md, round 22). It emits nothing and changes no bits. */
 #if defined(__GNUC__) && defined(__AVX512F__)
 #define PSF__PIN(x) __asm__("" : "+v"(x))
