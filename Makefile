@@ -149,9 +149,11 @@ crosscheck: $(BUILD)/export
 .PHONY: bench
 BENCH_CFLAGS = $(filter-out -DPSF_USE_CBLAS,$(CFLAGS))
 BENCH_LDLIBS = $(filter-out -lopenblas,$(LDLIBS))
-BENCH_BINS   = $(BUILD)/bench $(BUILD)/bench_f32 $(BUILD)/export
+BENCH_BINS   = $(BUILD)/bench $(BUILD)/bench_f32 $(BUILD)/export $(BUILD)/bench_peak
 ifeq ($(BLAS),1)
-BENCH_BINS  += $(BUILD)/bench_blas $(BUILD)/bench_peak
+BENCH_BINS  += $(BUILD)/bench_blas
+PEAK_DEFS    = -DPEAK_DGEMM
+PEAK_LIBS    = -lopenblas
 endif
 $(BUILD)/bench: bench/bench.c psiformer.h | $(BUILD)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDLIBS)
@@ -164,8 +166,9 @@ $(BUILD)/bench_blas: bench/bench.c psiformer.h | $(BUILD)
 $(BUILD)/bench_f32: bench/bench.c psiformer.h | $(BUILD)
 	$(CC) $(BENCH_CFLAGS) -DPSF_REAL=float -o $@ $< $(BENCH_LDLIBS)
 
+# the FMA-loop peaks (float64, float32) always; OpenBLAS's dgemm rate too when BLAS=1
 $(BUILD)/bench_peak: bench/peak.c | $(BUILD)
-	$(CC) $(BENCH_CFLAGS) -o $@ $< -lopenblas $(BENCH_LDLIBS)
+	$(CC) $(BENCH_CFLAGS) $(PEAK_DEFS) -o $@ $< $(PEAK_LIBS) $(BENCH_LDLIBS)
 
 bench: $(BENCH_BINS)
 	BENCH_BLAS=$(BLAS) sh bench/run.sh $(BUILD)

@@ -5936,6 +5936,23 @@ static int psf__stripe_start(int np, int S, int t) {
     return q;
 }
 
+/* The upper triangle of T = Ō Ō^T (B x B doubles, leading dimension B; entries below the diagonal are not all
+ * written: the caller mirrors them) from Ō's B rows of P floats in panels (Of), on one rank: S stripes of panel
+ * rows, one per thread, balanced by their panel pairs on and above the diagonal. A stripe from row r0 reads the
+ * panels from r0 on once per block of PSF__GKC parameters, where a 4 x 4 grid of tiles reads each panel 4 times
+ * (on two cores the product is bound by memory); the bits of an entry do not depend on the split. SPRING's
+ * kernel, and `make bench`'s "gram" row (bench/bench.c). */
+static void psf__gram_stripes(int B, size_t P, const float *Of, double *T) {
+    const int np = PSF__PANELS(B), nt = psf__max_threads(), S = nt < np ? nt : np;
+PSF__OMP(parallel for schedule(static, 1))
+    for (int t = 0; t < S; t++) {
+        const int q0 = psf__stripe_start(np, S, t), q1 = psf__stripe_start(np, S, t + 1);
+        const int r0 = PSF__GNR * q0, r1 = PSF__GNR * q1 < B ? PSF__GNR * q1 : B;
+        if (r1 > r0)
+            psf__gram_f32(r1 - r0, B - r0, P, Of + (size_t)r0 * P, Of + (size_t)r0 * P, T + (size_t)r0 * B + r0, B, 1);
+    }
+}
+
 /* phi = Ō^T T^{-1} (e - mu Ō phi_prev) + mu phi_prev from s->G (Ō, B x P) and e [B] (overwritten).
  * Returns 0, 1 if the kernel is not positive definite to working precision (phi is then untouched), or 2 if an
  * MPI call failed (the error says which). */
@@ -5945,19 +5962,7 @@ static int psf__spring_direction(psf__spring *s, double *e, double mu, double la
     double *T = s->T, *v = s->u;
     const double *O = s->G;
     if (s->Of && s->n_ranks == 1) {
-        /* float32 kernel on one rank: S stripes of panel rows, balanced by their panel pairs on and above the
-         * diagonal; a stripe from row r0 reads the panels from r0 on once per block of PSF__GKC parameters, where
-         * the 4 x 4 tiles read each panel 4 times (on two cores the product is bound by memory), and the bits of
-         * an entry do not depend on the split */
-        const int np = PSF__PANELS(B), nt = psf__max_threads(), S = nt < np ? nt : np;
-PSF__OMP(parallel for schedule(static, 1))
-        for (int t = 0; t < S; t++) {
-            const int q0 = psf__stripe_start(np, S, t), q1 = psf__stripe_start(np, S, t + 1);
-            const int r0 = PSF__GNR * q0, r1 = PSF__GNR * q1 < B ? PSF__GNR * q1 : B;
-            if (r1 > r0)
-                psf__gram_f32(r1 - r0, B - r0, s->P, s->Of + (size_t)r0 * P, s->Of + (size_t)r0 * P,
-                              T + (size_t)r0 * B + r0, B, 1);
-        }
+        psf__gram_stripes(B, s->P, s->Of, T); /* float32 kernel on one rank: stripes of panel rows */
     } else { /* the tiles of a fixed 4 x 4 grid on or above the diagonal (rank u mod n_ranks computes tile u) */
     PSF__OMP(parallel for schedule(dynamic, 1))
         for (int t = 0; t < NB * NB; t++) {

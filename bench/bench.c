@@ -1,10 +1,11 @@
 /* bench.c — throughput of psiformer.h (issue 4, "Benchmarks"): walker evaluations per second for log|psi|, the
  * local energy (jet pass + potential) and a full training iteration, achieved GFLOP/s of the jet pass from an
- * analytic flop count, thread scaling, and a per-op profile of the jet pass. Numbers are printed and appended to
- * a CSV; nothing is asserted (a benchmark does not fail because it is slow). bench/run.sh drives it.
+ * analytic flop count, thread scaling, a per-op profile of the jet pass, and SPRING's B x B kernel in float32
+ * (metric gram: GFLOP/s of B (B + 1) P flops, against bench_peak's float32 FMA loop). Numbers are printed and
+ * appended to a CSV; nothing is asserted (a benchmark does not fail because it is slow). bench/run.sh drives it.
  *
  *   bench [--atoms He,Be,C,Ne] [--head-dims 16,8,32] [--batches 256,1024] [--threads 2|1,2]
- *         [--metrics logpsi,eloc,train] [--optimizer default|adam|kfac] [--budget SEC] [--max-reps R]
+ *         [--metrics logpsi,eloc,train,mcmc,gram] [--optimizer default|adam|kfac] [--budget SEC] [--max-reps R]
  *         [--layers L] [--mlp M] [--dets K] [--tag NAME] [--csv FILE]
  *   bench --ops ATOM [--head-dims 16] [--reps R] [--csv FILE]      per-op jet profile (one thread)
  *   bench --jet-loop ATOM [--head-dims 16] [--walkers N]            N jet passes, one thread (perf, callgrind)
@@ -130,6 +131,8 @@ typedef struct {
     psf_walkers *w;    /* run_mcmc's walkers (they move) */
     int n_ws;          /* workspaces in ws               */
     int blocks;        /* run_mcmc: 1 = psf_mcmc through psf_model_logpsi_block, 0 = one walker at a time */
+    float *of;         /* run_gram: Ō, B rows of n_params floats, in the kernel's panels */
+    double *gram;      /* run_gram: the B x B kernel */
 } runner;
 
 /* the library's own loops: psf_walkers_refresh uses schedule(dynamic, 4) for log|psi| and the driver
@@ -174,6 +177,36 @@ static double run_eloc(runner *r) {
     }
     r->sink += s;
     return psf_time() - t0;
+}
+
+/* SPRING's kernel Ō Ō^T (B x B from B x P, P = n_params) in float32 as the optimizer computes it every iteration:
+ * stripes of panel rows over the threads (psf__gram_stripes), the upper triangle only. */
+static double run_gram(runner *r) {
+    double t0 = psf_time();
+    psf__gram_stripes(r->B, r->m->n_params, r->of, r->gram);
+    const double t = psf_time() - t0;
+    r->sink += r->gram[(size_t)r->B * r->B - 1];
+    return t;
+}
+
+/* Ō for run_gram: B rows of P uniform numbers in (-1, 1), written into the panels as SPRING writes its own */
+static float *gram_operand(int B, size_t P) {
+    float *of = calloc((size_t)PSF__PANELS(B) * PSF__GNR * P, sizeof(float));
+    double *row = malloc(sizeof(double) * P);
+    if (!of || !row) {
+        fprintf(stderr, "bench: out of memory for the Gram operand (%d x %zu floats)\n", B, P);
+        exit(1);
+    }
+    unsigned long long u = 88172645463325252ULL;
+    for (int b = 0; b < B; b++) {
+        for (size_t k = 0; k < P; k++) {
+            u ^= u << 13; u ^= u >> 7; u ^= u << 17; /* xorshift64 */
+            row[k] = (double)(u >> 11) * 0x1.0p-52 - 1.0;
+        }
+        psf__panel_row(of + (size_t)(b / PSF__GNR) * PSF__GNR * P, b % PSF__GNR, row, 0, (int)P);
+    }
+    free(row);
+    return of;
 }
 
 /* Runs fn once, then repeats within budget (at most max_reps more); returns the fastest time. */
@@ -254,7 +287,12 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
     if (!ws || psf_walkers_init(&w, &sys, batch, 7) != PSF_OK) { fprintf(stderr, "bench: out of memory\n"); exit(1); }
     for (int t = 0; t < tmax; t++)
         if (psf_workspace_init(&ws[t], &m) != PSF_OK) { fprintf(stderr, "bench: %s\n", psf_last_error()); exit(1); }
-    runner r = {&m, ws, w.x, batch, 0, NULL, tmax, 1};
+    runner r = {&m, ws, w.x, batch, 0, NULL, tmax, 1, NULL, NULL};
+    if (strstr(metrics, "gram")) {
+        r.of = gram_operand(batch, m.n_params);
+        r.gram = calloc((size_t)batch * batch, sizeof(double));
+        if (!r.gram) { fprintf(stderr, "bench: out of memory\n"); exit(1); }
+    }
     psf_walkers wm; /* run_mcmc's walkers, moved by it: a copy, so that the other rows keep their positions */
     if (strstr(metrics, "mcmc")) {
         const psf_wavefunction wf = psf_model_wavefunction(&m);
@@ -286,6 +324,10 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
         if (strstr(metrics, "eloc")) {
             double t = timed(run_eloc, &r, budget, max_reps, &reps);
             emit(csv, tag, T, atom, &m, batch, "eloc", "", t, batch, reps, fl_eloc);
+        }
+        if (strstr(metrics, "gram")) { /* flops per walker (one row of Ō): the upper triangle, B (B + 1) P in all */
+            double t = timed(run_gram, &r, budget, max_reps, &reps);
+            emit(csv, tag, T, atom, &m, batch, "gram", "", t, batch, reps, (double)(batch + 1) * (double)m.n_params);
         }
         if (strstr(metrics, "train")) {
             /* a fresh model per thread count (Adam changes the parameters); burn-in 0: the MCMC sweeps of the
@@ -341,6 +383,8 @@ static void bench_config(const char *atom, int head_dim, int batch, const int *t
     free(ws);
     psf_walkers_free(&w);
     if (r.w) psf_walkers_free(r.w);
+    free(r.of);
+    free(r.gram);
     psf_model_free(&m);
 }
 
@@ -462,7 +506,8 @@ static void print_flops(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: bench [--atoms He,Be,C,Ne] [--head-dims 16,8,32] [--batches 256,1024] [--threads 2|1,2]\n"
-            "             [--metrics logpsi,eloc,train] [--optimizer default|adam|kfac] [--budget SEC] [--max-reps R]\n"
+            "             [--metrics logpsi,eloc,train,mcmc,gram] [--optimizer default|adam|kfac] [--budget SEC]\n"
+            "             [--max-reps R]\n"
             "             [--layers L] [--mlp M] [--dets K] [--tag NAME] [--csv FILE]\n"
             "       bench --ops ATOM [--head-dims 16] [--reps R] [--csv FILE]\n"
             "       bench --jet-loop ATOM [--head-dims 16] [--walkers N]   (for perf / callgrind)\n"

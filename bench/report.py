@@ -64,7 +64,12 @@ def main(argv):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args(argv[1:])
     T = a.threads
-    peak = {int(r["threads"]): f(r["gflops"]) for r in read(os.path.join(a.out, "peak.csv"))}
+    # peak.csv: kind dgemm (OpenBLAS, issue 4's FP64 peak), fma64 / fma32 (bench_peak's FMA loop in registers);
+    # rows without a kind column are dgemm rows (files from before the FMA loop)
+    pkrows = read(os.path.join(a.out, "peak.csv"))
+    peaks = {kind: {int(r["threads"]): f(r["gflops"]) for r in pkrows if (r.get("kind") or "dgemm") == kind}
+             for kind in ("dgemm", "fma64", "fma32")}
+    peak = peaks["dgemm"]
     crow = read(os.path.join(a.out, "c.csv"))
     trow = read(os.path.join(a.out, "torch.csv"))
 
@@ -102,13 +107,21 @@ def main(argv):
     n_elec = {r["atom"]: int(r["n_elec"]) for r in crow}
     n_params = {(r["atom"], int(r["head_dim"])): int(r["n_params"]) for r in crow}
 
-    print("FP64 peak (OpenBLAS dgemm): " + (", ".join("%d thread%s %.1f GFLOP/s" % (t, "s" if t > 1 else "", g)
-                                                       for t, g in sorted(peak.items()) if g) or "not measured"))
-    # The peak on T cores: the T-thread dgemm, or T times the one-thread rate when that is larger (on a busy machine
-    # the other load depresses the T-thread dgemm; dgemm itself scales almost perfectly over cores).
-    pk = max([v for v in (peak.get(T), T * peak[1] if peak.get(1) else None) if v], default=None)
+    for kind, name in (("dgemm", "FP64 peak (OpenBLAS dgemm)"), ("fma64", "FP64 FMA loop"), ("fma32", "FP32 FMA loop")):
+        print("%s: " % name + (", ".join("%d thread%s %.1f GFLOP/s" % (t, "s" if t > 1 else "", g)
+                                        for t, g in sorted(peaks[kind].items()) if g) or "not measured"))
+
+    # The peak on T cores: the T-thread rate, or T times the one-thread rate when that is larger (on a busy machine
+    # the other load depresses the T-thread rate; dgemm and the FMA loop scale almost perfectly over cores).
+    def on_T(d):
+        return max([v for v in (d.get(T), T * d[1] if d.get(1) else None) if v], default=None)
+
+    pk, pk64, pk32 = on_T(peak), on_T(peaks["fma64"]), on_T(peaks["fma32"])
     if pk:
         print("peak used for %%peak on %d thread%s: %.1f GFLOP/s" % (T, "s" if T > 1 else "", pk))
+    if pk64:
+        print("FP64 FMA-loop peak on %d thread%s: %.1f GFLOP/s (%%fma64); FP32: %s GFLOP/s" % (
+            T, "s" if T > 1 else "", pk64, fmt(pk32, "%.1f")))
 
     # ---- the table ----------------------------------------------------------------------------------------------
     main_b = next((k[0] for k in C if k[1] == "table"), "builtin")
@@ -130,6 +143,7 @@ def main(argv):
             "train_optimizer": (C.get((main_b, "table", T, atom, hd, B, "train")) or {}).get("optimizer"),
             "jet_mflop_per_walker": g("eloc", "mflop_per_walker"), "jet_gflops": gf,
             "jet_pct_peak": 100 * gf / pk if gf is not None and pk else None,
+            "jet_pct_fma64": 100 * gf / pk64 if gf is not None and pk64 else None,
             "torch_loop_wps": tl, "torch_batched_wps": tb, "torch_functorch_wps": tf,
             "torch_best_basis": tbasis(atom, hd, B),
             "c_over_torch_best": ratio(el, tbest), "c_over_torch_loop": ratio(el, tl),
@@ -251,10 +265,28 @@ def main(argv):
         print("\nThe Psiformer paper's carbon network (%s layers, %s x %s heads, MLP %s, %s determinants, %s "
               "parameters), %s build, B=%d, %d threads:" % (r["n_layers"], r["n_heads"], hd, r["mlp"], r["n_dets"],
                                                             r["n_params"], build, B, T))
-        print("  E_L %s walkers/s (jet %s GFLOP/s = %s%% of peak); train %s walkers x iterations/s; PyTorch batched %s, "
-              "functorch %s walkers/s; C / PyTorch = %s" % (
+        print("  E_L %s walkers/s (jet %s GFLOP/s = %s%% of peak, %s%% of the FP64 FMA loop); train %s walkers x "
+              "iterations/s; PyTorch batched %s, functorch %s walkers/s; C / PyTorch = %s" % (
                   fmt(el, "%.1f"), fmt(gf, "%.2f"), fmt(100 * gf / pk if gf is not None and pk else None, "%.1f"),
+                  fmt(100 * gf / pk64 if gf is not None and pk64 else None, "%.1f"),
                   fmt(tr, "%.2f"), fmt(tb, "%.1f"), fmt(tf, "%.1f"), fmt(ratio(el, tbest), "%.2f")))
+
+    # ---- SPRING's kernel: the B x B product of Ō in float32 ---------------------------------------------------
+    gram = sorted({(k[0], k[3], k[4], k[5]) for k in C if k[6] == "gram"}, key=lambda c: c[3])
+    if gram:
+        print("\nSPRING's kernel O O^T in float32 (O: B x P, the upper triangle: B (B + 1) P flops), %s build:" %
+              gram[0][0])
+    for build, atom, hd, B in gram:
+        r = next(r for r in crow if r["metric"] == "gram" and int(r["batch"]) == B and r["atom"] == atom)
+        parts = []
+        for th in sorted({1, T}):
+            den = peaks["fma32"].get(1) if th == 1 else pk32
+            g1 = cval(build, "gram", th, atom, hd, B, "gram", "gflops")
+            if g1 is not None:
+                parts.append("%d thread%s %.1f GFLOP/s = %s%% of the FP32 FMA loop (%.3f s)" % (
+                    th, "s" if th > 1 else "", g1, fmt(100 * g1 / den if den else None, "%.1f"),
+                    B * (B + 1) * f(r["n_params"]) / (g1 * 1e9)))
+        print("  %s d=%d B=%d P=%s: %s" % (atom, hd, B, r["n_params"], "; ".join(parts)))
 
     # ---- whole training iterations with Adam against the PyTorch Trainer (step 2e) ----------------------------
     def train_cmp(atom):
@@ -334,9 +366,9 @@ def main(argv):
         r = next((r for r in rows if r["atom"] == "C" and r["head_dim"] == hd and r["batch"] == B), None)
         if r:
             print("  carbon d=%d B=%d, %s: C / PyTorch (best: %s) = %s (target >= 20); jet pass %s GFLOP/s = %s%% of "
-                  "peak (target >= 50%%)" % (hd, B, main_b, r["torch_best_basis"] or "-",
-                                            fmt(r["c_over_torch_best"], "%.2f"), fmt(r["jet_gflops"], "%.2f"),
-                                            fmt(r["jet_pct_peak"], "%.1f")))
+                  "peak (target >= 50%%), %s%% of the FP64 FMA loop" % (
+                      hd, B, main_b, r["torch_best_basis"] or "-", fmt(r["c_over_torch_best"], "%.2f"),
+                      fmt(r["jet_gflops"], "%.2f"), fmt(r["jet_pct_peak"], "%.1f"), fmt(r["jet_pct_fma64"], "%.1f")))
             if r["other_eloc_wps"] is not None:
                 print("  carbon d=%d B=%d, %s: C / PyTorch = %s; jet pass %s GFLOP/s = %s%% of peak" % (
                     hd, B, other_b, fmt(r["other_c_over_torch_best"], "%.2f"), fmt(r["other_jet_gflops"], "%.2f"),

@@ -8,7 +8,8 @@
 # BENCH_BLAS=1 (the Makefile passes its BLAS) makes the OpenBLAS build the main one, as in the library's default
 # build; BENCH_OUT (default bench/out); PYTHON (default /usr/bin/python3, Debian's python3-torch — without torch
 # the PyTorch columns stay empty). Steps, each appending to a CSV in BENCH_OUT:
-#   1. peak.csv   FP64 rate of a large OpenBLAS dgemm at 1 and BENCH_THREADS threads        (bench_peak)
+#   1. peak.csv   at 1 and BENCH_THREADS threads: an FMA loop in registers, float64 and float32 (the cores' rate),
+#                 and with OpenBLAS a large dgemm (issue 4's FP64 peak)                          (bench_peak)
 #   2. c.csv      tag=table:   log|psi|, local energy, training iteration, every atom x width x batch (main build)
 #                 tag=onoff:   the other build (built-in loops), batch 256
 #                 tag=scaling: 1 and BENCH_THREADS threads, default width, batch 256
@@ -17,6 +18,8 @@
 #                              from the float build (bench_f32, build name "builtin-f32"), against PyTorch float32
 #                 tag=mcmc:    10 Metropolis sweeps of batch 256, the walkers in blocks (psf_model_logpsi_block)
 #                              and one at a time: the same chains, so the ratio is the blocks' speed-up
+#                 tag=gram:    SPRING's B x B kernel in float32 (the driver's optimizer), carbon, B = 512 (make
+#                              run's) and 1024 (the 55-minute recipe's), 1 and BENCH_THREADS threads
 #   3. ops.csv    per-op profile of the carbon jet pass, both builds, one thread
 #   4. torch.csv  the PyTorch reference on the same models (export directories in BENCH_OUT/params/); float64, and
 #                 the carbon training iteration in float32 too (--dtype float32: PyTorch's best case)
@@ -37,13 +40,13 @@ if [ "$QUICK" = 1 ]; then
     HDS=16,8; BATCHES=256; BUDGET=0; PEAK="--n 1024 --budget 0.3"; OPS_REPS=3
     SCALE_ATOMS=C; SCALE_METRICS=eloc; ONOFF_HDS=16; ONOFF_METRICS=logpsi,eloc
     TORCH_CONFIGS="He:16 C:16"; TORCH_FUNC_CONFIGS="He:16 C:16"; TORCH_BIG_CONFIGS=""; TORCH_BUDGET=0.5; LOOP_WALKERS=4
-    PAPER_METRICS=eloc; TORCH_PAPER=0; ADAM_ATOMS=C; TORCH_TRAIN_CONFIGS="C:16"
+    PAPER_METRICS=eloc; TORCH_PAPER=0; ADAM_ATOMS=C; TORCH_TRAIN_CONFIGS="C:16"; GRAM_BATCHES=512
 else
     HDS=16,8,32; BATCHES=256,1024; BUDGET=0.5; PEAK="--n 2048 --budget 1"; OPS_REPS=10
     SCALE_ATOMS=$ATOMS; SCALE_METRICS=logpsi,eloc,train; ONOFF_HDS=16,8,32; ONOFF_METRICS=logpsi,eloc,train
     TORCH_CONFIGS="He:16 Be:16 C:16 Ne:16 He:8 Be:8 C:8 Ne:8 He:32 Be:32 C:32 Ne:32"
     TORCH_FUNC_CONFIGS="He:16 Be:16 C:16 Ne:16"; TORCH_BIG_CONFIGS="He:16 Be:16 C:16"; TORCH_BUDGET=1; LOOP_WALKERS=16
-    PAPER_METRICS=eloc,train; TORCH_PAPER=1; ADAM_ATOMS=He,C; TORCH_TRAIN_CONFIGS="He:16 C:16"
+    PAPER_METRICS=eloc,train; TORCH_PAPER=1; ADAM_ATOMS=He,C; TORCH_TRAIN_CONFIGS="He:16 C:16"; GRAM_BATCHES=512,1024
 fi
 
 # The main table uses the library's default build: OpenBLAS when the Makefile found it (BENCH_BLAS=1), else the
@@ -62,12 +65,12 @@ t_start=$(date +%s)
 echo "bench: $(uname -m), $(nproc 2>/dev/null || echo '?') cores, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" \
      "- numbers are indicative on a shared machine; quick=$QUICK threads=$T main build: $(basename "$MAIN")"
 
-echo "== 1. FP64 peak (OpenBLAS dgemm)"
+echo "== 1. peaks: FMA loop (float64, float32) and, with OpenBLAS, its dgemm"
 if [ -x "$BUILD/bench_peak" ]; then
     # shellcheck disable=SC2086
     OPENBLAS_NUM_THREADS=$T "$BUILD/bench_peak" $PEAK --threads "1,$T" --csv "$OUT/peak.csv"
 else
-    echo "   (no $BUILD/bench_peak: OpenBLAS not found, no % of peak)"
+    echo "   (no $BUILD/bench_peak: no % of peak)"
 fi
 
 echo "== 2a. throughput table ($T threads, $(basename "$MAIN"))"
@@ -103,6 +106,10 @@ fi
 echo "== 2f. Metropolis sweeps: walkers in blocks of PSF_WALKER_BLOCK against one at a time (batch 256)"
 "$MAIN" --atoms "$ATOMS" --head-dims 16 --batches 256 --threads "$T" --metrics mcmc --budget "$BUDGET" \
     --tag mcmc --csv "$OUT/c.csv"
+
+echo "== 2g. SPRING's kernel: the B x B product of O-bar in float32, carbon, batch $GRAM_BATCHES (1 and $T threads)"
+"$MAIN" --atoms C --head-dims 16 --batches "$GRAM_BATCHES" --threads "1,$T" --metrics gram --budget "$BUDGET" \
+    --tag gram --csv "$OUT/c.csv"
 
 echo "== 3. per-op profile of the carbon jet pass (one thread)"
 for b in "$MAIN" $OTHER; do "$b" --ops C --reps "$OPS_REPS" --csv "$OUT/ops.csv"; done
