@@ -199,6 +199,9 @@ int main(int argc, char **argv) {
             s = strchr(s, ',');
             if (s) s++;
             if (t < 1) continue;
+#ifndef _OPENMP
+            if (t > 1) { printf("  FMA loop, %d threads: not measured (built without OpenMP)\n", t); continue; }
+#endif
             int reps = 0;
             const double gf = fma_peak(single, t, budget, &reps);
             printf("  FMA loop, %s, %d thread%s: %.1f GFLOP/s (fastest of %d)\n", single ? "float32" : "float64", t,
