@@ -197,12 +197,10 @@ static float *gram_operand(int B, size_t P) {
         fprintf(stderr, "bench: out of memory for the Gram operand (%d x %zu floats)\n", B, P);
         exit(1);
     }
-    unsigned long long u = 88172645463325252ULL;
+    psf_rng rng;
+    psf_rng_seed(&rng, 7, 0);
     for (int b = 0; b < B; b++) {
-        for (size_t k = 0; k < P; k++) {
-            u ^= u << 13; u ^= u >> 7; u ^= u << 17; /* xorshift64 */
-            row[k] = (double)(u >> 11) * 0x1.0p-52 - 1.0;
-        }
+        for (size_t k = 0; k < P; k++) row[k] = 2.0 * psf_rng_uniform(&rng) - 1.0;
         psf__panel_row(of + (size_t)(b / PSF__GNR) * PSF__GNR * P, b % PSF__GNR, row, 0, (int)P);
     }
     free(row);

@@ -166,6 +166,13 @@ int main(int argc, char **argv) {
         else return usage();
     }
     if (n < 1) return usage();
+    int tl[16], nt = 0; /* the thread counts of --threads, in order */
+    for (const char *s = threads; s && *s && nt < 16;) {
+        const int t = atoi(s);
+        s = strchr(s, ',');
+        if (s) s++;
+        if (t >= 1) tl[nt++] = t;
+    }
     char model[256] = "unknown";
     int avx2 = 0, avx512 = 0, fma = 0;
     FILE *ci = fopen("/proc/cpuinfo", "r");
@@ -194,11 +201,8 @@ int main(int argc, char **argv) {
         if (ftell(csv) == 0) fprintf(csv, "kind,threads,n,gflops,reps\n");
     }
     for (int single = 0; single < 2; single++) {
-        for (const char *s = threads; s && *s;) {
-            const int t = atoi(s);
-            s = strchr(s, ',');
-            if (s) s++;
-            if (t < 1) continue;
+        for (int i = 0; i < nt; i++) {
+            const int t = tl[i];
 #ifndef _OPENMP
             if (t > 1) { printf("  FMA loop, %d threads: not measured (built without OpenMP)\n", t); continue; }
 #endif
@@ -215,11 +219,8 @@ int main(int argc, char **argv) {
     if (!A || !B || !C) { fprintf(stderr, "bench_peak: out of memory\n"); return 1; }
     srand(1);
     for (size_t i = 0; i < (size_t)n * n; i++) { A[i] = rand() / (double)RAND_MAX - 0.5; B[i] = rand() / (double)RAND_MAX - 0.5; }
-    for (const char *s = threads; s && *s;) {
-        const int t = atoi(s);
-        s = strchr(s, ',');
-        if (s) s++;
-        if (t < 1) continue;
+    for (int i = 0; i < nt; i++) {
+        const int t = tl[i];
         openblas_set_num_threads(t);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, A, n, B, n, 0.0, C, n); /* warm-up */
         double best = 1e30, spent = 0;
